@@ -1,0 +1,166 @@
+// Model configuration: reads a Hugging Face `config.json` of the SpikingBrain family (`gla_swa`)
+// or a Qwen2 checkpoint (`qwen2`, every layer full attention) into one frozen, validated shape.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ModelLoadError } from '../errors.ts';
+
+/** What a layer's token mixer is. */
+export type LayerKind = 'gla' | 'swa' | 'full';
+
+export interface ModelConfig {
+  readonly modelType: 'gla_swa' | 'qwen2';
+  readonly vocabSize: number;
+  readonly hiddenSize: number; // D
+  readonly numLayers: number; // L
+  readonly numHeads: number; // H (query heads)
+  readonly numKvHeads: number; // Hkv
+  readonly headDim: number; // d = D / H
+  readonly intermediateSize: number; // F
+  /** W: a query at p attends keys p−W…p inclusive; null for full attention. */
+  readonly slidingWindow: number | null;
+  readonly ropeTheta: number;
+  readonly normEps: number;
+  readonly tieWordEmbeddings: boolean;
+  /** Kind of each layer, index = layer number. */
+  readonly layerKinds: readonly LayerKind[];
+  readonly maxPositionEmbeddings: number | null;
+  readonly bosTokenId: number | null;
+  readonly eosTokenIds: readonly number[];
+}
+
+type Json = Record<string, unknown>;
+
+function intField(raw: Json, name: string, min = 1): number {
+  const v = raw[name];
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min) {
+    throw new ModelLoadError(`config.json: field "${name}" must be an integer ≥ ${min}, got ${JSON.stringify(v)}`);
+  }
+  return v;
+}
+
+function numField(raw: Json, name: string, fallback: number): number {
+  const v = raw[name];
+  if (v === undefined || v === null) return fallback;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
+    throw new ModelLoadError(`config.json: field "${name}" must be a positive number, got ${JSON.stringify(v)}`);
+  }
+  return v;
+}
+
+function idList(v: unknown): number[] {
+  if (typeof v === 'number') return [v];
+  if (Array.isArray(v)) return v.filter((x): x is number => typeof x === 'number');
+  return [];
+}
+
+/** Validates a parsed config.json object. Throws ModelLoadError naming the offending field. */
+export function parseModelConfig(raw: Json): ModelConfig {
+  const modelType = raw['model_type'];
+  if (modelType !== 'gla_swa' && modelType !== 'qwen2') {
+    throw new ModelLoadError(
+      `config.json: field "model_type" is ${JSON.stringify(modelType)}; supported: "gla_swa", "qwen2"`,
+    );
+  }
+  if (raw['use_short_conv'] === true) {
+    throw new ModelLoadError('config.json: field "use_short_conv" is true; short convolutions are not supported');
+  }
+  const vocabSize = intField(raw, 'vocab_size');
+  const hiddenSize = intField(raw, 'hidden_size');
+  const numLayers = intField(raw, 'num_hidden_layers');
+  const numHeads = intField(raw, 'num_attention_heads');
+  const numKvHeads = raw['num_key_value_heads'] === undefined ? numHeads : intField(raw, 'num_key_value_heads');
+  const intermediateSize = intField(raw, 'intermediate_size');
+  if (hiddenSize % numHeads !== 0) {
+    throw new ModelLoadError(`config.json: "hidden_size" ${hiddenSize} is not divisible by "num_attention_heads" ${numHeads}`);
+  }
+  if (numHeads % numKvHeads !== 0) {
+    throw new ModelLoadError(`config.json: "num_attention_heads" ${numHeads} is not divisible by "num_key_value_heads" ${numKvHeads}`);
+  }
+  const headDim = hiddenSize / numHeads;
+  if (headDim % 2 !== 0) throw new ModelLoadError(`config.json: head dimension ${headDim} must be even for RoPE`);
+
+  let layerKinds: LayerKind[];
+  let slidingWindow: number | null = null;
+  const windowRaw = raw['sliding_window'];
+  if (modelType === 'qwen2') {
+    // Qwen2 may declare a window but only uses it with use_sliding_window: true, which we do not serve.
+    if (raw['use_sliding_window'] === true) {
+      throw new ModelLoadError('config.json: field "use_sliding_window" is true for qwen2; not supported');
+    }
+    layerKinds = Array.from({ length: numLayers }, () => 'full' as const);
+  } else {
+    const attnRaw = raw['attn_layers'];
+    let attnLayers: number[];
+    if (attnRaw === undefined || attnRaw === null) {
+      attnLayers = Array.from({ length: numLayers }, (_, i) => i).filter((i) => i % 2 === 1);
+    } else if (Array.isArray(attnRaw) && attnRaw.every((x) => Number.isInteger(x) && x >= 0 && x < numLayers)) {
+      attnLayers = attnRaw as number[];
+    } else {
+      throw new ModelLoadError(`config.json: field "attn_layers" must list layer indices in [0, ${numLayers}), got ${JSON.stringify(attnRaw)}`);
+    }
+    if (windowRaw === null || windowRaw === undefined) {
+      slidingWindow = null;
+    } else {
+      slidingWindow = intField(raw, 'sliding_window');
+    }
+    const attnKind: LayerKind = slidingWindow === null ? 'full' : 'swa';
+    const attnSet = new Set(attnLayers);
+    layerKinds = Array.from({ length: numLayers }, (_, i) => (attnSet.has(i) ? attnKind : 'gla'));
+  }
+  const maxPos = raw['max_position_embeddings'];
+  return Object.freeze({
+    modelType,
+    vocabSize,
+    hiddenSize,
+    numLayers,
+    numHeads,
+    numKvHeads,
+    headDim,
+    intermediateSize,
+    slidingWindow,
+    ropeTheta: numField(raw, 'rope_theta', 10000),
+    normEps: numField(raw, modelType === 'qwen2' ? 'rms_norm_eps' : 'norm_eps', 1e-6),
+    tieWordEmbeddings: raw['tie_word_embeddings'] === true,
+    layerKinds: Object.freeze(layerKinds),
+    maxPositionEmbeddings: typeof maxPos === 'number' ? maxPos : null,
+    bosTokenId: typeof raw['bos_token_id'] === 'number' ? raw['bos_token_id'] : null,
+    eosTokenIds: Object.freeze(idList(raw['eos_token_id'])),
+  });
+}
+
+/** Reads `config.json` (and `generation_config.json`'s eos ids, if present) from a checkpoint directory. */
+export function loadModelConfig(dir: string): ModelConfig {
+  let raw: Json;
+  try {
+    raw = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Json;
+  } catch (err) {
+    throw new ModelLoadError(`cannot read ${join(dir, 'config.json')}: ${(err as Error).message}`);
+  }
+  const config = parseModelConfig(raw);
+  try {
+    const gen = JSON.parse(readFileSync(join(dir, 'generation_config.json'), 'utf8')) as Json;
+    const ids = idList(gen['eos_token_id']);
+    if (ids.length > 0) {
+      return Object.freeze({ ...config, eosTokenIds: Object.freeze([...new Set([...config.eosTokenIds, ...ids])]) });
+    }
+  } catch {
+    // generation_config.json is optional.
+  }
+  return config;
+}
+
+/** Indices of layers of one kind, in order. */
+export function layersOfKind(config: ModelConfig, kind: LayerKind): number[] {
+  return config.layerKinds.flatMap((k, i) => (k === kind ? [i] : []));
+}
+
+/** Bytes of recurrent GLA state one sequence holds (fp32): Hkv·d·d per GLA layer. */
+export function glaStateBytesPerSequence(config: ModelConfig): number {
+  return layersOfKind(config, 'gla').length * config.numKvHeads * config.headDim * config.headDim * 4;
+}
+
+/** Bytes of keys+values one token occupies across all attention layers (fp32). */
+export function kvBytesPerToken(config: ModelConfig): number {
+  const attn = config.layerKinds.filter((k) => k !== 'gla').length;
+  return attn * 2 * config.numKvHeads * config.headDim * 4;
+}

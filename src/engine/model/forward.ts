@@ -1,0 +1,38 @@
+// The contract of one forward pass of the built graph, shared by the Model (which owns the
+// onnxruntime session) and the step runner (which gathers inputs from the cache pools).
+//
+// One graph serves any batch B ≥ 1 and chunk length T ≥ 1 (decode is T = 1). Every sequence of a
+// batch brings the same T new tokens. Attention layers see P past positions (padded per batch).
+
+export interface ForwardInput {
+  readonly batchSize: number; // B
+  readonly chunkTokens: number; // T
+  /** [B, T] token ids. */
+  readonly tokenIds: Int32Array;
+  /** [B, T] absolute positions of the new tokens. */
+  readonly positions: Int32Array;
+  /** Per GLA layer (in layer order): [B, Hkv, d, d] recurrent state before this chunk. */
+  readonly glaStates: readonly Float32Array[];
+  /** Number of past key/value slots P given to attention layers (may be 0). */
+  readonly pastTokens: number;
+  /**
+   * [B, P] absolute position of each past slot; a slot that holds nothing is −1 (never attended).
+   * Slots need not be in order: RoPE is already applied to stored keys and the mask comes from positions.
+   */
+  readonly pastPositions: Int32Array;
+  /** Per attention layer (SWA or full, in layer order): [B, Hkv, P, d] keys (post-RoPE) and values. */
+  readonly pastKeys: readonly Float32Array[];
+  readonly pastValues: readonly Float32Array[];
+  /** Return logits for every position ([B, T, V]) instead of only the last ([B, V]). */
+  readonly allLogits: boolean;
+}
+
+export interface ForwardOutput {
+  /** [B, V] (last position) or [B, T, V] when allLogits. */
+  readonly logits: Float32Array;
+  /** Per GLA layer: [B, Hkv, d, d] state after the chunk. */
+  readonly glaStates: Float32Array[];
+  /** Per attention layer: [B, Hkv, T, d] keys (post-RoPE) and values of the chunk's tokens. */
+  readonly presentKeys: Float32Array[];
+  readonly presentValues: Float32Array[];
+}
