@@ -1,0 +1,94 @@
+// A Checkpoint with deterministic random weights, generated tensor by tensor on demand (no files):
+// for tests and for benchmarks at any size, 7B shape included. Each tensor's values depend only on
+// (seed, tensor name), so reading tensors in any order, any number of times, gives the same numbers.
+//
+// Init (keeps activations O(1) through the pre-norm residual stream):
+//   weight [out, in]      ~ N(0, (scale/√in)²)        e.g. 0.0167 at in=3584, 0.125 at in=64
+//   embeddings [V, D]     ~ N(0, (0.1·scale)²)
+//   bias                  ~ N(0, (0.05·scale)²)
+//   norm weights          ~ 1 + N(0, 0.1²)
+import { createHash } from 'node:crypto';
+import { ModelLoadError } from '../errors.ts';
+import type { Tensor32 } from './checkpoint.ts';
+import type { ModelConfig } from './config.ts';
+import { checkShape, type ShapedCheckpoint } from './hf-checkpoint.ts';
+import { countParameters, EMBEDDINGS, LM_HEAD, modelTensorSpecs, numElements, type GkLayout } from './tensor-names.ts';
+
+export interface RandomCheckpointOptions {
+  readonly seed: number;
+  readonly gkLayout: GkLayout;
+  /** Multiplies the spread of weights, embeddings and biases (not norms). Default 1. */
+  readonly scale?: number;
+}
+
+/** FNV-1a over the UTF-16 code units of a string. */
+function hashName(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}
+
+/** mulberry32: a small, fast 32-bit PRNG; returns uniforms in (0, 1). */
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (((t ^ (t >>> 14)) >>> 0) + 0.5) / 4294967296;
+  };
+}
+
+/** Fills `out` with N(mean, std²) by Box–Muller from a PRNG seeded by (seed, name). */
+function fillNormal(out: Float32Array, seed: number, name: string, mean: number, std: number): void {
+  const rand = mulberry32(hashName(name) ^ Math.imul(seed >>> 0, 0x9e3779b1));
+  for (let i = 0; i < out.length; i += 2) {
+    const r = Math.sqrt(-2 * Math.log(rand()));
+    const t = 2 * Math.PI * rand();
+    out[i] = mean + std * r * Math.cos(t);
+    if (i + 1 < out.length) out[i + 1] = mean + std * r * Math.sin(t);
+  }
+}
+
+/** Mean and standard deviation of a tensor's init, from its name and shape. */
+function initOf(name: string, shape: readonly number[], scale: number): { mean: number; std: number } {
+  if (name.endsWith('norm.weight')) return { mean: 1, std: 0.1 };
+  if (name.endsWith('.bias')) return { mean: 0, std: 0.05 * scale };
+  if (name === EMBEDDINGS) return { mean: 0, std: 0.1 * scale };
+  const fanIn = shape[shape.length - 1] ?? 1;
+  return { mean: 0, std: scale / Math.sqrt(fanIn) };
+}
+
+/** Random weights for `config`; lm_head is the embeddings when `config.tieWordEmbeddings`. */
+export function randomCheckpoint(config: ModelConfig, options: RandomCheckpointOptions): ShapedCheckpoint {
+  const { seed, gkLayout } = options;
+  const scale = options.scale ?? 1;
+  const shapes = new Map<string, readonly number[]>();
+  for (const s of modelTensorSpecs(config, gkLayout)) shapes.set(s.name, s.shape);
+  const source = (name: string): string => (name === LM_HEAD && config.tieWordEmbeddings ? EMBEDDINGS : name);
+  const hash = createHash('sha256')
+    .update(JSON.stringify({ kind: 'random-checkpoint-v1', config, seed, gkLayout, scale }))
+    .digest('hex');
+  return {
+    config,
+    hash,
+    gkLayout,
+    numParameters: countParameters(config, gkLayout),
+    has: (name) => shapes.has(name),
+    shapeOf: (name) => shapes.get(name),
+    tensor(name: string, expectShape?: readonly number[]): Tensor32 {
+      const shape = shapes.get(name);
+      if (shape === undefined) throw new ModelLoadError(`random checkpoint: tensor "${name}" is missing`);
+      if (expectShape !== undefined) checkShape(name, shape, expectShape);
+      const src = source(name);
+      const data = new Float32Array(numElements(shape));
+      const { mean, std } = initOf(src, shape, scale);
+      fillNormal(data, seed, src, mean, std);
+      return { shape, data };
+    },
+  };
+}

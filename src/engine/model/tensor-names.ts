@@ -1,0 +1,143 @@
+// Canonical tensor names and shapes of the gla_swa family (DESIGN.md §2), derived from a ModelConfig.
+// The single place names come from: checkpoint readers, the random checkpoint, validation, inspect
+// and the graph builder all ask here. Weight matrices are [out, in].
+import type { LayerKind, ModelConfig } from './config.ts';
+
+/** How a GLA layer stores its forget-gate projection. */
+export type GkLayout = 'lowrank' | 'full';
+
+/** Rank of the low-rank gate projection (Wg1: D→16, Wg2: 16→Hkv·d). */
+export const GK_RANK = 16;
+
+export const EMBEDDINGS = 'model.embeddings.weight';
+export const FINAL_NORM = 'model.norm.weight';
+export const LM_HEAD = 'lm_head.weight';
+
+export interface TensorSpec {
+  readonly name: string;
+  readonly shape: readonly number[];
+}
+
+/** Names of every tensor a layer may have; which ones a layer needs depends on its kind (see layerTensorSpecs). */
+export interface LayerTensorNames {
+  readonly attnNorm: string; // [D]
+  readonly qWeight: string; // [H·d, D]
+  readonly qBias: string; // [H·d]
+  readonly kWeight: string; // [Hkv·d, D]
+  readonly kBias: string; // [Hkv·d]
+  readonly vWeight: string; // [Hkv·d, D]
+  readonly vBias: string; // [Hkv·d]
+  readonly oWeight: string; // [D, H·d]
+  /** GLA, low-rank gate: [16, D] (no bias) then [Hkv·d, 16] + bias [Hkv·d]. */
+  readonly gk0Weight: string;
+  readonly gk1Weight: string;
+  readonly gk1Bias: string;
+  /** GLA, full-rank gate: [Hkv·d, D] + bias [Hkv·d]. */
+  readonly gkWeight: string;
+  readonly gkBias: string;
+  readonly gNorm: string; // GLA only: [d], shared by heads
+  readonly mlpNorm: string; // [D]
+  readonly gateWeight: string; // [F, D]
+  readonly upWeight: string; // [F, D]
+  readonly downWeight: string; // [D, F]
+}
+
+export function layerTensorNames(layer: number): LayerTensorNames {
+  const p = `model.layers.${layer}.`;
+  return {
+    attnNorm: `${p}attn_norm.weight`,
+    qWeight: `${p}attn.q_proj.weight`,
+    qBias: `${p}attn.q_proj.bias`,
+    kWeight: `${p}attn.k_proj.weight`,
+    kBias: `${p}attn.k_proj.bias`,
+    vWeight: `${p}attn.v_proj.weight`,
+    vBias: `${p}attn.v_proj.bias`,
+    oWeight: `${p}attn.o_proj.weight`,
+    gk0Weight: `${p}attn.gk_proj.0.weight`,
+    gk1Weight: `${p}attn.gk_proj.1.weight`,
+    gk1Bias: `${p}attn.gk_proj.1.bias`,
+    gkWeight: `${p}attn.gk_proj.weight`,
+    gkBias: `${p}attn.gk_proj.bias`,
+    gNorm: `${p}attn.g_norm.weight`,
+    mlpNorm: `${p}mlp_norm.weight`,
+    gateWeight: `${p}mlp.gate_proj.weight`,
+    upWeight: `${p}mlp.up_proj.weight`,
+    downWeight: `${p}mlp.down_proj.weight`,
+  };
+}
+
+/** Tensors one layer needs, in a stable order. */
+export function layerTensorSpecs(config: ModelConfig, layer: number, gkLayout: GkLayout): TensorSpec[] {
+  const kind: LayerKind | undefined = config.layerKinds[layer];
+  if (kind === undefined) throw new RangeError(`layer ${layer} out of range [0, ${config.numLayers})`);
+  const D = config.hiddenSize;
+  const d = config.headDim;
+  const qDim = config.numHeads * d;
+  const kvDim = config.numKvHeads * d;
+  const F = config.intermediateSize;
+  const n = layerTensorNames(layer);
+  const specs: TensorSpec[] = [
+    { name: n.attnNorm, shape: [D] },
+    { name: n.qWeight, shape: [qDim, D] },
+    { name: n.qBias, shape: [qDim] },
+    { name: n.kWeight, shape: [kvDim, D] },
+    { name: n.kBias, shape: [kvDim] },
+    { name: n.vWeight, shape: [kvDim, D] },
+    { name: n.vBias, shape: [kvDim] },
+    { name: n.oWeight, shape: [D, qDim] },
+  ];
+  if (kind === 'gla') {
+    if (gkLayout === 'lowrank') {
+      specs.push(
+        { name: n.gk0Weight, shape: [GK_RANK, D] },
+        { name: n.gk1Weight, shape: [kvDim, GK_RANK] },
+        { name: n.gk1Bias, shape: [kvDim] },
+      );
+    } else {
+      specs.push({ name: n.gkWeight, shape: [kvDim, D] }, { name: n.gkBias, shape: [kvDim] });
+    }
+    specs.push({ name: n.gNorm, shape: [d] });
+  }
+  specs.push(
+    { name: n.mlpNorm, shape: [D] },
+    { name: n.gateWeight, shape: [F, D] },
+    { name: n.upWeight, shape: [F, D] },
+    { name: n.downWeight, shape: [D, F] },
+  );
+  return specs;
+}
+
+/**
+ * Every tensor the model needs. `lm_head.weight` is listed even when tied: checkpoints then
+ * answer it with the embeddings.
+ */
+export function modelTensorSpecs(config: ModelConfig, gkLayout: GkLayout): TensorSpec[] {
+  const D = config.hiddenSize;
+  const specs: TensorSpec[] = [{ name: EMBEDDINGS, shape: [config.vocabSize, D] }];
+  for (let i = 0; i < config.numLayers; i++) specs.push(...layerTensorSpecs(config, i, gkLayout));
+  specs.push({ name: FINAL_NORM, shape: [D] }, { name: LM_HEAD, shape: [config.vocabSize, D] });
+  return specs;
+}
+
+/** The gate layout a checkpoint uses, judged from its first GLA layer ('lowrank' when there is none). */
+export function detectGkLayout(config: ModelConfig, has: (name: string) => boolean): GkLayout {
+  const first = config.layerKinds.indexOf('gla');
+  if (first < 0) return 'lowrank';
+  const n = layerTensorNames(first);
+  return has(n.gkWeight) && !has(n.gk0Weight) ? 'full' : 'lowrank';
+}
+
+/** Number of elements of a shape. */
+export function numElements(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+/** Parameters from config arithmetic alone (no weights read); a tied lm_head is counted once. */
+export function countParameters(config: ModelConfig, gkLayout: GkLayout = 'lowrank'): number {
+  let total = 0;
+  for (const s of modelTensorSpecs(config, gkLayout)) {
+    if (s.name === LM_HEAD && config.tieWordEmbeddings) continue;
+    total += numElements(s.shape);
+  }
+  return total;
+}
