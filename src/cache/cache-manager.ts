@@ -1,0 +1,204 @@
+// CacheManager: the one object the scheduler asks "does this fit?". It coordinates the two kinds of
+// per-sequence memory of a hybrid model — KV pages (SWA / full-attention layers, PagedKvManager over
+// a BlockPool) and a GLA state slot (StateSlots) — and reports usage.
+//
+// Admission reserves, per sequence, the most pages it can ever hold:
+//   SWA:  min(⌈(W+C)/P⌉+1, ⌈N/P⌉)   (C = max chunk, N = prompt + max new tokens)
+//   full: ⌈N/P⌉
+// and admits only while Σ reservations ≤ pool size. An admitted sequence therefore always gets its
+// next chunk's pages: no preemption is ever needed, and a step never fails half-way for lack of memory.
+// The cache gets plain numbers; it imports nothing from the engine.
+import { BlockPool, bytesPerPage, type PageSpec } from './block-pool.ts';
+import { PagedKvManager, type BlockTable } from './paged-kv.ts';
+import { StateSlots } from './state-slots.ts';
+
+export interface CacheSpec {
+  readonly numAttnLayers: number;
+  readonly numGlaLayers: number;
+  readonly numKvHeads: number; // Hkv
+  readonly headDim: number; // d
+  /** W of the attention layers; null = full attention. */
+  readonly windowTokens: number | null;
+}
+
+export interface CacheOptions {
+  /** Tokens per KV page (P). Default 64. */
+  readonly pageTokens?: number;
+  /** Number of KV pages; wins over kvCacheBytes. */
+  readonly kvPages?: number;
+  /** KV pool size in bytes (rounded down to whole pages). */
+  readonly kvCacheBytes?: number;
+  /** Number of GLA state slots = most sequences admitted at once. */
+  readonly maxNumSeqs: number;
+  /** Largest chunk the scheduler will ever ask for (prefill chunk; decode is 1). */
+  readonly maxChunkTokens: number;
+}
+
+export interface CacheUsage {
+  readonly pagesUsed: number;
+  readonly pagesTotal: number;
+  readonly pagesReserved: number;
+  readonly slotsUsed: number;
+  readonly slotsTotal: number;
+  readonly kvBytesInUse: number;
+  readonly stateBytesInUse: number;
+}
+
+/** Full-attention pool size when neither kvPages nor kvCacheBytes is given. */
+const DEFAULT_FULL_ATTENTION_BYTES = 1 << 30;
+
+interface SequenceEntry {
+  readonly slot: number;
+  readonly reservedPages: number;
+}
+
+export class CacheManager {
+  readonly spec: CacheSpec;
+  readonly pageTokens: number;
+  readonly maxChunkTokens: number;
+  readonly pool: BlockPool;
+  readonly kv: PagedKvManager;
+  readonly slots: StateSlots;
+  private readonly sequences = new Map<string, SequenceEntry>();
+  private reservedPages = 0;
+
+  constructor(spec: CacheSpec, opts: CacheOptions) {
+    this.spec = Object.freeze({ ...spec });
+    this.pageTokens = opts.pageTokens ?? 64;
+    this.maxChunkTokens = opts.maxChunkTokens;
+    if (!Number.isInteger(this.maxChunkTokens) || this.maxChunkTokens < 1) throw new RangeError('maxChunkTokens must be ≥ 1');
+    const pageSpec: PageSpec = {
+      numAttnLayers: spec.numAttnLayers,
+      numKvHeads: spec.numKvHeads,
+      headDim: spec.headDim,
+      pageTokens: this.pageTokens,
+    };
+    this.pool = new BlockPool(pageSpec, CacheManager.numPagesFor(spec, opts));
+    this.kv = new PagedKvManager(this.pool, spec.windowTokens);
+    this.slots = new StateSlots(
+      { numGlaLayers: spec.numGlaLayers, numKvHeads: spec.numKvHeads, headDim: spec.headDim },
+      opts.maxNumSeqs,
+    );
+  }
+
+  /** Pool size in pages from the options (see CacheOptions); 0 when the model has no attention layer. */
+  static numPagesFor(spec: CacheSpec, opts: CacheOptions): number {
+    if (spec.numAttnLayers === 0) return 0;
+    const pageTokens = opts.pageTokens ?? 64;
+    const pageBytes = bytesPerPage({ ...spec, pageTokens });
+    if (opts.kvPages !== undefined) return opts.kvPages;
+    if (opts.kvCacheBytes !== undefined) return Math.floor(opts.kvCacheBytes / pageBytes);
+    if (spec.windowTokens !== null) {
+      return opts.maxNumSeqs * PagedKvManager.maxPagesSwa(spec.windowTokens, opts.maxChunkTokens, pageTokens);
+    }
+    return Math.floor(DEFAULT_FULL_ATTENTION_BYTES / pageBytes);
+  }
+
+  /** Pages a sequence of at most `totalTokens` positions may ever hold (its reservation). */
+  pagesToReserve(totalTokens: number): number {
+    if (this.spec.numAttnLayers === 0) return 0;
+    const all = Math.ceil(totalTokens / this.pageTokens);
+    if (this.spec.windowTokens === null) return all;
+    return Math.min(all, PagedKvManager.maxPagesSwa(this.spec.windowTokens, this.maxChunkTokens, this.pageTokens));
+  }
+
+  /** Could a sequence of `totalTokens` positions run if it were alone? (false: refuse it for good) */
+  canEverFit(totalTokens: number): boolean {
+    return this.pagesToReserve(totalTokens) <= this.pool.numPages;
+  }
+
+  /** Tokens one sequence can hold when alone (full attention); Infinity for SWA / pure GLA. */
+  get maxTokensPerSequence(): number {
+    if (this.spec.numAttnLayers === 0 || this.spec.windowTokens !== null) return Infinity;
+    return this.pool.numPages * this.pageTokens;
+  }
+
+  /** Can a new sequence of at most `totalTokens` positions be admitted now? */
+  canAdmit(totalTokens: number): boolean {
+    return this.slots.numFree > 0 && this.reservedPages + this.pagesToReserve(totalTokens) <= this.pool.numPages;
+  }
+
+  /** Admits a sequence: takes a zeroed state slot and reserves its pages. False when it does not fit now. */
+  admit(seqId: string, totalTokens: number): boolean {
+    if (this.sequences.has(seqId)) throw new Error(`sequence ${seqId} already admitted`);
+    if (!this.canAdmit(totalTokens)) return false;
+    // A slot is taken even without GLA layers (then it is empty): slots bound the running sequences.
+    const slot = this.slots.allocate();
+    if (slot === null) return false; // unreachable: canAdmit checked numFree
+    const reservedPages = this.pagesToReserve(totalTokens);
+    this.reservedPages += reservedPages;
+    this.sequences.set(seqId, { slot, reservedPages });
+    return true;
+  }
+
+  /** Can an admitted sequence write positions [startPos, startPos+numTokens) now? */
+  canAppend(seqId: string, startPos: number, numTokens: number): boolean {
+    const entry = this.sequences.get(seqId);
+    if (entry === undefined || numTokens > this.maxChunkTokens) return false;
+    if (this.spec.numAttnLayers === 0) return true;
+    const needed = this.kv.newPagesNeeded(seqId, startPos, numTokens);
+    return needed <= this.pool.numFree && this.kv.pagesHeld(seqId) + needed <= entry.reservedPages + this.releasable(seqId, startPos);
+  }
+
+  /** Pages ensure() would release before a chunk at startPos (they fell out of the window). */
+  private releasable(seqId: string, startPos: number): number {
+    const table = this.kv.table(seqId);
+    if (table === undefined || this.spec.windowTokens === null) return 0;
+    const oldest = startPos - this.spec.windowTokens;
+    const firstNeeded = oldest <= 0 ? 0 : Math.floor(oldest / this.pageTokens);
+    return Math.max(0, Math.min(table.pages.length, firstNeeded - table.firstPage));
+  }
+
+  /**
+   * Allocates pages for positions [startPos, startPos+numTokens) of an admitted sequence (releasing
+   * pages that left the window). Within the reservation this always succeeds; otherwise it throws.
+   */
+  append(seqId: string, startPos: number, numTokens: number): void {
+    if (!this.canAppend(seqId, startPos, numTokens)) {
+      throw new Error(`sequence ${seqId}: ${numTokens} tokens at ${startPos} exceed its reservation or the chunk limit`);
+    }
+    if (this.spec.numAttnLayers === 0) return;
+    if (!this.kv.ensure(seqId, startPos, numTokens)) throw new Error('KV pool exhausted inside a reservation'); // unreachable
+  }
+
+  /** Frees the slot, the pages and the reservation of a sequence (finish or abort). Unknown ids are ignored. */
+  free(seqId: string): void {
+    const entry = this.sequences.get(seqId);
+    if (entry === undefined) return;
+    this.kv.free(seqId);
+    this.slots.release(entry.slot);
+    this.reservedPages -= entry.reservedPages;
+    this.sequences.delete(seqId);
+  }
+
+  has(seqId: string): boolean {
+    return this.sequences.has(seqId);
+  }
+
+  /** GLA state slot of an admitted sequence. */
+  slotOf(seqId: string): number {
+    const entry = this.sequences.get(seqId);
+    if (entry === undefined) throw new Error(`sequence ${seqId} is not admitted`);
+    return entry.slot;
+  }
+
+  tableOf(seqId: string): BlockTable | undefined {
+    return this.kv.table(seqId);
+  }
+
+  get numSequences(): number {
+    return this.sequences.size;
+  }
+
+  usage(): CacheUsage {
+    return {
+      pagesUsed: this.pool.numUsed,
+      pagesTotal: this.pool.numPages,
+      pagesReserved: this.reservedPages,
+      slotsUsed: this.sequences.size,
+      slotsTotal: this.slots.numSlots,
+      kvBytesInUse: this.pool.numUsed * this.pool.bytesPerPage,
+      stateBytesInUse: this.slots.numUsed * this.slots.bytesPerSlot,
+    };
+  }
+}

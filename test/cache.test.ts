@@ -1,0 +1,220 @@
+// Cache pools without onnxruntime: BlockPool, PagedKvManager, StateSlots, CacheManager.
+// Property tests drive random workloads of admit / advance / free and check the invariants of DESIGN.md §4.
+import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { BlockPool } from '../src/cache/block-pool.ts';
+import { PagedKvManager } from '../src/cache/paged-kv.ts';
+import { StateSlots } from '../src/cache/state-slots.ts';
+import { CacheManager, type CacheSpec } from '../src/cache/cache-manager.ts';
+
+type Op =
+  | { kind: 'admit'; totalTokens: number }
+  | { kind: 'advance'; who: number; tokens: number }
+  | { kind: 'free'; who: number };
+
+const opArb = (maxTotal: number, maxChunk: number): fc.Arbitrary<Op> =>
+  fc.oneof(
+    fc.record({ kind: fc.constant('admit' as const), totalTokens: fc.integer({ min: 1, max: maxTotal }) }),
+    fc.record({ kind: fc.constant('advance' as const), who: fc.nat(20), tokens: fc.integer({ min: 1, max: maxChunk }) }),
+    fc.record({ kind: fc.constant('advance' as const), who: fc.nat(20), tokens: fc.constant(1) }),
+    fc.record({ kind: fc.constant('free' as const), who: fc.nat(20) }),
+  );
+
+/** Every page in use belongs to exactly one sequence, once; held pages = pool's used count. */
+function checkOwnership(cache: CacheManager, live: Iterable<string>): void {
+  const owner = new Map<number, string>();
+  let held = 0;
+  for (const id of live) {
+    const table = cache.tableOf(id);
+    if (table === undefined) continue;
+    for (const page of table.pages) {
+      expect(owner.has(page), `page ${page} owned by ${owner.get(page)} and ${id}`).toBe(false);
+      owner.set(page, id);
+      expect(cache.pool.refCount(page)).toBe(1);
+      held++;
+    }
+  }
+  expect(cache.pool.numUsed).toBe(held);
+}
+
+/** Runs a workload; returns the largest number of pages any sequence held. */
+function runWorkload(spec: CacheSpec, opts: { kvPages: number; pageTokens: number; maxNumSeqs: number; maxChunkTokens: number }, ops: Op[]): number {
+  const cache = new CacheManager(spec, opts);
+  const live = new Map<string, { next: number; total: number }>();
+  let nextId = 0;
+  let maxHeld = 0;
+  for (const op of ops) {
+    const ids = [...live.keys()];
+    if (op.kind === 'admit') {
+      const id = `s${nextId++}`;
+      const could = cache.canAdmit(op.totalTokens);
+      expect(cache.admit(id, op.totalTokens)).toBe(could);
+      if (could) live.set(id, { next: 0, total: op.totalTokens });
+    } else if (ids.length > 0) {
+      const id = ids[op.who % ids.length]!;
+      const seq = live.get(id)!;
+      if (op.kind === 'free') {
+        cache.free(id);
+        live.delete(id);
+      } else {
+        const tokens = Math.min(op.tokens, seq.total - seq.next);
+        if (tokens > 0) {
+          // Within its reservation an admitted sequence always gets its chunk.
+          expect(cache.canAppend(id, seq.next, tokens)).toBe(true);
+          cache.append(id, seq.next, tokens);
+          seq.next += tokens;
+          const table = cache.tableOf(id)!;
+          // The table covers the chunk's last position and the window before its first.
+          const P = opts.pageTokens;
+          expect((table.firstPage + table.pages.length) * P).toBeGreaterThanOrEqual(seq.next);
+          if (spec.windowTokens !== null) {
+            expect(table.firstPage * P).toBeLessThanOrEqual(Math.max(0, seq.next - tokens - spec.windowTokens));
+          } else {
+            expect(table.firstPage).toBe(0);
+          }
+          maxHeld = Math.max(maxHeld, table.pages.length);
+        }
+      }
+    }
+    checkOwnership(cache, live.keys());
+    expect(cache.usage().slotsUsed).toBe(live.size);
+    expect(cache.usage().pagesReserved).toBeLessThanOrEqual(cache.pool.numPages);
+  }
+  for (const id of [...live.keys()]) cache.free(id);
+  const usage = cache.usage();
+  expect(usage.pagesUsed).toBe(0);
+  expect(usage.slotsUsed).toBe(0);
+  expect(usage.pagesReserved).toBe(0);
+  expect(cache.pool.numFree).toBe(cache.pool.numPages);
+  expect(cache.slots.numFree).toBe(cache.slots.numSlots);
+  return maxHeld;
+}
+
+describe('BlockPool', () => {
+  it('hands out each page once, counts references, and refuses when exhausted', () => {
+    const pool = new BlockPool({ numAttnLayers: 2, numKvHeads: 2, headDim: 4, pageTokens: 8 }, 3);
+    const pages = [pool.allocate(), pool.allocate(), pool.allocate()];
+    expect(new Set(pages).size).toBe(3);
+    expect(pool.allocate()).toBeNull();
+    pool.retain(pages[0]!);
+    pool.release(pages[0]!);
+    expect(pool.numFree).toBe(0); // still one owner
+    pool.release(pages[0]!);
+    expect(pool.numFree).toBe(1);
+    expect(() => pool.release(pages[0]!)).toThrow(/not in use/);
+    expect(pool.allocate()).toBe(pages[0]);
+  });
+
+  it('lays a page out as [layers, 2, Hkv, P, d] without overlap', () => {
+    const spec = { numAttnLayers: 2, numKvHeads: 3, headDim: 4, pageTokens: 5 };
+    const pool = new BlockPool(spec, 4);
+    const seen = new Set<number>();
+    for (let page = 0; page < 4; page++) {
+      for (let l = 0; l < 2; l++) {
+        for (const kind of [0, 1] as const) {
+          for (let h = 0; h < 3; h++) {
+            const off = pool.pageOffset(page, l, kind, h);
+            for (let i = 0; i < 5 * 4; i++) {
+              expect(seen.has(off + i)).toBe(false);
+              seen.add(off + i);
+            }
+          }
+        }
+      }
+    }
+    expect(seen.size).toBe(pool.pageArray(0).length);
+  });
+});
+
+describe('StateSlots', () => {
+  it('zeroes a slot when it is handed out again', () => {
+    const slots = new StateSlots({ numGlaLayers: 2, numKvHeads: 2, headDim: 3 }, 2);
+    const a = slots.allocate()!;
+    slots.state(1, a).fill(7);
+    slots.release(a);
+    const b = slots.allocate()!;
+    const c = slots.allocate()!;
+    expect(slots.allocate()).toBeNull();
+    for (const s of [b, c]) expect(slots.state(1, s).every((x) => x === 0)).toBe(true);
+    expect(slots.bytesPerSlot).toBe(2 * 2 * 3 * 3 * 4);
+  });
+});
+
+describe('CacheManager under random workloads', () => {
+  const swa: CacheSpec = { numAttnLayers: 2, numGlaLayers: 2, numKvHeads: 1, headDim: 2, windowTokens: 40 };
+  const full: CacheSpec = { ...swa, windowTokens: null };
+
+  it('SWA: no page owned twice, a sequence holds ≤ ⌈(W+C)/P⌉+1 pages, everything free at the end', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 32 }), // P
+        fc.integer({ min: 1, max: 48 }), // C
+        fc.array(opArb(400, 48), { maxLength: 120 }),
+        (P, C, ops) => {
+          const bound = PagedKvManager.maxPagesSwa(40, C, P);
+          const maxHeld = runWorkload(swa, { kvPages: 3 * bound, pageTokens: P, maxNumSeqs: 4, maxChunkTokens: C }, ops.map((op) =>
+            op.kind === 'advance' ? { ...op, tokens: Math.min(op.tokens, C) } : op,
+          ));
+          expect(maxHeld).toBeLessThanOrEqual(bound);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it('full attention: tables grow, admission stops when reservations would exceed the pool', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 16 }), fc.array(opArb(200, 32), { maxLength: 120 }), (P, ops) => {
+        runWorkload(full, { kvPages: 24, pageTokens: P, maxNumSeqs: 6, maxChunkTokens: 32 }, ops);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('pure GLA models need no pages', () => {
+    const cache = new CacheManager({ ...swa, numAttnLayers: 0 }, { maxNumSeqs: 2, maxChunkTokens: 8 });
+    expect(cache.pool.numPages).toBe(0);
+    expect(cache.admit('a', 1_000_000)).toBe(true);
+    cache.append('a', 0, 8);
+    expect(cache.admit('b', 5)).toBe(true);
+    expect(cache.admit('c', 5)).toBe(false); // slots exhausted
+    cache.free('a');
+    cache.free('b');
+    expect(cache.usage().slotsUsed).toBe(0);
+  });
+});
+
+describe('full attention refusal', () => {
+  const spec: CacheSpec = { numAttnLayers: 1, numGlaLayers: 0, numKvHeads: 1, headDim: 2, windowTokens: null };
+
+  it('refuses a sequence longer than the whole pool, and a second one while the pool is reserved', () => {
+    const cache = new CacheManager(spec, { kvPages: 4, pageTokens: 8, maxNumSeqs: 4, maxChunkTokens: 8 });
+    expect(cache.maxTokensPerSequence).toBe(32);
+    expect(cache.canEverFit(33)).toBe(false);
+    expect(cache.canEverFit(32)).toBe(true);
+    expect(cache.admit('a', 24)).toBe(true);
+    expect(cache.canAdmit(9)).toBe(false);
+    expect(cache.admit('b', 8)).toBe(true);
+    expect(cache.admit('c', 1)).toBe(false);
+    for (let p = 0; p < 24; p += 8) cache.append('a', p, 8);
+    // Growing past the reservation is refused.
+    expect(cache.canAppend('a', 24, 1)).toBe(false);
+    expect(() => cache.append('a', 24, 1)).toThrow(/reservation/);
+    cache.free('a');
+    cache.free('b');
+    expect(cache.pool.numFree).toBe(4);
+  });
+
+  it('PagedKvManager alone grows until the pool is exhausted, then changes nothing', () => {
+    const pool = new BlockPool({ numAttnLayers: 1, numKvHeads: 1, headDim: 2, pageTokens: 4 }, 3);
+    const kv = new PagedKvManager(pool, null);
+    expect(kv.ensure('a', 0, 10)).toBe(true); // 3 pages
+    expect(kv.ensure('b', 0, 1)).toBe(false);
+    expect(kv.ensure('a', 10, 2)).toBe(true); // still inside page 2
+    expect(kv.ensure('a', 12, 1)).toBe(false);
+    expect(kv.pagesHeld('a')).toBe(3);
+    expect(kv.table('b')).toBeUndefined();
+    kv.free('a');
+    expect(pool.numFree).toBe(3);
+  });
+});
