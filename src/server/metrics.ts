@@ -1,0 +1,258 @@
+// Prometheus metrics of the server: one registry, vLLM's metric suffixes under our prefix
+// `spikeserve:` (dashboards and the Gateway API inference extension port by a prefix swap), every
+// series labelled with `model_name`. Fed by two things only: the TokenEvent stream of each engine
+// request (trackRequest) and periodic EngineStats snapshots (updateEngineStats). No HTTP here.
+//
+// Per request (t0 = trackRequest(), times from the injected clock, seconds):
+//   TTFT   = t(first 'token') − t0                      observed once per request
+//   ITL    = t(token k) − t(token k−1)                  observed for every token after the first
+//   e2e    = t('done' or onFinish) − t0
+//   queue / prefill / decode                            from the 'done' event's engine timing
+// prefill_tokens_per_second is the prompt tokens actually computed (cached ones excluded) in the
+// last `prefillRateWindowSeconds`, divided by that window (or by the time since the first sample
+// when that is shorter); it is computed at scrape time and decays to 0 when the engine is idle.
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { EngineStats, FinishReason, TokenEvent } from '../engine/types.ts';
+
+export const METRIC_PREFIX = 'spikeserve:';
+
+const FINISH_REASONS: readonly FinishReason[] = ['stop', 'length', 'abort', 'error'];
+
+// vLLM's buckets, with the long tail extended to 4 h and 8 h: a multi-million-token prompt takes
+// minutes to prefill on CPU, and a request that falls past the last bucket tells nothing.
+const LONG_TAIL_SECONDS = [5120, 10240, 14400, 28800];
+export const TTFT_BUCKETS_SECONDS: readonly number[] = [
+  0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160, 640,
+  2560, ...LONG_TAIL_SECONDS,
+];
+export const REQUEST_LATENCY_BUCKETS_SECONDS: readonly number[] = [
+  0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240, 480, 960, 1920, 2560,
+  ...LONG_TAIL_SECONDS,
+];
+export const INTER_TOKEN_BUCKETS_SECONDS: readonly number[] = [
+  0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80,
+];
+
+export interface ServerMetricsOptions {
+  /** Registry to register into; default a new one. */
+  readonly registry?: Registry;
+  /** Also collect Node process metrics (prom-client defaults, no prefix). Default true. */
+  readonly collectDefault?: boolean;
+  /** Monotonic clock in seconds; default performance.now()/1000. Tests inject a fake one. */
+  readonly now?: () => number;
+  /** Sliding window of the prefill throughput gauge, seconds. Default 10. */
+  readonly prefillRateWindowSeconds?: number;
+}
+
+/** Handle of one engine request's event stream. */
+export interface RequestTracker {
+  onEvent(ev: TokenEvent): void;
+  /** End of the request (after 'done', or on client abort / error without one). Idempotent. */
+  onFinish(): void;
+}
+
+/** Prompt tokens computed during [startSeconds, endSeconds], assumed spread evenly over it. */
+interface PrefillSample {
+  readonly startSeconds: number;
+  readonly endSeconds: number;
+  readonly tokens: number;
+}
+
+export class ServerMetrics {
+  readonly registry: Registry;
+  readonly contentType: string;
+
+  private readonly now: () => number;
+  private readonly windowSeconds: number;
+  private prefillSamples: PrefillSample[] = [];
+
+  private readonly ttft: Histogram.Internal<string>;
+  private readonly interToken: Histogram.Internal<string>;
+  private readonly e2e: Histogram.Internal<string>;
+  private readonly queueTime: Histogram.Internal<string>;
+  private readonly prefillTime: Histogram.Internal<string>;
+  private readonly decodeTime: Histogram.Internal<string>;
+  private readonly running: Gauge.Internal<string>;
+  private readonly waiting: Gauge.Internal<string>;
+  private readonly kvUsage: Gauge.Internal<string>;
+  private readonly kvPagesUsed: Gauge.Internal<string>;
+  private readonly kvPagesTotal: Gauge.Internal<string>;
+  private readonly stateBytes: Gauge.Internal<string>;
+  private readonly promptTokens: Counter.Internal;
+  private readonly generationTokens: Counter.Internal;
+  private readonly success: Counter<'model_name' | 'finished_reason'>;
+
+  constructor(
+    private readonly modelName: string,
+    opts: ServerMetricsOptions = {},
+  ) {
+    this.registry = opts.registry ?? new Registry();
+    this.contentType = this.registry.contentType;
+    this.now = opts.now ?? (() => performance.now() / 1000);
+    this.windowSeconds = opts.prefillRateWindowSeconds ?? 10;
+    if (opts.collectDefault ?? true) collectDefaultMetrics({ register: this.registry });
+
+    const registers = [this.registry];
+    const labels = { model_name: modelName };
+    // Every series is created at zero up front, so the first scrape already shows it.
+    const histogram = (name: string, help: string, buckets: readonly number[]): Histogram.Internal<string> => {
+      const h = new Histogram({ name: METRIC_PREFIX + name, help, labelNames: ['model_name'], buckets: [...buckets], registers });
+      h.zero(labels);
+      return h.labels(labels);
+    };
+    const gauge = (name: string, help: string): Gauge.Internal<string> => {
+      const g = new Gauge({ name: METRIC_PREFIX + name, help, labelNames: ['model_name'], registers }).labels(labels);
+      g.set(0);
+      return g;
+    };
+    const counter = (name: string, help: string): Counter.Internal => {
+      const c = new Counter({ name: METRIC_PREFIX + name, help, labelNames: ['model_name'], registers }).labels(labels);
+      c.inc(0);
+      return c;
+    };
+
+    this.ttft = histogram('time_to_first_token_seconds', 'Time from engine submission to the first generated token.', TTFT_BUCKETS_SECONDS);
+    this.interToken = histogram('inter_token_latency_seconds', 'Time between consecutive generated tokens.', INTER_TOKEN_BUCKETS_SECONDS);
+    this.e2e = histogram('e2e_request_latency_seconds', 'Time from engine submission to the end of the request.', REQUEST_LATENCY_BUCKETS_SECONDS);
+    this.queueTime = histogram('request_queue_time_seconds', 'Time a request waited before its first scheduled step.', REQUEST_LATENCY_BUCKETS_SECONDS);
+    this.prefillTime = histogram('request_prefill_time_seconds', 'Time spent prefilling the prompt.', REQUEST_LATENCY_BUCKETS_SECONDS);
+    this.decodeTime = histogram('request_decode_time_seconds', 'Time spent generating tokens after the prompt.', REQUEST_LATENCY_BUCKETS_SECONDS);
+
+    this.running = gauge('num_requests_running', 'Requests being prefilled or decoded.');
+    this.waiting = gauge('num_requests_waiting', 'Requests waiting to be scheduled.');
+    this.kvUsage = gauge('kv_cache_usage_perc', 'Share of KV cache pages in use, 0 to 1.');
+    this.kvPagesUsed = gauge('kv_pages_used', 'KV cache pages in use.');
+    this.kvPagesTotal = gauge('kv_pages_total', 'KV cache pages in the pool.');
+    this.stateBytes = gauge('recurrent_state_bytes', 'Bytes of GLA recurrent state held by live sequences.');
+    const prefillRate = (): number => this.prefillTokensPerSecond();
+    new Gauge({
+      name: METRIC_PREFIX + 'prefill_tokens_per_second',
+      help: `Prompt tokens computed per second over the last ${this.windowSeconds} s (cached tokens excluded).`,
+      labelNames: ['model_name'],
+      registers,
+      collect() {
+        this.set(labels, prefillRate());
+      },
+    });
+
+    this.promptTokens = counter('prompt_tokens_total', 'Prompt tokens of finished requests.');
+    this.generationTokens = counter('generation_tokens_total', 'Generated tokens of finished requests.');
+    this.success = new Counter({
+      name: METRIC_PREFIX + 'request_success_total',
+      help: 'Finished requests, by finish reason.',
+      labelNames: ['model_name', 'finished_reason'],
+      registers,
+    });
+    // Every reason exists from the start, so rate() over a fresh series works.
+    for (const reason of FINISH_REASONS) this.success.inc({ model_name: modelName, finished_reason: reason }, 0);
+  }
+
+  trackRequest(): RequestTracker {
+    const startSeconds = this.now();
+    let finished = false;
+    let firstTokenSeconds: number | null = null;
+    let lastTokenSeconds = 0;
+    let tokenEvents = 0;
+    let promptTokensSeen = 0; // from progress events, for an abort without 'done'
+    let computedPrefillTokens = 0; // prompt tokens already put into the prefill window
+    let lastPrefillSeconds = startSeconds;
+
+    const addPrefill = (tokens: number, fromSeconds: number, toSeconds: number): void => {
+      if (tokens <= 0) return;
+      this.addPrefillSample({ startSeconds: fromSeconds, endSeconds: Math.max(toSeconds, fromSeconds), tokens });
+      computedPrefillTokens += tokens;
+    };
+
+    const finish = (reason: FinishReason, promptTokens: number, completionTokens: number, t: number): void => {
+      finished = true;
+      this.e2e.observe(t - startSeconds);
+      this.promptTokens.inc(promptTokens);
+      this.generationTokens.inc(completionTokens);
+      this.success.inc({ model_name: this.modelName, finished_reason: reason });
+    };
+
+    return {
+      onEvent: (ev: TokenEvent): void => {
+        if (finished) return;
+        const t = this.now();
+        switch (ev.type) {
+          case 'progress':
+            promptTokensSeen = ev.totalTokens;
+            addPrefill(ev.processedTokens - ev.cachedTokens - computedPrefillTokens, lastPrefillSeconds, t);
+            lastPrefillSeconds = t;
+            return;
+          case 'prompt_logprobs':
+            return;
+          case 'token':
+            tokenEvents++;
+            if (firstTokenSeconds === null) {
+              firstTokenSeconds = t;
+              this.ttft.observe(t - startSeconds);
+            } else {
+              this.interToken.observe(t - lastTokenSeconds);
+            }
+            lastTokenSeconds = t;
+            return;
+          case 'done': {
+            const { queueSeconds, prefillSeconds, decodeSeconds } = ev.timing;
+            this.queueTime.observe(queueSeconds);
+            this.prefillTime.observe(prefillSeconds);
+            this.decodeTime.observe(decodeSeconds);
+            // Prompt tokens no progress event reported: spread over the engine's prefill interval.
+            const prefillEnd = t - decodeSeconds;
+            const from = computedPrefillTokens > 0 ? lastPrefillSeconds : prefillEnd - prefillSeconds;
+            addPrefill(ev.promptTokens - ev.cachedTokens - computedPrefillTokens, from, prefillEnd);
+            finish(ev.finishReason, ev.promptTokens, ev.completionTokens, t);
+            return;
+          }
+        }
+      },
+      onFinish: (): void => {
+        // Ended without a 'done' event (client went away, stream broke): count what was seen.
+        if (!finished) finish('abort', promptTokensSeen, tokenEvents, this.now());
+      },
+    };
+  }
+
+  updateEngineStats(s: EngineStats): void {
+    this.running.set(s.numRunning);
+    this.waiting.set(s.numWaiting);
+    this.kvPagesUsed.set(s.kvPagesUsed);
+    this.kvPagesTotal.set(s.kvPagesTotal);
+    this.kvUsage.set(s.kvPagesTotal > 0 ? s.kvPagesUsed / s.kvPagesTotal : 0);
+    this.stateBytes.set(s.stateBytesInUse);
+  }
+
+  render(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  /** Prompt tokens computed per second over the sliding window ending now. */
+  prefillTokensPerSecond(): number {
+    const now = this.now();
+    const windowStart = now - this.windowSeconds;
+    this.prefillSamples = this.prefillSamples.filter((s) => s.endSeconds > windowStart);
+    if (this.prefillSamples.length === 0) return 0;
+    let tokens = 0;
+    let earliest = now;
+    for (const s of this.prefillSamples) {
+      const span = s.endSeconds - s.startSeconds;
+      const from = Math.max(s.startSeconds, windowStart);
+      const to = Math.min(s.endSeconds, now);
+      // A sample with no duration (two events in the same clock tick) counts whole.
+      tokens += span > 0 ? (s.tokens * Math.max(0, to - from)) / span : s.tokens;
+      earliest = Math.min(earliest, from);
+    }
+    const seconds = now - earliest;
+    return seconds > 0 ? tokens / seconds : 0;
+  }
+
+  private addPrefillSample(sample: PrefillSample): void {
+    this.prefillSamples.push(sample);
+    // Bounded: samples older than the window are dropped here as well as at scrape time.
+    if (this.prefillSamples.length > 4096) {
+      const windowStart = this.now() - this.windowSeconds;
+      this.prefillSamples = this.prefillSamples.filter((s) => s.endSeconds > windowStart);
+    }
+  }
+}
