@@ -1,0 +1,208 @@
+// Scheduler: continuous batching with a token budget per step and chunked prefill.
+// It decides how many tokens each request computes in the next step; the CacheManager answers whether
+// that fits. It never touches tensors or the model (tests run it without onnxruntime).
+// Request lifecycle: see request-state.ts.
+import type { CacheManager } from '../cache/cache-manager.ts';
+import { QueueFullError, RequestRejectedError } from './errors.ts';
+import type { FinishReason } from './types.ts';
+import type { RequestState } from './request-state.ts';
+
+export interface SchedulerConfig {
+  /** Most requests running (prefilling or decoding) at once. */
+  readonly maxNumSeqs: number;
+  /** Token budget of one step: decodes count 1 each, prefill chunks their length. */
+  readonly maxBatchedTokens: number;
+  /** Longest prefill chunk. */
+  readonly prefillChunkTokens: number;
+  /** Longest waiting queue; one more submission throws QueueFullError. */
+  readonly maxQueue: number;
+  /** prompt + max_tokens must not exceed this. */
+  readonly maxModelLen: number;
+  /** Token ids must be < vocabSize. */
+  readonly vocabSize: number;
+}
+
+/** A prefill chunk: prompt positions [startPos, startPos + numTokens) of one request. */
+export interface ScheduledChunk {
+  readonly request: RequestState;
+  readonly startPos: number;
+  readonly numTokens: number;
+}
+
+/** What one step computes. Every scheduled position already has its pages. */
+export interface SchedulerOutput {
+  /** Requests decoding one token each (fed their last sampled token at position numComputedTokens). */
+  readonly decodes: readonly RequestState[];
+  readonly prefills: readonly ScheduledChunk[];
+  readonly numScheduledTokens: number;
+}
+
+export class Scheduler {
+  readonly config: SchedulerConfig;
+  private readonly cache: CacheManager;
+  /** FCFS queue of submitted, not yet admitted requests. */
+  private readonly waiting: RequestState[] = [];
+  /** Admitted requests in admission order (prefilling or decoding). */
+  private readonly running: RequestState[] = [];
+  private readonly byId = new Map<string, RequestState>();
+
+  constructor(config: SchedulerConfig, cache: CacheManager) {
+    if (config.prefillChunkTokens > config.maxBatchedTokens) {
+      throw new RangeError(`prefillChunkTokens (${config.prefillChunkTokens}) must be ≤ maxBatchedTokens (${config.maxBatchedTokens})`);
+    }
+    if (config.prefillChunkTokens > cache.maxChunkTokens) {
+      throw new RangeError(`prefillChunkTokens (${config.prefillChunkTokens}) exceeds the cache's maxChunkTokens (${cache.maxChunkTokens})`);
+    }
+    this.config = Object.freeze({ ...config });
+    this.cache = cache;
+  }
+
+  get numWaiting(): number {
+    return this.waiting.length;
+  }
+
+  get numRunning(): number {
+    return this.running.length;
+  }
+
+  get hasWork(): boolean {
+    return this.running.length > 0 || this.waiting.length > 0;
+  }
+
+  get(requestId: string): RequestState | undefined {
+    return this.byId.get(requestId);
+  }
+
+  /**
+   * Refuses what can never be served (RequestRejectedError) and what does not fit in the queue
+   * (QueueFullError); otherwise queues the request as WAITING.
+   */
+  submit(req: RequestState): void {
+    const { maxModelLen, vocabSize, maxQueue } = this.config;
+    const n = req.numPromptTokens;
+    if (this.byId.has(req.requestId)) throw new RequestRejectedError(`request id ${req.requestId} is already in use`, null);
+    if (n === 0) throw new RequestRejectedError('the prompt is empty', 'prompt');
+    for (const t of req.promptTokenIds) {
+      if (!Number.isInteger(t) || t < 0 || t >= vocabSize) {
+        throw new RequestRejectedError(`prompt token id ${t} is outside the vocabulary [0, ${vocabSize})`, 'prompt');
+      }
+    }
+    if (!Number.isInteger(req.sampling.maxTokens) || req.sampling.maxTokens < 1) {
+      throw new RequestRejectedError(`max_tokens must be ≥ 1, got ${req.sampling.maxTokens}`, 'max_tokens');
+    }
+    if (n >= maxModelLen) {
+      throw new RequestRejectedError(
+        `the prompt has ${n} tokens; this model's maximum context length is ${maxModelLen} tokens, including at least one generated token`,
+        'prompt',
+      );
+    }
+    if (n + req.sampling.maxTokens > maxModelLen) {
+      throw new RequestRejectedError(
+        `the prompt (${n} tokens) plus max_tokens (${req.sampling.maxTokens}) exceeds this model's maximum context length of ${maxModelLen} tokens`,
+        'max_tokens',
+      );
+    }
+    if (!this.cache.canEverFit(n + req.sampling.maxTokens)) {
+      const cap = this.cache.maxTokensPerSequence;
+      const param = this.cache.canEverFit(n + 1) ? 'max_tokens' : 'prompt';
+      throw new RequestRejectedError(
+        `the prompt (${n} tokens) plus max_tokens (${req.sampling.maxTokens}) needs more key/value memory than the whole cache holds (${cap} tokens for one full-attention sequence)`,
+        param,
+      );
+    }
+    if (this.waiting.length >= maxQueue) {
+      throw new QueueFullError(`the waiting queue is full (${maxQueue} requests); retry later`);
+    }
+    req.status = 'waiting';
+    this.waiting.push(req);
+    this.byId.set(req.requestId, req);
+  }
+
+  schedule(nowMs = performance.now()): SchedulerOutput {
+    // Core idea: every step spends a budget of `maxBatchedTokens` tokens.
+    //  1. Every DECODING request gets one token (decodes first, so streams keep flowing).
+    //  2. PREFILLING requests, oldest first, get a chunk of their prompt:
+    //     min(prompt left, budget left, prefillChunkTokens). A long prompt therefore advances a chunk
+    //     per step while every decode still gets its token in the same step.
+    //  3. Budget left over admits WAITING requests in FCFS order while the CacheManager can reserve
+    //     a state slot and their worst-case pages; the first one that does not fit stops admission
+    //     (no overtaking, so a big request is not starved by small ones).
+    // Pages for every scheduled position are allocated here; admission reserved them, so it cannot fail.
+    let budget = this.config.maxBatchedTokens;
+    const decodes: RequestState[] = [];
+    const prefills: ScheduledChunk[] = [];
+    for (const req of this.running) {
+      if (budget === 0) break;
+      if (req.status !== 'decoding') continue;
+      this.cache.append(req.requestId, req.numComputedTokens, 1);
+      decodes.push(req);
+      budget--;
+    }
+    for (const req of this.running) {
+      if (budget === 0) break;
+      if (req.status !== 'prefilling') continue;
+      prefills.push(this.chunkFor(req, budget));
+      budget -= prefills[prefills.length - 1]!.numTokens;
+    }
+    while (budget > 0 && this.waiting.length > 0 && this.running.length < this.config.maxNumSeqs) {
+      const req = this.waiting[0]!;
+      if (!this.cache.admit(req.requestId, req.maxTotalTokens)) break;
+      this.waiting.shift();
+      req.status = 'prefilling';
+      req.admittedMs = nowMs;
+      req.lastProgressMs = nowMs;
+      this.running.push(req);
+      prefills.push(this.chunkFor(req, budget));
+      budget -= prefills[prefills.length - 1]!.numTokens;
+    }
+    return { decodes, prefills, numScheduledTokens: this.config.maxBatchedTokens - budget };
+  }
+
+  private chunkFor(req: RequestState, budget: number): ScheduledChunk {
+    const numTokens = Math.min(req.numPromptTokensLeft, budget, this.config.prefillChunkTokens);
+    const startPos = req.numComputedTokens;
+    this.cache.append(req.requestId, startPos, numTokens);
+    return { request: req, startPos, numTokens };
+  }
+
+  /** Records that a scheduled chunk was computed; after the last prompt chunk the request decodes. */
+  completePrefill(chunk: ScheduledChunk): void {
+    const req = chunk.request;
+    if (req.isFinished) return;
+    req.numComputedTokens = chunk.startPos + chunk.numTokens;
+    if (req.numComputedTokens === req.numPromptTokens) req.status = 'decoding';
+  }
+
+  /** Records that a decode step computed the request's last sampled token. */
+  completeDecode(req: RequestState): void {
+    if (req.isFinished) return;
+    req.numComputedTokens++;
+  }
+
+  /** FINISHED (stop, length, error): frees everything the request holds. */
+  finish(req: RequestState, reason: FinishReason, nowMs = performance.now()): void {
+    if (req.isFinished) return;
+    req.finishReason = reason;
+    this.remove(req, reason === 'abort' ? 'aborted' : 'finished', nowMs);
+  }
+
+  /** ABORTED from any state; returns the request, or undefined for an unknown / finished id. */
+  abort(requestId: string, nowMs = performance.now()): RequestState | undefined {
+    const req = this.byId.get(requestId);
+    if (req === undefined || req.isFinished) return undefined;
+    req.finishReason = 'abort';
+    this.remove(req, 'aborted', nowMs);
+    return req;
+  }
+
+  private remove(req: RequestState, status: 'finished' | 'aborted', nowMs: number): void {
+    req.status = status;
+    req.finishedMs = nowMs;
+    const w = this.waiting.indexOf(req);
+    if (w >= 0) this.waiting.splice(w, 1);
+    const r = this.running.indexOf(req);
+    if (r >= 0) this.running.splice(r, 1);
+    this.byId.delete(req.requestId);
+    this.cache.free(req.requestId);
+  }
+}
