@@ -1,0 +1,24 @@
+// Names of the built graph's inputs and outputs: the one place both the graph builder and the Model
+// (which feeds onnxruntime) take them from. `layer` is the model layer index (not an ordinal).
+
+/** [B, T] int32 token ids. */
+export const INPUT_IDS = 'input_ids';
+/** [B, T] int32 absolute positions of the new tokens. */
+export const POSITIONS = 'positions';
+/** [B, P] int32 positions of the past key/value slots; −1 = empty slot. */
+export const PAST_POSITIONS = 'past_positions';
+/** [1] int64: logits are computed for the last `num_logits` positions of each row (1 or T). */
+export const NUM_LOGITS = 'num_logits';
+/** [B, num_logits, V] float32. */
+export const LOGITS = 'logits';
+
+/** GLA layer: [B, Hkv, d, d] state before the chunk. */
+export const stateIn = (layer: number): string => `state.${layer}`;
+/** GLA layer: [B, Hkv, d, d] state after the chunk. */
+export const stateOut = (layer: number): string => `new_state.${layer}`;
+/** Attention layer: [B, Hkv, P, d] post-RoPE keys / values of the past slots. */
+export const pastKey = (layer: number): string => `past_key.${layer}`;
+export const pastValue = (layer: number): string => `past_value.${layer}`;
+/** Attention layer: [B, Hkv, T, d] post-RoPE keys / values of the chunk's tokens. */
+export const presentKey = (layer: number): string => `present_key.${layer}`;
+export const presentValue = (layer: number): string => `present_value.${layer}`;

@@ -1,0 +1,134 @@
+// class Model: owns the onnxruntime session of one built checkpoint and runs one forward pass
+// (../forward.ts) per call. Inputs are wrapped without copying (ort.Tensor views the typed arrays);
+// outputs are the fresh arrays onnxruntime returns.
+import { availableParallelism } from 'node:os';
+import * as ort from 'onnxruntime-node';
+import { EngineError } from '../errors.ts';
+import type { Checkpoint } from './checkpoint.ts';
+import { glaStateBytesPerSequence, kvBytesPerToken, layersOfKind, type ModelConfig } from './config.ts';
+import type { ForwardInput, ForwardOutput } from './forward.ts';
+import {
+  INPUT_IDS,
+  LOGITS,
+  NUM_LOGITS,
+  PAST_POSITIONS,
+  POSITIONS,
+  pastKey,
+  pastValue,
+  presentKey,
+  presentValue,
+  stateIn,
+  stateOut,
+} from './io-names.ts';
+import { ensureBuiltModel, type BuildProgress } from './onnx/build-cache.ts';
+
+export interface ModelLoadOptions {
+  /** Built-model cache folder (default `<repo>/.cache/models`). */
+  readonly cacheDir?: string;
+  /** onnxruntime intra-op threads (default: available cores). */
+  readonly intraOpThreads?: number;
+  readonly device?: 'cpu';
+  /** Use onnxruntime contrib ops (fast path, default true); false = plain-op reference graph. */
+  readonly fusedOps?: boolean;
+  /** Sub-chunk C of the plain-op chunked GLA (default 16). */
+  readonly glaSubChunk?: number;
+  /** Build progress (only when the model is built, not on a cache hit). */
+  readonly onProgress?: (p: BuildProgress) => void;
+}
+
+export class Model {
+  /** Layer indices of GLA layers and of attention (SWA or full) layers, in order. */
+  readonly glaLayers: readonly number[];
+  readonly attentionLayers: readonly number[];
+  /** Bytes of GLA state per sequence (fp32, all GLA layers); independent of its length. */
+  readonly stateBytesPerSequence: number;
+  /** Bytes of keys + values per kept token (fp32, all attention layers). */
+  readonly kvBytesPerToken: number;
+  /** W: past tokens an SWA layer needs; null when attention layers are full (keep everything). */
+  readonly windowTokens: number | null;
+
+  private constructor(
+    readonly config: ModelConfig,
+    private readonly session: ort.InferenceSession,
+    readonly modelPath: string,
+  ) {
+    this.glaLayers = layersOfKind(config, 'gla');
+    this.attentionLayers = config.layerKinds.flatMap((k, i) => (k === 'gla' ? [] : [i]));
+    this.stateBytesPerSequence = glaStateBytesPerSequence(config);
+    this.kvBytesPerToken = kvBytesPerToken(config);
+    this.windowTokens = config.layerKinds.includes('full') ? null : config.slidingWindow;
+  }
+
+  static async load(ckpt: Checkpoint, options: ModelLoadOptions = {}): Promise<Model> {
+    const modelPath = ensureBuiltModel(
+      ckpt,
+      { fusedOps: options.fusedOps ?? true, glaSubChunk: options.glaSubChunk ?? 16 },
+      { ...(options.cacheDir !== undefined ? { cacheDir: options.cacheDir } : {}), ...(options.onProgress !== undefined ? { onProgress: options.onProgress } : {}) },
+    );
+    const session = await ort.InferenceSession.create(modelPath, {
+      executionProviders: ['cpu'],
+      graphOptimizationLevel: 'all',
+      intraOpNumThreads: options.intraOpThreads ?? availableParallelism(),
+      interOpNumThreads: 1,
+      executionMode: 'sequential',
+      enableCpuMemArena: true,
+      enableMemPattern: true,
+    });
+    return new Model(ckpt.config, session, modelPath);
+  }
+
+  /** One forward pass over B sequences × T new tokens. */
+  async run(input: ForwardInput): Promise<ForwardOutput> {
+    const { batchSize: B, chunkTokens: T, pastTokens: P } = input;
+    const { numKvHeads: Hkv, headDim: d, vocabSize: V } = this.config;
+    const check = (what: string, got: number, want: number): void => {
+      if (got !== want) throw new EngineError(`Model.run: ${what} has ${got} elements, expected ${want}`);
+    };
+    if (B < 1 || T < 1 || P < 0) throw new EngineError(`Model.run: need B ≥ 1, T ≥ 1, P ≥ 0; got B=${B}, T=${T}, P=${P}`);
+    check('tokenIds', input.tokenIds.length, B * T);
+    check('positions', input.positions.length, B * T);
+    check('pastPositions', input.pastPositions.length, B * P);
+    check('glaStates (count)', input.glaStates.length, this.glaLayers.length);
+    check('pastKeys (count)', input.pastKeys.length, this.attentionLayers.length);
+    check('pastValues (count)', input.pastValues.length, this.attentionLayers.length);
+
+    const feeds: Record<string, ort.Tensor> = {
+      [INPUT_IDS]: new ort.Tensor('int32', input.tokenIds, [B, T]),
+      [POSITIONS]: new ort.Tensor('int32', input.positions, [B, T]),
+      [PAST_POSITIONS]: new ort.Tensor('int32', input.pastPositions, [B, P]),
+      [NUM_LOGITS]: new ort.Tensor('int64', BigInt64Array.of(BigInt(input.allLogits ? T : 1)), [1]),
+    };
+    this.glaLayers.forEach((layer, i) => {
+      const s = input.glaStates[i] ?? new Float32Array(0);
+      check(`glaStates[${i}]`, s.length, B * Hkv * d * d);
+      feeds[stateIn(layer)] = new ort.Tensor('float32', s, [B, Hkv, d, d]);
+    });
+    this.attentionLayers.forEach((layer, i) => {
+      const k = input.pastKeys[i] ?? new Float32Array(0);
+      const v = input.pastValues[i] ?? new Float32Array(0);
+      check(`pastKeys[${i}]`, k.length, B * Hkv * P * d);
+      check(`pastValues[${i}]`, v.length, B * Hkv * P * d);
+      feeds[pastKey(layer)] = new ort.Tensor('float32', k, [B, Hkv, P, d]);
+      feeds[pastValue(layer)] = new ort.Tensor('float32', v, [B, Hkv, P, d]);
+    });
+
+    const out = await this.session.run(feeds);
+    const f32 = (name: string): Float32Array => {
+      const t = out[name];
+      if (t === undefined || !(t.data instanceof Float32Array)) throw new EngineError(`Model.run: output ${name} missing`);
+      return t.data;
+    };
+    const logits = f32(LOGITS);
+    check('logits', logits.length, B * (input.allLogits ? T : 1) * V);
+    return {
+      logits,
+      glaStates: this.glaLayers.map((l) => f32(stateOut(l))),
+      presentKeys: this.attentionLayers.map((l) => f32(presentKey(l))),
+      presentValues: this.attentionLayers.map((l) => f32(presentValue(l))),
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.session.release();
+  }
+}

@@ -1,0 +1,199 @@
+// A small ONNX graph builder: nodes with scoped names (`/model/layers.0/attn/q_proj/MatMul`), inline
+// constants, and weights as EXTERNAL initializers whose bytes are produced lazily, one tensor at a
+// time, when the data file is written (so a model is never held in memory twice).
+import { closeSync, openSync, writeSync } from 'node:fs';
+import {
+  DataType,
+  type AttributeValue,
+  type DataTypeCode,
+  type ExternalTensor,
+  type InlineTensor,
+  type ModelProto,
+  type NodeProto,
+  type ValueInfoProto,
+} from './proto.ts';
+
+/** External data offsets are multiples of this (a page, so onnxruntime may map them). */
+export const EXTERNAL_ALIGN_BYTES = 4096;
+
+export const int = (value: number): AttributeValue => ({ kind: 'int', value });
+export const float = (value: number): AttributeValue => ({ kind: 'float', value });
+export const ints = (value: readonly number[]): AttributeValue => ({ kind: 'ints', value });
+export const str = (value: string): AttributeValue => ({ kind: 'string', value });
+
+export interface OpOptions {
+  readonly domain?: string;
+  /** Number of outputs (default 1). */
+  readonly outputs?: number;
+  /** Last part of the node name (default: the op type). */
+  readonly name?: string;
+}
+
+interface PendingWeight {
+  readonly tensor: ExternalTensor;
+  readonly produce: () => Float32Array;
+}
+
+export class GraphBuilder {
+  private readonly nodes: NodeProto[] = [];
+  private readonly inlines: InlineTensor[] = [];
+  private readonly weights: PendingWeight[] = [];
+  private readonly inputs: ValueInfoProto[] = [];
+  private readonly outputs: ValueInfoProto[] = [];
+  private readonly usedNames = new Set<string>();
+  private readonly constCache = new Map<string, string>();
+  private scopeStack: string[] = [];
+  private dataBytes = 0;
+
+  constructor(readonly dataLocation: string) {}
+
+  /** Runs `body` with node names prefixed by `/name`. */
+  scope<R>(name: string, body: () => R): R {
+    this.scopeStack.push(name);
+    try {
+      return body();
+    } finally {
+      this.scopeStack.pop();
+    }
+  }
+
+  private unique(base: string): string {
+    let name = base;
+    for (let i = 1; this.usedNames.has(name); i++) name = `${base}_${i}`;
+    this.usedNames.add(name);
+    return name;
+  }
+
+  input(name: string, dataType: DataTypeCode, dims: readonly (number | string)[]): string {
+    this.usedNames.add(name);
+    this.inputs.push({ name, dataType, dims });
+    return name;
+  }
+
+  /** Declares `value` as a graph output named `name` (an Identity node renames it when needed). */
+  output(name: string, value: string, dataType: DataTypeCode, dims: readonly (number | string)[]): void {
+    if (value !== name) {
+      this.usedNames.add(name);
+      this.nodes.push({ opType: 'Identity', name: this.unique(`/outputs/${name}`), inputs: [value], outputs: [name], domain: '', attributes: new Map() });
+    }
+    this.outputs.push({ name, dataType, dims });
+  }
+
+  /** Adds a node; returns its output value names. An input '' is an omitted optional input. */
+  opN(opType: string, inputs: readonly string[], attrs: Record<string, AttributeValue> = {}, options: OpOptions = {}): string[] {
+    const nodeName = this.unique(`/${[...this.scopeStack, options.name ?? opType].join('/')}`);
+    const count = options.outputs ?? 1;
+    const outs = Array.from({ length: count }, (_, i) => this.unique(`${nodeName}_output_${i}`));
+    this.nodes.push({
+      opType,
+      name: nodeName,
+      inputs,
+      outputs: outs,
+      domain: options.domain ?? '',
+      attributes: new Map(Object.entries(attrs)),
+    });
+    return outs;
+  }
+
+  op(opType: string, inputs: readonly string[], attrs: Record<string, AttributeValue> = {}, options: OpOptions = {}): string {
+    const out = this.opN(opType, inputs, attrs, { ...options, outputs: 1 })[0];
+    if (out === undefined) throw new Error('unreachable');
+    return out;
+  }
+
+  private inline(dataType: DataTypeCode, dims: readonly number[], raw: Uint8Array, hint: string): string {
+    const key = `${dataType}|${dims.join(',')}|${Buffer.from(raw).toString('base64')}`;
+    const cached = this.constCache.get(key);
+    if (cached !== undefined) return cached;
+    const name = this.unique(`/const/${hint}`);
+    this.inlines.push({ kind: 'inline', name, dataType, dims, raw });
+    this.constCache.set(key, name);
+    return name;
+  }
+
+  /** An int64 constant; `dims` defaults to [values.length] (pass [] for a scalar). */
+  i64(values: readonly number[], dims: readonly number[] = [values.length]): string {
+    const a = BigInt64Array.from(values, (v) => BigInt(v));
+    return this.inline(DataType.INT64, dims, new Uint8Array(a.buffer), `i64_${values.slice(0, 4).join('_')}`);
+  }
+
+  /** An int32 constant; `dims` defaults to [values.length]. */
+  i32(values: readonly number[], dims: readonly number[] = [values.length]): string {
+    const a = Int32Array.from(values);
+    return this.inline(DataType.INT32, dims, new Uint8Array(a.buffer), `i32_${values.slice(0, 4).join('_')}`);
+  }
+
+  /** A float32 constant; `dims` defaults to [values.length]. */
+  f32(values: ArrayLike<number>, dims: readonly number[] = [values.length]): string {
+    const a = Float32Array.from(values);
+    return this.inline(DataType.FLOAT, dims, new Uint8Array(a.buffer), 'f32');
+  }
+
+  /** A float64 constant; `dims` defaults to [values.length]. */
+  f64(values: ArrayLike<number>, dims: readonly number[] = [values.length]): string {
+    const a = Float64Array.from(values);
+    return this.inline(DataType.DOUBLE, dims, new Uint8Array(a.buffer), 'f64');
+  }
+
+  /** A float32 weight stored externally; `produce` is called once, when the data file is written. */
+  weight(name: string, dims: readonly number[], produce: () => Float32Array): string {
+    if (this.usedNames.has(name)) throw new Error(`duplicate weight name ${name}`);
+    this.usedNames.add(name);
+    const length = dims.reduce((a, b) => a * b, 1) * 4;
+    const offset = Math.ceil(this.dataBytes / EXTERNAL_ALIGN_BYTES) * EXTERNAL_ALIGN_BYTES;
+    this.dataBytes = offset + length;
+    const tensor: ExternalTensor = { kind: 'external', name, dataType: DataType.FLOAT, dims, location: this.dataLocation, offset, length };
+    this.weights.push({ tensor, produce });
+    return name;
+  }
+
+  get numWeights(): number {
+    return this.weights.length;
+  }
+
+  get externalBytes(): number {
+    return this.dataBytes;
+  }
+
+  toModel(graphName: string, opsets: ReadonlyMap<string, number>): ModelProto {
+    return {
+      irVersion: 8,
+      producerName: 'spikeserve',
+      producerVersion: '0.1.0',
+      opsets,
+      graph: {
+        name: graphName,
+        nodes: this.nodes,
+        initializers: [...this.inlines, ...this.weights.map((w) => w.tensor)],
+        inputs: this.inputs,
+        outputs: this.outputs,
+      },
+    };
+  }
+
+  /**
+   * Streams every weight to `path` at its offset, one tensor in memory at a time.
+   * `onWeight(done, total, bytesDone)` is called after each tensor.
+   */
+  writeExternalData(path: string, onWeight?: (done: number, total: number, bytesDone: number) => void): void {
+    const fd = openSync(path, 'w');
+    try {
+      let done = 0;
+      for (const { tensor, produce } of this.weights) {
+        const data = produce();
+        if (data.byteLength !== tensor.length) {
+          throw new Error(`weight ${tensor.name}: produced ${data.byteLength} bytes, expected ${tensor.length}`);
+        }
+        let written = 0;
+        const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+        while (written < bytes.length) {
+          written += writeSync(fd, bytes, written, bytes.length - written, tensor.offset + written);
+        }
+        done++;
+        onWeight?.(done, this.weights.length, tensor.offset + tensor.length);
+      }
+    } finally {
+      closeSync(fd);
+    }
+  }
+}

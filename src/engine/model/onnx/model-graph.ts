@@ -1,0 +1,117 @@
+// The whole model as one ONNX graph for any B ≥ 1 and T ≥ 1 (I/O: ../forward.ts, names: ../io-names.ts):
+//   h = embed(ids) [N, D], N = B·T
+//   per layer: h += Mixer(RMSNorm(h)) (GLA or attention); h += MLP(RMSNorm(h))
+//   logits = lm_head(RMSNorm(h)) for the last `num_logits` positions of each row → [B, num_logits, V]
+import type { Checkpoint } from '../checkpoint.ts';
+import { INPUT_IDS, LOGITS, NUM_LOGITS, PAST_POSITIONS, POSITIONS } from '../io-names.ts';
+import { EMBEDDINGS, FINAL_NORM, LM_HEAD, layerTensorNames } from '../tensor-names.ts';
+import { attentionMixer, ropeTables } from './attention-layer.ts';
+import { mlp, rmsNorm } from './blocks.ts';
+import { reshape, type GraphContext, type GraphOptions } from './context.ts';
+import { glaMixer } from './gla-layer.ts';
+import { GraphBuilder, float, int } from './graph-builder.ts';
+import { DataType, type ModelProto } from './proto.ts';
+
+export const EXTERNAL_DATA_FILE = 'model.onnx.data';
+
+export interface BuiltGraph {
+  readonly builder: GraphBuilder;
+  readonly model: ModelProto;
+}
+
+/** Builds the graph; weights stay lazy until `builder.writeExternalData` is called. */
+export function buildModelGraph(ckpt: Checkpoint, options: GraphOptions): BuiltGraph {
+  const config = ckpt.config;
+  const { vocabSize: V, hiddenSize: D } = config;
+  const g = new GraphBuilder(EXTERNAL_DATA_FILE);
+
+  const ids = g.input(INPUT_IDS, DataType.INT32, ['batch', 'tokens']);
+  const positions = g.input(POSITIONS, DataType.INT32, ['batch', 'tokens']);
+  const pastPositions = g.input(PAST_POSITIONS, DataType.INT32, ['batch', 'past']);
+  const numLogits = g.input(NUM_LOGITS, DataType.INT64, [1]);
+
+  const dims = g.scope('dims', () => {
+    const shape = g.op('Shape', [ids]);
+    const B = g.op('Slice', [shape, g.i64([0]), g.i64([1])]);
+    const T = g.op('Slice', [shape, g.i64([1]), g.i64([2])]);
+    return { B, T, N: g.op('Mul', [B, T]) };
+  });
+
+  const masks = new Map<'swa' | 'full', string>();
+  const ctx: GraphContext = {
+    g,
+    ckpt,
+    config,
+    options,
+    ...dims,
+    positions,
+    attentionMask(kind) {
+      const cached = masks.get(kind);
+      if (cached !== undefined) return cached;
+      // Key slot valid iff kp ≥ 0, kp ≤ qp and (full, or kp ≥ qp − W): [B, 1, 1, T, P+T], 0 or −1e30.
+      const mask = g.scope(`mask_${kind}`, () => {
+        const kp = g.op('Unsqueeze', [g.op('Concat', [pastPositions, positions], { axis: int(1) }), g.i64([1])]); // [B, 1, P+T]
+        const qp = g.op('Unsqueeze', [positions, g.i64([2])]); // [B, T, 1]
+        let valid = g.op('And', [g.op('GreaterOrEqual', [kp, g.i32([0], [])]), g.op('LessOrEqual', [kp, qp])]);
+        if (kind === 'swa') {
+          const W = config.slidingWindow ?? 0;
+          valid = g.op('And', [valid, g.op('GreaterOrEqual', [kp, g.op('Sub', [qp, g.i32([W], [])])])]);
+        }
+        const add = g.op('Where', [valid, g.f32([0], []), g.f32([-1e30], [])]);
+        return g.op('Unsqueeze', [add, g.i64([1, 2])]);
+      });
+      masks.set(kind, mask);
+      return mask;
+    },
+  };
+
+  const embedding = g.weight(EMBEDDINGS, [V, D], () => ckpt.tensor(EMBEDDINGS, [V, D]).data);
+  let h = g.op('Gather', [embedding, reshape(ctx, ids, [-1])], { axis: int(0) }, { name: 'embed' }); // [N, D]
+  const rope = config.layerKinds.some((k) => k !== 'gla') ? ropeTables(ctx) : null;
+
+  // Residual stream: h ← h + a; u ← RMSNorm(h) is one SkipSimplifiedLayerNormalization when fused.
+  let pendingAdd: string | null = null; // a value still to be added to h before the next norm
+  const normed = (weight: string, name: string): string => {
+    if (pendingAdd === null) return rmsNorm(ctx, h, weight, name);
+    const add = pendingAdd;
+    pendingAdd = null;
+    if (ctx.options.fusedOps) {
+      const outs = g.scope(name, () =>
+        g.opN('SkipSimplifiedLayerNormalization', [add, h, weight], { epsilon: float(config.normEps) }, { domain: 'com.microsoft', outputs: 4 }),
+      );
+      h = outs[3] ?? '';
+      return outs[0] ?? '';
+    }
+    h = g.op('Add', [h, add], {}, { name: `${name}_residual` });
+    return rmsNorm(ctx, h, weight, name);
+  };
+
+  config.layerKinds.forEach((kind, layer) => {
+    const names = layerTensorNames(layer);
+    g.scope(`layers.${layer}`, () => {
+      const attnNorm = g.weight(names.attnNorm, [D], () => ckpt.tensor(names.attnNorm, [D]).data);
+      const u = normed(attnNorm, 'attn_norm');
+      pendingAdd =
+        kind === 'gla'
+          ? glaMixer(ctx, layer, names, u)
+          : attentionMixer(ctx, layer, names, u, rope ?? { cos: '', sin: '' }, kind);
+      const mlpNorm = g.weight(names.mlpNorm, [D], () => ckpt.tensor(names.mlpNorm, [D]).data);
+      pendingAdd = mlp(ctx, layer, names, normed(mlpNorm, 'mlp_norm'));
+    });
+  });
+
+  const finalNorm = g.weight(FINAL_NORM, [D], () => ckpt.tensor(FINAL_NORM, [D]).data);
+  const hf = normed(finalNorm, 'norm');
+  const logits = g.scope('lm_head', () => {
+    const rows = reshape(ctx, hf, [ctx.B, ctx.T, D]);
+    const last = g.op('Slice', [rows, g.op('Sub', [ctx.T, numLogits]), ctx.T, g.i64([1])]); // [B, num_logits, D]
+    const lmHead = config.tieWordEmbeddings ? embedding : g.weight(LM_HEAD, [V, D], () => ckpt.tensor(LM_HEAD, [V, D]).data);
+    const y = g.op('Gemm', [reshape(ctx, last, [-1, D]), lmHead], { transB: int(1) }); // [B·num_logits, V]
+    return reshape(ctx, y, [ctx.B, -1, V]);
+  });
+  g.output(LOGITS, logits, DataType.FLOAT, ['batch', 'num_logits', V]);
+
+  const opsets = new Map<string, number>([['', 17]]);
+  if (options.fusedOps) opsets.set('com.microsoft', 1);
+  return { builder: g, model: g.toModel('spikeserve', opsets) };
+}
