@@ -1,0 +1,457 @@
+// Text ↔ token ids for a Hugging Face checkpoint directory, on the native `tokenizers` binding.
+// Loads `tokenizer.json`, or builds the byte-level BPE of Qwen2/GPT-2 style checkpoints from
+// `vocab.json` + `merges.txt` + `tokenizer_config.json` (added_tokens_decoder) + `added_tokens.json`,
+// exactly as transformers' Qwen2 converter does. Also gives each token's raw bytes (logprob `bytes`
+// fields, incremental detokenization) and a synchronous decode.
+//
+// Threading: the binding's `encode`/`encodeBatch` run on the libuv pool (measured: 8 MB of text keeps
+// the event loop ticking every 5 ms), but turning a multi-million-id result into a JS array is on the
+// calling thread. For tokenizers where it is provably exact (see `splitAtSafeBoundaries`), long text
+// is cut into ~64 K-char pieces, encoded with `encodeBatch` (parallel across cores) in groups of about
+// 1 M chars, and the ids of each group are collected between awaits, so the HTTP thread is never held
+// for more than one group's conversion.
+
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Tokenizer } from 'tokenizers';
+import { ModelLoadError } from './errors.ts';
+
+export interface TokenizerLoadOptions {
+  /** Target piece length for piecewise encoding of long text (chars); Infinity disables it. */
+  readonly encodePieceChars?: number;
+}
+
+export interface EncodeOptions {
+  /** Let the tokenizer's post-processor add its special tokens (BOS/EOS). Default true, as HF. */
+  readonly addSpecialTokens?: boolean;
+}
+
+export interface DecodeOptions {
+  readonly skipSpecialTokens?: boolean;
+}
+
+/** How a token string maps back to bytes. */
+type ByteDecoding = 'byte-level' | 'sentencepiece' | 'plain';
+
+/** The Qwen2 pre-tokenizer split (transformers' Qwen2Converter). */
+export const QWEN2_SPLIT_REGEX =
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+/** Llama 3's variant (digits in groups of three): same newline structure, so equally safe to split. */
+const LLAMA3_SPLIT_REGEX =
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const SPLIT_SAFE_REGEXES = new Set([QWEN2_SPLIT_REGEX, LLAMA3_SPLIT_REGEX]);
+
+const DEFAULT_PIECE_CHARS = 65536;
+const CHARS_PER_BATCH = 1 << 20;
+
+interface AddedTokenSpec {
+  id: number;
+  content: string;
+  single_word: boolean;
+  lstrip: boolean;
+  rstrip: boolean;
+  normalized: boolean;
+  special: boolean;
+}
+
+/** The parts of a tokenizer.json this module inspects. */
+interface TokenizerSpec {
+  added_tokens?: AddedTokenSpec[];
+  normalizer?: { type?: string } | null;
+  pre_tokenizer?: unknown;
+  decoder?: unknown;
+}
+
+export class TextTokenizer {
+  /** Number of ids the tokenizer knows, added tokens included (the model's V may be larger). */
+  readonly vocabSize: number;
+  /** tokenizer_config's eos_token; null when it has none. */
+  readonly eosTokenId: number | null;
+  /** eosTokenId plus generation_config.json's eos_token_id(s), deduplicated. */
+  readonly eosTokenIds: readonly number[];
+  readonly bosToken: string | null;
+  readonly eosToken: string | null;
+  /** Added tokens marked special (skipped by decode with skipSpecialTokens). */
+  readonly specialTokenIds: ReadonlySet<number>;
+  /** Whether long text is encoded in pieces (only where that provably gives the same ids). */
+  readonly piecewiseEncoding: boolean;
+
+  private readonly addedTokenContent: ReadonlyMap<number, string>;
+  private readonly tokenStrings: (string | null | undefined)[] = [];
+  private readonly utf8 = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true });
+  private readonly utf8Encoder = new TextEncoder();
+
+  private constructor(
+    private readonly tokenizer: Tokenizer,
+    private readonly byteDecoding: ByteDecoding,
+    private readonly pieceChars: number,
+    init: {
+      added: readonly AddedTokenSpec[];
+      eosToken: string | null;
+      bosToken: string | null;
+      generationEosIds: readonly number[];
+      piecewise: boolean;
+    },
+  ) {
+    this.vocabSize = tokenizer.getVocabSize(true);
+    this.addedTokenContent = new Map(init.added.map((t) => [t.id, t.content]));
+    this.specialTokenIds = new Set(init.added.filter((t) => t.special).map((t) => t.id));
+    this.bosToken = init.bosToken;
+    this.eosToken = init.eosToken;
+    this.eosTokenId = init.eosToken === null ? null : tokenizer.tokenToId(init.eosToken);
+    const eos = new Set<number>();
+    if (this.eosTokenId !== null) eos.add(this.eosTokenId);
+    for (const id of init.generationEosIds) eos.add(id);
+    this.eosTokenIds = [...eos];
+    this.piecewiseEncoding = init.piecewise;
+  }
+
+  /** Loads the tokenizer of a checkpoint directory. Throws ModelLoadError when it cannot. */
+  static async load(dir: string, options: TokenizerLoadOptions = {}): Promise<TextTokenizer> {
+    // encodeBatch only runs its inputs in parallel when this is set (measured: ×2 on 2 cores).
+    process.env['TOKENIZERS_PARALLELISM'] ??= 'true';
+    const config = await readJsonIfExists(join(dir, 'tokenizer_config.json'));
+    const generation = await readJsonIfExists(join(dir, 'generation_config.json'));
+
+    let spec: TokenizerSpec;
+    let tokenizer: Tokenizer;
+    const tokenizerJsonPath = join(dir, 'tokenizer.json');
+    if (await exists(tokenizerJsonPath)) {
+      spec = (await readJsonIfExists(tokenizerJsonPath)) as TokenizerSpec;
+      try {
+        tokenizer = Tokenizer.fromFile(tokenizerJsonPath);
+      } catch (err) {
+        throw new ModelLoadError(`cannot load ${tokenizerJsonPath}: ${errorMessage(err)}`);
+      }
+    } else if (await exists(join(dir, 'vocab.json')) && (await exists(join(dir, 'merges.txt')))) {
+      spec = await buildByteLevelBpeSpec(dir, config);
+      try {
+        tokenizer = Tokenizer.fromString(JSON.stringify(spec));
+      } catch (err) {
+        throw new ModelLoadError(`cannot build the BPE tokenizer of ${dir}: ${errorMessage(err)}`);
+      }
+    } else {
+      throw new ModelLoadError(`${dir} has neither tokenizer.json nor vocab.json + merges.txt`);
+    }
+
+    const added = spec.added_tokens ?? [];
+    const pieceChars = options.encodePieceChars ?? DEFAULT_PIECE_CHARS;
+    // Piecewise encoding must not change the ids: the split regex must be one whose matches never
+    // cross "newline → non-space", no added token may hold a newline or strip space to its left, and
+    // the post-processor must add nothing (it would add per piece).
+    const splitSafe =
+      Number.isFinite(pieceChars) &&
+      isSplitSafePreTokenizer(spec) &&
+      added.every((t) => !t.lstrip && !/[\r\n]/.test(t.content)) &&
+      (await tokenizer.encode('a', null, { addSpecialTokens: true })).getIds().length ===
+        (await tokenizer.encode('a', null, { addSpecialTokens: false })).getIds().length;
+
+    return new TextTokenizer(tokenizer, byteDecodingOf(spec.decoder), pieceChars, {
+      added,
+      eosToken: tokenContent(config?.['eos_token']),
+      bosToken: tokenContent(config?.['bos_token']),
+      generationEosIds: idList(generation?.['eos_token_id']),
+      piecewise: splitSafe,
+    });
+  }
+
+  /** Token ids of `text`. Special tokens written in the text (e.g. `<|im_start|>`) become one id each. */
+  async encode(text: string, options: EncodeOptions = {}): Promise<number[]> {
+    const addSpecialTokens = options.addSpecialTokens ?? true;
+    if (!this.piecewiseEncoding || text.length <= this.pieceChars * 1.5) {
+      return (await this.tokenizer.encode(text, null, { addSpecialTokens })).getIds();
+    }
+    const pieces = splitAtSafeBoundaries(text, this.pieceChars);
+    const ids: number[] = [];
+    for (let start = 0; start < pieces.length; ) {
+      let end = start;
+      let chars = 0;
+      while (end < pieces.length && (end === start || chars < CHARS_PER_BATCH)) chars += (pieces[end++] as string).length;
+      const encodings = await this.tokenizer.encodeBatch(pieces.slice(start, end), { addSpecialTokens: false });
+      for (const encoding of encodings) for (const id of encoding.getIds()) ids.push(id);
+      start = end;
+    }
+    return ids;
+  }
+
+  /** Text of `ids`; ids the tokenizer does not know are skipped (as HF). */
+  decode(ids: readonly number[], options: DecodeOptions = {}): string {
+    const skip = options.skipSpecialTokens ?? false;
+    if (this.byteDecoding === 'byte-level') {
+      const parts: Uint8Array[] = [];
+      let length = 0;
+      for (const id of ids) {
+        if (skip && this.specialTokenIds.has(id)) continue;
+        const bytes = this.tokenBytes(id);
+        parts.push(bytes);
+        length += bytes.length;
+      }
+      const all = new Uint8Array(length);
+      let offset = 0;
+      for (const part of parts) {
+        all.set(part, offset);
+        offset += part.length;
+      }
+      return this.utf8.decode(all);
+    }
+    const tokens: string[] = [];
+    for (const id of ids) {
+      if (skip && this.specialTokenIds.has(id)) continue;
+      const token = this.idToToken(id);
+      if (token !== null) tokens.push(token);
+    }
+    const decoder = this.tokenizer.getDecoder();
+    return decoder === null ? tokens.join(' ') : decoder.decode(tokens);
+  }
+
+  idToToken(id: number): string | null {
+    if (!Number.isInteger(id) || id < 0) return null;
+    let token = this.tokenStrings[id];
+    if (token === undefined) {
+      token = this.tokenizer.idToToken(id);
+      this.tokenStrings[id] = token;
+    }
+    return token;
+  }
+
+  tokenToId(token: string): number | null {
+    return this.tokenizer.tokenToId(token);
+  }
+
+  isSpecial(id: number): boolean {
+    return this.specialTokenIds.has(id);
+  }
+
+  /**
+   * The bytes this token stands for in the text. Byte-level BPE: each char of the token maps back to
+   * one byte (GPT-2's bytes_to_unicode), so a token may hold part of a UTF-8 character. Added tokens:
+   * their content. SentencePiece: `<0xAB>` byte-fallback tokens are that byte, `▁` is a space.
+   * Unknown ids: no bytes.
+   */
+  tokenBytes(id: number): Uint8Array {
+    const added = this.addedTokenContent.get(id);
+    if (added !== undefined) return this.utf8Encoder.encode(added);
+    const token = this.idToToken(id);
+    if (token === null) return new Uint8Array(0);
+    switch (this.byteDecoding) {
+      case 'byte-level':
+        return byteLevelTokenBytes(token) ?? this.utf8Encoder.encode(token);
+      case 'sentencepiece': {
+        const byte = /^<0x([0-9A-Fa-f]{2})>$/.exec(token);
+        if (byte !== null) return Uint8Array.of(parseInt(byte[1] as string, 16));
+        return this.utf8Encoder.encode(token.replaceAll('\u2581', ' '));
+      }
+      case 'plain':
+        return this.utf8Encoder.encode(token);
+    }
+  }
+}
+
+/**
+ * Cuts `text` into pieces of about `targetChars`, only right after a line break (\r or \n) that is
+ * followed by a letter, number, punctuation or symbol. For the Qwen2/Llama 3 split regex no match
+ * contains such a pair (a newline only ends a match: `\s*[\r\n]+`, `…[\r\n]*`; the lookahead
+ * `\s+(?!\S)` is never reached for a run that ends in a newline, as `\s*[\r\n]+` comes first), and NFC
+ * never composes across a line break, so the pieces tokenize to the same ids as the whole.
+ */
+export function splitAtSafeBoundaries(text: string, targetChars: number): string[] {
+  const pieces: string[] = [];
+  const boundary = /[\r\n](?=[\p{L}\p{N}\p{P}\p{S}])/gu;
+  let start = 0;
+  while (text.length - start > targetChars * 1.5) {
+    boundary.lastIndex = start + targetChars;
+    const match = boundary.exec(text);
+    if (match === null) break;
+    const cut = match.index + 1;
+    pieces.push(text.slice(start, cut));
+    start = cut;
+  }
+  pieces.push(text.slice(start));
+  return pieces;
+}
+
+// GPT-2's bytes_to_unicode: printable bytes map to themselves, the other 68 to U+0100 onwards.
+const BYTE_OF_CHAR: ReadonlyMap<number, number> = (() => {
+  const map = new Map<number, number>();
+  let next = 256;
+  for (let b = 0; b < 256; b++) {
+    const printable = (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
+    map.set(printable ? b : next++, b);
+  }
+  return map;
+})();
+
+/** Byte-level token → bytes; null when a char is outside the byte alphabet (then HF keeps its UTF-8). */
+function byteLevelTokenBytes(token: string): Uint8Array | null {
+  const out = new Uint8Array(token.length);
+  let n = 0;
+  for (const ch of token) {
+    const byte = BYTE_OF_CHAR.get(ch.codePointAt(0) as number);
+    if (byte === undefined) return null;
+    out[n++] = byte;
+  }
+  return out.subarray(0, n);
+}
+
+/** transformers' Qwen2Converter, written as tokenizer.json. */
+async function buildByteLevelBpeSpec(dir: string, config: Record<string, unknown> | null): Promise<TokenizerSpec> {
+  const vocab = (await readJsonIfExists(join(dir, 'vocab.json'))) as Record<string, number> | null;
+  if (vocab === null) throw new ModelLoadError(`cannot read ${join(dir, 'vocab.json')}`);
+  const mergesText = await readFile(join(dir, 'merges.txt'), 'utf8');
+  const merges: [string, string][] = [];
+  for (const line of mergesText.split(/\r?\n/)) {
+    if (line === '' || line.startsWith('#version')) continue;
+    const parts = line.split(' ');
+    if (parts.length !== 2) throw new ModelLoadError(`merges.txt: bad line ${JSON.stringify(line)}`);
+    merges.push([parts[0] as string, parts[1] as string]);
+  }
+
+  // Added tokens: tokenizer_config's added_tokens_decoder (with flags), then added_tokens.json.
+  const added = new Map<number, AddedTokenSpec>();
+  const decoderEntries = config?.['added_tokens_decoder'];
+  if (isRecord(decoderEntries)) {
+    for (const [idText, entry] of Object.entries(decoderEntries)) {
+      if (!isRecord(entry) || typeof entry['content'] !== 'string') continue;
+      const id = Number(idText);
+      added.set(id, {
+        id,
+        content: entry['content'],
+        single_word: entry['single_word'] === true,
+        lstrip: entry['lstrip'] === true,
+        rstrip: entry['rstrip'] === true,
+        normalized: entry['normalized'] === true,
+        special: entry['special'] === true,
+      });
+    }
+  }
+  const specialNames = new Set<string>();
+  for (const key of ['bos_token', 'eos_token', 'unk_token', 'pad_token']) {
+    const content = tokenContent(config?.[key]);
+    if (content !== null) specialNames.add(content);
+  }
+  const extra = config?.['additional_special_tokens'];
+  if (Array.isArray(extra)) for (const t of extra) if (typeof t === 'string') specialNames.add(t);
+  const addedJson = await readJsonIfExists(join(dir, 'added_tokens.json'));
+  if (addedJson !== null) {
+    for (const [content, id] of Object.entries(addedJson)) {
+      if (typeof id !== 'number' || added.has(id)) continue;
+      added.set(id, {
+        id,
+        content,
+        single_word: false,
+        lstrip: false,
+        rstrip: false,
+        normalized: false,
+        special: specialNames.has(content),
+      });
+    }
+  }
+
+  const byteLevel = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false };
+  return {
+    version: '1.0',
+    truncation: null,
+    padding: null,
+    added_tokens: [...added.values()].sort((a, b) => a.id - b.id),
+    normalizer: { type: 'NFC' },
+    pre_tokenizer: {
+      type: 'Sequence',
+      pretokenizers: [
+        { type: 'Split', pattern: { Regex: QWEN2_SPLIT_REGEX }, behavior: 'Isolated', invert: false },
+        byteLevel,
+      ],
+    },
+    post_processor: byteLevel,
+    decoder: byteLevel,
+    model: {
+      type: 'BPE',
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: '',
+      end_of_word_suffix: '',
+      fuse_unk: false,
+      byte_fallback: false,
+      vocab,
+      merges,
+    },
+  } as TokenizerSpec;
+}
+
+function isSplitSafePreTokenizer(spec: TokenizerSpec): boolean {
+  const normalizer = spec.normalizer?.type;
+  if (normalizer !== undefined && normalizer !== 'NFC') return false;
+  const pre = spec.pre_tokenizer;
+  if (!isRecord(pre) || pre['type'] !== 'Sequence' || !Array.isArray(pre['pretokenizers'])) return false;
+  const [split, byteLevel, ...rest] = pre['pretokenizers'] as unknown[];
+  if (rest.length > 0 || !isRecord(split) || !isRecord(byteLevel)) return false;
+  const pattern = split['pattern'];
+  return (
+    split['type'] === 'Split' &&
+    split['behavior'] === 'Isolated' &&
+    split['invert'] !== true &&
+    isRecord(pattern) &&
+    typeof pattern['Regex'] === 'string' &&
+    SPLIT_SAFE_REGEXES.has(pattern['Regex']) &&
+    byteLevel['type'] === 'ByteLevel' &&
+    byteLevel['add_prefix_space'] !== true &&
+    byteLevel['use_regex'] === false
+  );
+}
+
+function byteDecodingOf(decoder: unknown): ByteDecoding {
+  if (!isRecord(decoder)) return 'plain';
+  if (decoder['type'] === 'ByteLevel') return 'byte-level';
+  if (decoder['type'] === 'Metaspace') return 'sentencepiece';
+  if (decoder['type'] === 'Sequence' && Array.isArray(decoder['decoders'])) {
+    const types = (decoder['decoders'] as unknown[]).map((d) => (isRecord(d) ? d['type'] : undefined));
+    if (types.includes('ByteLevel')) return 'byte-level';
+    if (types.includes('ByteFallback') || types.includes('Metaspace')) return 'sentencepiece';
+  }
+  return 'plain';
+}
+
+/** A special token in tokenizer_config: a string, or an AddedToken object with `content`. */
+function tokenContent(value: unknown): string | null {
+  if (typeof value === 'string') return value;
+  if (isRecord(value) && typeof value['content'] === 'string') return value['content'];
+  return null;
+}
+
+function idList(value: unknown): number[] {
+  if (typeof value === 'number') return [value];
+  if (Array.isArray(value)) return value.filter((v): v is number => typeof v === 'number');
+  return [];
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function readJsonIfExists(path: string): Promise<Record<string, unknown> | null> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch {
+    return null;
+  }
+  try {
+    const value: unknown = JSON.parse(text);
+    if (!isRecord(value)) throw new Error('not a JSON object');
+    return value;
+  } catch (err) {
+    throw new ModelLoadError(`${path}: ${errorMessage(err)}`);
+  }
+}
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
