@@ -26,6 +26,8 @@ export interface HfCheckpoint extends ShapedCheckpoint {
   dtypeOf(name: string): string | undefined;
   /** Canonical names of the stored tensors (lm_head included only when stored). */
   readonly names: readonly string[];
+  /** Paths of the weight files. */
+  readonly files: readonly string[];
   readonly fileBytes: number;
 }
 
@@ -103,6 +105,7 @@ export function openCheckpoint(dir: string): HfCheckpoint {
     numParameters,
     names,
     gkLayout,
+    files: store.files.map((f) => f.path),
     fileBytes: store.files.reduce((a, f) => a + f.fileBytes, 0),
     has,
     shapeOf: (name) => resolve(name)?.shape,
