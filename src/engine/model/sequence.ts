@@ -1,0 +1,152 @@
+// A simple, non-paged per-sequence cache over Model.run, for tests, benchmarks and single-user use:
+// a Sequence holds its GLA states and, per attention layer, the keys/values it still needs — the last
+// W positions for sliding-window layers (older ones are dropped after every step), all of them for
+// full attention. The serving path uses the paged pools in src/cache instead.
+import type { ForwardInput } from './forward.ts';
+import type { Model } from './model.ts';
+
+export class Sequence {
+  /** Tokens processed so far; the next token's position. */
+  numTokens = 0;
+  /** Per GLA layer: [Hkv, d, d]. */
+  glaStates: Float32Array[];
+  /** Per attention layer: [Hkv, kept, d] post-RoPE keys and values of the kept positions. */
+  keys: Float32Array[];
+  values: Float32Array[];
+  /** [kept] absolute positions of the kept slots, ascending. */
+  keptPositions: Int32Array = new Int32Array(0);
+
+  constructor(readonly model: Model) {
+    const { numKvHeads: Hkv, headDim: d } = model.config;
+    this.glaStates = model.glaLayers.map(() => new Float32Array(Hkv * d * d));
+    this.keys = model.attentionLayers.map(() => new Float32Array(0));
+    this.values = model.attentionLayers.map(() => new Float32Array(0));
+  }
+
+  get keptTokens(): number {
+    return this.keptPositions.length;
+  }
+
+  /** Bytes of GLA state: constant in the sequence's length. */
+  get stateBytes(): number {
+    return this.glaStates.reduce((a, s) => a + s.byteLength, 0);
+  }
+
+  /** Bytes of kept keys and values: ≤ W tokens' worth for sliding-window models. */
+  get kvBytes(): number {
+    return this.keys.reduce((a, k) => a + k.byteLength, 0) + this.values.reduce((a, v) => a + v.byteLength, 0);
+  }
+}
+
+export function newSequence(model: Model): Sequence {
+  return new Sequence(model);
+}
+
+/** Appends the chunk's [Hkv, T, d] rows to the kept [Hkv, n, d] rows, keeping the last `keep` of n+T. */
+function appendRows(old: Float32Array, oldRows: number, fresh: Float32Array, freshOffset: number, T: number, keep: number, Hkv: number, d: number): Float32Array {
+  const total = oldRows + T;
+  const drop = total - keep;
+  const out = new Float32Array(Hkv * keep * d);
+  for (let h = 0; h < Hkv; h++) {
+    const dst = h * keep * d;
+    const fromOld = Math.max(0, oldRows - drop);
+    if (fromOld > 0) out.set(old.subarray((h * oldRows + (oldRows - fromOld)) * d, (h + 1) * oldRows * d), dst);
+    const skipFresh = Math.max(0, drop - oldRows);
+    out.set(fresh.subarray(freshOffset + (h * T + skipFresh) * d, freshOffset + (h + 1) * T * d), dst + fromOld * d);
+  }
+  return out;
+}
+
+/**
+ * Runs one step for B sequences with T new tokens each (`tokenIds[b]`, all of length T) and advances
+ * them. Returns the logits: [B, V] (last position) or [B, T, V] when `allLogits`.
+ */
+export async function stepSequences(model: Model, seqs: readonly Sequence[], tokenIds: readonly (readonly number[])[], allLogits: boolean): Promise<Float32Array> {
+  const B = seqs.length;
+  const T = tokenIds[0]?.length ?? 0;
+  const { numKvHeads: Hkv, headDim: d } = model.config;
+  if (B === 0 || tokenIds.length !== B || tokenIds.some((t) => t.length !== T) || T === 0) {
+    throw new RangeError('stepSequences: need B ≥ 1 sequences with the same number T ≥ 1 of new tokens each');
+  }
+  const P = Math.max(...seqs.map((s) => s.keptTokens));
+  const ids = new Int32Array(B * T);
+  const positions = new Int32Array(B * T);
+  const pastPositions = new Int32Array(B * P).fill(-1);
+  seqs.forEach((s, b) => {
+    for (let t = 0; t < T; t++) {
+      ids[b * T + t] = tokenIds[b]?.[t] ?? 0;
+      positions[b * T + t] = s.numTokens + t;
+    }
+    pastPositions.set(s.keptPositions, b * P);
+  });
+  // B = 1: hand the sequence's own arrays over (no copy). Otherwise pad each to P slots.
+  const gather = (pick: (s: Sequence) => Float32Array, perHead: number, slots: (s: Sequence) => number): Float32Array => {
+    const only = seqs[0];
+    if (B === 1 && only !== undefined) return pick(only);
+    const out = new Float32Array(B * Hkv * perHead * d);
+    seqs.forEach((s, b) => {
+      const src = pick(s);
+      const n = slots(s);
+      for (let h = 0; h < Hkv; h++) out.set(src.subarray(h * n * d, (h + 1) * n * d), (b * Hkv + h) * perHead * d);
+    });
+    return out;
+  };
+  const input: ForwardInput = {
+    batchSize: B,
+    chunkTokens: T,
+    tokenIds: ids,
+    positions,
+    glaStates: model.glaLayers.map((_, i) => gather((s) => s.glaStates[i] ?? new Float32Array(0), d, () => d)),
+    pastTokens: P,
+    pastPositions,
+    pastKeys: model.attentionLayers.map((_, i) => gather((s) => s.keys[i] ?? new Float32Array(0), P, (s) => s.keptTokens)),
+    pastValues: model.attentionLayers.map((_, i) => gather((s) => s.values[i] ?? new Float32Array(0), P, (s) => s.keptTokens)),
+    allLogits,
+  };
+  const out = await model.run(input);
+
+  const W = model.windowTokens;
+  seqs.forEach((s, b) => {
+    const stateSize = Hkv * d * d;
+    s.glaStates = out.glaStates.map((st) => (B === 1 ? st : st.slice(b * stateSize, (b + 1) * stateSize)));
+    const oldRows = s.keptTokens;
+    const keep = W === null ? oldRows + T : Math.min(W, oldRows + T);
+    const freshOffset = b * Hkv * T * d;
+    s.keys = out.presentKeys.map((k, i) => appendRows(s.keys[i] ?? new Float32Array(0), oldRows, k, freshOffset, T, keep, Hkv, d));
+    s.values = out.presentValues.map((v, i) => appendRows(s.values[i] ?? new Float32Array(0), oldRows, v, freshOffset, T, keep, Hkv, d));
+    const newEnd = s.numTokens + T;
+    s.keptPositions = Int32Array.from({ length: keep }, (_, j) => newEnd - keep + j);
+    s.numTokens = newEnd;
+  });
+  return out.logits;
+}
+
+export interface PrefillOptions {
+  /** Tokens per forward pass (chunked prefill); default: all at once. */
+  readonly chunkTokens?: number;
+  /** Return logits of every prompt position [n, V] instead of the last one [V]. */
+  readonly allLogits?: boolean;
+}
+
+/** Feeds `tokenIds` to `seq` in chunks; returns the last position's logits [V] or all of them [n, V]. */
+export async function prefill(model: Model, seq: Sequence, tokenIds: readonly number[], options: PrefillOptions = {}): Promise<Float32Array> {
+  const n = tokenIds.length;
+  if (n === 0) throw new RangeError('prefill: no tokens');
+  const chunk = Math.max(1, options.chunkTokens ?? n);
+  const V = model.config.vocabSize;
+  const all = options.allLogits === true ? new Float32Array(n * V) : null;
+  let last = new Float32Array(0);
+  for (let start = 0; start < n; start += chunk) {
+    const part = tokenIds.slice(start, start + chunk);
+    last = await stepSequences(model, [seq], [part], all !== null);
+    if (all !== null) all.set(last, start * V);
+  }
+  return all ?? last;
+}
+
+/** One decode step for B sequences (of any lengths), one new token each; returns logits [V] per sequence. */
+export async function decodeBatch(model: Model, seqs: readonly Sequence[], tokenIds: readonly number[]): Promise<Float32Array[]> {
+  const V = model.config.vocabSize;
+  const logits = await stepSequences(model, seqs, tokenIds.map((t) => [t]), false);
+  return seqs.map((_, b) => logits.slice(b * V, (b + 1) * V));
+}
