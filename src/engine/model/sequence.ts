@@ -135,7 +135,7 @@ export async function prefill(model: Model, seq: Sequence, tokenIds: readonly nu
   const chunk = Math.max(1, options.chunkTokens ?? n);
   const V = model.config.vocabSize;
   const all = options.allLogits === true ? new Float32Array(n * V) : null;
-  let last = new Float32Array(0);
+  let last: Float32Array = new Float32Array(0);
   for (let start = 0; start < n; start += chunk) {
     const part = tokenIds.slice(start, start + chunk);
     last = await stepSequences(model, [seq], [part], all !== null);
