@@ -69,6 +69,11 @@ export class Scheduler {
     return this.running.length > 0 || this.waiting.length > 0;
   }
 
+  /** Ids of every request not yet finished (waiting or running). */
+  requestIds(): string[] {
+    return [...this.byId.keys()];
+  }
+
   get(requestId: string): RequestState | undefined {
     return this.byId.get(requestId);
   }

@@ -1,0 +1,215 @@
+// EngineCore: the step loop's state in one object — Scheduler + CacheManager + StepRunner — turning
+// scheduled steps into TokenEvents. It lives in the worker thread (worker.ts) but knows nothing about
+// threads: submit/abort/step are plain calls, events go to a callback.
+import { CacheManager, type CacheSpec } from '../cache/cache-manager.ts';
+import { EngineError } from './errors.ts';
+import type { ModelConfig } from './model/config.ts';
+import { RequestState } from './request-state.ts';
+import { Scheduler } from './scheduler.ts';
+import { StepRunner, type ForwardModel } from './step-runner.ts';
+import type { EngineStats, FinishReason, GenerateRequest, TokenEvent } from './types.ts';
+
+export interface EngineCoreOptions {
+  readonly maxNumSeqs?: number;
+  readonly kvCacheBytes?: number;
+  readonly kvPages?: number;
+  readonly pageTokens?: number;
+  readonly maxBatchedTokens?: number;
+  readonly prefillChunkTokens?: number;
+  readonly maxQueue?: number;
+  readonly maxModelLen?: number;
+}
+
+export const ENGINE_DEFAULTS = Object.freeze({
+  maxNumSeqs: 64,
+  pageTokens: 64,
+  maxBatchedTokens: 2048,
+  prefillChunkTokens: 512,
+  maxQueue: 1024,
+  /** Context limit of models without full attention (GLA state and window are constant-size). */
+  maxModelLenLinear: 1 << 24,
+});
+
+/** Minimum interval between two `progress` events of one request. */
+const PROGRESS_INTERVAL_MS = 250;
+
+export type EventSink = (requestId: string, event: TokenEvent) => void;
+
+export class EngineCore {
+  readonly config: ModelConfig;
+  readonly maxModelLen: number;
+  readonly cache: CacheManager;
+  private readonly scheduler: Scheduler;
+  private readonly runner: StepRunner;
+  private readonly emit: EventSink;
+  private stepping = false;
+  /** Aborts that arrived while a step was in flight; applied when it ends. */
+  private readonly pendingAborts = new Set<string>();
+
+  constructor(model: ForwardModel, config: ModelConfig, opts: EngineCoreOptions, emit: EventSink) {
+    this.config = config;
+    this.emit = emit;
+    const maxNumSeqs = opts.maxNumSeqs ?? ENGINE_DEFAULTS.maxNumSeqs;
+    const maxBatchedTokens = opts.maxBatchedTokens ?? ENGINE_DEFAULTS.maxBatchedTokens;
+    const prefillChunkTokens = Math.min(opts.prefillChunkTokens ?? ENGINE_DEFAULTS.prefillChunkTokens, maxBatchedTokens);
+    const numGlaLayers = config.layerKinds.filter((k) => k === 'gla').length;
+    const spec: CacheSpec = {
+      numAttnLayers: config.layerKinds.length - numGlaLayers,
+      numGlaLayers,
+      numKvHeads: config.numKvHeads,
+      headDim: config.headDim,
+      windowTokens: config.slidingWindow,
+    };
+    this.cache = new CacheManager(spec, {
+      maxNumSeqs,
+      maxChunkTokens: prefillChunkTokens,
+      pageTokens: opts.pageTokens ?? ENGINE_DEFAULTS.pageTokens,
+      ...(opts.kvPages !== undefined ? { kvPages: opts.kvPages } : {}),
+      ...(opts.kvCacheBytes !== undefined ? { kvCacheBytes: opts.kvCacheBytes } : {}),
+    });
+    const fullAttention = spec.numAttnLayers > 0 && spec.windowTokens === null;
+    this.maxModelLen =
+      opts.maxModelLen ??
+      (fullAttention
+        ? Math.min(this.cache.maxTokensPerSequence, config.maxPositionEmbeddings ?? Infinity)
+        : ENGINE_DEFAULTS.maxModelLenLinear);
+    this.scheduler = new Scheduler(
+      {
+        maxNumSeqs,
+        maxBatchedTokens,
+        prefillChunkTokens,
+        maxQueue: opts.maxQueue ?? ENGINE_DEFAULTS.maxQueue,
+        maxModelLen: this.maxModelLen,
+        vocabSize: config.vocabSize,
+      },
+      this.cache,
+    );
+    this.runner = new StepRunner(model, config, this.cache);
+  }
+
+  get hasWork(): boolean {
+    return this.scheduler.hasWork;
+  }
+
+  /** Queues a request; throws RequestRejectedError / QueueFullError. */
+  submit(req: GenerateRequest): void {
+    this.scheduler.submit(new RequestState(req, performance.now()));
+  }
+
+  /** Aborts a request in any state (deferred to the end of a step in flight). Unknown ids are ignored. */
+  abort(requestId: string): void {
+    if (this.stepping) {
+      this.pendingAborts.add(requestId);
+      return;
+    }
+    const req = this.scheduler.abort(requestId);
+    if (req !== undefined) this.finished(req);
+  }
+
+  abortAll(): void {
+    for (const id of this.scheduler.requestIds()) this.abort(id);
+  }
+
+  /** One scheduled step: schedule, run the model, turn sampled tokens into events. */
+  async step(): Promise<void> {
+    if (this.stepping) throw new Error('EngineCore.step is not reentrant');
+    const out = this.scheduler.schedule(performance.now());
+    if (out.numScheduledTokens === 0) return;
+    this.stepping = true;
+    let sampled;
+    try {
+      sampled = await this.runner.execute(out);
+    } catch (err) {
+      const message = err instanceof EngineError || err instanceof Error ? err.message : String(err);
+      this.stepping = false;
+      for (const req of [...out.decodes, ...out.prefills.map((c) => c.request)]) this.finish(req, 'error', message);
+      this.applyPendingAborts();
+      return;
+    }
+    this.stepping = false;
+    const now = performance.now();
+    for (const req of out.decodes) this.scheduler.completeDecode(req);
+    for (const chunk of out.prefills) {
+      this.scheduler.completePrefill(chunk);
+      const req = chunk.request;
+      if (req.reportProgress && req.status === 'prefilling' && now - req.lastProgressMs >= PROGRESS_INTERVAL_MS) {
+        req.lastProgressMs = now;
+        this.emit(req.requestId, {
+          type: 'progress',
+          processedTokens: req.numComputedTokens,
+          totalTokens: req.numPromptTokens,
+          cachedTokens: req.numCachedTokens,
+        });
+      }
+    }
+    for (const { request: req, token } of sampled) {
+      if (req.isFinished) continue;
+      if (req.firstTokenMs === null) {
+        req.firstTokenMs = now;
+        if (req.sampling.promptLogprobs !== null) this.emit(req.requestId, { type: 'prompt_logprobs', entries: req.promptLogprobs });
+      }
+      if (this.runner.isStopToken(req, token.tokenId)) {
+        req.stopTokenId = token.tokenId;
+        this.finish(req, 'stop');
+        continue;
+      }
+      req.outputTokenIds.push(token.tokenId);
+      this.emit(req.requestId, {
+        type: 'token',
+        tokenId: token.tokenId,
+        ...(token.logprob !== undefined ? { logprob: token.logprob } : {}),
+        ...(token.top !== undefined ? { top: token.top } : {}),
+      });
+      if (req.outputTokenIds.length >= req.sampling.maxTokens) this.finish(req, 'length');
+    }
+    this.applyPendingAborts();
+  }
+
+  private applyPendingAborts(): void {
+    const ids = [...this.pendingAborts];
+    this.pendingAborts.clear();
+    for (const id of ids) this.abort(id);
+  }
+
+  private finish(req: RequestState, reason: FinishReason, errorMessage?: string): void {
+    this.scheduler.finish(req, reason);
+    this.finished(req, errorMessage);
+  }
+
+  /** Emits `done` for a request that just left the scheduler (its memory is already free). */
+  private finished(req: RequestState, errorMessage?: string): void {
+    this.runner.forget(req.requestId);
+    const end = req.finishedMs ?? performance.now();
+    const admitted = req.admittedMs ?? end;
+    const firstToken = req.firstTokenMs ?? end;
+    this.emit(req.requestId, {
+      type: 'done',
+      finishReason: req.finishReason ?? 'abort',
+      stopTokenId: req.stopTokenId,
+      promptTokens: req.numPromptTokens,
+      // The stop token counts as generated (as in vLLM's usage), though it is not emitted.
+      completionTokens: req.outputTokenIds.length + (req.stopTokenId !== null ? 1 : 0),
+      cachedTokens: req.numCachedTokens,
+      ...(errorMessage !== undefined ? { errorMessage } : {}),
+      timing: {
+        queueSeconds: (admitted - req.arrivalMs) / 1000,
+        prefillSeconds: (firstToken - admitted) / 1000,
+        decodeSeconds: (end - firstToken) / 1000,
+      },
+    });
+  }
+
+  stats(): EngineStats {
+    const u = this.cache.usage();
+    return {
+      numRunning: this.scheduler.numRunning,
+      numWaiting: this.scheduler.numWaiting,
+      kvPagesUsed: u.pagesUsed,
+      kvPagesTotal: u.pagesTotal,
+      stateSlotsUsed: u.slotsUsed,
+      stateSlotsTotal: u.slotsTotal,
+      stateBytesInUse: u.stateBytesInUse,
+      prefixCacheBytes: 0,
+    };
+  }
+}

@@ -1,0 +1,279 @@
+// StepRunner: executes one SchedulerOutput on the model. For each run it gathers a ForwardInput from
+// the cache pools, calls model.run, scatters the new GLA states and the chunk's keys/values back, and
+// samples the next token of every sequence that has consumed its whole prompt.
+//
+//   decodes:  one run, B = #decodes, T = 1
+//   prefills: one run per chunk, B = 1, T = chunk length (allLogits when prompt logprobs are asked)
+//
+// Gather (per attention layer a, per sequence b with chunk start p0 and block table pages[k]):
+//   past slots of b = its pages that start before p0, page by page: slot k·P + j ↔ position
+//   (firstPage + k)·P + j; positions outside [p0 − W, p0) are −1 (never attended).
+//   pastKeys[a] [B, Hkv, Pmax, d] ← page[a, 0, h, :, :] copied as P·d runs; same for values.
+// Scatter: present*[a] [B, Hkv, T, d] → the pages holding positions p0 … p0+T−1 (runs of ≤ P tokens).
+// Buffers are reused between steps: their size is bounded by (max batch) × (window + chunk), never by
+// the context length (except for full attention, where the past is the context).
+import type { CacheManager } from '../cache/cache-manager.ts';
+import type { ModelConfig } from './model/config.ts';
+import type { ForwardInput, ForwardOutput } from './model/forward.ts';
+import type { RequestState } from './request-state.ts';
+import type { ScheduledChunk, SchedulerOutput } from './scheduler.ts';
+import { logSoftmax, SequenceSampler, topLogprobs, type SampledToken } from './sampler.ts';
+
+/** The part of the Model the runner needs. */
+export interface ForwardModel {
+  run(input: ForwardInput): Promise<ForwardOutput>;
+}
+
+export interface SampledResult {
+  readonly request: RequestState;
+  readonly token: SampledToken;
+}
+
+/** A Float32Array / Int32Array that only grows; views of the requested length are handed out. */
+class GrowableF32 {
+  private data = new Float32Array(0);
+  view(length: number): Float32Array {
+    if (this.data.length < length) this.data = new Float32Array(Math.max(length, Math.ceil(this.data.length * 1.5)));
+    return this.data.subarray(0, length);
+  }
+}
+
+class GrowableI32 {
+  private data = new Int32Array(0);
+  view(length: number): Int32Array {
+    if (this.data.length < length) this.data = new Int32Array(Math.max(length, Math.ceil(this.data.length * 1.5)));
+    return this.data.subarray(0, length);
+  }
+}
+
+/** One sequence of a run: its request, first new position, and new tokens. */
+interface RunRow {
+  readonly request: RequestState;
+  readonly startPos: number;
+  readonly tokens: ArrayLike<number>;
+}
+
+export class StepRunner {
+  private readonly model: ForwardModel;
+  private readonly config: ModelConfig;
+  private readonly cache: CacheManager;
+  private readonly numGlaLayers: number;
+  private readonly numAttnLayers: number;
+  private readonly samplers = new Map<string, SequenceSampler>();
+  private readonly tokenBuf = new GrowableI32();
+  private readonly positionBuf = new GrowableI32();
+  private readonly pastPositionBuf = new GrowableI32();
+  private readonly stateBufs: GrowableF32[];
+  private readonly keyBufs: GrowableF32[];
+  private readonly valueBufs: GrowableF32[];
+
+  constructor(model: ForwardModel, config: ModelConfig, cache: CacheManager) {
+    this.model = model;
+    this.config = config;
+    this.cache = cache;
+    this.numGlaLayers = config.layerKinds.filter((k) => k === 'gla').length;
+    this.numAttnLayers = config.layerKinds.length - this.numGlaLayers;
+    this.stateBufs = Array.from({ length: this.numGlaLayers }, () => new GrowableF32());
+    this.keyBufs = Array.from({ length: this.numAttnLayers }, () => new GrowableF32());
+    this.valueBufs = Array.from({ length: this.numAttnLayers }, () => new GrowableF32());
+  }
+
+  /** Drops the sampler of a finished or aborted request. */
+  forget(requestId: string): void {
+    this.samplers.delete(requestId);
+  }
+
+  /** Runs the step's decodes (one batch) and prefill chunks (one run each); returns the sampled tokens. */
+  async execute(out: SchedulerOutput): Promise<SampledResult[]> {
+    const results: SampledResult[] = [];
+    const V = this.config.vocabSize;
+    if (out.decodes.length > 0) {
+      const rows = out.decodes.map((r) => ({ request: r, startPos: r.numComputedTokens, tokens: [r.lastTokenId] }));
+      const output = await this.runRows(rows, 1, false);
+      for (let b = 0; b < rows.length; b++) {
+        const req = rows[b]!.request;
+        results.push({ request: req, token: this.samplerFor(req).sample(output.logits.subarray(b * V, (b + 1) * V)) });
+      }
+    }
+    for (const chunk of out.prefills) {
+      const sampled = await this.runPrefill(chunk);
+      if (sampled !== null) results.push(sampled);
+    }
+    return results;
+  }
+
+  private async runPrefill(chunk: ScheduledChunk): Promise<SampledResult | null> {
+    const { request: req, startPos, numTokens } = chunk;
+    const V = this.config.vocabSize;
+    const wantPromptLogprobs = req.sampling.promptLogprobs !== null;
+    const tokens = req.promptTokenIds.slice(startPos, startPos + numTokens);
+    const output = await this.runRows([{ request: req, startPos, tokens }], numTokens, wantPromptLogprobs);
+    if (wantPromptLogprobs) this.collectPromptLogprobs(req, startPos, numTokens, output.logits);
+    if (startPos + numTokens < req.numPromptTokens) return null;
+    const lastRow = wantPromptLogprobs ? output.logits.subarray((numTokens - 1) * V, numTokens * V) : output.logits.subarray(0, V);
+    return { request: req, token: this.samplerFor(req).sample(lastRow) };
+  }
+
+  /** Row t of the chunk's logits [T, V] predicts prompt token startPos + t + 1. */
+  private collectPromptLogprobs(req: RequestState, startPos: number, numTokens: number, logits: Float32Array): void {
+    const V = this.config.vocabSize;
+    const k = req.sampling.promptLogprobs ?? 0;
+    if (startPos === 0) req.promptLogprobs.push(null);
+    for (let t = 0; t < numTokens; t++) {
+      const next = startPos + t + 1;
+      const tokenId = req.promptTokenIds[next];
+      if (tokenId === undefined) break;
+      const lp = logSoftmax(logits.subarray(t * V, (t + 1) * V));
+      req.promptLogprobs.push({ tokenId, logprob: lp[tokenId]!, top: topLogprobs(lp, k) });
+    }
+  }
+
+  /** Stop ids and eos (unless ignoreEos) end the request; the token is not emitted. */
+  isStopToken(req: RequestState, tokenId: number): boolean {
+    return this.samplerFor(req).isStopToken(tokenId);
+  }
+
+  private samplerFor(req: RequestState): SequenceSampler {
+    let s = this.samplers.get(req.requestId);
+    if (s === undefined) {
+      s = new SequenceSampler(req.sampling, req.promptTokenIds, this.config.eosTokenIds);
+      this.samplers.set(req.requestId, s);
+    }
+    return s;
+  }
+
+  /** Gathers, runs and scatters one batch of rows that all bring T new tokens. */
+  private async runRows(rows: readonly RunRow[], T: number, allLogits: boolean): Promise<ForwardOutput> {
+    const B = rows.length;
+    const { numKvHeads: Hkv, headDim: d } = this.config;
+    const slots = this.cache.slots;
+    const stateFloats = slots.floatsPerLayer;
+
+    const tokenIds = this.tokenBuf.view(B * T);
+    const positions = this.positionBuf.view(B * T);
+    for (let b = 0; b < B; b++) {
+      const row = rows[b]!;
+      for (let t = 0; t < T; t++) {
+        tokenIds[b * T + t] = row.tokens[t]!;
+        positions[b * T + t] = row.startPos + t;
+      }
+    }
+
+    // GLA states [B, Hkv, d, d]: a single sequence reads its slot in place.
+    const slotIds = rows.map((r) => this.cache.slotOf(r.request.requestId));
+    const glaStates: Float32Array[] = [];
+    for (let g = 0; g < this.numGlaLayers; g++) {
+      if (B === 1) {
+        glaStates.push(slots.state(g, slotIds[0]!));
+        continue;
+      }
+      const buf = this.stateBufs[g]!.view(B * stateFloats);
+      for (let b = 0; b < B; b++) buf.set(slots.state(g, slotIds[b]!), b * stateFloats);
+      glaStates.push(buf);
+    }
+
+    const past = this.gatherPast(rows);
+    const input: ForwardInput = {
+      batchSize: B,
+      chunkTokens: T,
+      tokenIds,
+      positions,
+      glaStates,
+      pastTokens: past.pastTokens,
+      pastPositions: past.pastPositions,
+      pastKeys: past.keys,
+      pastValues: past.values,
+      allLogits,
+    };
+    const output = await this.model.run(input);
+
+    for (let g = 0; g < this.numGlaLayers; g++) {
+      const out = output.glaStates[g]!;
+      for (let b = 0; b < B; b++) slots.state(g, slotIds[b]!).set(out.subarray(b * stateFloats, (b + 1) * stateFloats));
+    }
+    if (this.numAttnLayers > 0) this.scatterPresent(rows, T, output, Hkv, d);
+    return output;
+  }
+
+  private gatherPast(rows: readonly RunRow[]): { pastTokens: number; pastPositions: Int32Array; keys: Float32Array[]; values: Float32Array[] } {
+    const B = rows.length;
+    const pool = this.cache.pool;
+    const P = this.cache.pageTokens;
+    const W = this.config.slidingWindow;
+    const { numKvHeads: Hkv, headDim: d } = this.config;
+    if (this.numAttnLayers === 0) return { pastTokens: 0, pastPositions: this.pastPositionBuf.view(0), keys: [], values: [] };
+
+    // Past pages of each row: those that start before its first new position.
+    const pastPages: number[] = [];
+    let maxPages = 0;
+    for (const row of rows) {
+      const table = this.cache.tableOf(row.request.requestId);
+      const n = table === undefined ? 0 : Math.max(0, Math.min(table.pages.length, Math.ceil(row.startPos / P) - table.firstPage));
+      pastPages.push(n);
+      maxPages = Math.max(maxPages, n);
+    }
+    const Pp = maxPages * P;
+    const pastPositions = this.pastPositionBuf.view(B * Pp);
+    pastPositions.fill(-1);
+    const keys: Float32Array[] = [];
+    const values: Float32Array[] = [];
+    for (let a = 0; a < this.numAttnLayers; a++) {
+      keys.push(this.keyBufs[a]!.view(B * Hkv * Pp * d));
+      values.push(this.valueBufs[a]!.view(B * Hkv * Pp * d));
+    }
+    for (let b = 0; b < B; b++) {
+      const row = rows[b]!;
+      const n = pastPages[b]!;
+      if (n === 0) continue;
+      const table = this.cache.tableOf(row.request.requestId)!;
+      const lo = W === null ? 0 : row.startPos - W;
+      for (let k = 0; k < n; k++) {
+        const page = table.pages[k]!;
+        const firstPos = (table.firstPage + k) * P;
+        for (let j = 0; j < P; j++) {
+          const pos = firstPos + j;
+          if (pos >= lo && pos < row.startPos) pastPositions[b * Pp + k * P + j] = pos;
+        }
+        const src = pool.pageArray(page);
+        for (let a = 0; a < this.numAttnLayers; a++) {
+          for (let h = 0; h < Hkv; h++) {
+            const dst = ((b * Hkv + h) * Pp + k * P) * d;
+            const kOff = pool.pageOffset(page, a, 0, h);
+            const vOff = pool.pageOffset(page, a, 1, h);
+            keys[a]!.set(src.subarray(kOff, kOff + P * d), dst);
+            values[a]!.set(src.subarray(vOff, vOff + P * d), dst);
+          }
+        }
+      }
+    }
+    return { pastTokens: Pp, pastPositions, keys, values };
+  }
+
+  private scatterPresent(rows: readonly RunRow[], T: number, output: ForwardOutput, Hkv: number, d: number): void {
+    const pool = this.cache.pool;
+    const P = this.cache.pageTokens;
+    for (let b = 0; b < rows.length; b++) {
+      const row = rows[b]!;
+      const table = this.cache.tableOf(row.request.requestId)!;
+      // Runs [s, e) of positions that share a page.
+      for (let s = row.startPos; s < row.startPos + T; ) {
+        const logical = Math.floor(s / P);
+        const e = Math.min((logical + 1) * P, row.startPos + T);
+        const page = table.pages[logical - table.firstPage];
+        if (page === undefined) throw new Error(`request ${row.request.requestId}: no page for position ${s}`);
+        const dstArray = pool.pageArray(page);
+        for (let a = 0; a < this.numAttnLayers; a++) {
+          const pk = output.presentKeys[a]!;
+          const pv = output.presentValues[a]!;
+          for (let h = 0; h < Hkv; h++) {
+            const src = ((b * Hkv + h) * T + (s - row.startPos)) * d;
+            const len = (e - s) * d;
+            dstArray.set(pk.subarray(src, src + len), pool.pageOffset(page, a, 0, h) + (s % P) * d);
+            dstArray.set(pv.subarray(src, src + len), pool.pageOffset(page, a, 1, h) + (s % P) * d);
+          }
+        }
+        s = e;
+      }
+    }
+  }
+}

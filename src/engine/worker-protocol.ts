@@ -1,0 +1,50 @@
+// Messages between the main-thread Engine (engine.ts) and the inference worker (worker.ts).
+// Everything here crosses postMessage, so it is structured-clone data only (Maps are fine; no classes).
+import type { ModelConfig } from './model/config.ts';
+import type { EngineStats, GenerateRequest, TokenEvent } from './types.ts';
+
+/** What the worker needs to start; passed as `workerData`. */
+export interface WorkerInit {
+  readonly modelDir: string;
+  readonly cacheDir?: string;
+  readonly maxNumSeqs?: number;
+  readonly kvCacheBytes?: number;
+  readonly kvPages?: number;
+  readonly pageTokens?: number;
+  readonly maxBatchedTokens?: number;
+  readonly prefillChunkTokens?: number;
+  readonly maxQueue?: number;
+  readonly maxModelLen?: number;
+  readonly intraOpThreads?: number;
+  readonly device?: 'cpu' | 'webgpu' | 'cuda';
+  /** Random weights with this raw config.json object instead of reading modelDir (benchmarks). */
+  readonly randomWeightsConfig?: Record<string, unknown>;
+}
+
+export type ToWorker =
+  | { readonly type: 'submit'; readonly request: GenerateRequest }
+  | { readonly type: 'abort'; readonly requestId: string }
+  /** Abort everything, answer `closed`. */
+  | { readonly type: 'shutdown' };
+
+/** A rejected submission: the error class name (errors.ts), its message and param. */
+export interface WireError {
+  readonly name: string;
+  readonly message: string;
+  readonly param: string | null;
+}
+
+export interface RoutedEvent {
+  readonly requestId: string;
+  readonly event: TokenEvent;
+}
+
+export type FromWorker =
+  | { readonly type: 'ready'; readonly config: ModelConfig; readonly maxModelLen: number; readonly stats: EngineStats }
+  | { readonly type: 'load_error'; readonly error: WireError }
+  | { readonly type: 'log'; readonly message: string }
+  | { readonly type: 'accepted'; readonly requestId: string; readonly stats: EngineStats }
+  | { readonly type: 'rejected'; readonly requestId: string; readonly error: WireError }
+  /** Events of one step (or of an abort), in order, with the stats right after them. */
+  | { readonly type: 'events'; readonly events: readonly RoutedEvent[]; readonly stats: EngineStats }
+  | { readonly type: 'closed' };
