@@ -1,0 +1,164 @@
+// Chat messages → prompt text, by rendering the checkpoint's Jinja `chat_template` with
+// @huggingface/jinja the way transformers' apply_chat_template does (messages, tools,
+// add_generation_prompt, bos/eos token strings, plus the request's chat_template_kwargs). Also finds
+// the template in a checkpoint directory. Any failure (bad template, a message the template refuses,
+// an unsupported content part) is a ChatTemplateError, a 400 for the client.
+
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Template } from '@huggingface/jinja';
+import { InvalidRequestError } from '../server/errors.ts';
+
+/** The template or the messages cannot be rendered; the server answers 400. */
+export class ChatTemplateError extends InvalidRequestError {
+  override readonly name = 'ChatTemplateError';
+  constructor(message: string) {
+    super(message, 'messages', 'chat_template_error');
+  }
+}
+
+/** One OpenAI content part; only `text` parts can reach a text-only model. */
+export interface ChatContentPart {
+  readonly type: string;
+  readonly text?: string;
+  readonly [key: string]: unknown;
+}
+
+/** A chat message as the template sees it; extra fields (tool_calls, tool_call_id, name) pass through. */
+export interface ChatTemplateMessage {
+  readonly role: string;
+  readonly content?: string | readonly ChatContentPart[] | null;
+  readonly [key: string]: unknown;
+}
+
+export interface RenderChatOptions {
+  readonly messages: readonly ChatTemplateMessage[];
+  readonly tools?: readonly unknown[];
+  readonly addGenerationPrompt: boolean;
+  /** Extra template variables from the request (e.g. enable_thinking). */
+  readonly chatTemplateKwargs?: Readonly<Record<string, unknown>>;
+  readonly bosToken: string;
+  readonly eosToken: string;
+}
+
+/** Variables the request may not set through chat_template_kwargs. */
+const RESERVED_KWARGS = new Set(['messages', 'tools', 'add_generation_prompt']);
+
+/** Parsed templates, by source text (a server renders one template many times). */
+const compiled = new Map<string, Template>();
+
+/** Renders `template` for these messages; throws ChatTemplateError on any failure. */
+export function renderChat(template: string, options: RenderChatOptions): string {
+  const messages = options.messages.map(prepareMessage);
+  const kwargs = options.chatTemplateKwargs ?? {};
+  for (const key of Object.keys(kwargs)) {
+    if (RESERVED_KWARGS.has(key)) throw new ChatTemplateError(`chat_template_kwargs may not set '${key}'`);
+  }
+  let parsed = compiled.get(template);
+  if (parsed === undefined) {
+    try {
+      parsed = new Template(template);
+    } catch (err) {
+      throw new ChatTemplateError(`the chat template does not parse: ${errorMessage(err)}`);
+    }
+    if (compiled.size >= 16) compiled.clear();
+    compiled.set(template, parsed);
+  }
+  try {
+    // As transformers: special-token strings first, then the caller's kwargs, then the fixed inputs.
+    // (raise_exception and strftime_now are built into @huggingface/jinja.)
+    return parsed.render({
+      bos_token: options.bosToken,
+      eos_token: options.eosToken,
+      ...kwargs,
+      messages,
+      tools: options.tools === undefined ? null : [...options.tools],
+      add_generation_prompt: options.addGenerationPrompt,
+    });
+  } catch (err) {
+    throw new ChatTemplateError(`the chat template failed on these messages: ${errorMessage(err)}`);
+  }
+}
+
+/**
+ * Content parts → one string (text parts joined with "\n", as vLLM), and tool-call `arguments` given
+ * as a JSON string → the object, since templates write `arguments | tojson` (vLLM does the same).
+ */
+function prepareMessage(message: ChatTemplateMessage, index: number): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...message };
+  const content = message.content;
+  if (Array.isArray(content)) {
+    const texts: string[] = [];
+    for (const part of content as readonly ChatContentPart[]) {
+      if (part.type !== 'text' || typeof part.text !== 'string') {
+        throw new ChatTemplateError(
+          `messages[${index}]: content part type '${String(part.type)}' is not supported; this model takes text parts only`,
+        );
+      }
+      texts.push(part.text);
+    }
+    out['content'] = texts.join('\n');
+  }
+  const toolCalls = message['tool_calls'];
+  if (Array.isArray(toolCalls)) {
+    out['tool_calls'] = toolCalls.map((call: unknown) => {
+      if (!isRecord(call) || !isRecord(call['function'])) return call;
+      const fn = call['function'];
+      const args = fn['arguments'];
+      if (typeof args !== 'string') return call;
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(args);
+      } catch {
+        return call; // not JSON: the template gets the string as sent
+      }
+      return { ...call, function: { ...fn, arguments: parsed } };
+    });
+  }
+  return out;
+}
+
+/**
+ * tokenizer_config.json's `chat_template` is a string or a list of `{name, template}`; returns the
+ * named one ("default" unless asked otherwise), or null when there is none.
+ */
+export function selectChatTemplate(value: unknown, name = 'default'): string | null {
+  if (typeof value === 'string') return value;
+  if (!Array.isArray(value)) return null;
+  for (const entry of value) {
+    if (isRecord(entry) && entry['name'] === name && typeof entry['template'] === 'string') return entry['template'];
+  }
+  return null;
+}
+
+/**
+ * The chat template of a checkpoint directory: `chat_template.jinja`, else `chat_template.json`,
+ * else tokenizer_config.json's `chat_template` (the order transformers uses); null when none.
+ */
+export async function loadChatTemplate(dir: string, name = 'default'): Promise<string | null> {
+  const jinja = await readTextIfExists(join(dir, 'chat_template.jinja'));
+  if (jinja !== null) return jinja;
+  for (const file of ['chat_template.json', 'tokenizer_config.json']) {
+    const text = await readTextIfExists(join(dir, file));
+    if (text === null) continue;
+    const json: unknown = JSON.parse(text);
+    if (isRecord(json) && json['chat_template'] !== undefined) return selectChatTemplate(json['chat_template'], name);
+  }
+  return null;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+async function readTextIfExists(path: string): Promise<string | null> {
+  try {
+    return await readFile(path, 'utf8');
+  } catch {
+    return null;
+  }
+}
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
