@@ -96,6 +96,24 @@ describe('safetensors reader', () => {
     expect(Array.from(t.data)).toEqual(expected[dtype].map((v) => Math.fround(v)));
   });
 
+  it('reads tensors larger than one 16 MiB read chunk', () => {
+    // 9·2^20 bf16 elements (18 MiB) and 5·2^20 f32 elements (20 MiB): both cross the chunk boundary.
+    const dir = freshDir();
+    const big = (n: number, f: (i: number) => number): Float32Array => Float32Array.from({ length: n }, (_, i) => f(i));
+    const bf = big(9 * 2 ** 20, (i) => (i % 251) - 125); // small integers: exact in bf16
+    const fl = big(5 * 2 ** 20, (i) => i * 0.5);
+    writeCheckpoint(dir, tinyRawConfig(), new Map([['b', { shape: [9, 2 ** 20], data: bf }]]), { dtype: 'BF16', naming: 'gla_swa' });
+    // index of the first differing element, −1 if none (toEqual is too slow on millions of elements)
+    const firstDiff = (a: Float32Array, b: Float32Array): number => {
+      if (a.length !== b.length) return -2;
+      for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return i;
+      return -1;
+    };
+    expect(firstDiff(readSafetensorsEntry(openSafetensorsFile(join(dir, 'model.safetensors')).entries.get('b')!).data, bf)).toBe(-1);
+    writeCheckpoint(dir, tinyRawConfig(), new Map([['f', { shape: [5 * 2 ** 20], data: fl }]]), { dtype: 'F32', naming: 'gla_swa' });
+    expect(firstDiff(readSafetensorsEntry(openSafetensorsFile(join(dir, 'model.safetensors')).entries.get('f')!).data, fl)).toBe(-1);
+  });
+
   it('reads F32 data at an unaligned offset', () => {
     const json = JSON.stringify({ a: { dtype: 'U8', shape: [1], data_offsets: [0, 1] }, b: { dtype: 'F32', shape: [2], data_offsets: [1, 9] } });
     const prefix = Buffer.alloc(8);
