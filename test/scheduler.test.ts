@@ -117,6 +117,23 @@ describe('Scheduler', () => {
     expect(shorts.every((r) => r.outputTokenIds.length === steps + 1)).toBe(true);
   });
 
+  it('a short prompt arriving during a long prefill that fills the budget is served in the next step', () => {
+    const { s } = make({ maxBatchedTokens: 64, prefillChunkTokens: 64 });
+    const long = request(50_000, 1);
+    s.submit(long);
+    completeStep(s, s.schedule());
+    expect(long.numComputedTokens).toBe(64);
+    const short = request(10, 3);
+    s.submit(short);
+    const out = s.schedule();
+    expect(out.prefills.map((c) => [c.request, c.numTokens])).toEqual([[long, 54], [short, 10]]);
+    completeStep(s, out);
+    expect(short.status).toBe('decoding');
+    const next = s.schedule();
+    expect(next.decodes).toEqual([short]);
+    expect(next.prefills).toEqual([{ request: long, startPos: 118, numTokens: 63 }]);
+  });
+
   it('throws QueueFullError when the waiting queue is full', () => {
     const { s } = make({ maxQueue: 3 });
     for (let i = 0; i < 3; i++) s.submit(request(10, 5));

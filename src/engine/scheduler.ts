@@ -126,16 +126,16 @@ export class Scheduler {
   schedule(nowMs = performance.now()): SchedulerOutput {
     // Core idea: every step spends a budget of `maxBatchedTokens` tokens.
     //  1. Every DECODING request gets one token (decodes first, so streams keep flowing).
-    //  2. PREFILLING requests, oldest first, get a chunk of their prompt:
-    //     min(prompt left, budget left, prefillChunkTokens). A long prompt therefore advances a chunk
-    //     per step while every decode still gets its token in the same step.
-    //  3. Budget left over admits WAITING requests in FCFS order while the CacheManager can reserve
-    //     a state slot and their worst-case pages; the first one that does not fit stops admission
-    //     (no overtaking, so a big request is not starved by small ones).
+    //  2. WAITING requests are admitted in FCFS order while the CacheManager can reserve a state slot
+    //     and their worst-case pages; the first one that does not fit stops admission (no overtaking,
+    //     so a big request is not starved by small ones). Admission needs memory, not budget.
+    //  3. The budget left is shared among PREFILLING requests by water-filling: smallest need first,
+    //     each gets min(prompt left, prefillChunkTokens, an equal share of what is left). A long prompt
+    //     thus advances by a chunk per step, but a short prompt arriving meanwhile still gets its whole
+    //     prompt in the next step instead of waiting for the long one to finish.
     // Pages for every scheduled position are allocated here; admission reserved them, so it cannot fail.
     let budget = this.config.maxBatchedTokens;
     const decodes: RequestState[] = [];
-    const prefills: ScheduledChunk[] = [];
     for (const req of this.running) {
       if (budget === 0) break;
       if (req.status !== 'decoding') continue;
@@ -143,13 +143,7 @@ export class Scheduler {
       decodes.push(req);
       budget--;
     }
-    for (const req of this.running) {
-      if (budget === 0) break;
-      if (req.status !== 'prefilling') continue;
-      prefills.push(this.chunkFor(req, budget));
-      budget -= prefills[prefills.length - 1]!.numTokens;
-    }
-    while (budget > 0 && this.waiting.length > 0 && this.running.length < this.config.maxNumSeqs) {
+    while (this.waiting.length > 0 && this.running.length < this.config.maxNumSeqs) {
       const req = this.waiting[0]!;
       if (!this.cache.admit(req.requestId, req.maxTotalTokens)) break;
       this.waiting.shift();
@@ -157,17 +151,31 @@ export class Scheduler {
       req.admittedMs = nowMs;
       req.lastProgressMs = nowMs;
       this.running.push(req);
-      prefills.push(this.chunkFor(req, budget));
-      budget -= prefills[prefills.length - 1]!.numTokens;
+    }
+    const prefilling = this.running.filter((r) => r.status === 'prefilling');
+    const grant = new Map<RequestState, number>();
+    const bySmallestNeed = [...prefilling].sort((a, b) => this.prefillNeed(a) - this.prefillNeed(b));
+    for (let i = 0; i < bySmallestNeed.length && budget > 0; i++) {
+      const req = bySmallestNeed[i]!;
+      const share = Math.max(1, Math.floor(budget / (bySmallestNeed.length - i)));
+      const numTokens = Math.min(this.prefillNeed(req), share);
+      grant.set(req, numTokens);
+      budget -= numTokens;
+    }
+    const prefills: ScheduledChunk[] = [];
+    for (const req of prefilling) {
+      const numTokens = grant.get(req);
+      if (numTokens === undefined) continue;
+      const startPos = req.numComputedTokens;
+      this.cache.append(req.requestId, startPos, numTokens);
+      prefills.push({ request: req, startPos, numTokens });
     }
     return { decodes, prefills, numScheduledTokens: this.config.maxBatchedTokens - budget };
   }
 
-  private chunkFor(req: RequestState, budget: number): ScheduledChunk {
-    const numTokens = Math.min(req.numPromptTokensLeft, budget, this.config.prefillChunkTokens);
-    const startPos = req.numComputedTokens;
-    this.cache.append(req.requestId, startPos, numTokens);
-    return { request: req, startPos, numTokens };
+  /** Tokens a prefilling request would take with an unlimited budget. */
+  private prefillNeed(req: RequestState): number {
+    return Math.min(req.numPromptTokensLeft, this.config.prefillChunkTokens);
   }
 
   /** Records that a scheduled chunk was computed; after the last prompt chunk the request decodes. */

@@ -1,0 +1,238 @@
+// Engine end to end with real onnxruntime in the worker thread, on random tiny checkpoints written to disk:
+// tokens against the float64 reference, batched == one at a time, abort frees everything, rejections,
+// and a ≥256K-token prefill that does not stop another client's stream.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Engine, type EngineOptions } from '../src/engine/engine.ts';
+import { QueueFullError, RequestRejectedError } from '../src/engine/errors.ts';
+import type { EngineStats, GenerateRequest, SamplingParams, TokenEvent } from '../src/engine/types.ts';
+import { makeRandomTinyCheckpoint, type TinyCheckpoint, type TinyCheckpointOptions } from './helpers/checkpoint-writer.ts';
+import { ReferenceSession } from './helpers/reference-forward.ts';
+import { openCheckpoint } from '../src/engine/model/hf-checkpoint.ts';
+
+const tmp = mkdtempSync(join(tmpdir(), 'spikeserve-engine-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+function greedy(maxTokens: number, extra: Partial<SamplingParams> = {}): SamplingParams {
+  return {
+    temperature: 0, topP: 1, topK: 0, minP: 0, seed: null, presencePenalty: 0, frequencyPenalty: 0,
+    repetitionPenalty: 1, logitBias: new Map(), logprobs: null, promptLogprobs: null, maxTokens,
+    minTokens: 0, stopTokenIds: [], ignoreEos: true, ...extra,
+  };
+}
+
+let nextId = 0;
+function request(prompt: readonly number[], sampling: SamplingParams, reportProgress = false): GenerateRequest {
+  return { requestId: `req-${nextId++}`, promptTokenIds: prompt, sampling, reportProgress };
+}
+
+function prompt(length: number, seed: number, vocab: number): number[] {
+  return Array.from({ length }, (_, i) => (seed * 31 + i * 17 + ((i * i) % 7)) % vocab);
+}
+
+async function collect(engine: Engine, req: GenerateRequest, signal?: AbortSignal): Promise<{ tokens: number[]; events: TokenEvent[] }> {
+  const tokens: number[] = [];
+  const events: TokenEvent[] = [];
+  for await (const e of engine.generate(req, signal)) {
+    events.push(e);
+    if (e.type === 'token') tokens.push(e.tokenId);
+  }
+  return { tokens, events };
+}
+
+function lastDone(events: readonly TokenEvent[]): Extract<TokenEvent, { type: 'done' }> {
+  const e = events[events.length - 1];
+  if (e?.type !== 'done') throw new Error('stream did not end with done');
+  return e;
+}
+
+function expectIdle(stats: EngineStats): void {
+  expect([stats.numRunning, stats.numWaiting, stats.kvPagesUsed, stats.stateSlotsUsed, stats.stateBytesInUse]).toEqual([0, 0, 0, 0, 0]);
+}
+
+/** Liveness: an abort posted by a stream's early exit is applied by the worker shortly after. */
+async function waitIdle(engine: Engine): Promise<void> {
+  for (let i = 0; i < 200 && engine.stats().numRunning + engine.stats().numWaiting > 0; i++) await new Promise((r) => setTimeout(r, 25));
+  expectIdle(engine.stats());
+}
+
+async function startEngine(name: string, ckptOpts: TinyCheckpointOptions, opts: Partial<EngineOptions>): Promise<{ engine: Engine; ckpt: TinyCheckpoint }> {
+  const ckpt = makeRandomTinyCheckpoint(join(tmp, name), ckptOpts);
+  const engine = await Engine.start({ modelDir: ckpt.dir, cacheDir: join(tmp, 'built'), intraOpThreads: 1, ...opts });
+  return { engine, ckpt };
+}
+
+describe('Engine on a tiny hybrid model (W = 8, pages of 4 tokens)', () => {
+  let engine: Engine;
+  let ckpt: TinyCheckpoint;
+  const V = 96;
+
+  beforeAll(async () => {
+    ({ engine, ckpt } = await startEngine('hybrid', { numLayers: 4, slidingWindow: 8, vocabSize: V, seed: 3 }, {
+      pageTokens: 4, prefillChunkTokens: 16, maxBatchedTokens: 40, maxNumSeqs: 16,
+    }));
+  });
+  afterAll(async () => engine.shutdown());
+  afterEach(() => expectIdle(engine.stats()));
+
+  it('generates the float64 reference model\'s greedy tokens (chunked prefill, paged window)', async () => {
+    const p = prompt(45, 1, V);
+    const { tokens, events } = await collect(engine, request(p, greedy(12)));
+    expect(tokens).toHaveLength(12);
+    expect(lastDone(events)).toMatchObject({ finishReason: 'length', promptTokens: 45, completionTokens: 12 });
+    // Teacher-forced reference: each engine token must be the reference argmax (or within 1e-3 of it).
+    const ref = new ReferenceSession(openCheckpoint(ckpt.dir));
+    let logits = new Float64Array(0);
+    for (const t of p) logits = ref.step(t);
+    for (const t of tokens) {
+      const max = Math.max(...logits);
+      expect(max - logits[t]!).toBeLessThan(1e-3);
+      logits = ref.step(t);
+    }
+  });
+
+  it('16 concurrent requests of mixed lengths give exactly the tokens they give one at a time', async () => {
+    const reqs = Array.from({ length: 16 }, (_, i) => ({ p: prompt(1 + ((i * 37) % 120), i, V), max: 4 + ((i * 5) % 17) }));
+    const alone: number[][] = [];
+    for (const r of reqs) alone.push((await collect(engine, request(r.p, greedy(r.max)))).tokens);
+    const together = await Promise.all(reqs.map((r) => collect(engine, request(r.p, greedy(r.max)))));
+    expect(together.map((t) => t.tokens)).toEqual(alone);
+    for (let i = 0; i < reqs.length; i++) expect(alone[i]).toHaveLength(reqs[i]!.max);
+  });
+
+  it('stops on a stop token without emitting it and counts it as generated', async () => {
+    const p = prompt(20, 9, V);
+    const { tokens } = await collect(engine, request(p, greedy(6)));
+    const stopAt = tokens[3]!;
+    const first = tokens.indexOf(stopAt);
+    const { tokens: stopped, events } = await collect(engine, request(p, greedy(6, { stopTokenIds: [stopAt] })));
+    expect(stopped).toEqual(tokens.slice(0, first));
+    expect(lastDone(events)).toMatchObject({ finishReason: 'stop', stopTokenId: stopAt, completionTokens: first + 1 });
+  });
+
+  it('returns prompt logprobs that match the reference, before the first token', async () => {
+    const p = prompt(30, 4, V);
+    const { events } = await collect(engine, request(p, greedy(2, { promptLogprobs: 2, logprobs: 1 })));
+    expect(events[0]?.type).toBe('prompt_logprobs');
+    const entries = events[0]?.type === 'prompt_logprobs' ? events[0].entries : [];
+    expect(entries).toHaveLength(30);
+    expect(entries[0]).toBeNull();
+    const ref = new ReferenceSession(openCheckpoint(ckpt.dir));
+    for (let i = 0; i + 1 < p.length; i++) {
+      const logits = ref.step(p[i]!);
+      const m = Math.max(...logits);
+      const lse = m + Math.log(logits.reduce((s, x) => s + Math.exp(x - m), 0));
+      const e = entries[i + 1]!;
+      expect(e.tokenId).toBe(p[i + 1]);
+      expect(Math.abs(e.logprob - (logits[p[i + 1]!]! - lse))).toBeLessThan(1e-3);
+      expect(e.top).toHaveLength(2);
+    }
+    const tok = events.find((e) => e.type === 'token');
+    expect(tok?.type === 'token' && tok.logprob !== undefined && tok.top?.length === 1).toBe(true);
+  });
+
+  it('abort mid-stream (signal, early exit, abort()) ends with done/abort and frees everything', async () => {
+    const ac = new AbortController();
+    const events: TokenEvent[] = [];
+    for await (const e of engine.generate(request(prompt(10, 5, V), greedy(10_000)), ac.signal)) {
+      events.push(e);
+      if (events.length === 3) ac.abort();
+    }
+    expect(lastDone(events).finishReason).toBe('abort');
+    expect(events.filter((e) => e.type === 'token').length).toBeGreaterThanOrEqual(3);
+    expectIdle(engine.stats()); // stats arrive with the done event
+
+    // Leaving the loop early aborts the request.
+    let n = 0;
+    for await (const e of engine.generate(request(prompt(10, 6, V), greedy(10_000)))) if (e.type === 'token' && ++n === 2) break;
+    await waitIdle(engine);
+
+    // Abort by id while the prompt is still being prefilled (a long prompt: 1250 chunks; the abort
+    // message is queued right behind the submission and handled after the first step).
+    const long = request(prompt(20_000, 7, V), greedy(5), true);
+    const seen: TokenEvent[] = [];
+    const it = engine.generate(long);
+    const first = it.next();
+    engine.abort(long.requestId);
+    for (let r = await first; !r.done; r = await it.next()) seen.push(r.value);
+    expect(lastDone(seen).finishReason).toBe('abort');
+    expect(seen.some((e) => e.type === 'token')).toBe(false);
+
+    // A signal aborted before the call.
+    const pre = new AbortController();
+    pre.abort();
+    const { events: ev } = await collect(engine, request(prompt(5, 8, V), greedy(50)), pre.signal);
+    expect(lastDone(ev).finishReason).toBe('abort');
+  });
+
+  it('rejects what can never fit before the first event', async () => {
+    const tooLong = engine.generate(request(prompt(10, 1, V), greedy(engine.maxModelLen)));
+    await expect(tooLong.next()).rejects.toBeInstanceOf(RequestRejectedError);
+    const badToken = engine.generate(request([1, 2, V], greedy(1)));
+    await expect(badToken.next()).rejects.toThrow(/vocabulary/);
+  });
+});
+
+describe('Engine admission', () => {
+  it('waits for a free slot, then answers QueueFullError when the queue is full', async () => {
+    const { engine } = await startEngine('queue', { numLayers: 2, slidingWindow: 8, vocabSize: 64, headDim: 8, numHeads: 2 }, {
+      maxNumSeqs: 1, maxQueue: 1, pageTokens: 4, prefillChunkTokens: 8, maxBatchedTokens: 16,
+    });
+    try {
+      const running = engine.generate(request([1, 2, 3], greedy(400)));
+      const first = await running.next(); // admitted and decoding
+      expect(first.value?.type).toBe('token');
+      const waiting = collect(engine, request([4, 5], greedy(3)));
+      await new Promise((r) => setTimeout(r, 50)); // let the worker queue it
+      const third = engine.generate(request([6], greedy(3)));
+      await expect(third.next()).rejects.toBeInstanceOf(QueueFullError);
+      await running.return(undefined); // client gone → abort → the waiting one runs
+      const w = await waiting;
+      expect(w.tokens).toHaveLength(3);
+      await waitIdle(engine);
+    } finally {
+      await engine.shutdown();
+    }
+  });
+});
+
+describe('Engine during a ≥256K-token prefill', () => {
+  it('keeps streaming tokens to another client while the long prompt is prefilled', async () => {
+    const V = 64;
+    const { engine } = await startEngine('long', { numLayers: 2, numHeads: 2, kvRatio: 1, headDim: 16, slidingWindow: 32, vocabSize: V }, {
+      pageTokens: 16, prefillChunkTokens: 1024, maxBatchedTokens: 1024, maxNumSeqs: 4,
+    });
+    try {
+      const LONG = 262_144;
+      const longReq = request(prompt(LONG, 2, V), greedy(1), true);
+      const longEvents: (TokenEvent & { at: number })[] = [];
+      const started = new Promise<void>((resolveStarted) => {
+        void (async () => {
+          for await (const e of engine.generate(longReq)) {
+            longEvents.push({ ...e, at: performance.now() });
+            if (e.type === 'progress') resolveStarted();
+          }
+          resolveStarted();
+        })();
+      });
+      await started; // first progress event: the long prefill is under way
+      const shortTimes: number[] = [];
+      for await (const e of engine.generate(request(prompt(20, 3, V), greedy(20)))) if (e.type === 'token') shortTimes.push(performance.now());
+      expect(shortTimes).toHaveLength(20);
+      while (longEvents[longEvents.length - 1]?.type !== 'done') await new Promise((r) => setTimeout(r, 20));
+      const firstLongToken = longEvents.find((e) => e.type === 'token');
+      expect(firstLongToken).toBeDefined();
+      // All 20 short tokens arrived while the long prompt was still being prefilled.
+      expect(shortTimes[19]!).toBeLessThan(firstLongToken!.at);
+      const done = lastDone(longEvents);
+      expect(done).toMatchObject({ finishReason: 'length', promptTokens: LONG, completionTokens: 1 });
+      const progress = longEvents.filter((e) => e.type === 'progress');
+      expect(progress.length).toBeGreaterThan(0);
+      expectIdle(engine.stats());
+    } finally {
+      await engine.shutdown();
+    }
+  });
+});
