@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { ChatTemplateError, loadChatTemplate, renderChat, selectChatTemplate } from '../src/routes/chat-template.ts';
-import { InvalidRequestError } from '../src/server/errors.ts';
+import { ApiError } from '../src/server/errors.ts';
 
 const SPEC_DIR = resolve(import.meta.dirname, '../../shared/spec/spikingbrain-7b');
 let template: string;
@@ -99,8 +99,9 @@ describe('renderChat with the official SpikingBrain-7B template', () => {
     try {
       image();
     } catch (err) {
-      expect(err).toBeInstanceOf(InvalidRequestError);
-      expect((err as InvalidRequestError).status).toBe(400);
+      expect(err).toBeInstanceOf(ApiError);
+      expect((err as ApiError).status).toBe(400);
+      expect((err as ApiError).param).toBe('messages');
     }
   });
 });

@@ -7,29 +7,22 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Template } from '@huggingface/jinja';
-import { InvalidRequestError } from '../server/errors.ts';
+import { ApiError } from '../server/errors.ts';
 
 /** The template or the messages cannot be rendered; the server answers 400. */
-export class ChatTemplateError extends InvalidRequestError {
-  override readonly name = 'ChatTemplateError';
+export class ChatTemplateError extends ApiError {
+  override readonly name: string = 'ChatTemplateError';
   constructor(message: string) {
-    super(message, 'messages', 'chat_template_error');
+    super(400, 'invalid_request_error', message, 'messages', 'chat_template_error');
   }
 }
 
-/** One OpenAI content part; only `text` parts can reach a text-only model. */
-export interface ChatContentPart {
-  readonly type: string;
-  readonly text?: string;
-  readonly [key: string]: unknown;
-}
-
-/** A chat message as the template sees it; extra fields (tool_calls, tool_call_id, name) pass through. */
-export interface ChatTemplateMessage {
-  readonly role: string;
-  readonly content?: string | readonly ChatContentPart[] | null;
-  readonly [key: string]: unknown;
-}
+/**
+ * A chat message as the template sees it: `role`, `content` (a string, null, or OpenAI content parts `{type: 'text', text}`),
+ * and any other fields (tool_calls, tool_call_id, name), which pass through. The request schema has
+ * already checked the shape; this module only reads `content` and `tool_calls`.
+ */
+export type ChatTemplateMessage = Readonly<Record<string, unknown>>;
 
 export interface RenderChatOptions {
   readonly messages: readonly ChatTemplateMessage[];
@@ -86,16 +79,17 @@ export function renderChat(template: string, options: RenderChatOptions): string
  */
 function prepareMessage(message: ChatTemplateMessage, index: number): Record<string, unknown> {
   const out: Record<string, unknown> = { ...message };
-  const content = message.content;
+  const content = message['content'];
   if (Array.isArray(content)) {
     const texts: string[] = [];
-    for (const part of content as readonly ChatContentPart[]) {
-      if (part.type !== 'text' || typeof part.text !== 'string') {
+    for (const part of content as unknown[]) {
+      if (!isRecord(part) || part['type'] !== 'text' || typeof part['text'] !== 'string') {
+        const type = isRecord(part) ? String(part['type']) : typeof part;
         throw new ChatTemplateError(
-          `messages[${index}]: content part type '${String(part.type)}' is not supported; this model takes text parts only`,
+          `messages[${index}]: content part type '${type}' is not supported; this model takes text parts only`,
         );
       }
-      texts.push(part.text);
+      texts.push(part['text']);
     }
     out['content'] = texts.join('\n');
   }
