@@ -177,6 +177,20 @@ describe('reference: consistency', () => {
     expect(s.position).toBe(tokens.length);
   });
 
+  it('a cloned session continues exactly like the original and does not disturb it', () => {
+    const ck = randomCheckpoint(config, { seed: 3, gkLayout: 'lowrank' });
+    const all = referenceForward(ck, tokens);
+    const s = new ReferenceSession(ck);
+    s.forward(tokens.slice(0, 6));
+    const fork = s.clone();
+    fork.forward([9, 9, 9]); // diverge the fork first
+    const rest = s.forward(tokens.slice(6));
+    rest.forEach((l, i) => close(l, Array.from(all[6 + i]!), 0));
+    const fork2 = s.clone();
+    expect(fork2.position).toBe(tokens.length);
+    close(fork2.glaState(0), Array.from(s.glaState(0)), 0);
+  });
+
   it('a full-rank gate equal to the low-rank product gives the same logits', () => {
     const low = randomCheckpoint(config, { seed: 11, gkLayout: 'lowrank' });
     const tensors = new Map<string, Tensor32>();

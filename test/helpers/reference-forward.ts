@@ -168,6 +168,24 @@ export class ReferenceSession {
     this.lastMixerOutput = this.layers.map(() => new Float64Array(c.hiddenSize));
   }
 
+  /** An independent copy at the same position (weights shared, state/KV copied): fork a prefix. */
+  clone(): ReferenceSession {
+    const copy = Object.create(ReferenceSession.prototype) as ReferenceSession;
+    Object.assign(copy, {
+      config: this.config,
+      position: this.position,
+      layers: this.layers,
+      embeddings: this.embeddings,
+      finalNorm: this.finalNorm,
+      lmHead: this.lmHead,
+      states: this.states.map((x) => Float64Array.from(x)),
+      keys: this.keys.map((k) => [...k]),
+      values: this.values.map((v) => [...v]),
+      lastMixerOutput: this.lastMixerOutput.map((x) => Float64Array.from(x)),
+    });
+    return copy;
+  }
+
   /** GLA state of a layer, [Hkv, d, d] with S[j][c][e] at (j·d + c)·d + e (a copy). */
   glaState(layer: number): Float64Array {
     return Float64Array.from(this.states[layer] ?? []);
