@@ -1,0 +1,50 @@
+// Chat messages → prompt token ids: render the checkpoint's chat template (../chat-template.ts;
+// a ChatML fallback when the checkpoint has none), then tokenize asynchronously. Also finds the
+// template's end-of-turn token, which ends a chat reply even when generation_config names only
+// <|endoftext|> (the SpikingBrain chat template closes turns with <|im_end|>).
+import type { FastifyInstance } from 'fastify';
+import { renderChat, type ChatTemplateMessage } from '../chat-template.ts';
+
+/** Used when the checkpoint has no chat template. */
+const CHATML_TEMPLATE =
+  "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}" +
+  "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+const END_OF_TURN_CANDIDATES = ['<|im_end|>', '<|eot_id|>', '<|end|>', '<end_of_turn>'];
+
+export interface ChatPromptOptions {
+  readonly messages: readonly ChatTemplateMessage[];
+  readonly tools?: readonly unknown[] | null | undefined;
+  readonly addGenerationPrompt: boolean;
+  readonly chatTemplateKwargs?: Readonly<Record<string, unknown>> | null | undefined;
+}
+
+/** Throws ChatTemplateError (a 400 naming `messages`) when the template refuses the messages. */
+export function renderChatPrompt(app: FastifyInstance, opts: ChatPromptOptions): string {
+  const assets = app.chatAssets;
+  return renderChat(assets.template ?? CHATML_TEMPLATE, {
+    messages: opts.messages,
+    ...(opts.tools !== undefined && opts.tools !== null ? { tools: opts.tools } : {}),
+    addGenerationPrompt: opts.addGenerationPrompt,
+    ...(opts.chatTemplateKwargs !== undefined && opts.chatTemplateKwargs !== null ? { chatTemplateKwargs: opts.chatTemplateKwargs } : {}),
+    bosToken: assets.bosToken,
+    eosToken: assets.eosToken,
+  });
+}
+
+/** Renders and tokenizes (the template already wrote any BOS, so none is added). */
+export async function chatPromptTokens(app: FastifyInstance, opts: ChatPromptOptions): Promise<number[]> {
+  return app.tokenizer.encode(renderChatPrompt(app, opts), { addSpecialTokens: false });
+}
+
+/** Token ids that end an assistant turn under this template (beyond the model's eos ids). */
+export function endOfTurnTokenIds(app: FastifyInstance): number[] {
+  const template = app.chatAssets.template ?? CHATML_TEMPLATE;
+  const ids: number[] = [];
+  for (const tok of END_OF_TURN_CANDIDATES) {
+    if (!template.includes(tok)) continue;
+    const id = app.tokenizer.tokenToId(tok);
+    if (id !== null) ids.push(id);
+  }
+  return ids;
+}

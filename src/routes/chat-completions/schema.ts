@@ -1,0 +1,29 @@
+// JSON schema of POST /v1/chat/completions (OpenAI's fields plus vLLM's sampling extensions and
+// our `stream_options.include_progress`). Unknown top-level fields are accepted and ignored, as
+// OpenAI clients send many (parallel_tool_calls, metadata, …).
+import { Type, type Static } from 'typebox';
+import { MAX_TOP_LOGPROBS, samplingFields } from '../common/sampling.ts';
+
+// Parts other than text are refused by the chat template with a 400 naming the message.
+const ContentPart = Type.Object({ type: Type.String(), text: Type.Optional(Type.String()) }, { additionalProperties: true });
+
+export const ChatMessage = Type.Object({
+  role: Type.Enum(['system', 'developer', 'user', 'assistant', 'tool']),
+  content: Type.Optional(Type.Union([Type.String(), Type.Array(ContentPart), Type.Null()])),
+  name: Type.Optional(Type.String()),
+  tool_calls: Type.Optional(Type.Array(Type.Record(Type.String(), Type.Unknown()))),
+  tool_call_id: Type.Optional(Type.String()),
+});
+export type ChatMessage = Static<typeof ChatMessage>;
+
+export const ChatCompletionRequest = Type.Object({
+  ...samplingFields,
+  messages: Type.Array(ChatMessage, { minItems: 1 }),
+  max_completion_tokens: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.Null()])),
+  logprobs: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
+  top_logprobs: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: MAX_TOP_LOGPROBS }), Type.Null()])),
+  tools: Type.Optional(Type.Union([Type.Array(Type.Record(Type.String(), Type.Unknown())), Type.Null()])),
+  add_generation_prompt: Type.Optional(Type.Boolean()),
+  chat_template_kwargs: Type.Optional(Type.Union([Type.Record(Type.String(), Type.Unknown()), Type.Null()])),
+});
+export type ChatCompletionRequest = Static<typeof ChatCompletionRequest>;

@@ -1,0 +1,94 @@
+// Token text and logprobs in OpenAI's two wire formats:
+//   chat:   logprobs.content[{token, logprob, bytes, top_logprobs:[{token, logprob, bytes}]}]
+//   legacy: logprobs {tokens, token_logprobs, top_logprobs:[{token: logprob}], text_offset}
+// A token's text is its bytes decoded leniently (a lone byte of a multi-byte character shows as
+// U+FFFD; `bytes` keeps the truth), or `token_id:N` when return_tokens_as_token_ids is set.
+// −∞ is not JSON: it is sent as −9999, as OpenAI does.
+import type { PromptLogprobEntry, TopLogprob } from '../../engine/types.ts';
+import type { GeneratedToken } from '../../server/generation.ts';
+import type { TokenizerPort } from '../../server/ports.ts';
+
+const lenient = new TextDecoder('utf-8', { fatal: false });
+
+export function finiteLogprob(x: number): number {
+  return Number.isFinite(x) ? x : -9999;
+}
+
+export class TokenText {
+  constructor(
+    private readonly tokenizer: TokenizerPort,
+    private readonly asTokenIds: boolean,
+  ) {}
+
+  text(id: number): string {
+    return this.asTokenIds ? `token_id:${id}` : lenient.decode(this.tokenizer.tokenBytes(id));
+  }
+
+  bytes(id: number): number[] {
+    return Array.from(this.tokenizer.tokenBytes(id));
+  }
+}
+
+export interface ChatTopLogprob {
+  readonly token: string;
+  readonly logprob: number;
+  readonly bytes: number[];
+}
+
+export interface ChatLogprobEntry extends ChatTopLogprob {
+  readonly top_logprobs: ChatTopLogprob[];
+}
+
+export function chatLogprobEntries(tokens: readonly GeneratedToken[], tt: TokenText): ChatLogprobEntry[] {
+  const out: ChatLogprobEntry[] = [];
+  for (const t of tokens) {
+    if (t.logprob === undefined) continue;
+    out.push({
+      token: tt.text(t.tokenId),
+      logprob: finiteLogprob(t.logprob),
+      bytes: tt.bytes(t.tokenId),
+      top_logprobs: (t.top ?? []).map((a: TopLogprob) => ({ token: tt.text(a.tokenId), logprob: finiteLogprob(a.logprob), bytes: tt.bytes(a.tokenId) })),
+    });
+  }
+  return out;
+}
+
+export interface LegacyLogprobs {
+  tokens: string[];
+  token_logprobs: (number | null)[];
+  top_logprobs: (Record<string, number> | null)[];
+  text_offset: number[];
+}
+
+export function emptyLegacyLogprobs(): LegacyLogprobs {
+  return { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] };
+}
+
+/**
+ * Appends tokens to a legacy logprobs block. `offset` is the character offset of the first token
+ * in the choice's text; returns the offset after the last one.
+ */
+export function appendLegacy(
+  into: LegacyLogprobs,
+  tokens: readonly (GeneratedToken | PromptLogprobEntry | { readonly tokenId: number; readonly logprob: null })[],
+  tt: TokenText,
+  offset: number,
+): number {
+  let at = offset;
+  for (const t of tokens) {
+    const text = tt.text(t.tokenId);
+    into.tokens.push(text);
+    into.text_offset.push(at);
+    at += text.length;
+    if (t.logprob === null || t.logprob === undefined) {
+      into.token_logprobs.push(null);
+      into.top_logprobs.push(null);
+      continue;
+    }
+    into.token_logprobs.push(finiteLogprob(t.logprob));
+    const top: Record<string, number> = {};
+    for (const a of ('top' in t ? t.top : undefined) ?? []) top[tt.text(a.tokenId)] = finiteLogprob(a.logprob);
+    into.top_logprobs.push(top);
+  }
+  return at;
+}

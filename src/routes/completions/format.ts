@@ -1,0 +1,140 @@
+// GenerationEvents → OpenAI legacy completion wire format (`text_completion`), whole or streamed.
+// With `echo` the prompt text comes first in each choice; with `echo` and `logprobs` the prompt
+// tokens lead the logprobs block too (the first has no logprob: null). text_offset counts
+// characters from the start of the choice's returned text.
+import type { PromptLogprobEntry } from '../../engine/types.ts';
+import type { FinishReasonOut, GenerationEvent } from '../../server/generation.ts';
+import { appendLegacy, emptyLegacyLogprobs, type LegacyLogprobs, type TokenText } from '../common/logprobs.ts';
+import { UsageCounter } from '../common/usage.ts';
+import { progressObject } from '../chat-completions/format.ts';
+
+export interface CompletionFormatContext {
+  readonly id: string;
+  readonly created: number;
+  readonly model: string;
+  readonly n: number;
+  readonly promptTokenIds: readonly number[];
+  readonly promptText: string;
+  readonly echo: boolean;
+  /** Legacy logprobs count, or null for none. */
+  readonly logprobs: number | null;
+  readonly tokenText: TokenText;
+}
+
+type PromptEntry = PromptLogprobEntry | { readonly tokenId: number; readonly logprob: null };
+
+/** The prompt tokens as logprob entries; entries missing from the engine get null logprobs. */
+function promptEntries(ctx: CompletionFormatContext, entries: readonly (PromptLogprobEntry | null)[] | null): PromptEntry[] {
+  return ctx.promptTokenIds.map((tokenId, i) => entries?.[i] ?? { tokenId, logprob: null });
+}
+
+/** Per-choice state: text so far, the logprobs block, and the running character offset. */
+class ChoiceState {
+  text = '';
+  offset = 0;
+  readonly logprobs: LegacyLogprobs = emptyLegacyLogprobs();
+  finishReason: FinishReasonOut | null = null;
+  echoed = false;
+}
+
+export async function completion(events: AsyncIterable<GenerationEvent>, ctx: CompletionFormatContext): Promise<object> {
+  const choices = Array.from({ length: ctx.n }, () => new ChoiceState());
+  const promptLogprobs: ((PromptLogprobEntry | null)[] | null)[] = Array.from({ length: ctx.n }, () => null);
+  const usage = new UsageCounter(ctx.promptTokenIds.length);
+  const generated: Extract<GenerationEvent, { type: 'delta' | 'finish' }>[] = [];
+  for await (const ev of events) {
+    if (ev.type === 'prompt_logprobs') promptLogprobs[ev.index] = [...ev.entries];
+    else if (ev.type === 'delta' || ev.type === 'finish') generated.push(ev);
+  }
+  choices.forEach((c, i) => {
+    if (!ctx.echo) return;
+    c.text = ctx.promptText;
+    if (ctx.logprobs !== null) c.offset = appendLegacy(c.logprobs, promptEntries(ctx, promptLogprobs[i] ?? null), ctx.tokenText, 0);
+    else c.offset = ctx.promptText.length;
+  });
+  for (const ev of generated) {
+    const c = choices[ev.index];
+    if (c === undefined) continue;
+    if (ev.type === 'delta') {
+      c.text += ev.text;
+      if (ctx.logprobs !== null) c.offset = appendLegacy(c.logprobs, ev.tokens, ctx.tokenText, c.offset);
+    } else if (ev.type === 'finish') {
+      c.finishReason = ev.finishReason;
+      usage.add(ev);
+    }
+  }
+  return {
+    id: ctx.id,
+    object: 'text_completion',
+    created: ctx.created,
+    model: ctx.model,
+    choices: choices.map((c, index) => ({
+      index,
+      text: c.text,
+      logprobs: ctx.logprobs !== null ? c.logprobs : null,
+      finish_reason: c.finishReason ?? 'stop',
+    })),
+    usage: usage.toJSON(),
+  };
+}
+
+export interface CompletionStreamOptions {
+  readonly includeUsage: boolean;
+  readonly includeProgress: boolean;
+}
+
+export async function* completionChunks(events: AsyncIterable<GenerationEvent>, ctx: CompletionFormatContext, opts: CompletionStreamOptions): AsyncGenerator<object> {
+  const usage = new UsageCounter(ctx.promptTokenIds.length);
+  const choices = Array.from({ length: ctx.n }, () => new ChoiceState());
+  const chunk = (index: number, text: string, logprobs: LegacyLogprobs | null, finishReason: FinishReasonOut | null): object => {
+    const c: Record<string, unknown> = {
+      id: ctx.id,
+      object: 'text_completion',
+      created: ctx.created,
+      model: ctx.model,
+      choices: [{ index, text, logprobs, finish_reason: finishReason }],
+    };
+    if (opts.includeUsage) c['usage'] = null;
+    return c;
+  };
+  function* echoChunk(index: number, entries: readonly (PromptLogprobEntry | null)[] | null): Generator<object> {
+    const c = choices[index];
+    if (!ctx.echo || c === undefined || c.echoed) return;
+    c.echoed = true;
+    let lp: LegacyLogprobs | null = null;
+    if (ctx.logprobs !== null) {
+      lp = emptyLegacyLogprobs();
+      c.offset = appendLegacy(lp, promptEntries(ctx, entries), ctx.tokenText, 0);
+    } else c.offset = ctx.promptText.length;
+    yield chunk(index, ctx.promptText, lp, null);
+  }
+  for await (const ev of events) {
+    switch (ev.type) {
+      case 'progress':
+        if (opts.includeProgress) yield progressObject(ctx, ev);
+        break;
+      case 'prompt_logprobs':
+        yield* echoChunk(ev.index, ev.entries);
+        break;
+      case 'delta': {
+        yield* echoChunk(ev.index, null);
+        const c = choices[ev.index];
+        if (c === undefined) break;
+        let lp: LegacyLogprobs | null = null;
+        if (ctx.logprobs !== null) {
+          lp = emptyLegacyLogprobs();
+          c.offset = appendLegacy(lp, ev.tokens, ctx.tokenText, c.offset);
+        }
+        if (ev.text === '' && (lp === null || lp.tokens.length === 0)) break;
+        yield chunk(ev.index, ev.text, lp, null);
+        break;
+      }
+      case 'finish':
+        yield* echoChunk(ev.index, null);
+        usage.add(ev);
+        yield chunk(ev.index, '', null, ev.finishReason);
+        break;
+    }
+  }
+  if (opts.includeUsage) yield { id: ctx.id, object: 'text_completion', created: ctx.created, model: ctx.model, choices: [], usage: usage.toJSON() };
+}

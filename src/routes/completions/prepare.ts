@@ -1,0 +1,86 @@
+// A validated completion request → prompt tokens (tokenized asynchronously, or taken as given),
+// sampling params and the formatting context. `echo` + `logprobs` asks the engine for the
+// prompt's own logprobs.
+import { randomUUID } from 'node:crypto';
+import type { FastifyInstance } from 'fastify';
+import { InvalidRequestError } from '../../server/errors.ts';
+import type { GenerationSpec } from '../../server/generation.ts';
+import type { EnginePort } from '../../server/ports.ts';
+import { TokenText } from '../common/logprobs.ts';
+import { stopStrings, toSamplingParams } from '../common/sampling.ts';
+import { checkModel, nowSeconds } from '../common/usage.ts';
+import type { CompletionFormatContext } from './format.ts';
+import type { CompletionRequest } from './schema.ts';
+
+export interface PreparedCompletion {
+  readonly engine: EnginePort;
+  readonly spec: GenerationSpec;
+  readonly format: CompletionFormatContext;
+  readonly includeUsage: boolean;
+  readonly includeProgress: boolean;
+  readonly stream: boolean;
+}
+
+async function promptTokens(app: FastifyInstance, body: CompletionRequest, vocabSize: number): Promise<{ ids: number[]; text: string }> {
+  const p = body.prompt;
+  const one: string | number[] = typeof p === 'string' ? p : typeof p[0] === 'number' ? (p as number[]) : (p[0] as string | number[]);
+  if (typeof one === 'string') {
+    const ids = await app.tokenizer.encode(one, { addSpecialTokens: body.add_special_tokens ?? true });
+    return { ids, text: one };
+  }
+  for (const id of one) {
+    if (id >= vocabSize) throw new InvalidRequestError(`'prompt' holds token id ${id}, but the vocabulary has ${vocabSize} tokens`, 'prompt');
+  }
+  return { ids: one, text: app.tokenizer.decode(one, { skipSpecialTokens: false }) };
+}
+
+export async function prepareCompletion(app: FastifyInstance, body: CompletionRequest): Promise<PreparedCompletion> {
+  checkModel(app, body.model);
+  const engine = app.serving.requireEngine();
+  const n = body.n ?? 1;
+  if (body.best_of !== undefined && body.best_of !== null && body.best_of !== n) {
+    throw new InvalidRequestError("'best_of' is not supported (only best_of = n)", 'best_of');
+  }
+  const { ids, text } = await promptTokens(app, body, engine.config.vocabSize);
+  if (ids.length === 0) throw new InvalidRequestError('the prompt is empty', 'prompt');
+  const echo = body.echo === true;
+  const logprobs = body.logprobs ?? null;
+  const sampling = toSamplingParams(body, {
+    promptParam: 'prompt',
+    promptTokens: ids.length,
+    maxModelLen: engine.maxModelLen,
+    vocabSize: engine.config.vocabSize,
+    defaultMaxTokens: 16,
+    logprobs,
+    promptLogprobs: echo && logprobs !== null ? logprobs : null,
+    extraStopTokenIds: [],
+  });
+  const id = `cmpl-${randomUUID().replace(/-/g, '')}`;
+  const includeProgress = body.stream_options?.include_progress === true;
+  return {
+    engine,
+    spec: {
+      requestId: id,
+      promptTokenIds: ids,
+      sampling,
+      n,
+      stop: stopStrings(body.stop),
+      skipSpecialTokens: body.skip_special_tokens ?? true,
+      reportProgress: includeProgress,
+    },
+    format: {
+      id,
+      created: nowSeconds(),
+      model: app.serverConfig.servedModelName,
+      n,
+      promptTokenIds: ids,
+      promptText: text,
+      echo,
+      logprobs,
+      tokenText: new TokenText(app.tokenizer, body.return_tokens_as_token_ids === true),
+    },
+    includeUsage: body.stream_options?.include_usage === true,
+    includeProgress,
+    stream: body.stream === true,
+  };
+}

@@ -1,0 +1,25 @@
+// JSON schema of POST /v1/completions (legacy text completions): the prompt is a string, a list
+// of token ids, or a one-element list of either (batched prompts are not supported).
+import { Type, type Static } from 'typebox';
+import { MAX_TOP_LOGPROBS, samplingFields } from '../common/sampling.ts';
+
+const TokenIds = Type.Array(Type.Integer({ minimum: 0 }), { minItems: 1 });
+
+export const CompletionPrompt = Type.Union([
+  Type.String(),
+  TokenIds,
+  Type.Array(Type.String(), { minItems: 1, maxItems: 1 }),
+  Type.Array(TokenIds, { minItems: 1, maxItems: 1 }),
+]);
+
+export const CompletionRequest = Type.Object({
+  ...samplingFields,
+  prompt: CompletionPrompt,
+  echo: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
+  /** Legacy: number of top alternatives per token (0 = only the chosen token's logprob). */
+  logprobs: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: MAX_TOP_LOGPROBS }), Type.Null()])),
+  suffix: Type.Optional(Type.Null()),
+  best_of: Type.Optional(Type.Union([Type.Integer({ minimum: 1, maximum: 16 }), Type.Null()])),
+  add_special_tokens: Type.Optional(Type.Boolean()),
+});
+export type CompletionRequest = Static<typeof CompletionRequest>;

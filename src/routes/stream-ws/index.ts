@@ -1,0 +1,74 @@
+// WebSocket /v1/stream — the client sends a chat-completions body as one JSON text message and
+// receives every `chat.completion.chunk` as one message, then the text `[DONE]`. Errors arrive as
+// the usual `{error:{…}}` envelope (then `[DONE]`). One request at a time per socket; the socket
+// stays open for the next one. Closing the socket aborts the request in flight.
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import { Compile } from 'typebox/compile';
+import { InvalidRequestError, toApiError, validationError } from '../../server/errors.ts';
+import { runGeneration } from '../../server/generation.ts';
+import { beginSocketLifetime } from '../../server/request-lifetime.ts';
+import { chatChunks } from '../chat-completions/format.ts';
+import { prepareChat } from '../chat-completions/prepare.ts';
+import { ChatCompletionRequest } from '../chat-completions/schema.ts';
+
+/** The part of a `ws` WebSocket used here. */
+interface Socket {
+  readonly readyState: number;
+  readonly OPEN: number;
+  send(data: string, cb: (err?: Error) => void): void;
+}
+
+const checkChat = Compile(ChatCompletionRequest);
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+function parseMessage(data: Buffer | ArrayBuffer | Buffer[]): ChatCompletionRequest {
+  const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer);
+  let value: unknown;
+  try {
+    value = JSON.parse(utf8.decode(bytes));
+  } catch {
+    throw new InvalidRequestError('message is not valid UTF-8 JSON', null, 'invalid_json');
+  }
+  if (!checkChat.Check(value)) throw validationError([...checkChat.Errors(value)]);
+  return value;
+}
+
+function send(socket: Socket, payload: unknown): Promise<void> {
+  if (socket.readyState !== socket.OPEN) return Promise.resolve();
+  const text = typeof payload === 'string' ? payload : JSON.stringify(payload);
+  return new Promise((resolve) => socket.send(text, () => resolve()));
+}
+
+const streamWsRoute: FastifyPluginAsyncTypebox = async (app) => {
+  app.get('/v1/stream', { websocket: true }, (socket, request) => {
+    let busy = false;
+    socket.on('message', (data: Buffer | ArrayBuffer | Buffer[]) => {
+      if (busy) {
+        void send(socket, new InvalidRequestError('a request is already running on this socket', null, 'busy').toEnvelope());
+        return;
+      }
+      busy = true;
+      const life = beginSocketLifetime(app, socket);
+      void (async () => {
+        try {
+          const prepared = await prepareChat(app, parseMessage(data));
+          const events = runGeneration({ engine: prepared.engine, tokenizer: app.tokenizer, metrics: app.metrics }, prepared.spec, life.signal);
+          for await (const chunk of chatChunks(events, prepared.format, prepared.streamOptions)) {
+            if (socket.readyState !== socket.OPEN) break;
+            await send(socket, chunk);
+          }
+        } catch (err) {
+          const { apiError, isFault } = toApiError(err);
+          if (isFault) request.log.error({ err }, 'websocket request failed');
+          await send(socket, apiError.toEnvelope());
+        } finally {
+          life.release();
+          busy = false;
+        }
+        await send(socket, '[DONE]');
+      })();
+    });
+  });
+};
+
+export default streamWsRoute;

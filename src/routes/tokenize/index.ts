@@ -1,0 +1,41 @@
+// POST /tokenize — `{prompt}` or `{messages}` (rendered with the chat template) → token ids,
+// their count and the model's maximum length. Tokenizes through the async tokenizer API.
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import { Type } from 'typebox';
+import { chatPromptTokens } from '../chat-completions/prompt.ts';
+import { ChatMessage } from '../chat-completions/schema.ts';
+import { checkModel } from '../common/usage.ts';
+
+const TokenizeRequest = Type.Union([
+  Type.Object({
+    model: Type.Optional(Type.String()),
+    prompt: Type.String(),
+    add_special_tokens: Type.Optional(Type.Boolean()),
+  }),
+  Type.Object({
+    model: Type.Optional(Type.String()),
+    messages: Type.Array(ChatMessage, { minItems: 1 }),
+    add_generation_prompt: Type.Optional(Type.Boolean()),
+    chat_template_kwargs: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+  }),
+]);
+
+const TokenizeResponse = Type.Object({
+  tokens: Type.Array(Type.Integer()),
+  count: Type.Integer(),
+  max_model_len: Type.Union([Type.Integer(), Type.Null()]),
+});
+
+const tokenizeRoute: FastifyPluginAsyncTypebox = async (app) => {
+  app.post('/tokenize', { schema: { body: TokenizeRequest, response: { 200: TokenizeResponse } } }, async (request) => {
+    const body = request.body;
+    checkModel(app, body.model);
+    const tokens =
+      'messages' in body
+        ? await chatPromptTokens(app, { messages: body.messages, addGenerationPrompt: body.add_generation_prompt ?? true, chatTemplateKwargs: body.chat_template_kwargs })
+        : await app.tokenizer.encode(body.prompt, { addSpecialTokens: body.add_special_tokens ?? true });
+    return { tokens, count: tokens.length, max_model_len: app.serving.loadedEngine?.maxModelLen ?? null };
+  });
+};
+
+export default tokenizeRoute;

@@ -1,0 +1,94 @@
+// Builds the Fastify app around already-constructed parts (engine or its promise, tokenizer, chat
+// template, metrics, config) without listening, so tests drive it with inject() and the CLI with
+// listen(). Every feature is a plugin; the decorators all routes rely on are declared here.
+//
+// Request ids: an incoming `x-request-id` (if sane) is kept, otherwise one is generated; it labels
+// every log line of the request and is echoed in the `x-request-id` response header.
+import { randomUUID } from 'node:crypto';
+import websocket from '@fastify/websocket';
+import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import fp from 'fastify-plugin';
+import { registerRoutes } from '../routes/index.ts';
+import authPlugin from './auth.ts';
+import type { ServerConfig } from './config.ts';
+import errorHandlerPlugin from './error-handler.ts';
+import jsonBodyPlugin from './json-body.ts';
+import type { ChatAssets, EnginePort, MetricsPort, TokenizerPort } from './ports.ts';
+import { ServingState } from './serving-state.ts';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    readonly serving: ServingState;
+    readonly tokenizer: TokenizerPort;
+    readonly chatAssets: ChatAssets;
+    readonly serverConfig: ServerConfig;
+    readonly metrics: MetricsPort;
+    readonly appVersion: string;
+  }
+}
+
+export interface AppDeps {
+  /** The engine, or its start-up promise: /health answers 503 until it resolves. */
+  readonly engine: EnginePort | Promise<EnginePort>;
+  readonly tokenizer: TokenizerPort;
+  readonly chatAssets: ChatAssets;
+  readonly config: ServerConfig;
+  readonly metrics: MetricsPort;
+  readonly version: string;
+  /** Pino options, or false for silence (tests). */
+  readonly logger?: FastifyServerOptions['logger'];
+}
+
+const SANE_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+export function buildApp(deps: AppDeps): FastifyInstance {
+  const app = Fastify({
+    logger: deps.logger ?? false,
+    bodyLimit: deps.config.bodyLimitBytes,
+    genReqId: (req) => {
+      const incoming = req.headers['x-request-id'];
+      return typeof incoming === 'string' && SANE_REQUEST_ID.test(incoming) ? incoming : randomUUID();
+    },
+    requestIdHeader: false,
+    // Our own draining check answers with the OpenAI envelope.
+    return503OnClosing: false,
+    routerOptions: { ignoreTrailingSlash: true },
+  })
+    .setValidatorCompiler(TypeBoxValidatorCompiler)
+    .withTypeProvider<TypeBoxTypeProvider>();
+
+  const serving = new ServingState();
+  serving.attach(deps.engine, (err) => app.log.error({ err }, 'the model failed to load'));
+  app.decorate('serving', serving);
+  app.decorate('tokenizer', deps.tokenizer);
+  app.decorate('chatAssets', deps.chatAssets);
+  app.decorate('serverConfig', deps.config);
+  app.decorate('metrics', deps.metrics);
+  app.decorate('appVersion', deps.version);
+
+  app.register(
+    fp(async (root) => {
+      root.addHook('onRequest', async (request, reply) => {
+        reply.header('x-request-id', request.id);
+      });
+      // close() marks the server not-ready first: /health turns 503 and new generations are refused.
+      root.addHook('preClose', async () => {
+        serving.beginDrain();
+      });
+    }),
+  );
+  app.register(errorHandlerPlugin);
+  app.register(jsonBodyPlugin);
+  app.register(authPlugin, { apiKeys: deps.config.apiKeys });
+  app.register(websocket, {
+    options: { maxPayload: deps.config.bodyLimitBytes },
+    // On close, let WebSocket streams finish (the drain aborts them at its deadline), then close the sockets.
+    preClose: async function (this: FastifyInstance) {
+      await serving.whenIdle();
+      for (const client of this.websocketServer.clients) client.close(1001, 'server shutting down');
+    },
+  });
+  app.register(registerRoutes);
+  return app;
+}

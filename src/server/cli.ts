@@ -1,0 +1,104 @@
+// The `spikeserve` command: `serve` (default) starts the HTTP server at once (/health is 503 while
+// the engine loads), `inspect --model DIR` describes a checkpoint, plus --help and --version.
+// Bad flags print a one-line error and exit 2; a model that fails to load exits 1.
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Engine, type EngineOptions } from '../engine/engine.ts';
+import { inspectModel } from '../engine/model/inspect.ts';
+import { TextTokenizer } from '../engine/tokenizer.ts';
+import { buildApp } from './app.ts';
+import { loadChatAssets } from './chat-assets.ts';
+import { ConfigError, DEFAULT_MODEL_DIR, helpText, PACKAGE_ROOT, parseServerConfig, type ServerConfig } from './config.ts';
+import { ServerMetrics } from './metrics.ts';
+import type { EnginePort } from './ports.ts';
+import { installShutdownHandlers } from './shutdown.ts';
+
+const VERSION = (JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+
+function fail(message: string, code: number): never {
+  process.stderr.write(`spikeserve: ${message}\n`);
+  process.exit(code);
+}
+
+export function engineOptions(config: ServerConfig): EngineOptions {
+  const opts: { -readonly [K in keyof EngineOptions]: EngineOptions[K] } = { modelDir: config.modelDir, device: config.device };
+  if (config.cacheDir !== undefined) opts.cacheDir = config.cacheDir;
+  if (config.maxNumSeqs !== undefined) opts.maxNumSeqs = config.maxNumSeqs;
+  if (config.kvCacheBytes !== undefined) opts.kvCacheBytes = config.kvCacheBytes;
+  if (config.pageTokens !== undefined) opts.pageTokens = config.pageTokens;
+  if (config.maxBatchedTokens !== undefined) opts.maxBatchedTokens = config.maxBatchedTokens;
+  if (config.maxQueue !== undefined) opts.maxQueue = config.maxQueue;
+  if (config.maxModelLen !== undefined) opts.maxModelLen = config.maxModelLen;
+  if (config.threads !== undefined) opts.intraOpThreads = config.threads;
+  return opts;
+}
+
+async function serve(argv: readonly string[]): Promise<void> {
+  let config: ServerConfig;
+  try {
+    config = parseServerConfig(argv);
+  } catch (err) {
+    if (err instanceof ConfigError) fail(err.message, 2);
+    throw err;
+  }
+  if (!existsSync(join(config.modelDir, 'config.json'))) fail(`--model: no config.json in ${config.modelDir}`, 2);
+
+  const tokenizer = await TextTokenizer.load(config.modelDir);
+  const metrics = new ServerMetrics(config.servedModelName);
+  let log: ((msg: string) => void) | null = null;
+  const enginePromise: Promise<EnginePort> = Engine.start(engineOptions(config), (msg: string) => log?.(msg));
+  const app = buildApp({
+    engine: enginePromise,
+    tokenizer,
+    chatAssets: await loadChatAssets(config.modelDir, tokenizer),
+    config,
+    metrics,
+    version: VERSION,
+    logger: { level: config.logLevel },
+  });
+  log = (msg) => app.log.info({ component: 'engine' }, msg);
+  enginePromise.then(
+    (engine) => app.log.info({ model: config.servedModelName, maxModelLen: engine.maxModelLen }, 'model loaded; ready'),
+    () => {
+      app.log.fatal('the model failed to load; exiting');
+      process.exit(1);
+    },
+  );
+  installShutdownHandlers(app, {
+    drainTimeoutSeconds: config.drainTimeoutSeconds,
+    onClosed: async () => {
+      await app.serving.loadedEngine?.shutdown();
+    },
+    exit: (code) => process.exit(code),
+  });
+  await app.listen({ host: config.host, port: config.port });
+}
+
+function inspect(argv: readonly string[]): void {
+  let dir = DEFAULT_MODEL_DIR;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    if (a === '--model') dir = argv[++i] ?? fail('--model needs a value', 2);
+    else if (a.startsWith('--model=')) dir = a.slice('--model='.length);
+    else fail(`inspect: unknown argument "${a}" (usage: spikeserve inspect --model DIR)`, 2);
+  }
+  process.stdout.write(`${inspectModel(dir)}\n`);
+}
+
+async function main(argv: readonly string[]): Promise<void> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(helpText(VERSION));
+    return;
+  }
+  if (argv.includes('--version') || argv.includes('-v')) {
+    process.stdout.write(`${VERSION}\n`);
+    return;
+  }
+  const [first, ...rest] = argv;
+  if (first === 'inspect') return inspect(rest);
+  if (first === 'serve') return serve(rest);
+  if (first !== undefined && !first.startsWith('-')) fail(`unknown subcommand "${first}" (see --help)`, 2);
+  return serve(argv);
+}
+
+await main(process.argv.slice(2)).catch((err: unknown) => fail((err as Error).message, 1));

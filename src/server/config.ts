@@ -1,0 +1,183 @@
+// Server configuration: one table of flags (each also readable from SPIKESERVE_<UPPER_SNAKE>),
+// parsed and validated into a frozen ServerConfig. Bad input throws ConfigError naming the flag;
+// the CLI prints it and exits 2. Flags beat environment variables, which beat defaults.
+import { basename, dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The repository root (two levels above this file), so the default model resolves from any cwd. */
+export const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const DEFAULT_MODEL_DIR = resolve(PACKAGE_ROOT, 'models', 'spikingbrain-tiny');
+
+export type Device = 'cpu' | 'webgpu' | 'cuda';
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+export interface ServerConfig {
+  readonly modelDir: string;
+  readonly servedModelName: string;
+  readonly host: string;
+  readonly port: number;
+  /** Accepted Bearer keys; empty = no authentication. */
+  readonly apiKeys: readonly string[];
+  readonly device: Device;
+  readonly maxNumSeqs?: number;
+  readonly kvCacheBytes?: number;
+  readonly pageTokens?: number;
+  readonly maxBatchedTokens?: number;
+  readonly maxModelLen?: number;
+  readonly maxQueue?: number;
+  readonly bodyLimitBytes: number;
+  readonly drainTimeoutSeconds: number;
+  readonly cacheDir?: string;
+  readonly threads?: number;
+  readonly logLevel: LogLevel;
+  /** Interval of SSE `: keep-alive` comments while nothing else is sent (≤ 10). */
+  readonly keepaliveSeconds: number;
+}
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+type Kind = 'string' | 'int' | 'number' | 'enum';
+
+interface FlagSpec {
+  readonly flag: string; // kebab-case, without "--"
+  readonly kind: Kind;
+  readonly help: string;
+  readonly choices?: readonly string[];
+  readonly min?: number;
+  readonly max?: number;
+  readonly defaultText?: string;
+}
+
+/** Every flag `serve` accepts, in --help order. */
+export const FLAGS: readonly FlagSpec[] = [
+  { flag: 'model', kind: 'string', help: 'checkpoint directory (Hugging Face layout)', defaultText: 'models/spikingbrain-tiny in the package' },
+  { flag: 'served-model-name', kind: 'string', help: 'model id clients send and /v1/models lists', defaultText: 'the model directory name' },
+  { flag: 'host', kind: 'string', help: 'address to listen on', defaultText: '127.0.0.1' },
+  { flag: 'port', kind: 'int', min: 0, max: 65535, help: 'TCP port (0 = any free port)', defaultText: '8000' },
+  { flag: 'api-key', kind: 'string', help: 'required Bearer key(s), comma-separated; unset = no auth' },
+  { flag: 'device', kind: 'enum', choices: ['cpu', 'webgpu', 'cuda'], help: 'onnxruntime execution provider', defaultText: 'cpu' },
+  { flag: 'max-num-seqs', kind: 'int', min: 1, help: 'sequences decoded together in one step' },
+  { flag: 'kv-cache-bytes', kind: 'int', min: 1, help: 'bytes of the paged KV pool' },
+  { flag: 'page-tokens', kind: 'int', min: 1, help: 'tokens per KV page' },
+  { flag: 'max-batched-tokens', kind: 'int', min: 1, help: 'token budget of one scheduler step' },
+  { flag: 'max-model-len', kind: 'int', min: 1, help: 'longest prompt + completion in tokens' },
+  { flag: 'max-queue', kind: 'int', min: 0, help: 'waiting requests before 429' },
+  { flag: 'body-limit-bytes', kind: 'int', min: 1024, help: 'largest request body accepted', defaultText: '67108864 (64 MiB)' },
+  { flag: 'drain-timeout-seconds', kind: 'number', min: 0, help: 'on SIGTERM, how long in-flight requests may finish', defaultText: '30' },
+  { flag: 'cache-dir', kind: 'string', help: 'where built ONNX graphs are cached' },
+  { flag: 'threads', kind: 'int', min: 1, help: 'onnxruntime intra-op threads' },
+  { flag: 'log-level', kind: 'enum', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], help: 'pino log level', defaultText: 'info' },
+  { flag: 'keepalive-seconds', kind: 'number', min: 0.001, max: 10, help: 'SSE keep-alive comment interval while nothing else is sent', defaultText: '5' },
+];
+
+/** "max-num-seqs" → "SPIKESERVE_MAX_NUM_SEQS". */
+export function envName(flag: string): string {
+  return `SPIKESERVE_${flag.toUpperCase().replace(/-/g, '_')}`;
+}
+
+function parseValue(spec: FlagSpec, raw: string, source: string): string | number {
+  const where = `${source}: --${spec.flag}`;
+  switch (spec.kind) {
+    case 'string':
+      if (raw.trim() === '') throw new ConfigError(`${where} must not be empty`);
+      return raw;
+    case 'enum':
+      if (!spec.choices?.includes(raw)) throw new ConfigError(`${where} must be one of ${spec.choices?.join(', ')}, got "${raw}"`);
+      return raw;
+    case 'int':
+    case 'number': {
+      const v = Number(raw);
+      if (raw.trim() === '' || !Number.isFinite(v) || (spec.kind === 'int' && !Number.isInteger(v))) {
+        throw new ConfigError(`${where} must be ${spec.kind === 'int' ? 'an integer' : 'a number'}, got "${raw}"`);
+      }
+      if (spec.min !== undefined && v < spec.min) throw new ConfigError(`${where} must be ≥ ${spec.min}, got ${v}`);
+      if (spec.max !== undefined && v > spec.max) throw new ConfigError(`${where} must be ≤ ${spec.max}, got ${v}`);
+      return v;
+    }
+  }
+}
+
+/** Parses `--flag value` / `--flag=value` arguments (after the subcommand) plus the environment. */
+export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): ServerConfig {
+  const bySpec = new Map(FLAGS.map((s) => [s.flag, s]));
+  const values = new Map<string, string | number>();
+  for (const spec of FLAGS) {
+    const raw = env[envName(spec.flag)];
+    if (raw !== undefined && raw !== '') values.set(spec.flag, parseValue(spec, raw, envName(spec.flag)));
+  }
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] as string;
+    if (!arg.startsWith('--')) throw new ConfigError(`unexpected argument "${arg}" (flags start with --; see --help)`);
+    const eq = arg.indexOf('=');
+    const name = eq >= 0 ? arg.slice(2, eq) : arg.slice(2);
+    const spec = bySpec.get(name);
+    if (spec === undefined) throw new ConfigError(`unknown flag --${name} (see --help)`);
+    let raw: string | undefined;
+    if (eq >= 0) raw = arg.slice(eq + 1);
+    else {
+      raw = argv[i + 1];
+      i++;
+    }
+    if (raw === undefined) throw new ConfigError(`flag --${name} needs a value`);
+    values.set(name, parseValue(spec, raw, 'flag'));
+  }
+  const str = (k: string): string | undefined => values.get(k) as string | undefined;
+  const num = (k: string): number | undefined => values.get(k) as number | undefined;
+
+  const modelDir = resolve(str('model') ?? DEFAULT_MODEL_DIR);
+  const apiKeys = (str('api-key') ?? '')
+    .split(',')
+    .map((k) => k.trim())
+    .filter((k) => k !== '');
+  const config: { -readonly [K in keyof ServerConfig]: ServerConfig[K] } = {
+    modelDir,
+    servedModelName: str('served-model-name') ?? basename(modelDir),
+    host: str('host') ?? '127.0.0.1',
+    port: num('port') ?? 8000,
+    apiKeys,
+    device: (str('device') ?? 'cpu') as Device,
+    bodyLimitBytes: num('body-limit-bytes') ?? 64 * 1024 * 1024,
+    drainTimeoutSeconds: num('drain-timeout-seconds') ?? 30,
+    logLevel: (str('log-level') ?? 'info') as LogLevel,
+    keepaliveSeconds: num('keepalive-seconds') ?? 5,
+  };
+  const optionalInts = [
+    ['max-num-seqs', 'maxNumSeqs'],
+    ['kv-cache-bytes', 'kvCacheBytes'],
+    ['page-tokens', 'pageTokens'],
+    ['max-batched-tokens', 'maxBatchedTokens'],
+    ['max-model-len', 'maxModelLen'],
+    ['max-queue', 'maxQueue'],
+    ['threads', 'threads'],
+  ] as const;
+  for (const [flag, key] of optionalInts) {
+    const v = num(flag);
+    if (v !== undefined) config[key] = v;
+  }
+  const cacheDir = str('cache-dir');
+  if (cacheDir !== undefined) config.cacheDir = resolve(cacheDir);
+  return Object.freeze(config);
+}
+
+/** The --help text, generated from FLAGS so it never misses one. */
+export function helpText(version: string): string {
+  const lines = [
+    `spikeserve ${version} — OpenAI-compatible server for hybrid linear (GLA + sliding-window) models`,
+    '',
+    'Usage:',
+    '  spikeserve [serve] [flags]        serve the model over HTTP (default subcommand)',
+    '  spikeserve inspect --model DIR    print what a checkpoint holds and what serving it costs',
+    '  spikeserve --help | --version',
+    '',
+    'Flags (each also read from the environment variable shown):',
+  ];
+  for (const s of FLAGS) {
+    const value = s.kind === 'enum' ? (s.choices ?? []).join('|') : s.kind === 'string' ? 'STR' : s.kind === 'int' ? 'INT' : 'NUM';
+    const def = s.defaultText !== undefined ? ` (default: ${s.defaultText})` : '';
+    lines.push(`  --${s.flag} ${value}`.padEnd(40) + `${s.help}${def}`);
+    lines.push(' '.repeat(40) + `env ${envName(s.flag)}`);
+  }
+  return lines.join('\n') + '\n';
+}

@@ -1,0 +1,40 @@
+// What the HTTP layer needs from the parts below it, as structural types: the Engine
+// (src/engine/engine.ts), the TextTokenizer (src/engine/tokenizer.ts) and the metrics registry
+// (src/server/metrics.ts) each satisfy one of these. The app depends on these shapes only, so a
+// route test can build the app around the real parts without the CLI.
+import type { ModelConfig } from '../engine/model/config.ts';
+import type { TextTokenizer } from '../engine/tokenizer.ts';
+import type { EngineStats, GenerateRequest, TokenEvent } from '../engine/types.ts';
+
+export interface EnginePort {
+  readonly config: ModelConfig;
+  /** Longest prompt + completion, in tokens, one sequence may reach. */
+  readonly maxModelLen: number;
+  /** Throws RequestRejectedError | QueueFullError | EngineUnavailableError before the first event. */
+  generate(req: GenerateRequest, signal?: AbortSignal): AsyncIterable<TokenEvent>;
+  abort(requestId: string): void;
+  stats(): EngineStats;
+  shutdown(): Promise<void>;
+}
+
+/** encode is async (long text never blocks the HTTP thread); tokenBytes gives a token's raw bytes. */
+export type TokenizerPort = Pick<TextTokenizer, 'encode' | 'decode' | 'tokenToId' | 'tokenBytes' | 'isSpecial' | 'vocabSize'>;
+
+export interface RequestTracker {
+  onEvent(ev: TokenEvent): void;
+  onFinish(): void;
+}
+
+export interface MetricsPort {
+  trackRequest(): RequestTracker;
+  updateEngineStats(s: EngineStats): void;
+  readonly contentType: string;
+  render(): Promise<string>;
+}
+
+/** The checkpoint's chat template and the special-token strings it refers to (tokenizer_config.json). */
+export interface ChatAssets {
+  readonly template: string | null;
+  readonly bosToken: string;
+  readonly eosToken: string;
+}
