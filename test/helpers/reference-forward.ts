@@ -31,7 +31,7 @@ function vec(ckpt: Checkpoint, name: string, n: number): Float64Array {
 }
 
 /** y = W x (+ b). */
-function matVec(w: Mat, x: Float64Array, b?: Float64Array): Float64Array {
+function matVec(w: Mat, x: Float64Array, b?: Float64Array): Float64Array<ArrayBuffer> {
   const y = new Float64Array(w.rows);
   for (let r = 0; r < w.rows; r++) {
     let s = b === undefined ? 0 : (b[r] as number);
@@ -201,7 +201,7 @@ export class ReferenceSession {
   }
 
   /** Processes one token at position `this.position`; returns logits [V]. */
-  step(tokenId: number): Float64Array {
+  step(tokenId: number): Float64Array<ArrayBuffer> {
     const c = this.config;
     if (!Number.isInteger(tokenId) || tokenId < 0 || tokenId >= c.vocabSize) throw new RangeError(`token id ${tokenId}`);
     const D = c.hiddenSize;
@@ -223,7 +223,7 @@ export class ReferenceSession {
   }
 
   /** Logits at every position of `tokenIds`, continuing from the current position. */
-  forward(tokenIds: readonly number[]): Float64Array[] {
+  forward(tokenIds: readonly number[]): Float64Array<ArrayBuffer>[] {
     return tokenIds.map((t) => this.step(t));
   }
 
@@ -303,6 +303,6 @@ export class ReferenceSession {
 }
 
 /** Logits [V] at every position of `tokenIds` (positions 0…T−1), in float64. */
-export function referenceForward(ckpt: Checkpoint, tokenIds: readonly number[]): Float64Array[] {
+export function referenceForward(ckpt: Checkpoint, tokenIds: readonly number[]): Float64Array<ArrayBuffer>[] {
   return new ReferenceSession(ckpt).forward(tokenIds);
 }
