@@ -1,7 +1,8 @@
 // A simple, non-paged per-sequence cache over Model.run, for tests, benchmarks and single-user use:
 // a Sequence holds its GLA states and, per attention layer, the keys/values it still needs — the last
 // W positions for sliding-window layers (older ones are dropped after every step), all of them for
-// full attention. The serving path uses the paged pools in src/cache instead.
+// full attention. With B = 1 the arrays are handed to onnxruntime as they are and updated in place
+// (no per-step copy of the window). The serving path uses the paged pools in src/cache instead.
 import type { ForwardInput } from './forward.ts';
 import type { Model } from './model.ts';
 
@@ -13,7 +14,7 @@ export class Sequence {
   /** Per attention layer: [Hkv, kept, d] post-RoPE keys and values of the kept positions. */
   keys: Float32Array[];
   values: Float32Array[];
-  /** [kept] absolute positions of the kept slots, ascending. */
+  /** [kept] absolute position held by each slot (position p lives in slot p mod W: a ring, not sorted). */
   keptPositions: Int32Array = new Int32Array(0);
 
   constructor(readonly model: Model) {
@@ -42,17 +43,23 @@ export function newSequence(model: Model): Sequence {
   return new Sequence(model);
 }
 
-/** Appends the chunk's [Hkv, T, d] rows to the kept [Hkv, n, d] rows, keeping the last `keep` of n+T. */
-function appendRows(old: Float32Array, oldRows: number, fresh: Float32Array, freshOffset: number, T: number, keep: number, Hkv: number, d: number): Float32Array {
-  const total = oldRows + T;
-  const drop = total - keep;
-  const out = new Float32Array(Hkv * keep * d);
-  for (let h = 0; h < Hkv; h++) {
-    const dst = h * keep * d;
-    const fromOld = Math.max(0, oldRows - drop);
-    if (fromOld > 0) out.set(old.subarray((h * oldRows + (oldRows - fromOld)) * d, (h + 1) * oldRows * d), dst);
-    const skipFresh = Math.max(0, drop - oldRows);
-    out.set(fresh.subarray(freshOffset + (h * T + skipFresh) * d, freshOffset + (h + 1) * T * d), dst + fromOld * d);
+/**
+ * Writes the chunk's keys or values into the slot array. Slot of position p: p mod W (a ring once the
+ * window is full; p itself before that and for full attention). `kept` [Hkv, oldCap, d] grows to
+ * [Hkv, newCap, d] (same slot indices) while the sequence is shorter than the window.
+ */
+function writeSlots(kept: Float32Array, oldCap: number, newCap: number, fresh: Float32Array, freshOffset: number, T: number, firstPos: number, slotOf: (p: number) => number, Hkv: number, d: number): Float32Array {
+  let out = kept;
+  if (newCap !== oldCap) {
+    out = new Float32Array(Hkv * newCap * d);
+    for (let h = 0; h < Hkv; h++) out.set(kept.subarray(h * oldCap * d, (h + 1) * oldCap * d), h * newCap * d);
+  }
+  for (let t = Math.max(0, T - newCap); t < T; t++) {
+    const slot = slotOf(firstPos + t);
+    for (let h = 0; h < Hkv; h++) {
+      const src = freshOffset + (h * T + t) * d;
+      out.set(fresh.subarray(src, src + d), (h * newCap + slot) * d);
+    }
   }
   return out;
 }
@@ -106,16 +113,23 @@ export async function stepSequences(model: Model, seqs: readonly Sequence[], tok
   const out = await model.run(input);
 
   const W = model.windowTokens;
+  const slotOf = W === null ? (p: number): number => p : (p: number): number => p % W;
   seqs.forEach((s, b) => {
     const stateSize = Hkv * d * d;
     s.glaStates = out.glaStates.map((st) => (B === 1 ? st : st.slice(b * stateSize, (b + 1) * stateSize)));
-    const oldRows = s.keptTokens;
-    const keep = W === null ? oldRows + T : Math.min(W, oldRows + T);
-    const freshOffset = b * Hkv * T * d;
-    s.keys = out.presentKeys.map((k, i) => appendRows(s.keys[i] ?? new Float32Array(0), oldRows, k, freshOffset, T, keep, Hkv, d));
-    s.values = out.presentValues.map((v, i) => appendRows(s.values[i] ?? new Float32Array(0), oldRows, v, freshOffset, T, keep, Hkv, d));
+    // Kept slots: min(W, tokens so far); the past a later step needs is the last W positions.
+    const oldCap = s.keptTokens;
     const newEnd = s.numTokens + T;
-    s.keptPositions = Int32Array.from({ length: keep }, (_, j) => newEnd - keep + j);
+    const newCap = W === null ? newEnd : Math.min(W, newEnd);
+    const freshOffset = b * Hkv * T * d;
+    s.keys = out.presentKeys.map((k, i) => writeSlots(s.keys[i] ?? new Float32Array(0), oldCap, newCap, k, freshOffset, T, s.numTokens, slotOf, Hkv, d));
+    s.values = out.presentValues.map((v, i) => writeSlots(s.values[i] ?? new Float32Array(0), oldCap, newCap, v, freshOffset, T, s.numTokens, slotOf, Hkv, d));
+    if (newCap !== oldCap) {
+      const grown = new Int32Array(newCap).fill(-1);
+      grown.set(s.keptPositions);
+      s.keptPositions = grown;
+    }
+    for (let t = Math.max(0, T - newCap); t < T; t++) s.keptPositions[slotOf(s.numTokens + t)] = s.numTokens + t;
     s.numTokens = newEnd;
   });
   return out.logits;

@@ -8,33 +8,58 @@ import { linear, matmulWeight, reshape, transpose, vectorWeight, type GraphConte
 import { int } from './graph-builder.ts';
 import { DataType } from './proto.ts';
 
-/** cos and sin [N, 1, d/2] of the rotary angles p·θ^(−2i/d), computed in float64, per graph. */
-export function ropeTables(ctx: GraphContext): { cos: string; sin: string } {
+/** Rotary tables for the chunk, from angles p·θ^(−2i/d) computed in float64 (exact for long positions). */
+export interface RopeTables {
+  /** Plain path: [B, T, 1, d] cos of each half, and [B, T, 1, d] (−sin, sin). */
+  readonly cosFull: string;
+  readonly sinSigned: string;
+  /** Fused path (com.microsoft RotaryEmbedding): [B·T, d/2] caches indexed by row ids [B, T] = 0…B·T−1. */
+  readonly cosCache: string;
+  readonly sinCache: string;
+  readonly rowIds: string;
+}
+
+export function ropeTables(ctx: GraphContext): RopeTables {
   const { g, config } = ctx;
   const d = config.headDim;
   return g.scope('rope', () => {
     const invFreq = Array.from({ length: d / 2 }, (_, i) => Math.pow(config.ropeTheta, (-2 * i) / d));
-    const pos = g.op('Cast', [reshape(ctx, ctx.positions, [ctx.N, 1])], { to: int(DataType.DOUBLE) }); // [N, 1]
-    const angles = g.op('Mul', [pos, g.f64(invFreq, [1, d / 2])]); // [N, d/2]
-    const toF32 = (x: string): string => reshape(ctx, g.op('Cast', [x], { to: int(DataType.FLOAT) }), [ctx.N, 1, d / 2]);
-    return { cos: toF32(g.op('Cos', [angles])), sin: toF32(g.op('Sin', [angles])) };
-  });
-}
-
-/** x [N, heads·d] → rotate-half RoPE: [x₁ cos − x₂ sin, x₂ cos + x₁ sin] with x = [x₁, x₂] halves. */
-function applyRope(ctx: GraphContext, x: string, heads: number, rope: { cos: string; sin: string }): string {
-  const { g } = ctx;
-  const d = ctx.config.headDim;
-  return g.scope('rope', () => {
-    const [x1, x2] = splitLast(ctx, reshape(ctx, x, [ctx.N, heads, d]), [d / 2, d / 2]) as [string, string];
-    const r1 = g.op('Sub', [g.op('Mul', [x1, rope.cos]), g.op('Mul', [x2, rope.sin])]);
-    const r2 = g.op('Add', [g.op('Mul', [x2, rope.cos]), g.op('Mul', [x1, rope.sin])]);
-    return g.op('Concat', [r1, r2], { axis: int(-1) }); // [N, heads, d]
+    const pos = g.op('Cast', [g.op('Unsqueeze', [ctx.positions, g.i64([2])])], { to: int(DataType.DOUBLE) }); // [B, T, 1]
+    const angles = g.op('Mul', [pos, g.f64(invFreq, [1, 1, d / 2])]); // [B, T, d/2]
+    const cos = g.op('Cast', [g.op('Cos', [angles])], { to: int(DataType.FLOAT) });
+    const sin = g.op('Cast', [g.op('Sin', [angles])], { to: int(DataType.FLOAT) });
+    if (ctx.options.fusedOps) {
+      const rows = g.op('Mul', [ctx.B, ctx.T]);
+      const rowIds = reshape(ctx, g.op('Range', [g.i64([0], []), g.op('Squeeze', [rows]), g.i64([1], [])]), [ctx.B, ctx.T]);
+      return { cosFull: '', sinSigned: '', cosCache: reshape(ctx, cos, [-1, d / 2]), sinCache: reshape(ctx, sin, [-1, d / 2]), rowIds };
+    }
+    const cosFull = g.op('Unsqueeze', [g.op('Concat', [cos, cos], { axis: int(-1) }), g.i64([2])]);
+    const sinSigned = g.op('Unsqueeze', [g.op('Concat', [g.op('Neg', [sin]), sin], { axis: int(-1) }), g.i64([2])]);
+    return { cosFull, sinSigned, cosCache: '', sinCache: '', rowIds: '' };
   });
 }
 
 /**
- * x [N, D] (normalised) → mixer output [N, D]. Declares past_key/past_value.{layer} [B, Hkv, P, d] in
+ * Rotate-half RoPE on x [B, T, heads·d] (queries and keys together) → [B, T, heads, d]:
+ * x' = x·cos + rotate_half(x)·sin with rotate_half([x₁, x₂]) = [−x₂, x₁].
+ */
+function applyRope(ctx: GraphContext, x: string, heads: number, rope: RopeTables): string {
+  const { g } = ctx;
+  const d = ctx.config.headDim;
+  return g.scope('rope', () => {
+    if (ctx.options.fusedOps) {
+      const y = g.op('RotaryEmbedding', [x, rope.rowIds, rope.cosCache, rope.sinCache], { interleaved: int(0), num_heads: int(heads) }, { domain: 'com.microsoft' });
+      return reshape(ctx, y, [ctx.B, ctx.T, heads, d]);
+    }
+    const x4 = reshape(ctx, x, [ctx.B, ctx.T, heads, d]);
+    const [x1, x2] = splitLast(ctx, x4, [d / 2, d / 2]) as [string, string];
+    const swapped = g.op('Concat', [x2, x1], { axis: int(-1) }); // with sinSigned: [−x₂ sin, x₁ sin]
+    return g.op('Add', [g.op('Mul', [x4, rope.cosFull]), g.op('Mul', [swapped, rope.sinSigned])]);
+  });
+}
+
+/**
+ * x [B, T, D] (normalised) → mixer output [B, T, D]. Declares past_key/past_value.{layer} [B, Hkv, P, d] in
  * and present_key/present_value.{layer} [B, Hkv, T, d] out (keys after RoPE).
  */
 export function attentionMixer(
@@ -42,7 +67,7 @@ export function attentionMixer(
   layer: number,
   names: LayerTensorNames,
   x: string,
-  rope: { cos: string; sin: string },
+  rope: RopeTables,
   kind: 'swa' | 'full',
 ): string {
   const { g, config } = ctx;
@@ -60,12 +85,12 @@ export function attentionMixer(
       { name: names.kBias, rows: Hkv * d },
       { name: names.vBias, rows: Hkv * d },
     ]);
-    const [qLin, kLin, vLin] = splitLast(ctx, linear(ctx, x, w, b, 'qkv_proj'), [H * d, Hkv * d, Hkv * d]) as [string, string, string];
-    const q = applyRope(ctx, qLin, H, rope); // [N, H, d]
-    const k = applyRope(ctx, kLin, Hkv, rope); // [N, Hkv, d]
+    const [qkLin, vLin] = splitLast(ctx, linear(ctx, x, w, b, 'qkv_proj'), [(H + Hkv) * d, Hkv * d]) as [string, string];
+    const qk = applyRope(ctx, qkLin, H + Hkv, rope); // [B, T, H+Hkv, d]
+    const [q, k] = ctx.g.opN('Split', [qk, ctx.g.i64([H, Hkv])], { axis: int(2) }, { outputs: 2 }) as [string, string];
 
     // Present keys/values [B, Hkv, T, d]; all keys = past slots then the chunk.
-    const kPresent = transpose(ctx, reshape(ctx, k, [ctx.B, ctx.T, Hkv, d]), [0, 2, 1, 3]);
+    const kPresent = transpose(ctx, k, [0, 2, 1, 3]);
     const vPresent = transpose(ctx, reshape(ctx, vLin, [ctx.B, ctx.T, Hkv, d]), [0, 2, 1, 3]);
     g.output(presentKey(layer), kPresent, DataType.FLOAT, ['batch', Hkv, 'tokens', d]);
     g.output(presentValue(layer), vPresent, DataType.FLOAT, ['batch', Hkv, 'tokens', d]);
@@ -82,6 +107,6 @@ export function attentionMixer(
     const o = g.op('MatMul', [probs, g.op('Unsqueeze', [vAll, g.i64([2])])]); // [B, Hkv, G, T, d]
     const oT = transpose(ctx, o, [0, 3, 1, 2, 4]); // [B, T, Hkv, G, d]
     const wO = matmulWeight(ctx, `layers.${layer}.attn.o_proj.weight`, [{ name: names.oWeight, rows: D }], H * d);
-    return linear(ctx, reshape(ctx, oT, [ctx.N, H * d]), wO, null, 'o_proj');
+    return linear(ctx, reshape(ctx, oT, [ctx.B, ctx.T, H * d]), wO, null, 'o_proj');
   });
 }

@@ -1,5 +1,5 @@
 // What every part of the model graph shares while it is being built: the builder, the checkpoint,
-// the options, the dynamic dims (B, T, N = B·T as [1] int64 values) and weight helpers that turn
+// the options, the dynamic dims (B, T as [1] int64 values) and weight helpers that turn
 // checkpoint tensors [out, in] into MatMul operands [in, out] (optionally several fused along out).
 import type { Checkpoint } from '../checkpoint.ts';
 import type { ModelConfig } from '../config.ts';
@@ -23,15 +23,25 @@ export interface GraphContext {
   /** [1] int64 values. */
   readonly B: string;
   readonly T: string;
-  readonly N: string;
   /** [B, T] int32 positions (graph input). */
   readonly positions: string;
+  /** Reshape targets already built, keyed by their parts (so each dynamic shape is one Concat). */
+  readonly shapeCache: Map<string, string>;
   /** Additive attention mask [B, 1, 1, T, P+T] (0 or −1e30) per attention kind, built on first use. */
   attentionMask(kind: 'swa' | 'full'): string;
 }
 
 /** A Reshape target from fixed dims (numbers) and dynamic [1] int64 values (strings). */
 export function shapeOf(ctx: GraphContext, parts: readonly (number | string)[]): string {
+  const key = parts.join('|');
+  const cached = ctx.shapeCache.get(key);
+  if (cached !== undefined) return cached;
+  const built = buildShape(ctx, parts);
+  ctx.shapeCache.set(key, built);
+  return built;
+}
+
+function buildShape(ctx: GraphContext, parts: readonly (number | string)[]): string {
   const pieces: string[] = [];
   let run: number[] = [];
   for (const p of parts) {

@@ -12,7 +12,7 @@ import { linear, matmulWeight, reshape, shapeOf, transpose, vectorWeight, type G
 import { float, int, str } from './graph-builder.ts';
 import { DataType } from './proto.ts';
 
-/** x [N, D] (normalised) → mixer output [N, D]. Declares state.{layer} in and new_state.{layer} out. */
+/** x [B, T, D] (normalised) → mixer output [B, T, D]. Declares state.{layer} in and new_state.{layer} out. */
 export function glaMixer(ctx: GraphContext, layer: number, names: LayerTensorNames, x: string): string {
   const { g, config } = ctx;
   const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: d } = config;
@@ -37,40 +37,38 @@ export function glaMixer(ctx: GraphContext, layer: number, names: LayerTensorNam
     const b = vectorWeight(ctx, `layers.${layer}.attn.qkvg.bias`, bParts);
     const proj = linear(ctx, x, w, b, 'qkvg_proj');
     const [qLin, kLin, v, gLin] = splitLast(ctx, proj, [H * d, Hkv * d, Hkv * d, gateRows]) as [string, string, string, string];
-    const q = g.op('Relu', [qLin]); // [N, H·d], already times d^-½
-    const k = g.op('Relu', [kLin]); // [N, Hkv·d]
+    const q = g.op('Relu', [qLin]); // [B, T, H·d], already times d^-½
+    const k = g.op('Relu', [kLin]); // [B, T, Hkv·d]
     let gateLogits = gLin;
     if (lowRank) {
       const w2 = matmulWeight(ctx, `layers.${layer}.attn.gk_proj.1.weight`, [{ name: names.gk1Weight, rows: Hkv * d }], GK_RANK);
       const b2 = vectorWeight(ctx, `layers.${layer}.attn.gk_proj.1.bias`, [{ name: names.gk1Bias, rows: Hkv * d }]);
       gateLogits = linear(ctx, gLin, w2, b2, 'gk_proj.1');
     }
-    // logsigmoid(z)/16 = −softplus(−z)/16 (softplus is evaluated stably), [N, Hkv·d], every entry ≤ 0.
+    // logsigmoid(z)/16 = −softplus(−z)/16 (softplus is evaluated stably), [B, T, Hkv·d], every entry ≤ 0.
     const gate = g.scope('gate', () => g.op('Mul', [g.op('Softplus', [g.op('Neg', [gateLogits])]), g.f32([-1 / 16], [])]));
 
     const s0 = g.input(stateIn(layer), DataType.FLOAT, ['batch', Hkv, d, d]);
     const [o, s1] = ctx.options.fusedOps ? fusedRecurrence(ctx, q, k, v, gate, s0) : chunkedRecurrence(ctx, q, k, v, gate, s0);
     g.output(stateOut(layer), s1, DataType.FLOAT, ['batch', Hkv, d, d]);
 
-    // o [N, H·d] → g_norm per head over d → o_proj.
+    // o [B, T, H·d] → g_norm per head over d → o_proj.
     const gNorm = g.weight(names.gNorm, [d], () => ctx.ckpt.tensor(names.gNorm, [d]).data);
-    const normed = reshape(ctx, rmsNorm(ctx, reshape(ctx, o, [ctx.N, H, d]), gNorm, 'g_norm'), [ctx.N, H * d]);
+    const normed = reshape(ctx, rmsNorm(ctx, reshape(ctx, o, [ctx.B, ctx.T, H, d]), gNorm, 'g_norm'), [ctx.B, ctx.T, H * d]);
     const wO = matmulWeight(ctx, `layers.${layer}.attn.o_proj.weight`, [{ name: names.oWeight, rows: D }], H * d);
     return linear(ctx, normed, wO, null, 'o_proj');
   });
 }
 
-/** com.microsoft LinearAttention over [B, T, ·] views; returns (o [N, H·d], new state). */
+/** com.microsoft LinearAttention on q, k, v, g [B, T, ·]; returns (o [B, T, H·d], new state). */
 function fusedRecurrence(ctx: GraphContext, q: string, k: string, v: string, gate: string, s0: string): [string, string] {
-  const { numHeads: H, numKvHeads: Hkv, headDim: d } = ctx.config;
-  const bt = (x: string, width: number): string => reshape(ctx, x, [ctx.B, ctx.T, width]);
-  const [o, s1] = ctx.g.opN(
+  const { numHeads: H, numKvHeads: Hkv } = ctx.config;
+  return ctx.g.opN(
     'LinearAttention',
-    [bt(q, H * d), bt(k, Hkv * d), bt(v, Hkv * d), s0, bt(gate, Hkv * d)],
+    [q, k, v, s0, gate],
     { q_num_heads: int(H), kv_num_heads: int(Hkv), update_rule: str('gated'), scale: float(1) },
     { domain: 'com.microsoft', outputs: 2 },
   ) as [string, string];
-  return [reshape(ctx, o, [ctx.N, H * d]), s1];
 }
 
 /**
@@ -98,7 +96,7 @@ function chunkedRecurrence(ctx: GraphContext, q: string, k: string, v: string, g
       parts[rank + axis] = padT;
       return g.op('Pad', [x, shapeOf(ctx, parts)]);
     };
-    // [N, Hkv·d] → [B, Hkv, Nc, C, d]; q [N, H·d] → [B, Hkv, Nc, C, G, d].
+    // [B, T, Hkv·d] → [B, Hkv, Nc, C, d]; q [B, T, H·d] → [B, Hkv, Nc, C, G, d].
     const heads = (x: string): string =>
       reshape(ctx, pad(transpose(ctx, reshape(ctx, x, [ctx.B, ctx.T, Hkv, d]), [0, 2, 1, 3]), 4, 2), [ctx.B, Hkv, nc, C, d]);
     const kc = heads(k);
@@ -145,8 +143,8 @@ function chunkedRecurrence(ctx: GraphContext, q: string, k: string, v: string, g
     const sStart = g.op('Slice', [starts, i64(0), nc, i64(2)]); // [B, Hkv, Nc, d, d]
     const oInter = g.op('MatMul', [reshape(ctx, qd, [ctx.B, Hkv, nc, C * G, d]), sStart]);
     const o = g.op('Add', [oIntra, reshape(ctx, oInter, [ctx.B, Hkv, nc, C, G, d])]);
-    // [B, Hkv, Tp, G, d] → drop padding → [B, T, Hkv, G, d] → [N, H·d].
+    // [B, Hkv, Tp, G, d] → drop padding → [B, T, Hkv, G, d] → [B, T, H·d].
     const oT = g.op('Slice', [reshape(ctx, o, [ctx.B, Hkv, tp, G, d]), i64(0), ctx.T, i64(2)]);
-    return [reshape(ctx, transpose(ctx, oT, [0, 2, 1, 3, 4]), [ctx.N, H * d]), s1];
+    return [reshape(ctx, transpose(ctx, oT, [0, 2, 1, 3, 4]), [ctx.B, ctx.T, H * d]), s1];
   });
 }

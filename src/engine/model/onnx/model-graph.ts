@@ -1,5 +1,5 @@
 // The whole model as one ONNX graph for any B ≥ 1 and T ≥ 1 (I/O: ../forward.ts, names: ../io-names.ts):
-//   h = embed(ids) [N, D], N = B·T
+//   h = embed(ids) [B, T, D]  (the residual stream stays [B, T, D]: MatMuls take it as it is)
 //   per layer: h += Mixer(RMSNorm(h)) (GLA or attention); h += MLP(RMSNorm(h))
 //   logits = lm_head(RMSNorm(h)) for the last `num_logits` positions of each row → [B, num_logits, V]
 import type { Checkpoint } from '../checkpoint.ts';
@@ -34,7 +34,7 @@ export function buildModelGraph(ckpt: Checkpoint, options: GraphOptions): BuiltG
     const shape = g.op('Shape', [ids]);
     const B = g.op('Slice', [shape, g.i64([0]), g.i64([1])]);
     const T = g.op('Slice', [shape, g.i64([1]), g.i64([2])]);
-    return { B, T, N: g.op('Mul', [B, T]) };
+    return { B, T };
   });
 
   const masks = new Map<'swa' | 'full', string>();
@@ -45,6 +45,7 @@ export function buildModelGraph(ckpt: Checkpoint, options: GraphOptions): BuiltG
     options,
     ...dims,
     positions,
+    shapeCache: new Map(),
     attentionMask(kind) {
       const cached = masks.get(kind);
       if (cached !== undefined) return cached;
@@ -66,7 +67,7 @@ export function buildModelGraph(ckpt: Checkpoint, options: GraphOptions): BuiltG
   };
 
   const embedding = g.weight(EMBEDDINGS, [V, D], () => ckpt.tensor(EMBEDDINGS, [V, D]).data);
-  let h = g.op('Gather', [embedding, reshape(ctx, ids, [-1])], { axis: int(0) }, { name: 'embed' }); // [N, D]
+  let h = g.op('Gather', [embedding, ids], { axis: int(0) }, { name: 'embed' }); // [B, T, D]
   const rope = config.layerKinds.some((k) => k !== 'gla') ? ropeTables(ctx) : null;
 
   // Residual stream: h ← h + a; u ← RMSNorm(h) is one SkipSimplifiedLayerNormalization when fused.
@@ -94,7 +95,7 @@ export function buildModelGraph(ckpt: Checkpoint, options: GraphOptions): BuiltG
       pendingAdd =
         kind === 'gla'
           ? glaMixer(ctx, layer, names, u)
-          : attentionMixer(ctx, layer, names, u, rope ?? { cos: '', sin: '' }, kind);
+          : attentionMixer(ctx, layer, names, u, rope ?? ropeTables(ctx), kind);
       const mlpNorm = g.weight(names.mlpNorm, [D], () => ckpt.tensor(names.mlpNorm, [D]).data);
       pendingAdd = mlp(ctx, layer, names, normed(mlpNorm, 'mlp_norm'));
     });
@@ -103,8 +104,7 @@ export function buildModelGraph(ckpt: Checkpoint, options: GraphOptions): BuiltG
   const finalNorm = g.weight(FINAL_NORM, [D], () => ckpt.tensor(FINAL_NORM, [D]).data);
   const hf = normed(finalNorm, 'norm');
   const logits = g.scope('lm_head', () => {
-    const rows = reshape(ctx, hf, [ctx.B, ctx.T, D]);
-    const last = g.op('Slice', [rows, g.op('Sub', [ctx.T, numLogits]), ctx.T, g.i64([1])]); // [B, num_logits, D]
+    const last = g.op('Slice', [hf, g.op('Sub', [ctx.T, numLogits]), ctx.T, g.i64([1])]); // [B, num_logits, D]
     const lmHead = config.tieWordEmbeddings ? embedding : g.weight(LM_HEAD, [V, D], () => ckpt.tensor(LM_HEAD, [V, D]).data);
     const y = g.op('Gemm', [reshape(ctx, last, [-1, D]), lmHead], { transB: int(1) }); // [B·num_logits, V]
     return reshape(ctx, y, [ctx.B, -1, V]);

@@ -1,0 +1,168 @@
+// Engine benchmark (`npm run bench:engine`): one run prints one table, so every ratio in it is
+// measured under the same machine load.
+//   1. onnxruntime MatMul GFLOP/s on this machine (x [512, 256] @ W [256, 1024], fp32) — the ceiling.
+//   2. One sequence prefilled to --max-tokens (default 1M) in fixed chunks through Model.run; tok/s
+//      (tokens / elapsed = 1 / TTFT per token) and RSS at 4K, 64K, 256K, 1M prompt tokens.
+//   3. Single-stream decode tok/s at depth 0 and at 256K (from a copy of the prefilled sequence).
+// Reference size: hidden 256, 8 layers (GLA even, SWA odd), 8 heads, 2 kv heads, ffn 1024,
+// vocab 4096, window 1024, random weights.
+//
+// Flags: --max-tokens N, --chunk N (prefill chunk, default 2048), --threads N, --decode-steps N,
+//        --plain (the plain-op reference graph instead of the fused one).
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import * as ort from 'onnxruntime-node';
+import { parseModelConfig, type ModelConfig } from '../src/engine/model/config.ts';
+import { Model } from '../src/engine/model/model.ts';
+import { GraphBuilder } from '../src/engine/model/onnx/graph-builder.ts';
+import { DataType, encodeModel } from '../src/engine/model/onnx/proto.ts';
+import { randomCheckpoint } from '../src/engine/model/random-checkpoint.ts';
+import { Sequence, decodeBatch, newSequence, stepSequences } from '../src/engine/model/sequence.ts';
+
+function flag(name: string, fallback: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  const v = i >= 0 ? Number(process.argv[i + 1]) : fallback;
+  if (!Number.isFinite(v) || v <= 0) throw new Error(`--${name} needs a positive number`);
+  return v;
+}
+
+const MAX_TOKENS = flag('max-tokens', 1 << 20);
+const CHUNK = flag('chunk', 2048);
+const THREADS = flag('threads', availableParallelism());
+const DECODE_STEPS = flag('decode-steps', 128);
+const PLAIN = process.argv.includes('--plain');
+const MILESTONES = [4096, 65536, 262144, 1 << 20].filter((m) => m <= MAX_TOKENS);
+
+const CONFIG: ModelConfig = parseModelConfig({
+  model_type: 'gla_swa',
+  vocab_size: 4096,
+  hidden_size: 256,
+  num_hidden_layers: 8,
+  num_attention_heads: 8,
+  num_key_value_heads: 2,
+  intermediate_size: 1024,
+  sliding_window: 1024,
+  rope_theta: 10000,
+  norm_eps: 1e-6,
+});
+
+/** FLOPs per token: 2 per weight of every per-token MatMul (layers; lm_head counted separately). */
+function flopsPerToken(c: ModelConfig): { layers: number; lmHead: number; attentionPerKey: number } {
+  const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: d, intermediateSize: F } = c;
+  let params = 0;
+  for (const kind of c.layerKinds) {
+    params += D * (H * d + 2 * Hkv * d) + H * d * D + 3 * D * F; // q, k, v, o, MLP
+    if (kind === 'gla') params += D * 16 + 16 * Hkv * d; // low-rank gate
+  }
+  const attnLayers = c.layerKinds.filter((k) => k !== 'gla').length;
+  return { layers: 2 * params, lmHead: 2 * D * c.vocabSize, attentionPerKey: attnLayers * 4 * H * d };
+}
+
+async function matmulGflops(dir: string): Promise<number> {
+  const [M, K, N] = [512, 256, 1024];
+  const g = new GraphBuilder('mm.onnx.data');
+  const x = g.input('x', DataType.FLOAT, [M, K]);
+  const w = g.weight('w', [K, N], () => Float32Array.from({ length: K * N }, (_, i) => ((i * 7919) % 1000) / 1000 - 0.5));
+  g.output('y', g.op('MatMul', [x, w]), DataType.FLOAT, [M, N]);
+  g.writeExternalData(join(dir, 'mm.onnx.data'));
+  writeFileSync(join(dir, 'mm.onnx'), encodeModel(g.toModel('mm', new Map([['', 17]]))));
+  const s = await ort.InferenceSession.create(join(dir, 'mm.onnx'), { intraOpNumThreads: THREADS, graphOptimizationLevel: 'all' });
+  const feed = { x: new ort.Tensor('float32', Float32Array.from({ length: M * K }, (_, i) => (i % 13) / 13), [M, K]) };
+  for (let i = 0; i < 20; i++) await s.run(feed);
+  const iters = 200;
+  const t0 = performance.now();
+  for (let i = 0; i < iters; i++) await s.run(feed);
+  const sec = (performance.now() - t0) / 1000;
+  await s.release();
+  return (2 * M * K * N * iters) / sec / 1e9;
+}
+
+function cloneSequence(model: Model, s: Sequence): Sequence {
+  const c = newSequence(model);
+  c.numTokens = s.numTokens;
+  c.glaStates = s.glaStates.map((x) => x.slice());
+  c.keys = s.keys.map((x) => x.slice());
+  c.values = s.values.map((x) => x.slice());
+  c.keptPositions = s.keptPositions.slice();
+  return c;
+}
+
+async function decodeRate(model: Model, seq: Sequence, steps: number): Promise<number> {
+  const V = model.config.vocabSize;
+  let tok = 7;
+  for (let i = 0; i < 8; i++) await decodeBatch(model, [seq], [(tok = (tok * 31 + 1) % V)]); // warm-up
+  const t0 = performance.now();
+  for (let i = 0; i < steps; i++) await decodeBatch(model, [seq], [(tok = (tok * 31 + 1) % V)]);
+  return steps / ((performance.now() - t0) / 1000);
+}
+
+const mib = (b: number): string => (b / 2 ** 20).toFixed(0);
+const kTok = (n: number): string => (n >= 1 << 20 ? `${n / (1 << 20)}M` : `${n / 1024}K`);
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'spikeserve-bench-'));
+  try {
+    const mm = await matmulGflops(dir);
+    const ckpt = randomCheckpoint(CONFIG, { seed: 1, gkLayout: 'lowrank' });
+    const tLoad = performance.now();
+    const model = await Model.load(ckpt, { intraOpThreads: THREADS, fusedOps: !PLAIN });
+    const loadSec = (performance.now() - tLoad) / 1000;
+    const f = flopsPerToken(CONFIG);
+    const V = CONFIG.vocabSize;
+
+    const decode0 = await decodeRate(model, newSequence(model), DECODE_STEPS);
+
+    // Prefill one sequence to MAX_TOKENS; record cumulative time and RSS at each milestone.
+    const seq = newSequence(model);
+    const rows: { tokens: number; tokPerSec: number; rssMiB: string; peakMiB: string }[] = [];
+    let rng = 12345;
+    let elapsed = 0;
+    let peakRss = process.memoryUsage.rss();
+    let at256k: Sequence | null = null;
+    const chunkIds = new Array<number>(CHUNK);
+    while (seq.numTokens < MAX_TOKENS) {
+      const n = Math.min(CHUNK, MAX_TOKENS - seq.numTokens, (MILESTONES.find((m) => m > seq.numTokens) ?? MAX_TOKENS) - seq.numTokens);
+      chunkIds.length = n;
+      for (let i = 0; i < n; i++) chunkIds[i] = (rng = (rng * 1103515245 + 12345) >>> 0) % V;
+      const t0 = performance.now();
+      await stepSequences(model, [seq], [chunkIds], false);
+      elapsed += (performance.now() - t0) / 1000;
+      peakRss = Math.max(peakRss, process.memoryUsage.rss());
+      if (MILESTONES.includes(seq.numTokens)) {
+        rows.push({ tokens: seq.numTokens, tokPerSec: seq.numTokens / elapsed, rssMiB: mib(process.memoryUsage.rss()), peakMiB: mib(peakRss) });
+        process.stderr.write(`  prefill ${kTok(seq.numTokens)}: ${(seq.numTokens / elapsed).toFixed(0)} tok/s\n`);
+        if (seq.numTokens === 262144) at256k = cloneSequence(model, seq);
+      }
+    }
+    const decodeDeep = at256k === null ? null : await decodeRate(model, at256k, DECODE_STEPS);
+
+    const gf = (tokPerSec: number, perToken: number): string => ((tokPerSec * perToken) / 1e9).toFixed(1);
+    const window = CONFIG.slidingWindow ?? 0;
+    const prefillFlops = f.layers + f.attentionPerKey * (window + CHUNK / 2); // keys per query ≈ W + T/2 computed
+    console.log(`\nspikeserve engine bench — ${ort.env.versions.common} CPU, ${THREADS} threads, ${PLAIN ? 'plain' : 'fused'} graph, chunk ${CHUNK}`);
+    console.log(`model: D=256 L=8 (GLA even, SWA odd) H=8 Hkv=2 F=1024 V=4096 W=1024, ${(ckpt.numParameters / 1e6).toFixed(1)}M params, load ${loadSec.toFixed(1)} s`);
+    console.log(`FLOPs/token: layers ${(f.layers / 1e6).toFixed(1)} M, lm_head ${(f.lmHead / 1e6).toFixed(1)} M, attention ${(f.attentionPerKey / 1e3).toFixed(0)} K per key`);
+    console.log('');
+    console.log('| measure | value |');
+    console.log('|---|---|');
+    console.log(`| onnxruntime MatMul 512×256×1024 | ${mm.toFixed(1)} GFLOP/s |`);
+    for (const r of rows) {
+      console.log(`| prefill ${kTok(r.tokens)} tokens | ${r.tokPerSec.toFixed(0)} tok/s (layers ${gf(r.tokPerSec, f.layers)} GFLOP/s, incl. attention ${gf(r.tokPerSec, prefillFlops)}), RSS ${r.rssMiB} MiB, peak ${r.peakMiB} MiB |`);
+    }
+    const first = rows[0];
+    const lastRow = rows[rows.length - 1];
+    if (first !== undefined && lastRow !== undefined && lastRow !== first) {
+      console.log(`| prefill ratio ${kTok(lastRow.tokens)} ÷ ${kTok(first.tokens)} | ${(lastRow.tokPerSec / first.tokPerSec).toFixed(2)} |`);
+    }
+    console.log(`| decode, depth 0 | ${decode0.toFixed(0)} tok/s (${gf(decode0, f.layers + f.lmHead)} GFLOP/s) |`);
+    if (decodeDeep !== null) console.log(`| decode, depth 256K | ${decodeDeep.toFixed(0)} tok/s (${gf(decodeDeep, f.layers + f.lmHead + f.attentionPerKey * (window + 1))} GFLOP/s) |`);
+    console.log(`| GLA state per sequence | ${(model.stateBytesPerSequence / 1024).toFixed(0)} KiB; SWA KV kept ${(seq.kvBytes / 1024).toFixed(0)} KiB (${seq.keptTokens} tokens) |`);
+    await model.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
