@@ -35,6 +35,8 @@ export class BlockPool {
   private numFreePages: number;
   /** refCounts[page] = number of owners; 0 = on the free list. */
   private readonly refCounts: Int32Array;
+  /** Lazily created views for slab(). */
+  private readonly slabViews: (Float32Array | undefined)[] = [];
 
   constructor(spec: PageSpec, numPages: number) {
     if (!Number.isInteger(numPages) || numPages < 0) throw new RangeError(`numPages must be an integer ≥ 0, got ${numPages}`);
@@ -108,6 +110,22 @@ export class BlockPool {
     const { numKvHeads, pageTokens, headDim } = this.spec;
     const inPage = ((attnLayer * 2 + kind) * numKvHeads + head) * pageTokens * headDim;
     return (page % this.pagesPerArray) * this.floatsPerPage + inPage;
+  }
+
+  /**
+   * View of the P·d floats of (attnLayer, kind, head) of a page, [P, d]. Views are created once per
+   * (page, layer, kind, head) and reused, so copying through them allocates nothing per step.
+   */
+  slab(page: number, attnLayer: number, kind: 0 | 1, head: number): Float32Array {
+    const perPage = this.spec.numAttnLayers * 2 * this.spec.numKvHeads;
+    const index = page * perPage + (attnLayer * 2 + kind) * this.spec.numKvHeads + head;
+    let view = this.slabViews[index];
+    if (view === undefined) {
+      const offset = this.pageOffset(page, attnLayer, kind, head);
+      view = this.pageArray(page).subarray(offset, offset + this.spec.pageTokens * this.spec.headDim);
+      this.slabViews[index] = view;
+    }
+    return view;
   }
 
   private checkInUse(page: number): void {

@@ -15,6 +15,8 @@ export class StateSlots {
   /** Floats of one layer's state of one sequence: Hkv · d · d. */
   readonly floatsPerLayer: number;
   private readonly layers: Float32Array[];
+  /** views[layer][slot]: [Hkv, d, d] view, created once. */
+  private readonly views: Float32Array[][];
   private readonly freeList: number[];
   private readonly inUse: Uint8Array;
 
@@ -24,6 +26,9 @@ export class StateSlots {
     this.numSlots = numSlots;
     this.floatsPerLayer = spec.numKvHeads * spec.headDim * spec.headDim;
     this.layers = Array.from({ length: spec.numGlaLayers }, () => new Float32Array(numSlots * this.floatsPerLayer));
+    this.views = this.layers.map((layer) =>
+      Array.from({ length: numSlots }, (_, slot) => layer.subarray(slot * this.floatsPerLayer, (slot + 1) * this.floatsPerLayer)),
+    );
     this.freeList = Array.from({ length: numSlots }, (_, i) => numSlots - 1 - i);
     this.inUse = new Uint8Array(numSlots);
   }
@@ -58,9 +63,8 @@ export class StateSlots {
 
   /** View of one GLA layer's state of one slot: [Hkv, d, d]. */
   state(glaLayer: number, slot: number): Float32Array {
-    const layer = this.layers[glaLayer];
-    if (layer === undefined) throw new RangeError(`GLA layer ${glaLayer} out of range`);
-    if (!(slot >= 0 && slot < this.numSlots)) throw new RangeError(`state slot ${slot} out of range`);
-    return layer.subarray(slot * this.floatsPerLayer, (slot + 1) * this.floatsPerLayer);
+    const view = this.views[glaLayer]?.[slot];
+    if (view === undefined) throw new RangeError(`state (GLA layer ${glaLayer}, slot ${slot}) out of range`);
+    return view;
   }
 }

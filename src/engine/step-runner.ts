@@ -46,6 +46,15 @@ class GrowableI32 {
   }
 }
 
+/** dst[dstOff …) = src[srcOff …) for `length` floats; short runs by a loop (no view allocation). */
+function copyFloats(src: Float32Array, srcOff: number, dst: Float32Array, dstOff: number, length: number): void {
+  if (length >= 256) {
+    dst.set(src.subarray(srcOff, srcOff + length), dstOff);
+    return;
+  }
+  for (let i = 0; i < length; i++) dst[dstOff + i] = src[srcOff + i]!;
+}
+
 /** One sequence of a run: its request, first new position, and new tokens. */
 interface RunRow {
   readonly request: RequestState;
@@ -234,14 +243,13 @@ export class StepRunner {
           const pos = firstPos + j;
           if (pos >= lo && pos < row.startPos) pastPositions[b * Pp + k * P + j] = pos;
         }
-        const src = pool.pageArray(page);
+        // Only the slots before startPos hold keys; the rest of the page is masked (−1) and not copied.
+        const floats = Math.min(P, row.startPos - firstPos) * d;
         for (let a = 0; a < this.numAttnLayers; a++) {
           for (let h = 0; h < Hkv; h++) {
             const dst = ((b * Hkv + h) * Pp + k * P) * d;
-            const kOff = pool.pageOffset(page, a, 0, h);
-            const vOff = pool.pageOffset(page, a, 1, h);
-            keys[a]!.set(src.subarray(kOff, kOff + P * d), dst);
-            values[a]!.set(src.subarray(vOff, vOff + P * d), dst);
+            copyFloats(pool.slab(page, a, 0, h), 0, keys[a]!, dst, floats);
+            copyFloats(pool.slab(page, a, 1, h), 0, values[a]!, dst, floats);
           }
         }
       }
@@ -261,15 +269,14 @@ export class StepRunner {
         const e = Math.min((logical + 1) * P, row.startPos + T);
         const page = table.pages[logical - table.firstPage];
         if (page === undefined) throw new Error(`request ${row.request.requestId}: no page for position ${s}`);
-        const dstArray = pool.pageArray(page);
         for (let a = 0; a < this.numAttnLayers; a++) {
           const pk = output.presentKeys[a]!;
           const pv = output.presentValues[a]!;
           for (let h = 0; h < Hkv; h++) {
             const src = ((b * Hkv + h) * T + (s - row.startPos)) * d;
-            const len = (e - s) * d;
-            dstArray.set(pk.subarray(src, src + len), pool.pageOffset(page, a, 0, h) + (s % P) * d);
-            dstArray.set(pv.subarray(src, src + len), pool.pageOffset(page, a, 1, h) + (s % P) * d);
+            const dst = (s % P) * d;
+            copyFloats(pk, src, pool.slab(page, a, 0, h), dst, (e - s) * d);
+            copyFloats(pv, src, pool.slab(page, a, 1, h), dst, (e - s) * d);
           }
         }
         s = e;

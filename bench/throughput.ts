@@ -1,0 +1,162 @@
+// Engine throughput benchmark on the reference-size hybrid model (random weights; no files needed):
+//   hidden 256, 8 layers (GLA / SWA alternating), 8 heads, 2 kv heads, ffn 1024, vocab 4096, window 1024.
+// 1. Aggregate decode tokens/s at 1, 4, 16 and 64 concurrent streams, and the ratio to one stream.
+// 2. Inter-token latency of short requests, alone and while a long prompt (default 1M tokens) is prefilled.
+// Prints tables; numbers are measured in this one run (no thresholds).
+//
+//   node --import tsx bench/throughput.ts [--long-tokens 1048576] [--decode-tokens 64] [--threads N]
+import { parseArgs } from 'node:util';
+import { Engine } from '../src/engine/engine.ts';
+import type { GenerateRequest, SamplingParams, TokenEvent } from '../src/engine/types.ts';
+
+const { values: args } = parseArgs({
+  options: {
+    'long-tokens': { type: 'string', default: String(1 << 20) },
+    'decode-tokens': { type: 'string', default: '64' },
+    'prompt-tokens': { type: 'string', default: '32' },
+    streams: { type: 'string', default: '1,4,16,64' },
+    threads: { type: 'string' },
+    'chunk-tokens': { type: 'string', default: '512' },
+  },
+});
+const LONG_TOKENS = Number(args['long-tokens']);
+const DECODE_TOKENS = Number(args['decode-tokens']);
+const PROMPT_TOKENS = Number(args['prompt-tokens']);
+const STREAMS = args.streams.split(',').map(Number);
+const VOCAB = 4096;
+
+const referenceConfig = {
+  model_type: 'gla_swa',
+  vocab_size: VOCAB,
+  hidden_size: 256,
+  num_hidden_layers: 8,
+  num_attention_heads: 8,
+  num_key_value_heads: 2,
+  intermediate_size: 1024,
+  sliding_window: 1024,
+  rope_theta: 10000,
+  norm_eps: 1e-6,
+  eos_token_id: 2,
+  max_position_embeddings: 4096,
+};
+
+function sampling(maxTokens: number): SamplingParams {
+  return {
+    temperature: 0, topP: 1, topK: 0, minP: 0, seed: null, presencePenalty: 0, frequencyPenalty: 0,
+    repetitionPenalty: 1, logitBias: new Map(), logprobs: null, promptLogprobs: null, maxTokens,
+    minTokens: 0, stopTokenIds: [], ignoreEos: true,
+  };
+}
+
+let nextId = 0;
+function request(promptTokens: number, maxTokens: number, reportProgress = false): GenerateRequest {
+  const seed = nextId;
+  return {
+    requestId: `bench-${nextId++}`,
+    promptTokenIds: Array.from({ length: promptTokens }, (_, i) => (seed * 7919 + i * 31) % VOCAB),
+    sampling: sampling(maxTokens),
+    reportProgress,
+  };
+}
+
+/** Runs one request; returns the arrival time of each token. */
+async function tokenTimes(engine: Engine, req: GenerateRequest, onEvent?: (e: TokenEvent) => void): Promise<number[]> {
+  const times: number[] = [];
+  for await (const e of engine.generate(req)) {
+    if (e.type === 'token') times.push(performance.now());
+    onEvent?.(e);
+  }
+  return times;
+}
+
+function percentile(xs: readonly number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
+}
+
+function gaps(times: readonly number[]): number[] {
+  return times.slice(1).map((t, i) => t - times[i]!);
+}
+
+/** Aggregate decode tokens/s with n concurrent streams, measured while all n are decoding. */
+async function decodeThroughput(engine: Engine, n: number): Promise<{ tokensPerSecond: number; itlMs: number }> {
+  const all = await Promise.all(Array.from({ length: n }, () => tokenTimes(engine, request(PROMPT_TOKENS, DECODE_TOKENS))));
+  const from = Math.max(...all.map((t) => t[0]!)); // every stream has its first token
+  const to = Math.min(...all.map((t) => t[t.length - 1]!)); // no stream has finished yet
+  let tokens = 0;
+  for (const t of all) tokens += t.filter((x) => x > from && x <= to).length;
+  return { tokensPerSecond: (tokens / (to - from)) * 1000, itlMs: percentile(all.flatMap(gaps), 50) };
+}
+
+function row(cells: readonly (string | number)[], widths: readonly number[]): string {
+  return cells.map((c, i) => String(c).padStart(widths[i]!)).join('  ');
+}
+
+async function main(): Promise<void> {
+  const maxStreams = Math.max(...STREAMS, 8);
+  const t0 = performance.now();
+  const engine = await Engine.start({
+    modelDir: '(random reference-size weights)',
+    randomWeightsConfig: referenceConfig,
+    maxNumSeqs: maxStreams + 1,
+    prefillChunkTokens: Number(args['chunk-tokens']),
+    maxBatchedTokens: Math.max(2048, Number(args['chunk-tokens'])),
+    ...(args.threads !== undefined ? { intraOpThreads: Number(args.threads) } : {}),
+  }, (m) => process.stderr.write(`${m}\n`));
+  console.log(`model loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s; pool ${engine.stats().kvPagesTotal} pages, ${engine.stats().stateSlotsTotal} slots`);
+
+  await decodeThroughput(engine, 1); // warm-up
+  console.log(`\nDecode throughput (prompt ${PROMPT_TOKENS} tokens, ${DECODE_TOKENS} new tokens per stream, greedy)`);
+  const w = [8, 14, 10, 10];
+  console.log(row(['streams', 'tokens/s', 'vs 1', 'ITL p50'], w));
+  let base = NaN;
+  for (const n of STREAMS) {
+    const r = await decodeThroughput(engine, n);
+    if (n === STREAMS[0]) base = r.tokensPerSecond;
+    console.log(row([n, r.tokensPerSecond.toFixed(0), `${(r.tokensPerSecond / base).toFixed(2)}×`, `${r.itlMs.toFixed(1)} ms`], w));
+  }
+
+  console.log(`\nInter-token latency of short requests (4 streams × ${DECODE_TOKENS} tokens)`);
+  const shortBatch = async (): Promise<number[]> =>
+    (await Promise.all(Array.from({ length: 4 }, () => tokenTimes(engine, request(PROMPT_TOKENS, DECODE_TOKENS))))).flatMap(gaps);
+  const idle = await shortBatch();
+
+  let longDone: Extract<TokenEvent, { type: 'done' }> | null = null;
+  let longFirstToken = Infinity;
+  let resolveStarted: () => void = () => undefined;
+  const started = new Promise<void>((r) => (resolveStarted = r));
+  const longRun = tokenTimes(engine, request(LONG_TOKENS, 1, true), (e) => {
+    if (e.type === 'progress') resolveStarted();
+    if (e.type === 'token') longFirstToken = Math.min(longFirstToken, performance.now());
+    if (e.type === 'done') {
+      longDone = e;
+      resolveStarted();
+    }
+  });
+  await started;
+  const during: number[] = [];
+  let rounds = 0;
+  while (longDone === null) {
+    const before = performance.now();
+    const g = await shortBatch();
+    if (performance.now() < longFirstToken && longDone === null) during.push(...g);
+    rounds++;
+    if (before > longFirstToken) break;
+  }
+  await longRun;
+  const w2 = [34, 10, 10, 10];
+  console.log(row(['', 'p50', 'p99', 'max'], w2));
+  const fmt = (xs: number[]): string[] => [50, 99, 100].map((p) => (xs.length === 0 ? 'n/a' : `${percentile(xs, p).toFixed(1)} ms`));
+  console.log(row(['alone', ...fmt(idle)], w2));
+  console.log(row([`during a ${LONG_TOKENS}-token prefill`, ...fmt(during)], w2));
+  const d = longDone as Extract<TokenEvent, { type: 'done' }> | null;
+  if (d !== null) {
+    console.log(
+      `\nlong prompt: ${d.promptTokens} tokens prefilled in ${d.timing.prefillSeconds.toFixed(1)} s ` +
+        `(${(d.promptTokens / d.timing.prefillSeconds).toFixed(0)} tokens/s), ${during.length} short-request gaps measured in ${rounds} rounds`,
+    );
+  }
+  await engine.shutdown();
+}
+
+await main();
