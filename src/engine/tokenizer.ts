@@ -5,11 +5,13 @@
 // fields, incremental detokenization) and a synchronous decode.
 //
 // Threading: the binding's `encode`/`encodeBatch` run on the libuv pool (measured: 8 MB of text keeps
-// the event loop ticking every 5 ms), but turning a multi-million-id result into a JS array is on the
-// calling thread. For tokenizers where it is provably exact (see `splitAtSafeBoundaries`), long text
-// is cut into ~64 K-char pieces, encoded with `encodeBatch` (parallel across cores) in groups of about
-// 1 M chars, and the ids of each group are collected between awaits, so the HTTP thread is never held
-// for more than one group's conversion.
+// the event loop ticking every 5 ms), but turning the result into a JS array happens on the calling
+// thread (~45 ns per id: ~0.2 s in one block for a 4 M-token prompt). So where it is provably exact
+// (see `splitAtSafeBoundaries`) long text is cut into ~64 K-char pieces, encoded with `encodeBatch` in
+// groups of about 1 M chars, and the ids are collected one piece (~20 K ids) per event-loop turn.
+// `encodeBatch` runs a group on one pool thread unless TOKENIZERS_PARALLELISM=true is set, which
+// spreads it over all cores (×2 on 2 idle cores) but competes with the inference worker, so it is
+// left to the operator.
 
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -108,8 +110,6 @@ export class TextTokenizer {
 
   /** Loads the tokenizer of a checkpoint directory. Throws ModelLoadError when it cannot. */
   static async load(dir: string, options: TokenizerLoadOptions = {}): Promise<TextTokenizer> {
-    // encodeBatch only runs its inputs in parallel when this is set (measured: ×2 on 2 cores).
-    process.env['TOKENIZERS_PARALLELISM'] ??= 'true';
     const config = await readJsonIfExists(join(dir, 'tokenizer_config.json'));
     const generation = await readJsonIfExists(join(dir, 'generation_config.json'));
 
@@ -168,7 +168,10 @@ export class TextTokenizer {
       let chars = 0;
       while (end < pieces.length && (end === start || chars < CHARS_PER_BATCH)) chars += (pieces[end++] as string).length;
       const encodings = await this.tokenizer.encodeBatch(pieces.slice(start, end), { addSpecialTokens: false });
-      for (const encoding of encodings) for (const id of encoding.getIds()) ids.push(id);
+      for (const encoding of encodings) {
+        for (const id of encoding.getIds()) ids.push(id);
+        await yieldToEventLoop(); // one piece's ids (~20 K) per turn of the event loop
+      }
       start = end;
     }
     return ids;
@@ -421,6 +424,10 @@ function idList(value: unknown): number[] {
   if (typeof value === 'number') return [value];
   if (Array.isArray(value)) return value.filter((v): v is number => typeof v === 'number');
   return [];
+}
+
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {
