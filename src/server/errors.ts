@@ -101,33 +101,44 @@ export function jsonPointerToParam(pointer: string): string {
   return out;
 }
 
+/** Fields whose value is a map: a bad entry is blamed on the field, not on `field.key`. */
+const MAP_FIELDS = new Set(['logit_bias', 'chat_template_kwargs']);
+
+const TYPE_KEYWORDS = new Set(['type', 'const', 'enum']);
+
+function describeAllowed(issue: ValidationIssue): string | undefined {
+  if (issue.keyword === 'const') return JSON.stringify(issue.params['allowedValue']);
+  if (issue.keyword === 'enum') return (issue.params['allowedValues'] as unknown[] | undefined)?.map((v) => JSON.stringify(v)).join(', ');
+  return issue.params['type'] as string | undefined;
+}
+
 /** Turns a list of schema-validation issues into one 400 naming the deepest offending field. */
 export function validationError(issues: readonly ValidationIssue[], where = 'body'): InvalidRequestError {
-  // Prefer the first issue on the deepest path: for a union the branch errors and the "anyOf"
-  // summary share one path, and the summary is the most readable.
+  // The deepest path is the most precise. For a union (anyOf), its branches fail at the same path:
+  // a branch that failed on a constraint (minimum, maxItems, …) is the one the client meant, so its
+  // message wins; otherwise the message lists what each branch expected.
   let best: ValidationIssue | undefined;
   for (const issue of issues) {
     if (best === undefined || issue.instancePath.length > best.instancePath.length) best = issue;
   }
   if (best === undefined) return new InvalidRequestError(`invalid request ${where}`);
-  const summary = issues.find((i) => i.instancePath === best.instancePath && (i.keyword === 'anyOf' || i.keyword === 'oneOf'));
-  const chosen = summary ?? best;
+  const samePath = issues.filter((i) => i.instancePath === best.instancePath && i.keyword !== 'anyOf' && i.keyword !== 'oneOf');
+  const constraint = samePath.find((i) => !TYPE_KEYWORDS.has(i.keyword));
+  const chosen = constraint ?? samePath[0] ?? best;
   let param = jsonPointerToParam(chosen.instancePath);
+  const top = param.split(/[.[]/)[0] ?? '';
+  if (MAP_FIELDS.has(top)) param = top;
   let message: string;
   if (chosen.keyword === 'required') {
     const props = (chosen.params['requiredProperties'] ?? [chosen.params['missingProperty']]) as unknown[];
     const missing = String(props[0] ?? '');
     param = param === '' ? missing : `${param}.${missing}`;
     message = `'${param}' is a required property`;
-  } else if (chosen.keyword === 'additionalProperties') {
-    const extra = String(chosen.params['additionalProperty'] ?? '');
-    message = `unknown property '${extra}' in '${param === '' ? where : param}'`;
-  } else if (chosen.keyword === 'anyOf' || chosen.keyword === 'oneOf') {
-    const types = issues
-      .filter((i) => i.instancePath === chosen.instancePath && i !== chosen)
-      .map((i) => (i.keyword === 'const' ? JSON.stringify(i.params['allowedValue']) : (i.params['type'] as string | undefined)))
-      .filter((t): t is string => t !== undefined);
-    message = types.length > 0 ? `invalid value for '${param}': expected one of ${[...new Set(types)].join(', ')}` : `invalid value for '${param}'`;
+  } else if (chosen.keyword === 'additionalProperties' || (chosen.keyword === 'pattern' && MAP_FIELDS.has(top))) {
+    message = `invalid key in '${param === '' ? where : param}'`;
+  } else if (TYPE_KEYWORDS.has(chosen.keyword)) {
+    const allowed = [...new Set(samePath.map(describeAllowed).filter((t): t is string => t !== undefined))];
+    message = `invalid value for '${param === '' ? where : param}': expected ${allowed.length > 1 ? 'one of ' : ''}${allowed.join(', ')}`;
   } else {
     message = `invalid value for '${param === '' ? where : param}': ${chosen.message ?? chosen.keyword}`;
   }

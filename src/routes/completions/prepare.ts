@@ -21,9 +21,22 @@ export interface PreparedCompletion {
   readonly stream: boolean;
 }
 
+const isTokenId = (x: unknown): x is number => typeof x === 'number' && Number.isInteger(x) && x >= 0;
+
+/** The one prompt of the request: a string or a token-id list. */
+function singlePrompt(p: CompletionRequest['prompt']): string | number[] {
+  if (typeof p === 'string') return p;
+  if (p.every(isTokenId)) return p as number[];
+  if (p.length === 1 && typeof p[0] === 'string') return p[0];
+  if (p.length === 1 && Array.isArray(p[0]) && p[0].length > 0 && p[0].every(isTokenId)) return p[0] as number[];
+  if (p.length > 1 && p.every((x) => typeof x === 'string' || Array.isArray(x))) {
+    throw new InvalidRequestError("'prompt' holds several prompts; send one prompt per request", 'prompt');
+  }
+  throw new InvalidRequestError("'prompt' must be a string, a list of token ids (integers ≥ 0), or a one-element list of either", 'prompt');
+}
+
 async function promptTokens(app: FastifyInstance, body: CompletionRequest, vocabSize: number): Promise<{ ids: number[]; text: string }> {
-  const p = body.prompt;
-  const one: string | number[] = typeof p === 'string' ? p : typeof p[0] === 'number' ? (p as number[]) : (p[0] as string | number[]);
+  const one = singlePrompt(body.prompt);
   if (typeof one === 'string') {
     const ids = await app.tokenizer.encode(one, { addSpecialTokens: body.add_special_tokens ?? true });
     return { ids, text: one };

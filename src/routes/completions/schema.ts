@@ -3,14 +3,9 @@
 import { Type, type Static } from 'typebox';
 import { MAX_TOP_LOGPROBS, samplingFields } from '../common/sampling.ts';
 
-const TokenIds = Type.Array(Type.Integer({ minimum: 0 }), { minItems: 1 });
-
-export const CompletionPrompt = Type.Union([
-  Type.String(),
-  TokenIds,
-  Type.Array(Type.String(), { minItems: 1, maxItems: 1 }),
-  Type.Array(TokenIds, { minItems: 1, maxItems: 1 }),
-]);
+// A string or a non-empty list; the list's shape (token ids, or one string / one id list) is
+// checked in prepare.ts, which can say what is wrong better than a union's schema errors.
+export const CompletionPrompt = Type.Union([Type.String(), Type.Array(Type.Unknown(), { minItems: 1 })]);
 
 export const CompletionRequest = Type.Object({
   ...samplingFields,
