@@ -7,8 +7,9 @@
 // Reference size: hidden 256, 8 layers (GLA even, SWA odd), 8 heads, 2 kv heads, ffn 1024,
 // vocab 4096, window 1024, random weights.
 //
-// Flags: --max-tokens N, --chunk N (prefill chunk, default 2048), --threads N, --decode-steps N,
-//        --plain (the plain-op reference graph instead of the fused one).
+// Flags: --max-tokens N, --chunk N (prefill chunk, default 512), --threads N, --decode-steps N,
+//        --plain (the plain-op reference graph instead of the fused one),
+//        --sweep (first, prefill tok/s for chunk sizes 128…2048 on 8K tokens after a full window).
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -29,10 +30,11 @@ function flag(name: string, fallback: number): number {
 }
 
 const MAX_TOKENS = flag('max-tokens', 1 << 20);
-const CHUNK = flag('chunk', 2048);
+const CHUNK = flag('chunk', 512);
 const THREADS = flag('threads', availableParallelism());
 const DECODE_STEPS = flag('decode-steps', 128);
 const PLAIN = process.argv.includes('--plain');
+const SWEEP = process.argv.includes('--sweep');
 const MILESTONES = [4096, 65536, 262144, 1 << 20].filter((m) => m <= MAX_TOKENS);
 
 const CONFIG: ModelConfig = parseModelConfig({
@@ -89,6 +91,18 @@ function cloneSequence(model: Model, s: Sequence): Sequence {
   return c;
 }
 
+/** Prefill tok/s with `chunk`-token steps over `tokens` tokens, after one window of warm-up. */
+async function chunkRate(model: Model, chunk: number, tokens: number): Promise<number> {
+  const V = model.config.vocabSize;
+  const seq = newSequence(model);
+  const ids = (n: number): number[] => Array.from({ length: n }, (_, i) => (i * 7919 + seq.numTokens) % V);
+  const warm = model.windowTokens ?? 1024;
+  while (seq.numTokens < warm) await stepSequences(model, [seq], [ids(Math.min(chunk, warm - seq.numTokens))], false);
+  const t0 = performance.now();
+  for (let done = 0; done < tokens; done += chunk) await stepSequences(model, [seq], [ids(Math.min(chunk, tokens - done))], false);
+  return tokens / ((performance.now() - t0) / 1000);
+}
+
 async function decodeRate(model: Model, seq: Sequence, steps: number): Promise<number> {
   const V = model.config.vocabSize;
   let tok = 7;
@@ -112,6 +126,13 @@ async function main(): Promise<void> {
     const f = flopsPerToken(CONFIG);
     const V = CONFIG.vocabSize;
 
+    const sweep: [number, number][] = [];
+    if (SWEEP) {
+      for (const chunk of [128, 256, 512, 1024, 2048]) {
+        sweep.push([chunk, await chunkRate(model, chunk, 8192)]);
+        process.stderr.write(`  sweep chunk ${chunk}: ${sweep[sweep.length - 1]?.[1].toFixed(0)} tok/s\n`);
+      }
+    }
     const decode0 = await decodeRate(model, newSequence(model), DECODE_STEPS);
 
     // Prefill one sequence to MAX_TOKENS; record cumulative time and RSS at each milestone.
@@ -148,6 +169,7 @@ async function main(): Promise<void> {
     console.log('| measure | value |');
     console.log('|---|---|');
     console.log(`| onnxruntime MatMul 512×256×1024 | ${mm.toFixed(1)} GFLOP/s |`);
+    for (const [chunk, rate] of sweep) console.log(`| prefill 8K after a full window, chunk ${chunk} | ${rate.toFixed(0)} tok/s (layers ${gf(rate, f.layers)} GFLOP/s) |`);
     for (const r of rows) {
       console.log(`| prefill ${kTok(r.tokens)} tokens | ${r.tokPerSec.toFixed(0)} tok/s (layers ${gf(r.tokPerSec, f.layers)} GFLOP/s, incl. attention ${gf(r.tokPerSec, prefillFlops)}), RSS ${r.rssMiB} MiB, peak ${r.peakMiB} MiB |`);
     }

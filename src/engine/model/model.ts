@@ -20,18 +20,29 @@ import {
   stateIn,
   stateOut,
 } from './io-names.ts';
+import { probeDevice, resolveExecutionProviders, type Device } from './device.ts';
 import { ensureBuiltModel, type BuildProgress } from './onnx/build-cache.ts';
+import type { WeightDtype } from './onnx/graph-builder.ts';
 
 export interface ModelLoadOptions {
   /** Built-model cache folder (default `<repo>/.cache/models`). */
   readonly cacheDir?: string;
   /** onnxruntime intra-op threads (default: available cores). */
   readonly intraOpThreads?: number;
-  readonly device?: 'cpu';
+  /** Execution device (default cpu); a GPU that is not usable fails here with DeviceUnavailableError. */
+  readonly device?: Device;
+  /** Storage of weight matrices (default: float32 on cpu, float16 on GPUs; compute is float32). */
+  readonly weightDtype?: WeightDtype;
   /** Use onnxruntime contrib ops (fast path, default true); false = plain-op reference graph. */
   readonly fusedOps?: boolean;
   /** Sub-chunk C of the plain-op chunked GLA (default 16). */
   readonly glaSubChunk?: number;
+  /**
+   * Let idle onnxruntime pool threads spin (default false). Spinning wins a little on a dedicated
+   * machine and loses badly when cores are shared (measured: 2 spinning threads decode at half the
+   * rate of 1 thread on a loaded 2-core machine).
+   */
+  readonly allowSpinning?: boolean;
   /** Build progress (only when the model is built, not on a cache hit). */
   readonly onProgress?: (p: BuildProgress) => void;
 }
@@ -60,19 +71,22 @@ export class Model {
   }
 
   static async load(ckpt: Checkpoint, options: ModelLoadOptions = {}): Promise<Model> {
+    const device = options.device ?? 'cpu';
+    await probeDevice(device); // before a build that may take minutes
     const modelPath = ensureBuiltModel(
       ckpt,
-      { fusedOps: options.fusedOps ?? true, glaSubChunk: options.glaSubChunk ?? 16 },
+      { fusedOps: options.fusedOps ?? true, glaSubChunk: options.glaSubChunk ?? 16, weightDtype: options.weightDtype ?? (device === 'cpu' ? 'float32' : 'float16') },
       { ...(options.cacheDir !== undefined ? { cacheDir: options.cacheDir } : {}), ...(options.onProgress !== undefined ? { onProgress: options.onProgress } : {}) },
     );
     const session = await ort.InferenceSession.create(modelPath, {
-      executionProviders: ['cpu'],
+      executionProviders: resolveExecutionProviders(device),
       graphOptimizationLevel: 'all',
       intraOpNumThreads: options.intraOpThreads ?? availableParallelism(),
       interOpNumThreads: 1,
       executionMode: 'sequential',
       enableCpuMemArena: true,
       enableMemPattern: true,
+      extra: { session: { intra_op: { allow_spinning: options.allowSpinning === true ? '1' : '0' } } },
     });
     return new Model(ckpt.config, session, modelPath);
   }

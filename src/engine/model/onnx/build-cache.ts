@@ -10,7 +10,7 @@ import { EXTERNAL_DATA_FILE, buildModelGraph } from './model-graph.ts';
 import { encodeModel } from './proto.ts';
 
 /** Bump whenever the graph a checkpoint builds to changes. */
-export const BUILDER_VERSION = 'g2';
+export const BUILDER_VERSION = 'g3';
 
 export const MODEL_FILE = 'model.onnx';
 
@@ -31,7 +31,8 @@ export interface BuildCacheOptions {
 
 /** Folder name part that tells graph variants of one checkpoint apart. */
 function variantName(options: GraphOptions): string {
-  return options.fusedOps ? 'fused' : `plain-c${options.glaSubChunk}`;
+  const graph = options.fusedOps ? 'fused' : `plain-c${options.glaSubChunk}`;
+  return options.weightDtype === 'float16' ? `${graph}-fp16` : graph;
 }
 
 /** Models at least this large draw a progress bar on a TTY stderr. */

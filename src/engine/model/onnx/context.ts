@@ -3,7 +3,7 @@
 // checkpoint tensors [out, in] into MatMul operands [in, out] (optionally several fused along out).
 import type { Checkpoint } from '../checkpoint.ts';
 import type { ModelConfig } from '../config.ts';
-import type { GraphBuilder } from './graph-builder.ts';
+import type { GraphBuilder, WeightDtype } from './graph-builder.ts';
 
 export interface GraphOptions {
   /**
@@ -13,6 +13,8 @@ export interface GraphOptions {
   readonly fusedOps: boolean;
   /** Sub-chunk length C of the plain-op chunked GLA (tokens). */
   readonly glaSubChunk: number;
+  /** Storage of weight matrices (default float32); float16 for GPUs, cast to float32 in the graph. */
+  readonly weightDtype?: WeightDtype;
 }
 
 export interface GraphContext {

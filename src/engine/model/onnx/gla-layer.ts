@@ -25,13 +25,14 @@ export function glaMixer(ctx: GraphContext, layer: number, names: LayerTensorNam
       { name: names.qWeight, rows: H * d, scale },
       { name: names.kWeight, rows: Hkv * d },
       { name: names.vWeight, rows: Hkv * d },
-      { name: lowRank ? names.gk0Weight : names.gkWeight, rows: gateRows },
+      // Full-rank gate rows are negated (see `gate` below); the low-rank Wg1 is not (Wg2 is).
+      { name: lowRank ? names.gk0Weight : names.gkWeight, rows: gateRows, scale: lowRank ? 1 : -1 },
     ];
     const bParts: WeightPart[] = [
       { name: names.qBias, rows: H * d, scale },
       { name: names.kBias, rows: Hkv * d },
       { name: names.vBias, rows: Hkv * d },
-      lowRank ? { name: '', rows: gateRows, zeros: true } : { name: names.gkBias, rows: gateRows },
+      lowRank ? { name: '', rows: gateRows, zeros: true } : { name: names.gkBias, rows: gateRows, scale: -1 },
     ];
     const w = matmulWeight(ctx, `layers.${layer}.attn.qkvg.weight`, wParts, D);
     const b = vectorWeight(ctx, `layers.${layer}.attn.qkvg.bias`, bParts);
@@ -39,14 +40,15 @@ export function glaMixer(ctx: GraphContext, layer: number, names: LayerTensorNam
     const [qLin, kLin, v, gLin] = splitLast(ctx, proj, [H * d, Hkv * d, Hkv * d, gateRows]) as [string, string, string, string];
     const q = g.op('Relu', [qLin]); // [B, T, H·d], already times d^-½
     const k = g.op('Relu', [kLin]); // [B, T, Hkv·d]
-    let gateLogits = gLin;
+    // Gate logits are built negated, −z (the last linear map's weights and bias times −1), so that
+    // logsigmoid(z)/16 = −softplus(−z)/16 needs no Neg node. [B, T, Hkv·d], every entry ≤ 0.
+    let negLogits = gLin;
     if (lowRank) {
-      const w2 = matmulWeight(ctx, `layers.${layer}.attn.gk_proj.1.weight`, [{ name: names.gk1Weight, rows: Hkv * d }], GK_RANK);
-      const b2 = vectorWeight(ctx, `layers.${layer}.attn.gk_proj.1.bias`, [{ name: names.gk1Bias, rows: Hkv * d }]);
-      gateLogits = linear(ctx, gLin, w2, b2, 'gk_proj.1');
+      const w2 = matmulWeight(ctx, `layers.${layer}.attn.gk_proj.1.weight`, [{ name: names.gk1Weight, rows: Hkv * d, scale: -1 }], GK_RANK);
+      const b2 = vectorWeight(ctx, `layers.${layer}.attn.gk_proj.1.bias`, [{ name: names.gk1Bias, rows: Hkv * d, scale: -1 }]);
+      negLogits = linear(ctx, gLin, w2, b2, 'gk_proj.1');
     }
-    // logsigmoid(z)/16 = −softplus(−z)/16 (softplus is evaluated stably), [B, T, Hkv·d], every entry ≤ 0.
-    const gate = g.scope('gate', () => g.op('Mul', [g.op('Softplus', [g.op('Neg', [gateLogits])]), g.f32([-1 / 16], [])]));
+    const gate = g.scope('gate', () => g.op('Mul', [g.op('Softplus', [negLogits]), g.f32([-1 / 16], [])]));
 
     const s0 = g.input(stateIn(layer), DataType.FLOAT, ['batch', Hkv, d, d]);
     const [o, s1] = ctx.options.fusedOps ? fusedRecurrence(ctx, q, k, v, gate, s0) : chunkedRecurrence(ctx, q, k, v, gate, s0);

@@ -12,6 +12,10 @@ import {
   type NodeProto,
   type ValueInfoProto,
 } from './proto.ts';
+import { weightToFloat16 } from './precision.ts';
+
+/** Element type weight matrices are stored in (vectors stay float32); compute stays float32. */
+export type WeightDtype = 'float32' | 'float16';
 
 /** External data offsets are multiples of this (a page, so onnxruntime may map them). */
 export const EXTERNAL_ALIGN_BYTES = 4096;
@@ -31,11 +35,12 @@ export interface OpOptions {
 
 interface PendingWeight {
   readonly tensor: ExternalTensor;
-  readonly produce: () => Float32Array;
+  readonly produce: () => Float32Array | Uint16Array;
 }
 
 export class GraphBuilder {
   private readonly nodes: NodeProto[] = [];
+  private readonly aliases: [string, string][] = [];
   private readonly inlines: InlineTensor[] = [];
   private readonly weights: PendingWeight[] = [];
   private readonly inputs: ValueInfoProto[] = [];
@@ -45,7 +50,10 @@ export class GraphBuilder {
   private scopeStack: string[] = [];
   private dataBytes = 0;
 
-  constructor(readonly dataLocation: string) {}
+  constructor(
+    readonly dataLocation: string,
+    readonly weightDtype: WeightDtype = 'float32',
+  ) {}
 
   /** Runs `body` with node names prefixed by `/name`. */
   scope<R>(name: string, body: () => R): R {
@@ -70,13 +78,27 @@ export class GraphBuilder {
     return name;
   }
 
-  /** Declares `value` as a graph output named `name` (an Identity node renames it when needed). */
+  /**
+   * Declares `value` as a graph output named `name`. When the graph is finished the producing node's
+   * output is renamed (its consumers follow), so no Identity node runs; an Identity remains only for
+   * graph inputs, constants and values exported under two names.
+   */
   output(name: string, value: string, dataType: DataTypeCode, dims: readonly (number | string)[]): void {
-    if (value !== name) {
-      this.usedNames.add(name);
-      this.nodes.push({ opType: 'Identity', name: this.unique(`/outputs/${name}`), inputs: [value], outputs: [name], domain: '', attributes: new Map() });
-    }
+    this.usedNames.add(name);
     this.outputs.push({ name, dataType, dims });
+    if (value !== name) this.aliases.push([value, name]);
+  }
+
+  private resolvedNodes(): NodeProto[] {
+    let nodes = this.nodes;
+    const renames = new Map<string, string>();
+    for (const [value, name] of this.aliases) {
+      const produced = nodes.some((n) => n.outputs.includes(value));
+      if (produced && !renames.has(value)) renames.set(value, name);
+      else nodes = [...nodes, { opType: 'Identity', name: this.unique(`/outputs/${name}`), inputs: [renames.get(value) ?? value], outputs: [name], domain: '', attributes: new Map() }];
+    }
+    const rename = (xs: readonly string[]): string[] => xs.map((x) => renames.get(x) ?? x);
+    return nodes.map((n) => ({ ...n, inputs: rename(n.inputs), outputs: rename(n.outputs) }));
   }
 
   /** Adds a node; returns its output value names. An input '' is an omitted optional input. */
@@ -135,16 +157,22 @@ export class GraphBuilder {
     return this.inline(DataType.DOUBLE, dims, new Uint8Array(a.buffer), 'f64');
   }
 
-  /** A float32 weight stored externally; `produce` is called once, when the data file is written. */
+  /**
+   * A float32 weight stored externally; `produce` is called once, when the data file is written.
+   * With weightDtype 'float16', a matrix (rank ≥ 2) is stored as fp16 and a Cast makes the float32
+   * value returned here (see ./precision.ts).
+   */
   weight(name: string, dims: readonly number[], produce: () => Float32Array): string {
     if (this.usedNames.has(name)) throw new Error(`duplicate weight name ${name}`);
     this.usedNames.add(name);
-    const length = dims.reduce((a, b) => a * b, 1) * 4;
+    const half = this.weightDtype === 'float16' && dims.length >= 2;
+    const length = dims.reduce((a, b) => a * b, 1) * (half ? 2 : 4);
     const offset = Math.ceil(this.dataBytes / EXTERNAL_ALIGN_BYTES) * EXTERNAL_ALIGN_BYTES;
     this.dataBytes = offset + length;
-    const tensor: ExternalTensor = { kind: 'external', name, dataType: DataType.FLOAT, dims, location: this.dataLocation, offset, length };
-    this.weights.push({ tensor, produce });
-    return name;
+    const dataType = half ? DataType.FLOAT16 : DataType.FLOAT;
+    const tensor: ExternalTensor = { kind: 'external', name, dataType, dims, location: this.dataLocation, offset, length };
+    this.weights.push({ tensor, produce: half ? () => weightToFloat16(name, produce()) : produce });
+    return half ? this.op('Cast', [name], { to: int(DataType.FLOAT) }, { name: `Cast_${name}` }) : name;
   }
 
   get numWeights(): number {
@@ -163,7 +191,7 @@ export class GraphBuilder {
       opsets,
       graph: {
         name: graphName,
-        nodes: this.nodes,
+        nodes: this.resolvedNodes(),
         initializers: [...this.inlines, ...this.weights.map((w) => w.tensor)],
         inputs: this.inputs,
         outputs: this.outputs,

@@ -23,7 +23,7 @@ export interface BuiltGraph {
 export function buildModelGraph(ckpt: Checkpoint, options: GraphOptions): BuiltGraph {
   const config = ckpt.config;
   const { vocabSize: V, hiddenSize: D } = config;
-  const g = new GraphBuilder(EXTERNAL_DATA_FILE);
+  const g = new GraphBuilder(EXTERNAL_DATA_FILE, options.weightDtype);
 
   const ids = g.input(INPUT_IDS, DataType.INT32, ['batch', 'tokens']);
   const positions = g.input(POSITIONS, DataType.INT32, ['batch', 'tokens']);
