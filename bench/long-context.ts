@@ -17,11 +17,11 @@
 //     [--lengths 4K,4M --merge]    (re-run some lengths, keep the other rows of the existing JSON)
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { cpus, totalmem } from 'node:os';
+import { cpus, loadavg, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { COLORS, shortNumber, writePanelsPng, type Panel, type Series } from './plot.ts';
+import { COLORS, writePanelsPng, type Panel, type Series } from './plot.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const RESULTS_DIR = join(HERE, 'results');
@@ -60,6 +60,12 @@ export interface LengthResult {
   /** Prefill + picking the first token from the last chunk's logits, seconds. */
   readonly ttftSeconds: number;
   readonly prefillTokensPerSecond: number;
+  /**
+   * CPU seconds (user + system, all threads) the prefill used. On a shared machine, wall time counts
+   * other people's work; tokens per CPU-second is the steadier figure to compare lengths by.
+   */
+  readonly prefillCpuSeconds: number;
+  readonly prefillTokensPerCpuSecond: number;
   /** VmHWM at the end of the run, MiB. */
   readonly peakRssMiB: number;
   /** VmRSS after loading the model and one warm-up chunk, before the prompt, MiB. */
@@ -68,6 +74,9 @@ export interface LengthResult {
   /** Present when this length is a decode depth: tokens/s of single-sequence greedy decode after the prompt. */
   readonly decodeTokensPerSecond: number | null;
   readonly decodeTokens: number;
+  /** When it was measured, and the 1-minute load average then (this machine may be shared). */
+  readonly measuredAt: string;
+  readonly loadAverage1m: number;
   /** Inside this one run: seconds and RSS when the prefill passed each shorter benchmark length. */
   readonly timeline: readonly TimelinePoint[];
 }
@@ -75,6 +84,7 @@ export interface LengthResult {
 export interface TimelinePoint {
   readonly tokens: number;
   readonly seconds: number;
+  readonly cpuSeconds: number;
   readonly rssMiB: number;
 }
 
@@ -130,6 +140,11 @@ async function runChild(job: ChildJob): Promise<LengthResult> {
   const nextIds = tokenStream(job.seed, config.vocabSize);
   const seq = newSequence(model);
   const tStart = performance.now();
+  const cpuStart = process.cpuUsage();
+  const cpuSince = (): number => {
+    const u = process.cpuUsage(cpuStart);
+    return (u.user + u.system) / 1e6;
+  };
   let logits: Float32Array = new Float32Array(0);
   let lastReport = tStart;
   const timeline: TimelinePoint[] = [];
@@ -139,7 +154,7 @@ async function runChild(job: ChildJob): Promise<LengthResult> {
     logits = await stepSequences(model, [seq], [ids], false);
     const processed = start + ids.length;
     while (marks[0] !== undefined && processed >= marks[0]) {
-      timeline.push({ tokens: marks.shift() ?? processed, seconds: (performance.now() - tStart) / 1000, rssMiB: procStatusMiB('VmRSS') });
+      timeline.push({ tokens: marks.shift() ?? processed, seconds: (performance.now() - tStart) / 1000, cpuSeconds: cpuSince(), rssMiB: procStatusMiB('VmRSS') });
     }
     if (performance.now() - lastReport > 30_000) {
       lastReport = performance.now();
@@ -148,6 +163,7 @@ async function runChild(job: ChildJob): Promise<LengthResult> {
     }
   }
   const tPrefilled = performance.now();
+  const prefillCpuSeconds = cpuSince();
   let token = argmax(logits);
   const tFirst = performance.now();
 
@@ -166,11 +182,15 @@ async function runChild(job: ChildJob): Promise<LengthResult> {
     prefillSeconds,
     ttftSeconds: (tFirst - tStart) / 1000,
     prefillTokensPerSecond: job.promptTokens / prefillSeconds,
+    prefillCpuSeconds,
+    prefillTokensPerCpuSecond: job.promptTokens / prefillCpuSeconds,
     peakRssMiB: procStatusMiB('VmHWM'),
     rssAfterLoadMiB,
     modelLoadSeconds,
     decodeTokensPerSecond,
     decodeTokens: job.decodeTokens,
+    measuredAt: new Date().toISOString(),
+    loadAverage1m: loadavg()[0] ?? Number.NaN,
     timeline,
   };
   await model.close();
@@ -273,23 +293,38 @@ function acceptance(hybrid: readonly LengthResult[], full: readonly LengthResult
   const out: Record<string, unknown> = {};
   if (h4k !== undefined && hMax !== undefined && hMax.promptTokens > 4096) {
     const ratio = hMax.prefillTokensPerSecond / h4k.prefillTokensPerSecond;
-    out['prefillThroughputRatio'] = { longTokens: hMax.promptTokens, ratioOver4K: ratio, required: 0.9, pass: ratio >= 0.9 };
+    out['prefillThroughputRatio'] = {
+      longTokens: hMax.promptTokens,
+      ratioOver4K: ratio,
+      required: 0.9,
+      pass: ratio >= 0.9,
+      perCpuSecondRatioOver4K: hMax.prefillTokensPerCpuSecond / h4k.prefillTokensPerCpuSecond,
+    };
     const grow = hMax.peakRssMiB - h4k.peakRssMiB;
     out['peakRssGrowthMiB'] = { longTokens: hMax.promptTokens, overFrom4K: grow, limit: 64, pass: grow <= 64 };
   }
   if (hMax !== undefined && hMax.timeline.length > 0) {
     // The same ratio inside the longest run (one process, one stretch of machine load): rate of each
     // segment between benchmark lengths, first 4K tokens against the last segment.
-    const marks = [{ tokens: 0, seconds: 0 }, ...hMax.timeline, { tokens: hMax.promptTokens, seconds: hMax.prefillSeconds }];
+    const start = { tokens: 0, seconds: 0, cpuSeconds: 0 };
+    const marks = [start, ...hMax.timeline, { tokens: hMax.promptTokens, seconds: hMax.prefillSeconds, cpuSeconds: hMax.prefillCpuSeconds }];
     const segments = marks.slice(1).map((m, i) => {
-      const prev = marks[i] ?? { tokens: 0, seconds: 0 };
-      return { fromTokens: prev.tokens, toTokens: m.tokens, tokensPerSecond: (m.tokens - prev.tokens) / (m.seconds - prev.seconds) };
+      const prev = marks[i] ?? start;
+      return {
+        fromTokens: prev.tokens,
+        toTokens: m.tokens,
+        tokensPerSecond: (m.tokens - prev.tokens) / (m.seconds - prev.seconds),
+        tokensPerCpuSecond: (m.tokens - prev.tokens) / (m.cpuSeconds - prev.cpuSeconds),
+      };
     });
     const first4K = hMax.timeline.find((m) => m.tokens === 4096);
     const last = segments.at(-1);
     out['inRunPrefillSegments'] = segments;
     if (first4K !== undefined && last !== undefined) {
-      out['inRunLastSegmentOverFirst4K'] = last.tokensPerSecond / (4096 / first4K.seconds);
+      out['inRunLastSegmentOverFirst4K'] = {
+        wall: last.tokensPerSecond / (4096 / first4K.seconds),
+        cpu: last.tokensPerCpuSecond / (4096 / first4K.cpuSeconds),
+      };
     }
   }
   const both = full.filter((f) => at(f.promptTokens) !== undefined).sort((x, y) => y.promptTokens - x.promptTokens)[0];
@@ -308,7 +343,7 @@ function printTable(r: Report): void {
   const lengths = [...new Set([...r.hybrid, ...r.full].map((x) => x.promptTokens))].sort((a, b) => a - b);
   const f = (v: number | undefined, d = 2): string => (v === undefined || !Number.isFinite(v) ? '-' : v.toFixed(d));
   console.log(`\nchunk ${r.chunkTokens} tokens; ${r.machine.cpus} CPUs (${r.machine.cpuModel ?? '?'}); node ${r.machine.node}`);
-  console.log('length   hyb TTFT s  hyb tok/s  hyb RSS MiB  full TTFT s  full RSS MiB  full/hyb TTFT  hyb dec tok/s  full dec tok/s');
+  console.log('length   hyb TTFT s  hyb tok/s  hyb RSS MiB  full TTFT s  full RSS MiB  full/hyb TTFT  hyb dec tok/s  full dec tok/s  load h/f');
   for (const n of lengths) {
     const h = r.hybrid.find((x) => x.promptTokens === n);
     const fu = r.full.find((x) => x.promptTokens === n);
@@ -319,10 +354,11 @@ function printTable(r: Report): void {
     console.log(
       `${label(n).padEnd(7)}  ${f(h?.ttftSeconds).padStart(10)}  ${f(h?.prefillTokensPerSecond, 0).padStart(9)}  ${f(h?.peakRssMiB, 1).padStart(11)}  ` +
         `${fullTtft.padStart(11)}  ${f(fu?.peakRssMiB, 1).padStart(12)}  ${ratio.padStart(13)}  ` +
-        `${f(h?.decodeTokensPerSecond ?? undefined, 1).padStart(13)}  ${f(fu?.decodeTokensPerSecond ?? undefined, 1).padStart(14)}`,
+        `${f(h?.decodeTokensPerSecond ?? undefined, 1).padStart(13)}  ${f(fu?.decodeTokensPerSecond ?? undefined, 1).padStart(14)}  ` +
+        `${f(h?.loadAverage1m, 1)}/${f(fu?.loadAverage1m, 1)}`,
     );
   }
-  console.log('(~ = extrapolated from the quadratic fit of full attention)');
+  console.log('(~ = extrapolated from the quadratic fit of full attention; load = 1-min load average at the end of each run)');
   console.log('acceptance:', JSON.stringify(r.acceptance, null, 2));
 }
 
@@ -406,6 +442,30 @@ async function main(): Promise<void> {
   const previous: Report | null = args.merge && existsSync(args.out) ? (JSON.parse(readFileSync(args.out, 'utf8')) as Report) : null;
   const rows: Record<ModelKind, LengthResult[]> = { hybrid: [...(previous?.hybrid ?? [])], full: [...(previous?.full ?? [])] };
 
+  // Written after every length, so a long sweep stopped half-way keeps what it measured.
+  const save = (): Report => {
+    const fullFit = fitTtft(rows.full.map((x) => [x.promptTokens, x.ttftSeconds]), true);
+    const fullMax = Math.max(0, ...rows.full.map((x) => x.promptTokens));
+    const allLengths = [...new Set([...DEFAULT_LENGTHS, ...rows.hybrid.map((x) => x.promptTokens)])].sort((a, b) => a - b);
+    const report: Report = {
+      date: new Date().toISOString(),
+      machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? null, totalMemGiB: totalmem() / 2 ** 30, node: process.version },
+      configs: { hybrid: benchConfig('hybrid'), full: benchConfig('full') },
+      chunkTokens,
+      timeBudgetSeconds: budgetSeconds,
+      hybrid: rows.hybrid,
+      full: rows.full,
+      fits: { hybridLinear: fitTtft(rows.hybrid.map((x) => [x.promptTokens, x.ttftSeconds]), false), fullQuadratic: fullFit },
+      fullExtrapolated:
+        fullFit === null ? [] : allLengths.filter((n) => n > fullMax).map((n) => ({ promptTokens: n, ttftSeconds: predict(fullFit, n) })),
+      acceptance: acceptance(rows.hybrid, rows.full),
+    };
+    mkdirSync(dirname(args.out), { recursive: true });
+    writeFileSync(args.out, JSON.stringify(report, null, 2) + '\n');
+    plot(report, args.png);
+    return report;
+  };
+
   for (const kind of kinds) {
     const cap = kind === 'hybrid' ? maxTokens : fullMaxTokens;
     let spentSeconds = 0;
@@ -425,30 +485,13 @@ async function main(): Promise<void> {
       spentSeconds += r.ttftSeconds;
       done.push([n, r.ttftSeconds]);
       rows[kind] = rows[kind].filter((x) => x.promptTokens !== n).concat(r).sort((a, b) => a.promptTokens - b.promptTokens);
+      save();
     }
   }
 
-  const fullFit = fitTtft(rows.full.map((x) => [x.promptTokens, x.ttftSeconds]), true);
-  const fullMax = Math.max(0, ...rows.full.map((x) => x.promptTokens));
-  const allLengths = [...new Set([...DEFAULT_LENGTHS, ...rows.hybrid.map((x) => x.promptTokens)])].sort((a, b) => a - b);
-  const report: Report = {
-    date: new Date().toISOString(),
-    machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? null, totalMemGiB: totalmem() / 2 ** 30, node: process.version },
-    configs: { hybrid: benchConfig('hybrid'), full: benchConfig('full') },
-    chunkTokens,
-    timeBudgetSeconds: budgetSeconds,
-    hybrid: rows.hybrid,
-    full: rows.full,
-    fits: { hybridLinear: fitTtft(rows.hybrid.map((x) => [x.promptTokens, x.ttftSeconds]), false), fullQuadratic: fullFit },
-    fullExtrapolated:
-      fullFit === null ? [] : allLengths.filter((n) => n > fullMax).map((n) => ({ promptTokens: n, ttftSeconds: predict(fullFit, n) })),
-    acceptance: acceptance(rows.hybrid, rows.full),
-  };
+  const report = save();
   printTable(report);
-  mkdirSync(dirname(args.out), { recursive: true });
-  writeFileSync(args.out, JSON.stringify(report, null, 2) + '\n');
-  plot(report, args.png);
-  console.log(`wrote ${args.out} and ${args.png}; ${shortNumber(report.hybrid.length + report.full.length)} runs`);
+  console.log(`wrote ${args.out} and ${args.png}; ${report.hybrid.length + report.full.length} runs`);
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) await main();
