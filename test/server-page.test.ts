@@ -46,7 +46,12 @@ describe.skipIf(!haveChromium)('chat page in headless Chromium', () => {
     await page.fill('#temperature', '0');
     await page.fill('#input', 'Hello from the browser');
     await page.click('#send');
-    await page.waitForSelector('.msg.assistant[data-state="done"]');
+    const consoleLines: string[] = [];
+    page.on('console', (m) => consoleLines.push(m.text()));
+    page.on('pageerror', (e) => consoleLines.push(String(e)));
+    await page.waitForSelector('.msg.assistant[data-state="done"]', { timeout: 60_000 }).catch(async (err: unknown) => {
+      throw new Error(`no reply: ${String(err)}; page: ${await page.textContent('main')}; console: ${consoleLines.join(' | ')}`);
+    });
     const reply = await page.textContent('.msg.assistant');
     expect(reply?.length ?? 0).toBeGreaterThan(0);
     expect(await page.textContent('.msg.user')).toBe('Hello from the browser');
