@@ -136,6 +136,20 @@ async function scrapeTtft(): Promise<HistogramSnapshot | null> {
   }
 }
 
+/** Waits (up to 60 s) until the server reports no running or waiting request, so levels do not overlap. */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 120; i++) {
+    try {
+      const text = await (await fetch(new URL('/metrics', base))).text();
+      const busy = /^spikeserve:num_requests_(running|waiting)\{[^}]*\} ([0-9.e+]+)$/gm;
+      if ([...text.matchAll(busy)].every((m) => Number(m[2]) === 0)) return;
+    } catch {
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
 async function modelId(): Promise<string> {
   const res = await fetch(new URL('/v1/models', base), { headers });
   if (!res.ok) throw new Error(`GET /v1/models: HTTP ${res.status}`);
@@ -212,6 +226,7 @@ async function main(): Promise<void> {
   console.log(`model ${model}; idle streaming TTFT probe: ${fmt(idleTtftSeconds)} s`);
   const results: LevelResult[] = [];
   for (const connections of levels) {
+    await settle();
     const before = await scrapeTtft();
     const r = await runLevel(model, connections);
     const after = await scrapeTtft();
