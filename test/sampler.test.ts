@@ -224,7 +224,7 @@ describe('SequenceSampler', () => {
     });
   }
 
-  it('top-p over a large flat vocabulary (candidate set must grow past 64) matches the reference', () => {
+  it('top-p over a large flat vocabulary (nucleus far beyond 64 tokens) matches the reference', () => {
     const draws = 5000;
     const logits = fakeLogits(2000, 1, 21); // nearly flat: top-p 0.5 needs ~900 tokens
     const p = params({ topP: 0.5, seed: 5 });
@@ -240,6 +240,23 @@ describe('SequenceSampler', () => {
       const pd = ids.reduce((s, i) => s + (ref[i] as number), 0);
       const fd = ids.reduce((s, i) => s + (freq[i] as number), 0);
       expect(Math.abs(fd - pd)).toBeLessThanOrEqual(5 * Math.sqrt((pd * (1 - pd)) / draws) + 0.002);
+    }
+  });
+
+  it('top-p over exactly tied logits keeps the lowest ids (the crossing histogram bin is sorted)', () => {
+    const logits = new Array<number>(1000).fill(0.25);
+    const p = params({ topP: 0.5, seed: 6 });
+    const ref = referenceDistribution(logits, p);
+    expect(ref.filter((x) => x > 0).length).toBe(500);
+    expectMatches(empirical(logits, p, 5000), ref, 5000);
+  });
+
+  it('top-p + min-p on a wide, peaked vocabulary (histogram path) matches the reference', () => {
+    const logits = fakeLogits(4000, 1, 4).map((l, i) => (i % 97 === 0 ? l + 4 : l));
+    for (const p of [params({ topP: 0.8, seed: 12 }), params({ topP: 0.95, minP: 0.02, temperature: 1.3, seed: 13 })]) {
+      const ref = referenceDistribution(logits, p);
+      expect(ref.filter((x) => x > 0).length).toBeGreaterThan(64);
+      expectMatches(empirical(logits, p, 5000), ref, 5000);
     }
   });
 

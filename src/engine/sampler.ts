@@ -18,10 +18,11 @@
 // The order top-k → top-p → min-p is Hugging Face's; vLLM v1 applies min-p before top-k/top-p, which
 // only differs when both top-p and min-p are set.
 //
-// Cost per call: O(V) passes plus O(V log m) selection of the m best tokens, where m is k (top-k), or a
-// candidate count that grows ×4 from 64 until it holds top_p of the mass (top-p without top-k), or the
-// logprobs count. The vocabulary is never fully sorted unless top-p needs the whole of it. Scratch of
-// size V is allocated on the first call and reused.
+// Cost per call: a few O(V) passes plus O(V log m) heap selection of the m best tokens, m = k
+// (top-k), 64 (top-p without top-k, enough for a peaked distribution; otherwise a histogram of the
+// tokens' distance from the best logit finds the nucleus in O(V) and sorts only the bin where the mass
+// crosses top_p), or the logprobs count. The vocabulary is never fully sorted. Scratch of size V is
+// allocated on the first call and reused.
 
 import type { SamplingParams, TopLogprob } from './types.ts';
 
@@ -37,6 +38,9 @@ export interface SampledToken {
 const GREEDY_TEMPERATURE = 1e-5;
 /** First candidate-set size tried by top-p when top-k does not bound it. */
 const TOP_P_FIRST_CANDIDATES = 64;
+/** Histogram nucleus: bins over −ln p_rel ∈ [0, 40) (p_rel > 4e-18), the last bin takes the rest. */
+const NUCLEUS_BINS = 2048;
+const NUCLEUS_KEY_RANGE = 40;
 
 export class SequenceSampler {
   private readonly params: SamplingParams;
@@ -55,6 +59,7 @@ export class SequenceSampler {
   private logprobScratch: Float32Array | null = null; // [V]
   private weightScratch: Float64Array | null = null; // [V] exp(l − max)
   private indexScratch: Int32Array | null = null; // [V] candidate ids
+  private binMassScratch: Float64Array | null = null; // [NUCLEUS_BINS]
 
   constructor(params: SamplingParams, promptTokenIds: readonly number[], eosTokenIds: readonly number[]) {
     this.params = params;
@@ -174,24 +179,14 @@ export class SequenceSampler {
     }
     if (useTopP) {
       const target = p.topP * totalWeight;
-      let limit = topK > 0 ? count : Math.min(TOP_P_FIRST_CANDIDATES, vocabSize);
-      for (;;) {
-        if (topK === 0) count = selectBest(weights, limit, index);
-        let cumulative = 0;
-        let kept = -1;
-        for (let i = 0; i < count; i++) {
-          cumulative += weights[index[i] as number] as number;
-          if (cumulative >= target) {
-            kept = i + 1;
-            break;
-          }
-        }
-        if (kept > 0) {
-          count = kept;
-          break;
-        }
-        if (topK > 0 || limit >= vocabSize) break; // rounding: keep everything selected
-        limit = Math.min(vocabSize, limit * 4);
+      if (topK > 0) {
+        count = nucleusPrefix(weights, index, count, target);
+      } else {
+        // Peaked distributions: the best 64 usually hold top_p of the mass. Otherwise one histogram pass.
+        count = selectBest(weights, Math.min(TOP_P_FIRST_CANDIDATES, vocabSize), index);
+        const kept = nucleusPrefix(weights, index, count, target);
+        count = kept < count || kept === vocabSize ? kept : this.nucleusByHistogram(logits, maxLogit, invT, target);
+        if (count < 0) count = selectBest(weights, vocabSize, index); // rounding left target unreached
       }
       allTokens = false;
     }
@@ -214,6 +209,44 @@ export class SequenceSampler {
     // One draw ∝ weight over the candidates.
     if (allTokens) return drawFrom(weights, null, vocabSize, this.rng.nextDouble());
     return drawFrom(weights, index, count, this.rng.nextDouble());
+  }
+
+  /**
+   * Top-p without top-k when the 64 best tokens are not enough: bucket tokens by their distance from
+   * the best logit, key = (max l − l)/T = −ln w, in NUCLEUS_BINS equal bins over [0, NUCLEUS_KEY_RANGE)
+   * (the last bin takes the rest). Whole bins are kept, best first, until the one where the mass
+   * crosses the target; only that bin is sorted. O(V) plus one bin's sort; the kept set is the same
+   * sorted prefix a full sort gives. Writes the (unordered) candidates to indexScratch; returns their
+   * count, or −1 if rounding left the target unreached.
+   */
+  private nucleusByHistogram(logits: Float32Array, maxLogit: number, invT: number, target: number): number {
+    const weights = this.weightScratch as Float64Array;
+    const index = this.indexScratch as Int32Array;
+    const binMass = (this.binMassScratch ??= new Float64Array(NUCLEUS_BINS));
+    binMass.fill(0);
+    const binOf = (l: number): number => Math.min(NUCLEUS_BINS - 1, Math.floor((maxLogit - l) * invT * (NUCLEUS_BINS / NUCLEUS_KEY_RANGE)));
+    for (let t = 0; t < logits.length; t++) {
+      const b = binOf(logits[t] as number);
+      binMass[b] = (binMass[b] as number) + (weights[t] as number);
+    }
+    let massAbove = 0;
+    let crossing = 0;
+    while (crossing < NUCLEUS_BINS - 1 && massAbove + (binMass[crossing] as number) < target) {
+      massAbove += binMass[crossing] as number;
+      crossing++;
+    }
+    // Tokens of the bins above the crossing bin first, then the crossing bin's tokens, sorted.
+    let count = 0;
+    for (let t = 0; t < logits.length; t++) if (binOf(logits[t] as number) < crossing) index[count++] = t;
+    const tailStart = count;
+    for (let t = 0; t < logits.length; t++) if (binOf(logits[t] as number) === crossing) index[count++] = t;
+    index.subarray(tailStart, count).sort((a, b) => (weights[b] as number) - (weights[a] as number) || a - b);
+    let cumulative = massAbove;
+    for (let i = tailStart; i < count; i++) {
+      cumulative += weights[index[i] as number] as number;
+      if (cumulative >= target) return i + 1;
+    }
+    return -1;
   }
 }
 
@@ -244,6 +277,16 @@ export function topLogprobs(logprobs: Float32Array, k: number): TopLogprob[] {
     top.push({ tokenId, logprob: logprobs[tokenId] as number });
   }
   return top;
+}
+
+/** Length of the shortest prefix of the sorted candidates whose weight reaches target (all if none). */
+function nucleusPrefix(weights: Float64Array, index: Int32Array, count: number, target: number): number {
+  let cumulative = 0;
+  for (let i = 0; i < count; i++) {
+    cumulative += weights[index[i] as number] as number;
+    if (cumulative >= target) return i + 1;
+  }
+  return count;
 }
 
 /** argmax, ties → lowest id. */
