@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { FLAGS, envName } from '../src/server/config.ts';
+import { METRIC_PREFIX, ServerMetrics } from '../src/server/metrics.ts';
 import { schemaErrors } from './helpers/json-schema.ts';
 import { parseYamlSubset, YamlSubsetError, type YamlValue } from './helpers/yaml-subset.ts';
 
@@ -522,6 +523,17 @@ function dashboardMetrics(dashboard: Dashboard): { used: Set<string>; errors: st
 
 describe('Grafana dashboard', () => {
   const dashboard = JSON.parse(read('deploy/grafana/spikeserve-dashboard.json')) as Dashboard;
+
+  it('the metric list checked here is what the server registers', async () => {
+    const registry = new ServerMetrics('m', { collectDefault: false }).registry;
+    const registered = (await registry.getMetricsAsJSON()).map((m) => `${m.name.slice(METRIC_PREFIX.length)} ${String(m.type)}`);
+    const listed = [
+      ...HISTOGRAMS.map((n) => `${n} histogram`),
+      ...GAUGES.map((n) => `${n} gauge`),
+      ...COUNTERS.map((n) => `${n} counter`),
+    ];
+    expect(registered.sort()).toEqual(listed.sort());
+  });
 
   it('queries only spikeserve metrics, through the datasource and model_name variables', () => {
     expect(dashboardMetrics(dashboard).errors).toEqual([]);
