@@ -6,6 +6,7 @@ import { BlockPool } from '../src/cache/block-pool.ts';
 import { PagedKvManager } from '../src/cache/paged-kv.ts';
 import { StateSlots } from '../src/cache/state-slots.ts';
 import { CacheManager, type CacheSpec } from '../src/cache/cache-manager.ts';
+import { prefixKeys } from '../src/cache/prefix-cache.ts';
 
 type Op =
   | { kind: 'admit'; totalTokens: number }
@@ -48,7 +49,7 @@ function runWorkload(spec: CacheSpec, opts: { kvPages: number; pageTokens: numbe
     if (op.kind === 'admit') {
       const id = `s${nextId++}`;
       const could = cache.canAdmit(op.totalTokens);
-      expect(cache.admit(id, op.totalTokens)).toBe(could);
+      expect(cache.admit(id, op.totalTokens) !== null).toBe(could);
       if (could) live.set(id, { next: 0, total: op.totalTokens });
     } else if (ids.length > 0) {
       const id = ids[op.who % ids.length]!;
@@ -174,10 +175,10 @@ describe('CacheManager under random workloads', () => {
   it('pure GLA models need no pages', () => {
     const cache = new CacheManager({ ...swa, numAttnLayers: 0 }, { maxNumSeqs: 2, maxChunkTokens: 8 });
     expect(cache.pool.numPages).toBe(0);
-    expect(cache.admit('a', 1_000_000)).toBe(true);
+    expect(cache.admit('a', 1_000_000)).toBe(0);
     cache.append('a', 0, 8);
-    expect(cache.admit('b', 5)).toBe(true);
-    expect(cache.admit('c', 5)).toBe(false); // slots exhausted
+    expect(cache.admit('b', 5)).toBe(0);
+    expect(cache.admit('c', 5)).toBeNull(); // slots exhausted
     cache.free('a');
     cache.free('b');
     expect(cache.usage().slotsUsed).toBe(0);
@@ -192,10 +193,10 @@ describe('full attention refusal', () => {
     expect(cache.maxTokensPerSequence).toBe(32);
     expect(cache.canEverFit(33)).toBe(false);
     expect(cache.canEverFit(32)).toBe(true);
-    expect(cache.admit('a', 24)).toBe(true);
+    expect(cache.admit('a', 24)).toBe(0);
     expect(cache.canAdmit(9)).toBe(false);
-    expect(cache.admit('b', 8)).toBe(true);
-    expect(cache.admit('c', 1)).toBe(false);
+    expect(cache.admit('b', 8)).toBe(0);
+    expect(cache.admit('c', 1)).toBeNull();
     for (let p = 0; p < 24; p += 8) cache.append('a', p, 8);
     // Growing past the reservation is refused.
     expect(cache.canAppend('a', 24, 1)).toBe(false);
@@ -216,5 +217,128 @@ describe('full attention refusal', () => {
     expect(kv.table('b')).toBeUndefined();
     kv.free('a');
     expect(pool.numFree).toBe(3);
+  });
+});
+
+describe('prefix snapshots', () => {
+  type PrefixOp =
+    | { kind: 'admit'; family: number; length: number; extra: number }
+    | { kind: 'advance'; who: number; tokens: number }
+    | { kind: 'free'; who: number };
+  const prefixOpArb: fc.Arbitrary<PrefixOp> = fc.oneof(
+    fc.record({ kind: fc.constant('admit' as const), family: fc.nat(2), length: fc.integer({ min: 1, max: 200 }), extra: fc.integer({ min: 1, max: 20 }) }),
+    fc.record({ kind: fc.constant('advance' as const), who: fc.nat(20), tokens: fc.integer({ min: 1, max: 24 }) }),
+    fc.record({ kind: fc.constant('free' as const), who: fc.nat(20) }),
+  );
+  // Token ids of family f: the first token is f, so families never share a prefix.
+  const familyTokens = (f: number, n: number): number[] => Array.from({ length: n }, (_, i) => (i === 0 ? f : (f * 7919 + i * 104729) % 1000));
+  // What the "model" writes: state = tokens computed + 1000·family; key at position p = p + 1e6·family.
+  const stateValue = (f: number, n: number): number => n + 1000 * f;
+  const keyValue = (f: number, p: number): number => p + 1e6 * f;
+
+  for (const windowTokens of [24, null]) {
+    it(`share pages by reference count, restore exactly what was stored, and free everything (W = ${windowTokens})`, () => {
+      let totalHits = 0;
+      fc.assert(
+        fc.property(fc.integer({ min: 2, max: 8 }), fc.integer({ min: 8, max: 60 }), fc.array(prefixOpArb, { maxLength: 80 }), (P, kvPages, ops) => {
+          const spec: CacheSpec = { numAttnLayers: 1, numGlaLayers: 1, numKvHeads: 1, headDim: 1, windowTokens };
+          const C = 24;
+          const cache = new CacheManager(spec, { kvPages, pageTokens: P, maxNumSeqs: 3, maxChunkTokens: C, prefixCacheBytes: 40 * 4 * P });
+          const prefix = cache.prefix!;
+          const live = new Map<string, { family: number; tokens: number[]; keys: string[]; next: number; total: number }>();
+          let nextId = 0;
+          let hits = 0;
+          for (const op of ops) {
+            const ids = [...live.keys()];
+            if (op.kind === 'admit') {
+              const id = `s${nextId++}`;
+              const tokens = familyTokens(op.family, op.length);
+              const keys = prefixKeys(tokens, P);
+              const total = op.length + op.extra;
+              const restored = cache.admit(id, total, keys);
+              if (restored === null) continue;
+              expect(restored % P).toBe(0);
+              expect(restored).toBeLessThan(op.length);
+              live.set(id, { family: op.family, tokens, keys, next: restored, total });
+              if (restored > 0) {
+                hits++;
+                // States and window keys are exactly those of the stored prefix.
+                expect(cache.slots.state(0, cache.slotOf(id))[0]).toBe(stateValue(op.family, restored));
+                const table = cache.tableOf(id)!;
+                for (let p = Math.max(0, restored - (windowTokens ?? restored)); p < restored; p++) {
+                  const page = table.pages[Math.floor(p / P) - table.firstPage]!;
+                  expect(cache.pool.slab(page, 0, 0, 0)[p % P]).toBe(keyValue(op.family, p));
+                }
+              }
+            } else if (ids.length > 0) {
+              const id = ids[op.who % ids.length]!;
+              const seq = live.get(id)!;
+              if (op.kind === 'free') {
+                cache.free(id);
+                live.delete(id);
+              } else {
+                // Chunks stop at page boundaries inside the prompt, where snapshots may be taken.
+                let n = Math.min(op.tokens, seq.total - seq.next);
+                const boundary = (Math.floor(seq.next / P) + 1) * P;
+                if (boundary <= seq.keys.length * P) n = Math.min(n, boundary - seq.next);
+                if (n <= 0) continue;
+                cache.append(id, seq.next, n);
+                const table = cache.tableOf(id)!;
+                for (let p = seq.next; p < seq.next + n; p++) {
+                  const page = table.pages[Math.floor(p / P) - table.firstPage]!;
+                  cache.pool.slab(page, 0, 0, 0)[p % P] = keyValue(seq.family, p);
+                }
+                seq.next += n;
+                cache.slots.state(0, cache.slotOf(id)).fill(stateValue(seq.family, seq.next));
+                if (seq.next % P === 0 && seq.next <= seq.keys.length * P) cache.snapshot(id, seq.keys[seq.next / P - 1]!, seq.next);
+                if (windowTokens !== null) expect(table.pages.length).toBeLessThanOrEqual(PagedKvManager.maxPagesSwa(windowTokens, C, P));
+              }
+            }
+            // Every page in use is referenced exactly by its holders: tables plus snapshots.
+            const holders = new Map<number, number>();
+            for (const id of live.keys()) for (const page of cache.tableOf(id)?.pages ?? []) holders.set(page, (holders.get(page) ?? 0) + 1);
+            for (let page = 0; page < cache.pool.numPages; page++) {
+              expect(cache.pool.refCount(page)).toBe((holders.get(page) ?? 0) + prefix.refsOf(page));
+            }
+            expect(cache.usage().pagesReserved + prefix.numPages).toBeLessThanOrEqual(cache.pool.numPages);
+            expect(prefix.bytes).toBeLessThanOrEqual(prefix.maxBytes);
+          }
+          for (const id of [...live.keys()]) cache.free(id);
+          expect(cache.usage().pagesUsed).toBe(0);
+          expect(cache.usage().slotsUsed).toBe(0);
+          prefix.clear();
+          expect(cache.pool.numFree).toBe(cache.pool.numPages);
+          expect(prefix.bytes).toBe(0);
+          totalHits += hits;
+        }),
+        { numRuns: 200 },
+      );
+      expect(totalHits).toBeGreaterThan(0); // the workloads did resume from snapshots
+    });
+  }
+
+  it('a resumed prefix is found again after more tokens, and evicted LRU under byte pressure', () => {
+    const spec: CacheSpec = { numAttnLayers: 1, numGlaLayers: 1, numKvHeads: 1, headDim: 1, windowTokens: 4 };
+    const P = 4;
+    const cache = new CacheManager(spec, { kvPages: 40, pageTokens: P, maxNumSeqs: 2, maxChunkTokens: 4, prefixCacheBytes: 3 * (4 + 2 * 4 * P) }); // 3 snapshots of 1 state + 1 page
+    const run = (id: string, tokens: number[]): number => {
+      const keys = prefixKeys(tokens, P);
+      let next = cache.admit(id, tokens.length + 1, keys)!;
+      const restored = next;
+      while (next < tokens.length) {
+        const n = Math.min(4, tokens.length - next);
+        cache.append(id, next, n);
+        next += n;
+        if (next % P === 0 && next <= keys.length * P) cache.snapshot(id, keys[next / P - 1]!, next);
+      }
+      cache.free(id);
+      return restored;
+    };
+    const doc = Array.from({ length: 21 }, (_, i) => i + 1);
+    expect(run('a', doc)).toBe(0);
+    expect(cache.prefix!.size).toBe(3); // byte bound: 3 of the 5 boundaries (oldest evicted)
+    expect(run('b', doc)).toBe(20);
+    expect(run('c', [...doc, 99, 98, 97, 96])).toBe(20);
+    expect(run('d', [...doc.slice(0, 5), 50, 51])).toBe(0); // 4 tokens: its snapshot was evicted
   });
 });

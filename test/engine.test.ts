@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Engine, type EngineOptions } from '../src/engine/engine.ts';
-import { QueueFullError, RequestRejectedError } from '../src/engine/errors.ts';
+import { EngineUnavailableError, ModelLoadError, QueueFullError, RequestRejectedError } from '../src/engine/errors.ts';
 import type { EngineStats, GenerateRequest, SamplingParams, TokenEvent } from '../src/engine/types.ts';
 import { makeRandomTinyCheckpoint, type TinyCheckpoint, type TinyCheckpointOptions } from './helpers/checkpoint-writer.ts';
 import { ReferenceSession } from './helpers/reference-forward.ts';
@@ -102,6 +102,27 @@ describe('Engine on a tiny hybrid model (W = 8, pages of 4 tokens)', () => {
     for (let i = 0; i < reqs.length; i++) expect(alone[i]).toHaveLength(reqs[i]!.max);
   });
 
+  it('resumes from a prefix snapshot: cachedTokens > 0 and the same tokens as the reference', async () => {
+    const doc = prompt(150, 50, V); // seed not used by other tests: no shared prefix
+    const first = await collect(engine, request(doc, greedy(6)));
+    expect(lastDone(first.events).cachedTokens).toBe(0);
+    const again = await collect(engine, request(doc, greedy(6)));
+    expect(lastDone(again.events).cachedTokens).toBe(148); // last whole page before the final token
+    expect(again.tokens).toEqual(first.tokens);
+    // A longer conversation over the same document resumes from it too.
+    const turn = [...doc, ...first.tokens, ...prompt(37, 51, V)];
+    const next = await collect(engine, request(turn, greedy(8)));
+    expect(lastDone(next.events).cachedTokens).toBe(148);
+    const ref = new ReferenceSession(openCheckpoint(ckpt.dir));
+    let logits = new Float64Array(0);
+    for (const t of turn) logits = ref.step(t);
+    for (const t of next.tokens) {
+      expect(Math.max(...logits) - logits[t]!).toBeLessThan(1e-3);
+      logits = ref.step(t);
+    }
+    expect(engine.stats().prefixCacheBytes).toBeGreaterThan(0);
+  });
+
   it('stops on a stop token without emitting it and counts it as generated', async () => {
     const p = prompt(20, 9, V);
     const { tokens } = await collect(engine, request(p, greedy(6)));
@@ -172,6 +193,22 @@ describe('Engine on a tiny hybrid model (W = 8, pages of 4 tokens)', () => {
     await expect(tooLong.next()).rejects.toBeInstanceOf(RequestRejectedError);
     const badToken = engine.generate(request([1, 2, V], greedy(1)));
     await expect(badToken.next()).rejects.toThrow(/vocabulary/);
+  });
+});
+
+describe('Engine lifecycle', () => {
+  it('rejects start with ModelLoadError for a directory without a checkpoint', async () => {
+    await expect(Engine.start({ modelDir: join(tmp, 'nothing-here'), cacheDir: join(tmp, 'built') })).rejects.toBeInstanceOf(ModelLoadError);
+  });
+
+  it('answers EngineUnavailableError after shutdown, and shutdown ends open streams', async () => {
+    const { engine } = await startEngine('lifecycle', { numLayers: 2, slidingWindow: 8, vocabSize: 64, headDim: 8, numHeads: 2 }, {});
+    const open = collect(engine, request([1, 2, 3], greedy(100_000)));
+    await new Promise((r) => setTimeout(r, 50));
+    await engine.shutdown();
+    expect(lastDone((await open).events).finishReason).toBe('abort');
+    await expect(engine.generate(request([1], greedy(1))).next()).rejects.toBeInstanceOf(EngineUnavailableError);
+    expectIdle(engine.stats());
   });
 });
 

@@ -7,9 +7,13 @@
 //   full: ⌈N/P⌉
 // and admits only while Σ reservations ≤ pool size. An admitted sequence therefore always gets its
 // next chunk's pages: no preemption is ever needed, and a step never fails half-way for lack of memory.
+// Prefix snapshots (PrefixStateCache) hold pages too; admission keeps
+//   Σ reservations + (pages held by snapshots) ≤ pool size
+// by evicting least recently used snapshots, so snapshots only ever use memory nobody reserved.
 // The cache gets plain numbers; it imports nothing from the engine.
 import { BlockPool, bytesPerPage, type PageSpec } from './block-pool.ts';
 import { PagedKvManager, type BlockTable } from './paged-kv.ts';
+import { PrefixStateCache } from './prefix-cache.ts';
 import { StateSlots } from './state-slots.ts';
 
 export interface CacheSpec {
@@ -32,9 +36,12 @@ export interface CacheOptions {
   readonly maxNumSeqs: number;
   /** Largest chunk the scheduler will ever ask for (prefill chunk; decode is 1). */
   readonly maxChunkTokens: number;
+  /** Byte bound of prefix snapshots (GLA states + window pages); 0 or absent = no prefix caching. */
+  readonly prefixCacheBytes?: number;
 }
 
 export interface CacheUsage {
+  /** Pages held by sequences (pages that only prefix snapshots hold are in prefixCachePages). */
   readonly pagesUsed: number;
   readonly pagesTotal: number;
   readonly pagesReserved: number;
@@ -42,6 +49,8 @@ export interface CacheUsage {
   readonly slotsTotal: number;
   readonly kvBytesInUse: number;
   readonly stateBytesInUse: number;
+  readonly prefixCacheBytes: number;
+  readonly prefixCachePages: number;
 }
 
 /** Full-attention pool size when neither kvPages nor kvCacheBytes is given. */
@@ -59,6 +68,8 @@ export class CacheManager {
   readonly pool: BlockPool;
   readonly kv: PagedKvManager;
   readonly slots: StateSlots;
+  /** null when prefix caching is off. */
+  readonly prefix: PrefixStateCache | null;
   private readonly sequences = new Map<string, SequenceEntry>();
   private reservedPages = 0;
 
@@ -79,6 +90,8 @@ export class CacheManager {
       { numGlaLayers: spec.numGlaLayers, numKvHeads: spec.numKvHeads, headDim: spec.headDim },
       opts.maxNumSeqs,
     );
+    const prefixBytes = opts.prefixCacheBytes ?? 0;
+    this.prefix = prefixBytes > 0 ? new PrefixStateCache(this.pool, prefixBytes) : null;
   }
 
   /** Pool size in pages from the options (see CacheOptions); 0 when the model has no attention layer. */
@@ -113,22 +126,72 @@ export class CacheManager {
     return this.pool.numPages * this.pageTokens;
   }
 
-  /** Can a new sequence of at most `totalTokens` positions be admitted now? */
+  /** Can a new sequence of at most `totalTokens` positions be admitted now (evicting prefix snapshots if need be)? */
   canAdmit(totalTokens: number): boolean {
     return this.slots.numFree > 0 && this.reservedPages + this.pagesToReserve(totalTokens) <= this.pool.numPages;
   }
 
-  /** Admits a sequence: takes a zeroed state slot and reserves its pages. False when it does not fit now. */
-  admit(seqId: string, totalTokens: number): boolean {
+  /**
+   * Admits a sequence: takes a zeroed state slot and reserves its pages. With `prefixKeys`
+   * (prefixKeys() of its prompt) it resumes from the longest cached prefix: the snapshot's states
+   * are copied into the slot and its pages shared. Returns the number of restored tokens (0 = none),
+   * or null when the sequence does not fit now.
+   */
+  admit(seqId: string, totalTokens: number, prefixKeys?: readonly string[]): number | null {
     if (this.sequences.has(seqId)) throw new Error(`sequence ${seqId} already admitted`);
-    if (!this.canAdmit(totalTokens)) return false;
+    if (!this.canAdmit(totalTokens)) return null;
     // A slot is taken even without GLA layers (then it is empty): slots bound the running sequences.
     const slot = this.slots.allocate();
-    if (slot === null) return false; // unreachable: canAdmit checked numFree
+    if (slot === null) return null; // unreachable: canAdmit checked numFree
     const reservedPages = this.pagesToReserve(totalTokens);
     this.reservedPages += reservedPages;
     this.sequences.set(seqId, { slot, reservedPages });
+    let restored = 0;
+    const hit = this.prefix !== null && prefixKeys !== undefined ? this.prefix.lookup(prefixKeys) : null;
+    if (hit !== null) {
+      hit.glaStates.forEach((state, g) => this.slots.state(g, slot).set(state));
+      if (this.spec.numAttnLayers > 0) this.kv.adopt(seqId, hit.firstPage, hit.pages, hit.numTokens);
+      restored = hit.numTokens;
+    }
+    this.evictSnapshotsToFit([]);
+    return restored;
+  }
+
+  /**
+   * Evicts LRU snapshots until Σ reservations + snapshot pages (+ the pages of `adding` that no
+   * snapshot holds yet) ≤ pool size; false if even an empty cache would not do.
+   */
+  private evictSnapshotsToFit(adding: readonly number[]): boolean {
+    if (this.prefix === null) return this.reservedPages <= this.pool.numPages;
+    while (this.reservedPages + this.prefix.numPages + this.prefix.newPages(adding) > this.pool.numPages) {
+      if (!this.prefix.evictOldest()) return false;
+    }
     return true;
+  }
+
+  /**
+   * Snapshots an admitted sequence whose first `numTokens` positions (a multiple of P) are computed
+   * and whose state slot holds the state after exactly those tokens. Returns whether it was stored.
+   */
+  snapshot(seqId: string, key: string, numTokens: number): boolean {
+    if (this.prefix === null || this.prefix.has(key)) return false;
+    if (numTokens % this.pageTokens !== 0 || numTokens <= 0) throw new RangeError(`snapshot at ${numTokens}: not a positive multiple of ${this.pageTokens}`);
+    const slot = this.slotOf(seqId);
+    let firstPage = 0;
+    let pages: number[] = [];
+    if (this.spec.numAttnLayers > 0) {
+      const table = this.kv.table(seqId);
+      const range = this.kv.snapshotRange(numTokens);
+      if (table === undefined || table.firstPage > range.firstPage || table.firstPage + table.pages.length < range.endPage) {
+        throw new Error(`sequence ${seqId} no longer holds the pages of its first ${numTokens} tokens`);
+      }
+      firstPage = range.firstPage;
+      pages = table.pages.slice(range.firstPage - table.firstPage, range.endPage - table.firstPage);
+    }
+    // The snapshot's pages count against the pool only where no snapshot holds them yet.
+    if (!this.evictSnapshotsToFit(pages)) return false;
+    const states = Array.from({ length: this.spec.numGlaLayers }, (_, g) => this.slots.state(g, slot));
+    return this.prefix.insert(key, numTokens, states, firstPage, pages);
   }
 
   /** Can an admitted sequence write positions [startPos, startPos+numTokens) now? */
@@ -191,14 +254,17 @@ export class CacheManager {
   }
 
   usage(): CacheUsage {
+    const cacheOnly = this.prefix?.pagesHeldOnlyHere() ?? 0;
     return {
-      pagesUsed: this.pool.numUsed,
+      pagesUsed: this.pool.numUsed - cacheOnly,
       pagesTotal: this.pool.numPages,
       pagesReserved: this.reservedPages,
       slotsUsed: this.sequences.size,
       slotsTotal: this.slots.numSlots,
-      kvBytesInUse: this.pool.numUsed * this.pool.bytesPerPage,
+      kvBytesInUse: (this.pool.numUsed - cacheOnly) * this.pool.bytesPerPage,
       stateBytesInUse: this.slots.numUsed * this.slots.bytesPerSlot,
+      prefixCacheBytes: this.prefix?.bytes ?? 0,
+      prefixCachePages: this.prefix?.numPages ?? 0,
     };
   }
 }

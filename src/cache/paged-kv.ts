@@ -100,6 +100,21 @@ export class PagedKvManager {
     return true;
   }
 
+  /**
+   * Starts a sequence's table from shared pages (a prefix snapshot): positions [0, numTokens) are
+   * computed; pages (logical firstPage, firstPage+1, …) gain this sequence as an owner.
+   */
+  adopt(seqId: string, firstPage: number, pages: readonly number[], numTokens: number): void {
+    if (this.tables.has(seqId)) throw new Error(`sequence ${seqId} already has a block table`);
+    for (const page of pages) this.pool.retain(page);
+    this.tables.set(seqId, { firstPage, pages: [...pages], numTokens });
+  }
+
+  /** Logical pages a snapshot at prefix length s (a multiple of P) must keep: the window before s. */
+  snapshotRange(numTokens: number): { firstPage: number; endPage: number } {
+    return { firstPage: this.firstNeededPage(numTokens), endPage: numTokens / this.pageTokens };
+  }
+
   table(seqId: string): BlockTable | undefined {
     return this.tables.get(seqId);
   }

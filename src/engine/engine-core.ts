@@ -18,6 +18,8 @@ export interface EngineCoreOptions {
   readonly prefillChunkTokens?: number;
   readonly maxQueue?: number;
   readonly maxModelLen?: number;
+  /** Byte bound of prefix snapshots; 0 = off. */
+  readonly prefixCacheBytes?: number;
 }
 
 export const ENGINE_DEFAULTS = Object.freeze({
@@ -26,6 +28,7 @@ export const ENGINE_DEFAULTS = Object.freeze({
   maxBatchedTokens: 2048,
   prefillChunkTokens: 512,
   maxQueue: 1024,
+  prefixCacheBytes: 512 * 2 ** 20,
   /** Context limit of models without full attention (GLA state and window are constant-size). */
   maxModelLenLinear: 1 << 24,
 });
@@ -66,6 +69,7 @@ export class EngineCore {
       pageTokens: opts.pageTokens ?? ENGINE_DEFAULTS.pageTokens,
       ...(opts.kvPages !== undefined ? { kvPages: opts.kvPages } : {}),
       ...(opts.kvCacheBytes !== undefined ? { kvCacheBytes: opts.kvCacheBytes } : {}),
+      prefixCacheBytes: opts.prefixCacheBytes ?? ENGINE_DEFAULTS.prefixCacheBytes,
     });
     const fullAttention = spec.numAttnLayers > 0 && spec.windowTokens === null;
     this.maxModelLen =
@@ -132,6 +136,10 @@ export class EngineCore {
     for (const chunk of out.prefills) {
       this.scheduler.completePrefill(chunk);
       const req = chunk.request;
+      if (req.snapshotAt !== null && req.numComputedTokens === req.snapshotAt && req.prefixKeys !== null) {
+        this.cache.snapshot(req.requestId, req.prefixKeys[req.prefixKeys.length - 1]!, req.snapshotAt);
+        req.snapshotAt = null;
+      }
       if (req.reportProgress && req.status === 'prefilling' && now - req.lastProgressMs >= PROGRESS_INTERVAL_MS) {
         req.lastProgressMs = now;
         this.emit(req.requestId, {
@@ -209,7 +217,7 @@ export class EngineCore {
       stateSlotsUsed: u.slotsUsed,
       stateSlotsTotal: u.slotsTotal,
       stateBytesInUse: u.stateBytesInUse,
-      prefixCacheBytes: 0,
+      prefixCacheBytes: u.prefixCacheBytes,
     };
   }
 }

@@ -26,6 +26,10 @@ export class RequestState {
   numComputedTokens = 0;
   /** Prompt tokens whose state came from a prefix cache (not computed for this request). */
   numCachedTokens = 0;
+  /** prefixKeys() of the prompt when prefix caching applies to this request, else null. */
+  prefixKeys: readonly string[] | null = null;
+  /** Prefix length at which the state is snapshotted for later requests (chunks end there); null = none. */
+  snapshotAt: number | null = null;
   readonly outputTokenIds: number[] = [];
   finishReason: FinishReason | null = null;
   stopTokenId: number | null = null;

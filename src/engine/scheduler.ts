@@ -3,6 +3,7 @@
 // that fits. It never touches tensors or the model (tests run it without onnxruntime).
 // Request lifecycle: see request-state.ts.
 import type { CacheManager } from '../cache/cache-manager.ts';
+import { prefixKeys } from '../cache/prefix-cache.ts';
 import { QueueFullError, RequestRejectedError } from './errors.ts';
 import type { FinishReason } from './types.ts';
 import type { RequestState } from './request-state.ts';
@@ -118,6 +119,10 @@ export class Scheduler {
     if (this.waiting.length >= maxQueue) {
       throw new QueueFullError(`the waiting queue is full (${maxQueue} requests); retry later`);
     }
+    if (this.cache.prefix !== null && req.sampling.promptLogprobs === null) {
+      // Requests that want prompt logprobs compute every position, so they neither resume nor snapshot.
+      req.prefixKeys = prefixKeys(req.promptTokenIds, this.cache.pageTokens);
+    }
     req.status = 'waiting';
     this.waiting.push(req);
     this.byId.set(req.requestId, req);
@@ -145,8 +150,14 @@ export class Scheduler {
     }
     while (this.waiting.length > 0 && this.running.length < this.config.maxNumSeqs) {
       const req = this.waiting[0]!;
-      if (!this.cache.admit(req.requestId, req.maxTotalTokens)) break;
+      const restored = this.cache.admit(req.requestId, req.maxTotalTokens, req.prefixKeys ?? undefined);
+      if (restored === null) break;
       this.waiting.shift();
+      req.numComputedTokens = restored;
+      req.numCachedTokens = restored;
+      // Snapshot at the prompt's last whole page (chunks are cut there) unless that prefix was restored.
+      const snapshotAt = (req.prefixKeys?.length ?? 0) * this.cache.pageTokens;
+      req.snapshotAt = snapshotAt > restored ? snapshotAt : null;
       req.status = 'prefilling';
       req.admittedMs = nowMs;
       req.lastProgressMs = nowMs;
@@ -173,9 +184,10 @@ export class Scheduler {
     return { decodes, prefills, numScheduledTokens: this.config.maxBatchedTokens - budget };
   }
 
-  /** Tokens a prefilling request would take with an unlimited budget. */
+  /** Tokens a prefilling request would take with an unlimited budget (a chunk never crosses snapshotAt). */
   private prefillNeed(req: RequestState): number {
-    return Math.min(req.numPromptTokensLeft, this.config.prefillChunkTokens);
+    const toSnapshot = req.snapshotAt !== null && req.numComputedTokens < req.snapshotAt ? req.snapshotAt - req.numComputedTokens : Infinity;
+    return Math.min(req.numPromptTokensLeft, this.config.prefillChunkTokens, toSnapshot);
   }
 
   /** Records that a scheduled chunk was computed; after the last prompt chunk the request decodes. */

@@ -25,6 +25,8 @@ function wireError(err: unknown): WireError {
   return { name: 'EngineError', message: String(err), param: null };
 }
 
+let lastBuildLogMs = -Infinity;
+
 async function loadModel(): Promise<Model> {
   if (init.device !== undefined && init.device !== 'cpu') {
     throw new ModelLoadError(`device "${init.device}" is not supported by this build; use "cpu"`);
@@ -38,7 +40,13 @@ async function loadModel(): Promise<Model> {
   const options: ModelLoadOptions = {
     ...(init.cacheDir !== undefined ? { cacheDir: init.cacheDir } : {}),
     ...(init.intraOpThreads !== undefined ? { intraOpThreads: init.intraOpThreads } : {}),
-    onProgress: (p) => post({ type: 'log', message: `building model: ${p.tensorsDone}/${p.tensorsTotal} tensors` }),
+    onProgress: (p) => {
+      // At most one line every 2 s, plus the last one.
+      const now = performance.now();
+      if (p.tensorsDone < p.tensorsTotal && now - lastBuildLogMs < 2000) return;
+      lastBuildLogMs = now;
+      post({ type: 'log', message: `building model: ${p.tensorsDone}/${p.tensorsTotal} tensors, ${(p.bytesDone / 2 ** 20).toFixed(0)}/${(p.bytesTotal / 2 ** 20).toFixed(0)} MiB` });
+    },
   };
   return Model.load(ckpt, options);
 }
