@@ -7,6 +7,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Template } from '@huggingface/jinja';
+import { ModelLoadError } from '../engine/errors.ts';
 import { ApiError } from '../server/errors.ts';
 
 /** The template or the messages cannot be rendered; the server answers 400. */
@@ -128,6 +129,7 @@ export function selectChatTemplate(value: unknown, name = 'default'): string | n
 /**
  * The chat template of a checkpoint directory: `chat_template.jinja`, else `chat_template.json`,
  * else tokenizer_config.json's `chat_template` (the order transformers uses); null when none.
+ * Unreadable JSON is a ModelLoadError.
  */
 export async function loadChatTemplate(dir: string, name = 'default'): Promise<string | null> {
   const jinja = await readTextIfExists(join(dir, 'chat_template.jinja'));
@@ -135,7 +137,12 @@ export async function loadChatTemplate(dir: string, name = 'default'): Promise<s
   for (const file of ['chat_template.json', 'tokenizer_config.json']) {
     const text = await readTextIfExists(join(dir, file));
     if (text === null) continue;
-    const json: unknown = JSON.parse(text);
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch (err) {
+      throw new ModelLoadError(`${join(dir, file)}: ${errorMessage(err)}`);
+    }
     if (isRecord(json) && json['chat_template'] !== undefined) return selectChatTemplate(json['chat_template'], name);
   }
   return null;
