@@ -415,6 +415,9 @@ describe('Dockerfile', () => {
 
   it('the start script is the documented one', () => {
     expect(startCommand).toBe('node --import tsx src/server/cli.ts serve');
+    // The root README documents `npm start` (this script); deploy/README.md spells the command out.
+    expect(read('README.md')).toMatch(/npm start|src\/server\/cli\.ts serve/);
+    expect(read('deploy/README.md')).toContain(`${startCommand} --host 0.0.0.0`);
   });
 
   it('runs the start command as a non-root user, exposes 8000, checks /health', () => {
