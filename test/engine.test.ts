@@ -196,6 +196,32 @@ describe('Engine on a tiny hybrid model (W = 8, pages of 4 tokens)', () => {
   });
 });
 
+describe('Engine on a full-attention model', () => {
+  it('matches the reference and refuses what exceeds the whole pool', async () => {
+    const V = 64;
+    const { engine, ckpt } = await startEngine('full', { numLayers: 2, slidingWindow: null, vocabSize: V, headDim: 8, numHeads: 2 }, {
+      pageTokens: 4, kvPages: 40, prefillChunkTokens: 16, maxBatchedTokens: 32,
+    });
+    try {
+      expect(engine.maxModelLen).toBe(160); // 40 pages × 4 tokens
+      const p = prompt(70, 60, V);
+      const reqs = [p, prompt(20, 61, V), prompt(33, 62, V)].map((x) => collect(engine, request(x, greedy(10))));
+      const tokens = (await Promise.all(reqs))[0]!.tokens;
+      const ref = new ReferenceSession(openCheckpoint(ckpt.dir));
+      let logits = new Float64Array(0);
+      for (const t of p) logits = ref.step(t);
+      for (const t of tokens) {
+        expect(Math.max(...logits) - logits[t]!).toBeLessThan(1e-3);
+        logits = ref.step(t);
+      }
+      await expect(engine.generate(request(prompt(150, 63, V), greedy(11))).next()).rejects.toBeInstanceOf(RequestRejectedError);
+      await waitIdle(engine);
+    } finally {
+      await engine.shutdown();
+    }
+  });
+});
+
 describe('Engine lifecycle', () => {
   it('rejects start with ModelLoadError for a directory without a checkpoint', async () => {
     await expect(Engine.start({ modelDir: join(tmp, 'nothing-here'), cacheDir: join(tmp, 'built') })).rejects.toBeInstanceOf(ModelLoadError);

@@ -34,6 +34,8 @@ export interface EngineOptions {
   readonly maxQueue?: number;
   /** prompt + max_tokens limit (default 2^24 for SWA/GLA models; the pool's capacity for full attention). */
   readonly maxModelLen?: number;
+  /** Byte bound of prefix snapshots (GLA state + window pages), LRU; 0 = off (default 512 MiB). */
+  readonly prefixCacheBytes?: number;
   readonly intraOpThreads?: number;
   readonly device?: 'cpu' | 'webgpu' | 'cuda';
   /** Random weights with this raw config.json object instead of reading modelDir (benchmarks). */

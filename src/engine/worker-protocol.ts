@@ -15,6 +15,7 @@ export interface WorkerInit {
   readonly prefillChunkTokens?: number;
   readonly maxQueue?: number;
   readonly maxModelLen?: number;
+  readonly prefixCacheBytes?: number;
   readonly intraOpThreads?: number;
   readonly device?: 'cpu' | 'webgpu' | 'cuda';
   /** Random weights with this raw config.json object instead of reading modelDir (benchmarks). */
