@@ -5,7 +5,7 @@ import { pastKey, pastValue, presentKey, presentValue } from '../io-names.ts';
 import type { LayerTensorNames } from '../tensor-names.ts';
 import { splitLast } from './blocks.ts';
 import { linear, matmulWeight, reshape, transpose, vectorWeight, type GraphContext } from './context.ts';
-import { int } from './graph-builder.ts';
+import { float, int } from './graph-builder.ts';
 import { DataType } from './proto.ts';
 
 /** Rotary tables for the chunk, from angles p·θ^(−2i/d) computed in float64 (exact for long positions). */
@@ -62,17 +62,9 @@ function applyRope(ctx: GraphContext, x: string, heads: number, rope: RopeTables
  * x [B, T, D] (normalised) → mixer output [B, T, D]. Declares past_key/past_value.{layer} [B, Hkv, P, d] in
  * and present_key/present_value.{layer} [B, Hkv, T, d] out (keys after RoPE).
  */
-export function attentionMixer(
-  ctx: GraphContext,
-  layer: number,
-  names: LayerTensorNames,
-  x: string,
-  rope: RopeTables,
-  kind: 'swa' | 'full',
-): string {
+export function attentionMixer(ctx: GraphContext, layer: number, names: LayerTensorNames, x: string, rope: RopeTables, kind: 'swa' | 'full'): string {
   const { g, config } = ctx;
   const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: d } = config;
-  const G = H / Hkv;
   return g.scope('attn', () => {
     const scale = 1 / Math.sqrt(d); // folded into Wq, bq (RoPE is linear)
     const w = matmulWeight(ctx, `layers.${layer}.attn.qkv.weight`, [
@@ -85,28 +77,63 @@ export function attentionMixer(
       { name: names.kBias, rows: Hkv * d },
       { name: names.vBias, rows: Hkv * d },
     ]);
-    const [qkLin, vLin] = splitLast(ctx, linear(ctx, x, w, b, 'qkv_proj'), [(H + Hkv) * d, Hkv * d]) as [string, string];
-    const qk = applyRope(ctx, qkLin, H + Hkv, rope); // [B, T, H+Hkv, d]
-    const [q, k] = ctx.g.opN('Split', [qk, ctx.g.i64([H, Hkv])], { axis: int(2) }, { outputs: 2 }) as [string, string];
-
-    // Present keys/values [B, Hkv, T, d]; all keys = past slots then the chunk.
-    const kPresent = transpose(ctx, k, [0, 2, 1, 3]);
-    const vPresent = transpose(ctx, reshape(ctx, vLin, [ctx.B, ctx.T, Hkv, d]), [0, 2, 1, 3]);
-    g.output(presentKey(layer), kPresent, DataType.FLOAT, ['batch', Hkv, 'tokens', d]);
-    g.output(presentValue(layer), vPresent, DataType.FLOAT, ['batch', Hkv, 'tokens', d]);
+    const [qkLin, v] = splitLast(ctx, linear(ctx, x, w, b, 'qkv_proj'), [(H + Hkv) * d, Hkv * d]) as [string, string];
     const kPast = g.input(pastKey(layer), DataType.FLOAT, ['batch', Hkv, 'past', d]);
     const vPast = g.input(pastValue(layer), DataType.FLOAT, ['batch', Hkv, 'past', d]);
-    const kAll = g.op('Concat', [kPast, kPresent], { axis: int(2) }); // [B, Hkv, P+T, d]
-    const vAll = g.op('Concat', [vPast, vPresent], { axis: int(2) });
-
-    // Queries grouped by kv head: [B, Hkv, G·T, d]; scores [B, Hkv, G, T, P+T].
-    const qg = reshape(ctx, transpose(ctx, reshape(ctx, q, [ctx.B, ctx.T, Hkv, G, d]), [0, 2, 3, 1, 4]), [ctx.B, Hkv, -1, d]);
-    const scores = g.op('MatMul', [qg, transpose(ctx, kAll, [0, 1, 3, 2])]);
-    const masked = g.op('Add', [reshape(ctx, scores, [ctx.B, Hkv, G, ctx.T, -1]), ctx.attentionMask(kind)]);
-    const probs = g.op('Softmax', [masked], { axis: int(-1) });
-    const o = g.op('MatMul', [probs, g.op('Unsqueeze', [vAll, g.i64([2])])]); // [B, Hkv, G, T, d]
-    const oT = transpose(ctx, o, [0, 3, 1, 2, 4]); // [B, T, Hkv, G, d]
+    const [o, kPresent, vPresent] = ctx.options.fusedOps
+      ? fusedAttention(ctx, qkLin, v, kPast, vPast, rope, kind)
+      : plainAttention(ctx, qkLin, v, kPast, vPast, rope, kind);
+    g.output(presentKey(layer), kPresent, DataType.FLOAT, ['batch', Hkv, 'tokens', d]);
+    g.output(presentValue(layer), vPresent, DataType.FLOAT, ['batch', Hkv, 'tokens', d]);
     const wO = matmulWeight(ctx, `layers.${layer}.attn.o_proj.weight`, [{ name: names.oWeight, rows: D }], H * d);
-    return linear(ctx, reshape(ctx, oT, [ctx.B, ctx.T, H * d]), wO, null, 'o_proj');
+    return linear(ctx, o, wO, null, 'o_proj');
   });
+}
+
+type AttentionParts = [output: string, presentKey: string, presentValue: string];
+
+/**
+ * Plain ops. Keys = past slots then the chunk: K [B, Hkv, P+T, d]; queries grouped by kv head
+ * [B, Hkv, G·T, d]; scores [B, Hkv, G, T, P+T] + mask; softmax; · V. Returns o [B, T, H·d].
+ */
+function plainAttention(ctx: GraphContext, qkLin: string, v: string, kPast: string, vPast: string, rope: RopeTables, kind: 'swa' | 'full'): AttentionParts {
+  const { g } = ctx;
+  const { numHeads: H, numKvHeads: Hkv, headDim: d } = ctx.config;
+  const G = H / Hkv;
+  const qk = applyRope(ctx, qkLin, H + Hkv, rope); // [B, T, H+Hkv, d]
+  const [q, k] = g.opN('Split', [qk, g.i64([H, Hkv])], { axis: int(2) }, { outputs: 2 }) as [string, string];
+  const kPresent = transpose(ctx, k, [0, 2, 1, 3]); // [B, Hkv, T, d]
+  const vPresent = transpose(ctx, reshape(ctx, v, [ctx.B, ctx.T, Hkv, d]), [0, 2, 1, 3]);
+  const kAll = g.op('Concat', [kPast, kPresent], { axis: int(2) }); // [B, Hkv, P+T, d]
+  const vAll = g.op('Concat', [vPast, vPresent], { axis: int(2) });
+  const qg = reshape(ctx, transpose(ctx, reshape(ctx, q, [ctx.B, ctx.T, Hkv, G, d]), [0, 2, 3, 1, 4]), [ctx.B, Hkv, -1, d]);
+  const scores = g.op('MatMul', [qg, transpose(ctx, kAll, [0, 1, 3, 2])]);
+  const mask = g.op('Unsqueeze', [ctx.attentionMask(kind), g.i64([1])]); // [B, 1, 1, T, P+T]
+  const masked = g.op('Add', [reshape(ctx, scores, [ctx.B, Hkv, G, ctx.T, -1]), mask]);
+  const probs = g.op('Softmax', [masked], { axis: int(-1) });
+  const o = g.op('MatMul', [probs, g.op('Unsqueeze', [vAll, g.i64([2])])]); // [B, Hkv, G, T, d]
+  const oT = transpose(ctx, o, [0, 3, 1, 2, 4]); // [B, T, Hkv, G, d]
+  return [reshape(ctx, oT, [ctx.B, ctx.T, H * d]), kPresent, vPresent];
+}
+
+/**
+ * ONNX Attention (opset 23; GQA, additive mask, past keys/values) on q, k, v [B, T, ·]: no
+ * transposes of queries or outputs and one pass for mask + softmax. Its present K/V are past ⧺ chunk
+ * [B, Hkv, P+T, d]; the chunk's part is the last T slots.
+ */
+function fusedAttention(ctx: GraphContext, qkLin: string, v: string, kPast: string, vPast: string, rope: RopeTables, kind: 'swa' | 'full'): AttentionParts {
+  const { g } = ctx;
+  const { numHeads: H, numKvHeads: Hkv } = ctx.config;
+  const d = ctx.config.headDim;
+  const qk = reshape(ctx, applyRope(ctx, qkLin, H + Hkv, rope), [ctx.B, ctx.T, (H + Hkv) * d]);
+  const [q, k] = splitLast(ctx, qk, [H * d, Hkv * d]) as [string, string];
+  const [o, kAll, vAll] = g.opN(
+    'Attention',
+    [q, k, v, ctx.attentionMask(kind), kPast, vPast],
+    { q_num_heads: int(H), kv_num_heads: int(Hkv), scale: float(1) },
+    { outputs: 3 },
+  ) as [string, string, string];
+  const minusT = ctx.minusT();
+  const last = (x: string): string => g.op('Slice', [x, minusT, g.i64([Number.MAX_SAFE_INTEGER]), g.i64([2])]);
+  return [o, last(kAll), last(vAll)];
 }

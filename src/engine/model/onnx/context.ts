@@ -29,8 +29,10 @@ export interface GraphContext {
   readonly positions: string;
   /** Reshape targets already built, keyed by their parts (so each dynamic shape is one Concat). */
   readonly shapeCache: Map<string, string>;
-  /** Additive attention mask [B, 1, 1, T, P+T] (0 or −1e30) per attention kind, built on first use. */
+  /** Additive attention mask [B, 1, T, P+T] (0 or −1e30) per attention kind, built on first use. */
   attentionMask(kind: 'swa' | 'full'): string;
+  /** [1] int64 −T, built on first use. */
+  minusT(): string;
 }
 
 /** A Reshape target from fixed dims (numbers) and dynamic [1] int64 values (strings). */

@@ -183,9 +183,9 @@ export class GraphBuilder {
     return this.dataBytes;
   }
 
-  toModel(graphName: string, opsets: ReadonlyMap<string, number>): ModelProto {
+  toModel(graphName: string, opsets: ReadonlyMap<string, number>, irVersion = 8): ModelProto {
     return {
-      irVersion: 8,
+      irVersion,
       producerName: 'spikeserve',
       producerVersion: '0.1.0',
       opsets,

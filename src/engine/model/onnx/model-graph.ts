@@ -38,6 +38,7 @@ export function buildModelGraph(ckpt: Checkpoint, options: GraphOptions): BuiltG
   });
 
   const masks = new Map<'swa' | 'full', string>();
+  let minusT: string | null = null;
   const ctx: GraphContext = {
     g,
     ckpt,
@@ -49,7 +50,7 @@ export function buildModelGraph(ckpt: Checkpoint, options: GraphOptions): BuiltG
     attentionMask(kind) {
       const cached = masks.get(kind);
       if (cached !== undefined) return cached;
-      // Key slot valid iff kp ≥ 0, kp ≤ qp and (full, or kp ≥ qp − W): [B, 1, 1, T, P+T], 0 or −1e30.
+      // Key slot valid iff kp ≥ 0, kp ≤ qp and (full, or kp ≥ qp − W): [B, 1, T, P+T], 0 or −1e30.
       const mask = g.scope(`mask_${kind}`, () => {
         const kp = g.op('Unsqueeze', [g.op('Concat', [pastPositions, positions], { axis: int(1) }), g.i64([1])]); // [B, 1, P+T]
         const qp = g.op('Unsqueeze', [positions, g.i64([2])]); // [B, T, 1]
@@ -59,10 +60,14 @@ export function buildModelGraph(ckpt: Checkpoint, options: GraphOptions): BuiltG
           valid = g.op('And', [valid, g.op('GreaterOrEqual', [kp, g.op('Sub', [qp, g.i32([W], [])])])]);
         }
         const add = g.op('Where', [valid, g.f32([0], []), g.f32([-1e30], [])]);
-        return g.op('Unsqueeze', [add, g.i64([1, 2])]);
+        return g.op('Unsqueeze', [add, g.i64([1])]);
       });
       masks.set(kind, mask);
       return mask;
+    },
+    minusT() {
+      minusT ??= g.op('Neg', [dims.T], {}, { name: 'minus_T' });
+      return minusT;
     },
   };
 
@@ -111,7 +116,8 @@ export function buildModelGraph(ckpt: Checkpoint, options: GraphOptions): BuiltG
   });
   g.output(LOGITS, logits, DataType.FLOAT, ['batch', 'num_logits', V]);
 
-  const opsets = new Map<string, number>([['', 17]]);
+  // The fused graph uses ONNX Attention (opset 23, IR 10) and com.microsoft contrib ops.
+  const opsets = new Map<string, number>([['', options.fusedOps ? 23 : 17]]);
   if (options.fusedOps) opsets.set('com.microsoft', 1);
-  return { builder: g, model: g.toModel('spikeserve', opsets) };
+  return { builder: g, model: g.toModel('spikeserve', opsets, options.fusedOps ? 10 : 8) };
 }

@@ -1,6 +1,6 @@
 // Protobuf encoding of the subset of onnx.proto the graph builder writes: ModelProto, GraphProto,
 // NodeProto, AttributeProto, TensorProto (inline raw data or EXTERNAL data), ValueInfoProto.
-// Field numbers follow onnx/onnx.proto (IR version 8, opset 17). Encoding only; nothing here reads.
+// Field numbers follow onnx/onnx.proto (IR version 8/10; opset 17, or 23 for the fused graph). Encoding only; nothing here reads.
 import protobuf from 'protobufjs/minimal.js';
 
 type Writer = protobuf.Writer;
