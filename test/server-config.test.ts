@@ -1,0 +1,99 @@
+// Server configuration and the CLI: defaults, environment variables, flag precedence, validation
+// errors (exit 2), --help listing every flag, --version, and `inspect`.
+import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, DEFAULT_MODEL_DIR, envName, FLAGS, helpText, PACKAGE_ROOT, parseServerConfig } from '../src/server/config.ts';
+import { testModelDir } from './helpers/server.ts';
+
+const run = promisify(execFile);
+
+async function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    // The package's bin entry, from another cwd: the default model must not depend on the cwd.
+    const { stdout, stderr } = await run(process.execPath, [join(PACKAGE_ROOT, 'bin/spikeserve.js'), ...args], {
+      cwd: '/',
+      env: { ...process.env, ...env },
+      timeout: 60_000,
+    });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+describe('parseServerConfig', () => {
+  it('has the documented defaults, the model resolved from the package', () => {
+    const c = parseServerConfig([], {});
+    expect(c.modelDir).toBe(DEFAULT_MODEL_DIR);
+    expect(DEFAULT_MODEL_DIR).toBe(join(PACKAGE_ROOT, 'models', 'spikingbrain-tiny'));
+    expect(c).toMatchObject({ servedModelName: 'spikingbrain-tiny', host: '127.0.0.1', port: 8000, apiKeys: [], device: 'cpu', bodyLimitBytes: 64 * 1024 * 1024, drainTimeoutSeconds: 30, logLevel: 'info', keepaliveSeconds: 5 });
+    expect(c.maxNumSeqs).toBeUndefined();
+  });
+
+  it('reads SPIKESERVE_* variables; a flag beats its variable; both --f v and --f=v work', () => {
+    const env = { SPIKESERVE_PORT: '9000', SPIKESERVE_MAX_NUM_SEQS: '8', SPIKESERVE_API_KEY: 'a, b ,c' };
+    const c = parseServerConfig(['--port=9100', '--served-model-name', 'mine', '--keepalive-seconds', '0.5'], env);
+    expect(c.port).toBe(9100);
+    expect(c.maxNumSeqs).toBe(8);
+    expect(c.apiKeys).toEqual(['a', 'b', 'c']);
+    expect(c.servedModelName).toBe('mine');
+    expect(c.keepaliveSeconds).toBe(0.5);
+  });
+
+  it.each([
+    [['--port', 'abc'], /--port must be an integer/],
+    [['--port', '70000'], /--port must be ≤ 65535/],
+    [['--keepalive-seconds', '11'], /--keepalive-seconds must be ≤ 10/],
+    [['--device', 'tpu'], /--device must be one of cpu, webgpu, cuda/],
+    [['--max-num-seqs', '0'], /--max-num-seqs must be ≥ 1/],
+    [['--nope', '1'], /unknown flag --nope/],
+    [['--port'], /--port needs a value/],
+    [['stray'], /unexpected argument "stray"/],
+  ])('rejects %j', (argv, message) => {
+    expect(() => parseServerConfig(argv, {})).toThrow(ConfigError);
+    expect(() => parseServerConfig(argv, {})).toThrow(message);
+  });
+
+  it('names the variable when an environment value is bad', () => {
+    expect(() => parseServerConfig([], { SPIKESERVE_THREADS: 'many' })).toThrow(/SPIKESERVE_THREADS: --threads must be an integer/);
+  });
+
+  it('--help text lists every flag and its variable', () => {
+    const text = helpText('1.2.3');
+    for (const f of FLAGS) {
+      expect(text).toContain(`--${f.flag} `);
+      expect(text).toContain(envName(f.flag));
+    }
+  });
+});
+
+describe('the spikeserve command', () => {
+  it('--help and --version', async () => {
+    const help = await cli(['--help']);
+    expect(help.code).toBe(0);
+    for (const f of FLAGS) expect(help.stdout).toContain(`--${f.flag}`);
+    const version = await cli(['--version']);
+    expect(version.stdout.trim()).toBe((JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version);
+  });
+
+  it('exits 2 with one line for a bad flag or a missing model', async () => {
+    const bad = await cli(['serve', '--port', 'x']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr.trim()).toBe('spikeserve: flag: --port must be an integer, got "x"');
+    const env = await cli([], { SPIKESERVE_KEEPALIVE_SECONDS: '30' });
+    expect(env.code).toBe(2);
+    const missing = await cli(['--model', '/nonexistent/model']);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/no config.json in \/nonexistent\/model/);
+  });
+
+  it('inspect describes a checkpoint', async () => {
+    const out = await cli(['inspect', '--model', testModelDir()]);
+    expect(out.code).toBe(0);
+    expect(out.stdout).toMatch(/type: gla_swa/);
+  });
+});
