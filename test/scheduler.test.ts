@@ -134,6 +134,30 @@ describe('Scheduler', () => {
     expect(next.prefills).toEqual([{ request: long, startPos: 118, numTokens: 63 }]);
   });
 
+  it('cuts chunks at the prompt\'s last whole page, snapshots there, and resumes the next request from it', () => {
+    const config: SchedulerConfig = { maxNumSeqs: 4, maxBatchedTokens: 64, prefillChunkTokens: 32, maxQueue: 16, maxModelLen: 100_000, vocabSize: 100 };
+    const cache = new CacheManager(SWA, { maxNumSeqs: 4, maxChunkTokens: 32, pageTokens: 16, prefixCacheBytes: 1 << 20 });
+    const s = new Scheduler(config, cache);
+    const a = request(100, 2); // whole pages before the last token: 6 → snapshot at 96
+    s.submit(a);
+    const chunks: number[] = [];
+    while (a.status === 'prefilling' || a.status === 'waiting') {
+      const out = s.schedule();
+      chunks.push(...out.prefills.map((c) => c.numTokens));
+      completeStep(s, out);
+    }
+    expect(chunks).toEqual([32, 32, 32, 4]);
+    expect(cache.prefix!.size).toBe(1);
+    const b = request(100, 2); // same tokens
+    s.submit(b);
+    const out = s.schedule();
+    expect(b.numCachedTokens).toBe(96);
+    expect(out.prefills.find((c) => c.request === b)).toMatchObject({ startPos: 96, numTokens: 4 });
+    completeStep(s, out);
+    while (s.hasWork) completeStep(s, s.schedule());
+    expect(cache.usage().pagesUsed).toBe(0);
+  });
+
   it('throws QueueFullError when the waiting queue is full', () => {
     const { s } = make({ maxQueue: 3 });
     for (let i = 0; i < 3; i++) s.submit(request(10, 5));

@@ -136,10 +136,6 @@ export class EngineCore {
     for (const chunk of out.prefills) {
       this.scheduler.completePrefill(chunk);
       const req = chunk.request;
-      if (req.snapshotAt !== null && req.numComputedTokens === req.snapshotAt && req.prefixKeys !== null) {
-        this.cache.snapshot(req.requestId, req.prefixKeys[req.prefixKeys.length - 1]!, req.snapshotAt);
-        req.snapshotAt = null;
-      }
       if (req.reportProgress && req.status === 'prefilling' && now - req.lastProgressMs >= PROGRESS_INTERVAL_MS) {
         req.lastProgressMs = now;
         this.emit(req.requestId, {

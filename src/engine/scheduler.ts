@@ -190,11 +190,18 @@ export class Scheduler {
     return Math.min(req.numPromptTokensLeft, this.config.prefillChunkTokens, toSnapshot);
   }
 
-  /** Records that a scheduled chunk was computed; after the last prompt chunk the request decodes. */
+  /**
+   * Records that a scheduled chunk was computed (its states and keys/values are in the pools); at
+   * snapshotAt the prefix is snapshotted; after the last prompt chunk the request decodes.
+   */
   completePrefill(chunk: ScheduledChunk): void {
     const req = chunk.request;
     if (req.isFinished) return;
     req.numComputedTokens = chunk.startPos + chunk.numTokens;
+    if (req.snapshotAt === req.numComputedTokens && req.prefixKeys !== null) {
+      this.cache.snapshot(req.requestId, req.prefixKeys[req.prefixKeys.length - 1]!, req.snapshotAt);
+      req.snapshotAt = null;
+    }
     if (req.numComputedTokens === req.numPromptTokens) req.status = 'decoding';
   }
 
