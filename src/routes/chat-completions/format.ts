@@ -6,6 +6,7 @@
 import type { FinishReasonOut, GenerationEvent } from '../../server/generation.ts';
 import { chatLogprobEntries, type ChatLogprobEntry, type TokenText } from '../common/logprobs.ts';
 import { UsageCounter } from '../common/usage.ts';
+import type { ChatCompletionResponse } from './schema.ts';
 
 export interface ChatFormatContext {
   readonly id: string;
@@ -31,7 +32,7 @@ export function progressObject(ctx: { id: string; created: number; model: string
 }
 
 /** Collects the whole generation into one chat.completion object. */
-export async function chatCompletion(events: AsyncIterable<GenerationEvent>, ctx: ChatFormatContext): Promise<object> {
+export async function chatCompletion(events: AsyncIterable<GenerationEvent>, ctx: ChatFormatContext): Promise<ChatCompletionResponse> {
   const texts = Array.from({ length: ctx.n }, () => '');
   const logprobs: ChatLogprobEntry[][] = Array.from({ length: ctx.n }, () => []);
   const reasons: (FinishReasonOut | null)[] = Array.from({ length: ctx.n }, () => null);
@@ -47,12 +48,12 @@ export async function chatCompletion(events: AsyncIterable<GenerationEvent>, ctx
   }
   return {
     id: ctx.id,
-    object: 'chat.completion',
+    object: 'chat.completion' as const,
     created: ctx.created,
     model: ctx.model,
     choices: texts.map((content, index) => ({
       index,
-      message: { role: 'assistant', content },
+      message: { role: 'assistant' as const, content },
       logprobs: ctx.withLogprobs ? { content: logprobs[index] ?? [] } : null,
       finish_reason: reasons[index] ?? 'stop',
     })),

@@ -5,10 +5,10 @@ import { beginRequestLifetime } from '../../server/request-lifetime.ts';
 import { streamSse } from '../../server/sse.ts';
 import { chatChunks, chatCompletion } from './format.ts';
 import { prepareChat } from './prepare.ts';
-import { ChatCompletionRequest } from './schema.ts';
+import { ChatCompletionRequest, ChatCompletionResponse } from './schema.ts';
 
 const chatCompletionsRoute: FastifyPluginAsyncTypebox = async (app) => {
-  app.post('/v1/chat/completions', { schema: { body: ChatCompletionRequest } }, async (request, reply) => {
+  app.post('/v1/chat/completions', { schema: { body: ChatCompletionRequest, response: { 200: ChatCompletionResponse } } }, async (request, reply) => {
     const prepared = await prepareChat(app, request.body);
     const life = beginRequestLifetime(app, reply);
     try {

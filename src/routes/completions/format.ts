@@ -7,6 +7,7 @@ import type { FinishReasonOut, GenerationEvent } from '../../server/generation.t
 import { appendLegacy, emptyLegacyLogprobs, type LegacyLogprobs, type TokenText } from '../common/logprobs.ts';
 import { UsageCounter } from '../common/usage.ts';
 import { progressObject } from '../chat-completions/format.ts';
+import type { CompletionResponse } from './schema.ts';
 
 export interface CompletionFormatContext {
   readonly id: string;
@@ -37,7 +38,7 @@ class ChoiceState {
   echoed = false;
 }
 
-export async function completion(events: AsyncIterable<GenerationEvent>, ctx: CompletionFormatContext): Promise<object> {
+export async function completion(events: AsyncIterable<GenerationEvent>, ctx: CompletionFormatContext): Promise<CompletionResponse> {
   const choices = Array.from({ length: ctx.n }, () => new ChoiceState());
   const promptLogprobs: ((PromptLogprobEntry | null)[] | null)[] = Array.from({ length: ctx.n }, () => null);
   const usage = new UsageCounter(ctx.promptTokenIds.length);
@@ -65,7 +66,7 @@ export async function completion(events: AsyncIterable<GenerationEvent>, ctx: Co
   }
   return {
     id: ctx.id,
-    object: 'text_completion',
+    object: 'text_completion' as const,
     created: ctx.created,
     model: ctx.model,
     choices: choices.map((c, index) => ({

@@ -5,10 +5,10 @@ import { beginRequestLifetime } from '../../server/request-lifetime.ts';
 import { streamSse } from '../../server/sse.ts';
 import { completion, completionChunks } from './format.ts';
 import { prepareCompletion } from './prepare.ts';
-import { CompletionRequest } from './schema.ts';
+import { CompletionRequest, CompletionResponse } from './schema.ts';
 
 const completionsRoute: FastifyPluginAsyncTypebox = async (app) => {
-  app.post('/v1/completions', { schema: { body: CompletionRequest } }, async (request, reply) => {
+  app.post('/v1/completions', { schema: { body: CompletionRequest, response: { 200: CompletionResponse } } }, async (request, reply) => {
     const prepared = await prepareCompletion(app, request.body);
     const life = beginRequestLifetime(app, reply);
     try {

@@ -1,0 +1,25 @@
+// Response schemas shared by the generation endpoints (OpenAI wire shapes): usage and the two
+// logprobs formats. Fastify serializes non-streamed responses through them.
+import { Type } from 'typebox';
+
+export const UsageSchema = Type.Object({
+  prompt_tokens: Type.Integer(),
+  completion_tokens: Type.Integer(),
+  total_tokens: Type.Integer(),
+  prompt_tokens_details: Type.Object({ cached_tokens: Type.Integer() }),
+});
+
+export const FinishReasonSchema = Type.Union([Type.Literal('stop'), Type.Literal('length')]);
+
+const TopLogprobSchema = Type.Object({ token: Type.String(), logprob: Type.Number(), bytes: Type.Array(Type.Integer()) });
+
+export const ChatLogprobsSchema = Type.Object({
+  content: Type.Array(Type.Object({ token: Type.String(), logprob: Type.Number(), bytes: Type.Array(Type.Integer()), top_logprobs: Type.Array(TopLogprobSchema) })),
+});
+
+export const LegacyLogprobsSchema = Type.Object({
+  tokens: Type.Array(Type.String()),
+  token_logprobs: Type.Array(Type.Union([Type.Number(), Type.Null()])),
+  top_logprobs: Type.Array(Type.Union([Type.Record(Type.String(), Type.Number()), Type.Null()])),
+  text_offset: Type.Array(Type.Integer()),
+});
