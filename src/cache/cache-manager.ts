@@ -234,10 +234,6 @@ export class CacheManager {
     this.sequences.delete(seqId);
   }
 
-  has(seqId: string): boolean {
-    return this.sequences.has(seqId);
-  }
-
   /** GLA state slot of an admitted sequence. */
   slotOf(seqId: string): number {
     const entry = this.sequences.get(seqId);
@@ -247,10 +243,6 @@ export class CacheManager {
 
   tableOf(seqId: string): BlockTable | undefined {
     return this.kv.table(seqId);
-  }
-
-  get numSequences(): number {
-    return this.sequences.size;
   }
 
   usage(): CacheUsage {

@@ -131,8 +131,4 @@ export class PagedKvManager {
     for (const page of table.pages) this.pool.release(page);
     this.tables.delete(seqId);
   }
-
-  get numSequences(): number {
-    return this.tables.size;
-  }
 }

@@ -75,10 +75,6 @@ export class Scheduler {
     return [...this.byId.keys()];
   }
 
-  get(requestId: string): RequestState | undefined {
-    return this.byId.get(requestId);
-  }
-
   /**
    * Refuses what can never be served (RequestRejectedError) and what does not fit in the queue
    * (QueueFullError); otherwise queues the request as WAITING.
