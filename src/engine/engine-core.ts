@@ -114,11 +114,11 @@ export class EngineCore {
     for (const id of this.scheduler.requestIds()) this.abort(id);
   }
 
-  /** One scheduled step: schedule, run the model, turn sampled tokens into events. */
-  async step(): Promise<void> {
+  /** One scheduled step: schedule, run the model, turn sampled tokens into events. False = nothing to run. */
+  async step(): Promise<boolean> {
     if (this.stepping) throw new Error('EngineCore.step is not reentrant');
     const out = this.scheduler.schedule(performance.now());
-    if (out.numScheduledTokens === 0) return;
+    if (out.numScheduledTokens === 0) return false;
     this.stepping = true;
     let sampled;
     try {
@@ -128,7 +128,7 @@ export class EngineCore {
       this.stepping = false;
       for (const req of [...out.decodes, ...out.prefills.map((c) => c.request)]) this.finish(req, 'error', message);
       this.applyPendingAborts();
-      return;
+      return true;
     }
     this.stepping = false;
     const now = performance.now();
@@ -167,6 +167,7 @@ export class EngineCore {
       if (req.outputTokenIds.length >= req.sampling.maxTokens) this.finish(req, 'length');
     }
     this.applyPendingAborts();
+    return true;
   }
 
   private applyPendingAborts(): void {

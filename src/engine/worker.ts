@@ -67,7 +67,8 @@ async function loop(): Promise<void> {
   looping = true;
   try {
     while (core.hasWork) {
-      await core.step();
+      // Nothing schedulable (cannot happen with reservations, but never spin): wait for a message.
+      if (!(await core.step())) break;
       flush();
       // Let submit/abort messages in between two steps.
       await new Promise<void>((resolve) => setImmediate(resolve));
