@@ -3,6 +3,20 @@
 // (StopStringMatcher → engine.abort, finish 'stop'), and merges the n streams into one ordered
 // stream of GenerationEvents. Wire formats (chat chunk, completion choice) are the routes' job.
 //
+// Life of an HTTP generation request:
+//
+//   parse + validate ─▶ prepare (template, tokenize, sampling) ─▶ submit n engine requests
+//        │ 400/404/503                                               │ 429/400 before any event
+//        ▼                                                           ▼
+//   error envelope ◀──────────────────────────────────── first event (or one keep-alive interval)
+//                                                                    │ commit 200 (SSE) / collect
+//                                                                    ▼
+//   streaming ──done per choice──▶ finished (finish_reason stop|length, usage, [DONE])
+//       ├─ stop string matched ─▶ engine.abort(choice) ─▶ finish_reason 'stop'
+//       ├─ client gone ─▶ signal aborts every choice ─▶ engine frees everything; nothing written
+//       ├─ drain deadline ─▶ abortAll ─▶ 503 error event + [DONE]
+//       └─ engine error ─▶ logged; 500 error event + [DONE] (or a 500 before the stream began)
+//
 // Errors: an engine error before the first event (queue full, rejected, unavailable) is thrown from
 // the first next(); a stream that ends in 'error' throws a GenerationFailedError; one ended by a
 // drain throws the drain's 503. Leaving the loop early (client gone) aborts every choice, and the

@@ -35,6 +35,7 @@ function singlePrompt(p: CompletionRequest['prompt']): string | number[] {
   throw new InvalidRequestError("'prompt' must be a string, a list of token ids (integers ≥ 0), or a one-element list of either", 'prompt');
 }
 
+/** Token ids of the prompt, and its text when `echo` needs it (decoding millions of ids is not free). */
 async function promptTokens(app: FastifyInstance, body: CompletionRequest, vocabSize: number): Promise<{ ids: number[]; text: string }> {
   const one = singlePrompt(body.prompt);
   if (typeof one === 'string') {
@@ -44,7 +45,7 @@ async function promptTokens(app: FastifyInstance, body: CompletionRequest, vocab
   for (const id of one) {
     if (id >= vocabSize) throw new InvalidRequestError(`'prompt' holds token id ${id}, but the vocabulary has ${vocabSize} tokens`, 'prompt');
   }
-  return { ids: one, text: app.tokenizer.decode(one, { skipSpecialTokens: false }) };
+  return { ids: one, text: body.echo === true ? app.tokenizer.decode(one, { skipSpecialTokens: false }) : '' };
 }
 
 export async function prepareCompletion(app: FastifyInstance, body: CompletionRequest): Promise<PreparedCompletion> {
