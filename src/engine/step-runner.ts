@@ -2,7 +2,7 @@
 // the cache pools, calls model.run, scatters the new GLA states and the chunk's keys/values back, and
 // samples the next token of every sequence that has consumed its whole prompt.
 //
-//   decodes:  one run, B = #decodes, T = 1
+//   decodes:  one run, B = #decodes, T = 1 (full attention: grouped by context length, see decodeGroups)
 //   prefills: one run per chunk, B = 1, T = chunk length (allLogits when prompt logprobs are asked)
 //
 // Gather (per attention layer a, per sequence b with chunk start p0 and block table pages[k]):
@@ -92,12 +92,12 @@ export class StepRunner {
     this.samplers.delete(requestId);
   }
 
-  /** Runs the step's decodes (one batch) and prefill chunks (one run each); returns the sampled tokens. */
+  /** Runs the step's decodes (batched) and prefill chunks (one run each); returns the sampled tokens. */
   async execute(out: SchedulerOutput): Promise<SampledResult[]> {
     const results: SampledResult[] = [];
     const V = this.config.vocabSize;
-    if (out.decodes.length > 0) {
-      const rows = out.decodes.map((r) => ({ request: r, startPos: r.numComputedTokens, tokens: [r.lastTokenId] }));
+    for (const group of this.decodeGroups(out.decodes)) {
+      const rows = group.map((r) => ({ request: r, startPos: r.numComputedTokens, tokens: [r.lastTokenId] }));
       const output = await this.runRows(rows, 1, false);
       for (let b = 0; b < rows.length; b++) {
         const req = rows[b]!.request;
@@ -109,6 +109,31 @@ export class StepRunner {
       if (sampled !== null) results.push(sampled);
     }
     return results;
+  }
+
+  /**
+   * Decode batches. A batch pads every row's past to the longest one (B · Pmax slots), which the window
+   * bounds for SWA: one batch. With full attention the past is the whole context, so rows are sorted
+   * by context length and a batch takes rows only up to twice its shortest context (+ one page):
+   * padding never more than doubles what is gathered.
+   */
+  private decodeGroups(decodes: readonly RequestState[]): RequestState[][] {
+    if (decodes.length === 0) return [];
+    if (this.config.slidingWindow !== null || this.numAttnLayers === 0) return [[...decodes]];
+    const sorted = [...decodes].sort((a, b) => a.numComputedTokens - b.numComputedTokens);
+    const groups: RequestState[][] = [];
+    let group: RequestState[] = [];
+    let shortest = 0;
+    for (const req of sorted) {
+      if (group.length > 0 && req.numComputedTokens > 2 * shortest + this.cache.pageTokens) {
+        groups.push(group);
+        group = [];
+      }
+      if (group.length === 0) shortest = req.numComputedTokens;
+      group.push(req);
+    }
+    groups.push(group);
+    return groups;
   }
 
   private async runPrefill(chunk: ScheduledChunk): Promise<SampledResult | null> {
