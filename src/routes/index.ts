@@ -9,6 +9,7 @@ import metricsRoute from './metrics/index.ts';
 import modelsRoute from './models/index.ts';
 import streamWsRoute from './stream-ws/index.ts';
 import tokenizeRoute from './tokenize/index.ts';
+import versionRoute from './version/index.ts';
 
 export async function registerRoutes(app: FastifyInstance): Promise<void> {
   await app.register(chatCompletionsRoute);
@@ -17,6 +18,7 @@ export async function registerRoutes(app: FastifyInstance): Promise<void> {
   await app.register(tokenizeRoute);
   await app.register(detokenizeRoute);
   await app.register(healthRoute);
+  await app.register(versionRoute);
   await app.register(metricsRoute);
   await app.register(streamWsRoute);
   await app.register(chatPageRoute);

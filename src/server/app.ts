@@ -2,6 +2,9 @@
 // template, metrics, config) without listening, so tests drive it with inject() and the CLI with
 // listen(). Every feature is a plugin; the decorators all routes rely on are declared here.
 //
+// This file is the composition root: the one place in src/server that imports src/routes (the
+// routes themselves import server utilities, never the other way round).
+//
 // Request ids: an incoming `x-request-id` (if sane) is kept, otherwise one is generated; it labels
 // every log line of the request and is echoed in the `x-request-id` response header.
 import { randomUUID } from 'node:crypto';
