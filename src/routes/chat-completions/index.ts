@@ -10,6 +10,10 @@ import { ChatCompletionRequest, ChatCompletionResponse } from './schema.ts';
 const chatCompletionsRoute: FastifyPluginAsyncTypebox = async (app) => {
   app.post('/v1/chat/completions', { schema: { body: ChatCompletionRequest, response: { 200: ChatCompletionResponse } } }, async (request, reply) => {
     const prepared = await prepareChat(app, request.body);
+    request.log.info(
+      { completionId: prepared.spec.requestId, promptTokens: prepared.spec.promptTokenIds.length, maxTokens: prepared.spec.sampling.maxTokens, n: prepared.spec.n, stream: prepared.stream },
+      'generation started',
+    );
     const life = beginRequestLifetime(app, reply);
     try {
       const deps = { engine: prepared.engine, tokenizer: app.tokenizer, metrics: app.metrics };

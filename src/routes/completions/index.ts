@@ -10,6 +10,10 @@ import { CompletionRequest, CompletionResponse } from './schema.ts';
 const completionsRoute: FastifyPluginAsyncTypebox = async (app) => {
   app.post('/v1/completions', { schema: { body: CompletionRequest, response: { 200: CompletionResponse } } }, async (request, reply) => {
     const prepared = await prepareCompletion(app, request.body);
+    request.log.info(
+      { completionId: prepared.spec.requestId, promptTokens: prepared.spec.promptTokenIds.length, maxTokens: prepared.spec.sampling.maxTokens, n: prepared.spec.n, stream: prepared.stream },
+      'generation started',
+    );
     const life = beginRequestLifetime(app, reply);
     try {
       const deps = { engine: prepared.engine, tokenizer: app.tokenizer, metrics: app.metrics };
