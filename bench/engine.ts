@@ -7,11 +7,11 @@
 // Reference size: hidden 256, 8 layers (GLA even, SWA odd), 8 heads, 2 kv heads, ffn 1024,
 // vocab 4096, window 1024, random weights.
 //
-// Flags: --max-tokens N, --chunk N (prefill chunk, default 512), --threads N, --decode-steps N,
+// Flags: --max-tokens N, --chunk N (prefill chunk, default 256), --threads N, --decode-steps N,
 //        --plain (the plain-op reference graph instead of the fused one),
 //        --sweep (first, prefill tok/s for chunk sizes 128…2048 on 8K tokens after a full window).
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { availableParallelism, tmpdir } from 'node:os';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import * as ort from 'onnxruntime-node';
@@ -30,11 +30,12 @@ function flag(name: string, fallback: number): number {
 }
 
 const MAX_TOKENS = flag('max-tokens', 1 << 20);
-const CHUNK = flag('chunk', 512);
+const CHUNK = flag('chunk', 256);
 const THREADS = flag('threads', availableParallelism());
 const DECODE_STEPS = flag('decode-steps', 128);
 const PLAIN = process.argv.includes('--plain');
 const SWEEP = process.argv.includes('--sweep');
+const LOAD_AT_START = loadavg().map((x) => x.toFixed(1)).join(' ');
 const MILESTONES = [4096, 65536, 262144, 1 << 20].filter((m) => m <= MAX_TOKENS);
 
 const CONFIG: ModelConfig = parseModelConfig({
@@ -92,24 +93,39 @@ function cloneSequence(model: Model, s: Sequence): Sequence {
 }
 
 /** Prefill tok/s with `chunk`-token steps over `tokens` tokens, after one window of warm-up. */
-async function chunkRate(model: Model, chunk: number, tokens: number): Promise<number> {
+async function chunkRate(model: Model, chunk: number, tokens: number): Promise<Rate> {
   const V = model.config.vocabSize;
   const seq = newSequence(model);
   const ids = (n: number): number[] => Array.from({ length: n }, (_, i) => (i * 7919 + seq.numTokens) % V);
   const warm = model.windowTokens ?? 1024;
   while (seq.numTokens < warm) await stepSequences(model, [seq], [ids(Math.min(chunk, warm - seq.numTokens))], false);
+  const c0 = process.cpuUsage();
   const t0 = performance.now();
   for (let done = 0; done < tokens; done += chunk) await stepSequences(model, [seq], [ids(Math.min(chunk, tokens - done))], false);
-  return tokens / ((performance.now() - t0) / 1000);
+  return { wall: tokens / ((performance.now() - t0) / 1000), cpu: tokens / cpuSeconds(c0) };
 }
 
-async function decodeRate(model: Model, seq: Sequence, steps: number): Promise<number> {
+/** CPU seconds (user + system, all threads of this process) since `from`. */
+function cpuSeconds(from: NodeJS.CpuUsage): number {
+  const c = process.cpuUsage(from);
+  return (c.user + c.system) / 1e6;
+}
+
+interface Rate {
+  /** Tokens per wall-clock second. */
+  readonly wall: number;
+  /** Tokens per CPU second: the work per token, independent of how busy the machine is. */
+  readonly cpu: number;
+}
+
+async function decodeRate(model: Model, seq: Sequence, steps: number): Promise<Rate> {
   const V = model.config.vocabSize;
   let tok = 7;
   for (let i = 0; i < 8; i++) await decodeBatch(model, [seq], [(tok = (tok * 31 + 1) % V)]); // warm-up
+  const c0 = process.cpuUsage();
   const t0 = performance.now();
   for (let i = 0; i < steps; i++) await decodeBatch(model, [seq], [(tok = (tok * 31 + 1) % V)]);
-  return steps / ((performance.now() - t0) / 1000);
+  return { wall: steps / ((performance.now() - t0) / 1000), cpu: steps / cpuSeconds(c0) };
 }
 
 const mib = (b: number): string => (b / 2 ** 20).toFixed(0);
@@ -126,18 +142,19 @@ async function main(): Promise<void> {
     const f = flopsPerToken(CONFIG);
     const V = CONFIG.vocabSize;
 
-    const sweep: [number, number][] = [];
+    const sweep: [number, Rate][] = [];
     if (SWEEP) {
       for (const chunk of [128, 256, 512, 1024, 2048]) {
         sweep.push([chunk, await chunkRate(model, chunk, 8192)]);
-        process.stderr.write(`  sweep chunk ${chunk}: ${sweep[sweep.length - 1]?.[1].toFixed(0)} tok/s\n`);
+        process.stderr.write(`  sweep chunk ${chunk}: ${sweep[sweep.length - 1]?.[1].wall.toFixed(0)} tok/s\n`);
       }
     }
     const decode0 = await decodeRate(model, newSequence(model), DECODE_STEPS);
 
     // Prefill one sequence to MAX_TOKENS; record cumulative time and RSS at each milestone.
     const seq = newSequence(model);
-    const rows: { tokens: number; tokPerSec: number; rssMiB: string; peakMiB: string }[] = [];
+    const rows: { tokens: number; tokPerSec: number; tokPerCpuSec: number; rssMiB: string; peakMiB: string }[] = [];
+    let cpu = 0;
     let rng = 12345;
     let elapsed = 0;
     let peakRss = process.memoryUsage.rss();
@@ -147,12 +164,14 @@ async function main(): Promise<void> {
       const n = Math.min(CHUNK, MAX_TOKENS - seq.numTokens, (MILESTONES.find((m) => m > seq.numTokens) ?? MAX_TOKENS) - seq.numTokens);
       chunkIds.length = n;
       for (let i = 0; i < n; i++) chunkIds[i] = (rng = (rng * 1103515245 + 12345) >>> 0) % V;
+      const c0 = process.cpuUsage();
       const t0 = performance.now();
       await stepSequences(model, [seq], [chunkIds], false);
       elapsed += (performance.now() - t0) / 1000;
+      cpu += cpuSeconds(c0);
       peakRss = Math.max(peakRss, process.memoryUsage.rss());
       if (MILESTONES.includes(seq.numTokens)) {
-        rows.push({ tokens: seq.numTokens, tokPerSec: seq.numTokens / elapsed, rssMiB: mib(process.memoryUsage.rss()), peakMiB: mib(peakRss) });
+        rows.push({ tokens: seq.numTokens, tokPerSec: seq.numTokens / elapsed, tokPerCpuSec: seq.numTokens / cpu, rssMiB: mib(process.memoryUsage.rss()), peakMiB: mib(peakRss) });
         process.stderr.write(`  prefill ${kTok(seq.numTokens)}: ${(seq.numTokens / elapsed).toFixed(0)} tok/s\n`);
         if (seq.numTokens === 262144) at256k = cloneSequence(model, seq);
       }
@@ -162,24 +181,26 @@ async function main(): Promise<void> {
     const gf = (tokPerSec: number, perToken: number): string => ((tokPerSec * perToken) / 1e9).toFixed(1);
     const window = CONFIG.slidingWindow ?? 0;
     const prefillFlops = f.layers + f.attentionPerKey * (window + CHUNK / 2); // keys per query ≈ W + T/2 computed
-    console.log(`\nspikeserve engine bench — ${ort.env.versions.common} CPU, ${THREADS} threads, ${PLAIN ? 'plain' : 'fused'} graph, chunk ${CHUNK}`);
+    console.log(`\nspikeserve engine bench — onnxruntime ${ort.env.versions.common} CPU, ${THREADS} threads, ${PLAIN ? 'plain' : 'fused'} graph, chunk ${CHUNK}`);
+    console.log(`load average at start ${LOAD_AT_START}, at end ${loadavg().map((x) => x.toFixed(1)).join(' ')} (${availableParallelism()} cores)`);
     console.log(`model: D=256 L=8 (GLA even, SWA odd) H=8 Hkv=2 F=1024 V=4096 W=1024, ${(ckpt.numParameters / 1e6).toFixed(1)}M params, load ${loadSec.toFixed(1)} s`);
     console.log(`FLOPs/token: layers ${(f.layers / 1e6).toFixed(1)} M, lm_head ${(f.lmHead / 1e6).toFixed(1)} M, attention ${(f.attentionPerKey / 1e3).toFixed(0)} K per key`);
     console.log('');
     console.log('| measure | value |');
     console.log('|---|---|');
     console.log(`| onnxruntime MatMul 512×256×1024 | ${mm.toFixed(1)} GFLOP/s |`);
-    for (const [chunk, rate] of sweep) console.log(`| prefill 8K after a full window, chunk ${chunk} | ${rate.toFixed(0)} tok/s (layers ${gf(rate, f.layers)} GFLOP/s) |`);
+    for (const [chunk, rate] of sweep) console.log(`| prefill 8K after a full window, chunk ${chunk} | ${rate.wall.toFixed(0)} tok/s, ${rate.cpu.toFixed(0)} tok/CPU-s |`);
     for (const r of rows) {
-      console.log(`| prefill ${kTok(r.tokens)} tokens | ${r.tokPerSec.toFixed(0)} tok/s (layers ${gf(r.tokPerSec, f.layers)} GFLOP/s, incl. attention ${gf(r.tokPerSec, prefillFlops)}), RSS ${r.rssMiB} MiB, peak ${r.peakMiB} MiB |`);
+      console.log(`| prefill ${kTok(r.tokens)} tokens | ${r.tokPerSec.toFixed(0)} tok/s, ${r.tokPerCpuSec.toFixed(0)} tok/CPU-s (layers ${gf(r.tokPerSec, f.layers)} GFLOP/s, incl. attention ${gf(r.tokPerSec, prefillFlops)}); RSS ${r.rssMiB} MiB, peak ${r.peakMiB} MiB |`);
     }
     const first = rows[0];
     const lastRow = rows[rows.length - 1];
     if (first !== undefined && lastRow !== undefined && lastRow !== first) {
-      console.log(`| prefill ratio ${kTok(lastRow.tokens)} ÷ ${kTok(first.tokens)} | ${(lastRow.tokPerSec / first.tokPerSec).toFixed(2)} |`);
+      console.log(`| prefill ratio ${kTok(lastRow.tokens)} ÷ ${kTok(first.tokens)} | ${(lastRow.tokPerSec / first.tokPerSec).toFixed(2)} wall, ${(lastRow.tokPerCpuSec / first.tokPerCpuSec).toFixed(2)} CPU |`);
     }
-    console.log(`| decode, depth 0 | ${decode0.toFixed(0)} tok/s (${gf(decode0, f.layers + f.lmHead)} GFLOP/s) |`);
-    if (decodeDeep !== null) console.log(`| decode, depth 256K | ${decodeDeep.toFixed(0)} tok/s (${gf(decodeDeep, f.layers + f.lmHead + f.attentionPerKey * (window + 1))} GFLOP/s) |`);
+    console.log(`| decode, depth 0 | ${decode0.wall.toFixed(0)} tok/s, ${decode0.cpu.toFixed(0)} tok/CPU-s (${gf(decode0.wall, f.layers + f.lmHead)} GFLOP/s) |`);
+    if (decodeDeep !== null) console.log(`| decode, depth 256K | ${decodeDeep.wall.toFixed(0)} tok/s, ${decodeDeep.cpu.toFixed(0)} tok/CPU-s (${gf(decodeDeep.wall, f.layers + f.lmHead + f.attentionPerKey * (window + 1))} GFLOP/s) |`);
+    if (decodeDeep !== null) console.log(`| decode ratio 256K ÷ 0 | ${(decodeDeep.wall / decode0.wall).toFixed(2)} wall, ${(decodeDeep.cpu / decode0.cpu).toFixed(2)} CPU |`);
     console.log(`| GLA state per sequence | ${(model.stateBytesPerSequence / 1024).toFixed(0)} KiB; SWA KV kept ${(seq.kvBytes / 1024).toFixed(0)} KiB (${seq.keptTokens} tokens) |`);
     await model.close();
   } finally {
