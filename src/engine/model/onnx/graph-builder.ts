@@ -215,7 +215,8 @@ export class GraphBuilder {
         let written = 0;
         const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
         while (written < bytes.length) {
-          written += writeSync(fd, bytes, written, bytes.length - written, tensor.offset + written);
+          // one write takes at most 2 GiB − 1 bytes (a 7B embedding in fp32 is 2.2 GB)
+          written += writeSync(fd, bytes, written, Math.min(bytes.length - written, 1 << 30), tensor.offset + written);
         }
         done++;
         onWeight?.(done, this.weights.length, tensor.offset + tensor.length);
