@@ -127,6 +127,8 @@ describe('openai SDK: completions and models', () => {
     expect(list.data.map((m) => m.id)).toEqual([model]);
     expect((list.data[0] as unknown as { max_model_len: number }).max_model_len).toBe(server.engine.maxModelLen);
     expect(list.data[0]?.owned_by).toBe('spikeserve');
+    expect((await client.models.retrieve(model)).id).toBe(model);
+    await expect(client.models.retrieve('other')).rejects.toBeInstanceOf(OpenAI.NotFoundError);
   });
 
   it('completes a text prompt', async () => {

@@ -1,6 +1,8 @@
-// GET /v1/models — the one served model, OpenAI list format plus vLLM's `max_model_len`.
+// GET /v1/models — the one served model, OpenAI list format plus vLLM's `max_model_len` — and
+// GET /v1/models/:model (retrieve; 404 model_not_found for any other name).
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
-import { Type } from 'typebox';
+import { Type, type Static } from 'typebox';
+import { checkModel } from '../common/usage.ts';
 
 const ModelCard = Type.Object({
   id: Type.String(),
@@ -15,13 +17,18 @@ const ModelList = Type.Object({ object: Type.Literal('list'), data: Type.Array(M
 
 const modelsRoute: FastifyPluginAsyncTypebox = async (app) => {
   const created = Math.floor(Date.now() / 1000);
-  app.get('/v1/models', { schema: { response: { 200: ModelList } } }, async () => {
-    const engine = app.serving.loadedEngine;
-    const name = app.serverConfig.servedModelName;
-    return {
-      object: 'list' as const,
-      data: [{ id: name, object: 'model' as const, created, owned_by: 'spikeserve', root: app.serverConfig.modelDir, max_model_len: engine?.maxModelLen ?? null }],
-    };
+  const card = (): Static<typeof ModelCard> => ({
+    id: app.serverConfig.servedModelName,
+    object: 'model',
+    created,
+    owned_by: 'spikeserve',
+    root: app.serverConfig.modelDir,
+    max_model_len: app.serving.loadedEngine?.maxModelLen ?? null,
+  });
+  app.get('/v1/models', { schema: { response: { 200: ModelList } } }, async () => ({ object: 'list' as const, data: [card()] }));
+  app.get('/v1/models/:model', { schema: { params: Type.Object({ model: Type.String() }), response: { 200: ModelCard } } }, async (request) => {
+    checkModel(app, request.params.model);
+    return card();
   });
 };
 
