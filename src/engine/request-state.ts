@@ -26,10 +26,12 @@ export class RequestState {
   numComputedTokens = 0;
   /** Prompt tokens whose state came from a prefix cache (not computed for this request). */
   numCachedTokens = 0;
-  /** prefixKeys() of the prompt when prefix caching applies to this request, else null. */
+  /** prefixKeys() of the prompt while WAITING, when prefix caching applies; dropped on admission (O(n/P)). */
   prefixKeys: readonly string[] | null = null;
   /** Prefix length at which the state is snapshotted for later requests (chunks end there); null = none. */
   snapshotAt: number | null = null;
+  /** Key of that snapshot (the last of prefixKeys). */
+  snapshotKey: string | null = null;
   readonly outputTokenIds: number[] = [];
   finishReason: FinishReason | null = null;
   stopTokenId: number | null = null;

@@ -152,8 +152,11 @@ export class Scheduler {
       req.numComputedTokens = restored;
       req.numCachedTokens = restored;
       // Snapshot at the prompt's last whole page (chunks are cut there) unless that prefix was restored.
-      const snapshotAt = (req.prefixKeys?.length ?? 0) * this.cache.pageTokens;
+      const keys = req.prefixKeys ?? [];
+      const snapshotAt = keys.length * this.cache.pageTokens;
       req.snapshotAt = snapshotAt > restored ? snapshotAt : null;
+      req.snapshotKey = req.snapshotAt !== null ? keys[keys.length - 1]! : null;
+      req.prefixKeys = null;
       req.status = 'prefilling';
       req.admittedMs = nowMs;
       req.lastProgressMs = nowMs;
@@ -194,9 +197,10 @@ export class Scheduler {
     const req = chunk.request;
     if (req.isFinished) return;
     req.numComputedTokens = chunk.startPos + chunk.numTokens;
-    if (req.snapshotAt === req.numComputedTokens && req.prefixKeys !== null) {
-      this.cache.snapshot(req.requestId, req.prefixKeys[req.prefixKeys.length - 1]!, req.snapshotAt);
+    if (req.snapshotAt === req.numComputedTokens && req.snapshotKey !== null) {
+      this.cache.snapshot(req.requestId, req.snapshotKey, req.snapshotAt);
       req.snapshotAt = null;
+      req.snapshotKey = null;
     }
     if (req.numComputedTokens === req.numPromptTokens) req.status = 'decoding';
   }
