@@ -1,10 +1,12 @@
 // Engine throughput benchmark on the reference-size hybrid model (random weights; no files needed):
 //   hidden 256, 8 layers (GLA / SWA alternating), 8 heads, 2 kv heads, ffn 1024, vocab 4096, window 1024.
+// 0. Prefill tokens/s by prefill chunk size (one engine per size; basis of the default chunk).
 // 1. Aggregate decode tokens/s at 1, 4, 16 and 64 concurrent streams, and the ratio to one stream.
 // 2. Inter-token latency of short requests, alone and while a long prompt (default 1M tokens) is prefilled.
 // Prints tables; numbers are measured in this one run (no thresholds).
 //
 //   node --import tsx bench/throughput.ts [--long-tokens 1048576] [--decode-tokens 64] [--threads N]
+//        [--chunk-tokens 256] [--chunk-sweep 128,256,512,1024 | none] [--sweep-tokens 8192]
 import { parseArgs } from 'node:util';
 import { Engine } from '../src/engine/engine.ts';
 import type { GenerateRequest, SamplingParams, TokenEvent } from '../src/engine/types.ts';
@@ -16,7 +18,9 @@ const { values: args } = parseArgs({
     'prompt-tokens': { type: 'string', default: '32' },
     streams: { type: 'string', default: '1,4,16,64' },
     threads: { type: 'string' },
-    'chunk-tokens': { type: 'string', default: '512' },
+    'chunk-tokens': { type: 'string', default: '256' },
+    'chunk-sweep': { type: 'string', default: '128,256,512,1024' },
+    'sweep-tokens': { type: 'string', default: '8192' },
   },
 });
 const LONG_TOKENS = Number(args['long-tokens']);
@@ -92,18 +96,40 @@ function row(cells: readonly (string | number)[], widths: readonly number[]): st
   return cells.map((c, i) => String(c).padStart(widths[i]!)).join('  ');
 }
 
-async function main(): Promise<void> {
-  const maxStreams = Math.max(...STREAMS, 8);
-  const t0 = performance.now();
-  const engine = await Engine.start({
+function startEngine(chunkTokens: number, maxNumSeqs: number): Promise<Engine> {
+  return Engine.start({
     modelDir: '(random reference-size weights)',
     randomWeightsConfig: referenceConfig,
-    maxNumSeqs: maxStreams + 1,
-    prefillChunkTokens: Number(args['chunk-tokens']),
-    maxBatchedTokens: Math.max(2048, Number(args['chunk-tokens'])),
+    maxNumSeqs,
+    prefillChunkTokens: chunkTokens,
+    maxBatchedTokens: Math.max(2048, chunkTokens),
+    prefixCacheBytes: 0, // every prompt is computed
     ...(args.threads !== undefined ? { intraOpThreads: Number(args.threads) } : {}),
   }, (m) => process.stderr.write(`${m}\n`));
-  console.log(`model loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s; pool ${engine.stats().kvPagesTotal} pages, ${engine.stats().stateSlotsTotal} slots`);
+}
+
+async function chunkSweep(): Promise<void> {
+  if (args['chunk-sweep'] === 'none') return;
+  const tokens = Number(args['sweep-tokens']);
+  console.log(`Prefill throughput by chunk size (${tokens}-token prompt)`);
+  const w = [8, 12];
+  console.log(row(['chunk', 'tokens/s'], w));
+  for (const chunk of args['chunk-sweep'].split(',').map(Number)) {
+    const engine = await startEngine(chunk, 2);
+    let seconds = NaN;
+    for await (const e of engine.generate(request(tokens, 1))) if (e.type === 'done') seconds = e.timing.prefillSeconds;
+    console.log(row([chunk, (tokens / seconds).toFixed(0)], w));
+    await engine.shutdown();
+  }
+  console.log('');
+}
+
+async function main(): Promise<void> {
+  await chunkSweep();
+  const maxStreams = Math.max(...STREAMS, 8);
+  const t0 = performance.now();
+  const engine = await startEngine(Number(args['chunk-tokens']), maxStreams + 1);
+  console.log(`prefill chunk ${args['chunk-tokens']} tokens; model loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s; pool ${engine.stats().kvPagesTotal} pages, ${engine.stats().stateSlotsTotal} slots`);
 
   await decodeThroughput(engine, 1); // warm-up
   console.log(`\nDecode throughput (prompt ${PROMPT_TOKENS} tokens, ${DECODE_TOKENS} new tokens per stream, greedy)`);

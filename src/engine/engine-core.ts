@@ -26,7 +26,9 @@ export const ENGINE_DEFAULTS = Object.freeze({
   maxNumSeqs: 64,
   pageTokens: 64,
   maxBatchedTokens: 2048,
-  prefillChunkTokens: 512,
+  // SWA costs each query W + T keys, so short chunks are cheaper per token; 256 measured best at
+  // the reference size on CPU (bench/throughput.ts), and it keeps decode steps short during long prefills.
+  prefillChunkTokens: 256,
   maxQueue: 1024,
   prefixCacheBytes: 512 * 2 ** 20,
   /** Context limit of models without full attention (GLA state and window are constant-size). */

@@ -28,7 +28,7 @@ export interface EngineOptions {
   readonly pageTokens?: number;
   /** Token budget of one step (default 2048). */
   readonly maxBatchedTokens?: number;
-  /** Longest prefill chunk (default 512). */
+  /** Longest prefill chunk (default 256). */
   readonly prefillChunkTokens?: number;
   /** Longest waiting queue before QueueFullError (default 1024). */
   readonly maxQueue?: number;
