@@ -138,5 +138,8 @@ async function runProbe(device: Device): Promise<void> {
   if (process.platform === 'linux' && !vulkanLoaderPresent()) {
     fail('no WebGPU adapter found: the Vulkan loader libvulkan.so.1 is not installed (Debian/Ubuntu: apt-get install libvulkan1, plus the GPU vendor\'s Vulkan driver)');
   }
-  fail(`no WebGPU adapter found (${reason}): is a GPU with its vendor's Vulkan driver visible${process.platform === 'linux' ? ', e.g. NVIDIA\'s ICD through VK_DRIVER_FILES' : ''}?`);
+  const hint = process.platform === 'linux'
+    ? 'libvulkan.so.1 is installed, so no GPU with a Vulkan driver is visible: install the vendor\'s Vulkan driver, e.g. NVIDIA\'s, or point VK_DRIVER_FILES at its ICD file'
+    : 'no GPU with a driver for WebGPU is visible';
+  fail(`no WebGPU adapter found (${reason}; ${hint})`);
 }

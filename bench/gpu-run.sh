@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# bench/gpu.ts on a GPU machine that has no Node.js and no network (docs/gpu.md).
+#   here:        bench/gpu-run.sh pack         bundle bench/gpu.ts to plain JS (esbuild), pack node +
+#                                              onnxruntime-node + the Vulkan loader (../shared/gpu/pack.sh)
+#   GPU machine: bench/gpu-run.sh node         unpack the node binary only (stage 1 of 2, see below)
+#                bench/gpu-run.sh bench [FLAGS]  unpack the rest and run the bench; FLAGS go to gpu.ts
+# Carried folders (git-ignored): .device-carry/ (onnxruntime-node, libvulkan1 .deb, gpu.mjs, the
+# SpikingBrain-7B config.json) and .device-node/ (the stripped node binary, xz -9e, ~22 MB). They are
+# separate because the working tree (with models/spikingbrain-tiny, ~39 MB) plus both would pass the
+# device tool's 64 MiB transfer limit: carry .device-node in a first short call (`node`), then
+# .device-carry in a second call made at once, while the machine is still warm (`bench`).
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+mode=${1:-bench}
+shift || true
+
+case "$mode" in
+pack)
+  set -e
+  [ -f .device-carry/node_modules.tar.xz ] || ../shared/gpu/pack.sh
+  mkdir -p .device-node
+  grep -qx '/.device-node/' .git/info/exclude 2>/dev/null || echo '/.device-node/' >> .git/info/exclude
+  if [ ! -f .device-node/node.tar.xz ]; then
+    t=$(mktemp -d); mkdir -p "$t/bin"; cp "$(readlink -f "$(command -v node)")" "$t/bin/node"; strip "$t/bin/node"
+    tar cf - -C "$t" bin/node | xz -T2 -9e > .device-node/node.tar.xz; rm -rf "$t"
+  fi
+  rm -f .device-carry/node.tar.xz
+  node_modules/esbuild/bin/esbuild bench/gpu.ts --bundle --platform=node --format=esm --target=node20 \
+    --external:onnxruntime-node --outfile=.device-carry/gpu.mjs --log-level=warning \
+    --banner:js="import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);"
+  cp ../shared/spec/spikingbrain-7b/config.json .device-carry/spikingbrain-7b.config.json
+  du -sh .device-carry .device-node
+  ;;
+node)
+  mkdir -p /tmp/rt && tar xJf .device-node/node.tar.xz -C /tmp/rt && /tmp/rt/bin/node --version
+  ;;
+bench)
+  if [ ! -x /tmp/rt/bin/node ]; then
+    f=.device-node/node.tar.xz; [ -f "$f" ] || f=.device-carry/node.tar.xz
+    mkdir -p /tmp/rt && tar xJf "$f" -C /tmp/rt || { echo "no node binary: run 'bench/gpu-run.sh node' first" >&2; exit 1; }
+  fi
+  for f in .device-carry/debs/*.deb; do dpkg -x "$f" /; done; ldconfig
+  tar xJf .device-carry/node_modules.tar.xz -C /tmp/rt
+  export PATH=/tmp/rt/bin:$PATH VK_DRIVER_FILES=${VK_DRIVER_FILES:-/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json}
+  # ESM imports do not read NODE_PATH: put the packages where the bundle looks for them.
+  [ -e node_modules ] || ln -s /tmp/rt/node_modules node_modules
+  out=${OUT:-/tmp/gpu-out}; mkdir -p "$out"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+  node .device-carry/gpu.mjs --json "$out/gpu-bench.json" "$@" 2>&1 | tee "$out/gpu-bench.log"
+  rc=${PIPESTATUS[0]}
+  # Which provider each node of the model graph went to (with --placement).
+  grep -A60 'Node placements' "$out/gpu-bench.log" | grep -v 'SaveMLValueNameIndexMapping\|OrtValue mappings' | sed 's/^.*VerifyEachNodeIsAssignedToAnEp\] //' > "$out/placement.txt" || true
+  head -c 3000 "$out/placement.txt"
+  exit $rc
+  ;;
+*)
+  echo "usage: bench/gpu-run.sh pack | node | bench [gpu.ts flags]" >&2; exit 2
+  ;;
+esac
