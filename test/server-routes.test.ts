@@ -222,10 +222,18 @@ describe('on a listening server', () => {
 
   it('sends prefill.progress events before the first token when asked', async () => {
     // Thousands of tokens in chunks of 64: dozens of engine steps, so the prefill spans several
-    // 250 ms progress intervals (progress is reported at most every 250 ms of prefill).
-    const prompt = Array.from({ length: 3000 }, (_, i) => 10 + ((i * 7919) % 3000));
-    const res = await post('/v1/completions', { prompt, max_tokens: 2, ignore_eos: true, stream: true, stream_options: { include_progress: true } });
-    const events = sseData(res.body).slice(0, -1) as Json[];
+    // 250 ms progress intervals (progress is reported at most every 250 ms of prefill). A smaller
+    // model prefills faster: the prompt grows until one prefill lasts long enough.
+    const V = server.engine.config.vocabSize;
+    let prompt: number[] = [];
+    let events: Json[] = [];
+    for (const length of [3000, 12_000, 48_000]) {
+      prompt = Array.from({ length }, (_, i) => 3 + ((i * 7919) % (V - 3)));
+      const res = await post('/v1/completions', { prompt, max_tokens: 2, ignore_eos: true, stream: true, stream_options: { include_progress: true } });
+      expect(res.status).toBe(200);
+      events = sseData(res.body).slice(0, -1) as Json[];
+      if (events.some((e) => e.object === 'prefill.progress')) break;
+    }
     const firstText = events.findIndex((e) => e.object === 'text_completion');
     const progress = events.filter((e) => e.object === 'prefill.progress');
     expect(progress.length).toBeGreaterThan(0);

@@ -63,9 +63,13 @@ function writeByteTokenizer(dir: string): void {
   writeFileSync(join(dir, 'generation_config.json'), JSON.stringify({ eos_token_id: TEST_EOS_ID }));
 }
 
-/** The model directory tests serve: the default model if it is there, else a generated one. */
+/**
+ * The model directory tests serve: the default model if it is there, else a generated one
+ * (also forced with SPIKESERVE_TEST_GENERATED_MODEL=1, to check the tests do not depend on it).
+ */
 export function testModelDir(): string {
-  if (existsSync(join(DEFAULT_MODEL_DIR, 'model.safetensors')) && existsSync(join(DEFAULT_MODEL_DIR, 'config.json'))) return DEFAULT_MODEL_DIR;
+  const haveDefault = existsSync(join(DEFAULT_MODEL_DIR, 'model.safetensors')) && existsSync(join(DEFAULT_MODEL_DIR, 'config.json'));
+  if (haveDefault && process.env['SPIKESERVE_TEST_GENERATED_MODEL'] !== '1') return DEFAULT_MODEL_DIR;
   const dir = join(PACKAGE_ROOT, '.cache', 'test-model-bytes');
   if (!existsSync(join(dir, 'tokenizer.json'))) {
     mkdirSync(dir, { recursive: true });
