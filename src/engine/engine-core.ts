@@ -2,11 +2,10 @@
 // scheduled steps into TokenEvents. It lives in the worker thread (worker.ts) but knows nothing about
 // threads: submit/abort/step are plain calls, events go to a callback.
 import { CacheManager, type CacheSpec } from '../cache/cache-manager.ts';
-import { EngineError } from './errors.ts';
 import type { ModelConfig } from './model/config.ts';
 import { RequestState } from './request-state.ts';
 import { Scheduler } from './scheduler.ts';
-import { StepRunner, type ForwardModel } from './step-runner.ts';
+import { StepRunner, type ForwardModel, type SampledResult } from './step-runner.ts';
 import type { EngineStats, FinishReason, GenerateRequest, TokenEvent } from './types.ts';
 
 export interface EngineCoreOptions {
@@ -122,11 +121,11 @@ export class EngineCore {
     const out = this.scheduler.schedule(performance.now());
     if (out.numScheduledTokens === 0) return false;
     this.stepping = true;
-    let sampled;
+    let sampled: SampledResult[];
     try {
       sampled = await this.runner.execute(out);
     } catch (err) {
-      const message = err instanceof EngineError || err instanceof Error ? err.message : String(err);
+      const message = err instanceof Error ? err.message : String(err);
       this.stepping = false;
       for (const req of [...out.decodes, ...out.prefills.map((c) => c.request)]) this.finish(req, 'error', message);
       this.applyPendingAborts();
