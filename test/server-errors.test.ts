@@ -59,6 +59,7 @@ const CASES: Case[] = [
   { name: 'fractional seed', body: chat({ seed: 1.5 }), status: 400, type: 'invalid_request_error', param: 'seed' },
   { name: 'negative stop_token_ids', body: chat({ stop_token_ids: [-1] }), status: 400, type: 'invalid_request_error', param: 'stop_token_ids[0]' },
   { name: 'min_tokens above max_tokens', body: chat({ max_tokens: 2, min_tokens: 5 }), status: 400, type: 'invalid_request_error', param: 'min_tokens' },
+  { name: 'response_format json_object', body: chat({ response_format: { type: 'json_object' } }), status: 400, type: 'invalid_request_error', param: 'response_format.type' },
   { name: 'prompt over the maximum length (chat)', body: chat({ messages: [{ role: 'user', content: 'x'.repeat(MAX_MODEL_LEN * 4) }] }), status: 400, type: 'invalid_request_error', param: 'messages', code: 'context_length_exceeded' },
   { name: 'invalid JSON', body: '{"messages": [', status: 400, type: 'invalid_request_error', param: null, code: 'invalid_json' },
   { name: 'non-UTF-8 bytes', body: Buffer.from([0x7b, 0x22, 0x6d, 0xff, 0xfe, 0x22, 0x3a, 0x31, 0x7d]), status: 400, type: 'invalid_request_error', param: null, code: 'invalid_utf8' },

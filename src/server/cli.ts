@@ -27,6 +27,8 @@ export function engineOptions(config: ServerConfig): EngineOptions {
   if (config.kvCacheBytes !== undefined) opts.kvCacheBytes = config.kvCacheBytes;
   if (config.pageTokens !== undefined) opts.pageTokens = config.pageTokens;
   if (config.maxBatchedTokens !== undefined) opts.maxBatchedTokens = config.maxBatchedTokens;
+  if (config.prefillChunkTokens !== undefined) opts.prefillChunkTokens = config.prefillChunkTokens;
+  if (config.prefixCacheBytes !== undefined) opts.prefixCacheBytes = config.prefixCacheBytes;
   if (config.maxQueue !== undefined) opts.maxQueue = config.maxQueue;
   if (config.maxModelLen !== undefined) opts.maxModelLen = config.maxModelLen;
   if (config.threads !== undefined) opts.intraOpThreads = config.threads;

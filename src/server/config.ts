@@ -23,6 +23,8 @@ export interface ServerConfig {
   readonly kvCacheBytes?: number;
   readonly pageTokens?: number;
   readonly maxBatchedTokens?: number;
+  readonly prefillChunkTokens?: number;
+  readonly prefixCacheBytes?: number;
   readonly maxModelLen?: number;
   readonly maxQueue?: number;
   readonly bodyLimitBytes: number;
@@ -62,6 +64,8 @@ export const FLAGS: readonly FlagSpec[] = [
   { flag: 'kv-cache-bytes', kind: 'int', min: 1, help: 'bytes of the paged KV pool' },
   { flag: 'page-tokens', kind: 'int', min: 1, help: 'tokens per KV page' },
   { flag: 'max-batched-tokens', kind: 'int', min: 1, help: 'token budget of one scheduler step' },
+  { flag: 'prefill-chunk-tokens', kind: 'int', min: 1, help: 'longest prefill chunk of one sequence per step' },
+  { flag: 'prefix-cache-bytes', kind: 'int', min: 0, help: 'bytes of prefix-state snapshots kept (0 = off)' },
   { flag: 'max-model-len', kind: 'int', min: 1, help: 'longest prompt + completion in tokens' },
   { flag: 'max-queue', kind: 'int', min: 0, help: 'waiting requests before 429' },
   { flag: 'body-limit-bytes', kind: 'int', min: 1024, help: 'largest request body accepted', defaultText: '67108864 (64 MiB)' },
@@ -148,6 +152,8 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     ['kv-cache-bytes', 'kvCacheBytes'],
     ['page-tokens', 'pageTokens'],
     ['max-batched-tokens', 'maxBatchedTokens'],
+    ['prefill-chunk-tokens', 'prefillChunkTokens'],
+    ['prefix-cache-bytes', 'prefixCacheBytes'],
     ['max-model-len', 'maxModelLen'],
     ['max-queue', 'maxQueue'],
     ['threads', 'threads'],

@@ -25,6 +25,8 @@ export const ChatCompletionRequest = Type.Object({
   top_logprobs: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: MAX_TOP_LOGPROBS }), Type.Null()])),
   tools: Type.Optional(Type.Union([Type.Array(Type.Record(Type.String(), Type.Unknown())), Type.Null()])),
   add_generation_prompt: Type.Optional(Type.Boolean()),
+  /** Only plain text: there is no constrained (JSON) decoding. */
+  response_format: Type.Optional(Type.Union([Type.Object({ type: Type.Literal('text') }), Type.Null()])),
   chat_template_kwargs: Type.Optional(Type.Union([Type.Record(Type.String(), Type.Unknown()), Type.Null()])),
 });
 export type ChatCompletionRequest = Static<typeof ChatCompletionRequest>;
