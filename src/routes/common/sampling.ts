@@ -31,7 +31,7 @@ export const samplingFields = {
   top_k: Type.Optional(Type.Union([Type.Integer({ minimum: -1 }), Type.Null()])),
   min_p: Type.Optional(Type.Union([Type.Number({ minimum: 0, maximum: 1 }), Type.Null()])),
   seed: Type.Optional(Type.Union([Type.Integer({ minimum: -(2 ** 53) + 1, maximum: 2 ** 53 - 1 }), Type.Null()])),
-  stop: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String({ minLength: 1 }), { maxItems: MAX_STOP_STRINGS }), Type.Null()])),
+  stop: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String(), { maxItems: MAX_STOP_STRINGS }), Type.Null()])),
   stop_token_ids: Type.Optional(Type.Union([Type.Array(TokenId, { maxItems: 256 }), Type.Null()])),
   max_tokens: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.Null()])),
   n: Type.Optional(Type.Union([Type.Integer({ minimum: 1, maximum: MAX_N }), Type.Null()])),
@@ -78,7 +78,8 @@ function checkTokenId(id: number, vocabSize: number, param: string): void {
 
 export function stopStrings(stop: SamplingBody['stop']): string[] {
   if (stop === undefined || stop === null) return [];
-  return typeof stop === 'string' ? (stop === '' ? [] : [stop]) : [...stop];
+  // Empty strings would match everywhere; they are dropped rather than refused.
+  return (typeof stop === 'string' ? [stop] : stop).filter((s) => s !== '');
 }
 
 /** Validated body → SamplingParams. Throws InvalidRequestError naming the field. */

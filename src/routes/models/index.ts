@@ -22,7 +22,8 @@ const modelsRoute: FastifyPluginAsyncTypebox = async (app) => {
     object: 'model',
     created,
     owned_by: 'spikeserve',
-    root: app.serverConfig.modelDir,
+    // The served name, not the directory: the server's file layout is not the client's business.
+    root: app.serverConfig.servedModelName,
     max_model_len: app.serving.loadedEngine?.maxModelLen ?? null,
   });
   app.get('/v1/models', { schema: { response: { 200: ModelList } } }, async () => ({ object: 'list' as const, data: [card()] }));
