@@ -4,7 +4,7 @@
 #                                              onnxruntime-node + the Vulkan loader (../shared/gpu/pack.sh)
 #   GPU machine: bench/gpu-run.sh node         unpack the node binary only (stage 1 of 2, see below)
 #                bench/gpu-run.sh bench [FLAGS]  unpack the rest and run the bench; FLAGS go to gpu.ts
-# Carried folders (git-ignored): .device-carry/ (onnxruntime-node, libvulkan1 .deb, gpu.mjs, the
+# Carried folders (git-ignored): .device-carry/ (onnxruntime-node, libvulkan1 + GLVND .debs, gpu.mjs, the
 # SpikingBrain-7B config.json) and .device-node/ (the stripped node binary, xz -9e, ~22 MB). They are
 # separate because the working tree (with models/spikingbrain-tiny, ~39 MB) plus both would pass the
 # device tool's 64 MiB transfer limit: carry .device-node in a first short call (`node`), then
@@ -19,6 +19,9 @@ case "$mode" in
 pack)
   set -e
   [ -f .device-carry/node_modules.tar.xz ] || ../shared/gpu/pack.sh
+  # NVIDIA's Vulkan ICD (libGLX_nvidia.so.0) needs GLVND: without it "vkCreateInstance: Found no drivers!"
+  o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+  ls .device-carry/debs/libglvnd0_*.deb >/dev/null 2>&1 || (cd .device-carry/debs && apt-get $o download libglvnd0 libglx0 libegl1 libgl1 >/dev/null 2>&1)
   mkdir -p .device-node
   grep -qx '/.device-node/' .git/info/exclude 2>/dev/null || echo '/.device-node/' >> .git/info/exclude
   if [ ! -f .device-node/node.tar.xz ]; then
