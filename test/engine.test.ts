@@ -188,6 +188,38 @@ describe('Engine on a tiny hybrid model (W = 8, pages of 4 tokens)', () => {
     expect(lastDone(ev).finishReason).toBe('abort');
   });
 
+  it('under random concurrent aborts, the survivors still get their one-at-a-time tokens and everything is freed', async () => {
+    let seed = 12345;
+    const rand = (n: number): number => {
+      seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+      return (seed >>> 8) % n;
+    };
+    const reqs = Array.from({ length: 24 }, (_, i) => ({
+      p: prompt(1 + rand(300), 100 + i, V),
+      max: 1 + rand(20),
+      abortAfter: rand(3) === 0 ? rand(6) : null, // events before the abort, for a third of them
+    }));
+    const survivors = reqs.filter((r) => r.abortAfter === null);
+    const alone = [];
+    for (const r of survivors) alone.push((await collect(engine, request(r.p, greedy(r.max)))).tokens);
+    const runs = reqs.map(async (r) => {
+      const ac = new AbortController();
+      const tokens: number[] = [];
+      let events = 0;
+      let last: TokenEvent | undefined;
+      for await (const e of engine.generate(request(r.p, greedy(r.max), true), ac.signal)) {
+        if (e.type === 'token') tokens.push(e.tokenId);
+        if (r.abortAfter !== null && ++events > r.abortAfter) ac.abort();
+        last = e;
+      }
+      return { tokens, last };
+    });
+    const results = await Promise.all(runs);
+    expect(results.filter((_, i) => reqs[i]!.abortAfter === null).map((r) => r.tokens)).toEqual(alone);
+    for (const r of results) expect(r.last?.type).toBe('done');
+    await waitIdle(engine);
+  });
+
   it('rejects what can never fit before the first event', async () => {
     const tooLong = engine.generate(request(prompt(10, 1, V), greedy(engine.maxModelLen)));
     await expect(tooLong.next()).rejects.toBeInstanceOf(RequestRejectedError);
