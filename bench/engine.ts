@@ -9,7 +9,8 @@
 //
 // Flags: --max-tokens N, --chunk N (prefill chunk, default 256), --threads N, --decode-steps N,
 //        --plain (the plain-op reference graph instead of the fused one),
-//        --sweep (first, prefill tok/s for chunk sizes 128…2048 on 8K tokens after a full window).
+//        --sweep (first, prefill tok/s for chunk sizes 128…2048 on 8K tokens after a full window),
+//        --spin (let idle onnxruntime threads spin: better on an idle machine, worse on a shared one).
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -35,6 +36,7 @@ const THREADS = flag('threads', availableParallelism());
 const DECODE_STEPS = flag('decode-steps', 128);
 const PLAIN = process.argv.includes('--plain');
 const SWEEP = process.argv.includes('--sweep');
+const SPIN = process.argv.includes('--spin');
 const LOAD_AT_START = loadavg().map((x) => x.toFixed(1)).join(' ');
 const MILESTONES = [4096, 65536, 262144, 1 << 20].filter((m) => m <= MAX_TOKENS);
 
@@ -139,7 +141,7 @@ async function main(): Promise<void> {
     const mm = await matmulGflops(dir);
     const ckpt = randomCheckpoint(CONFIG, { seed: 1, gkLayout: 'lowrank' });
     const tLoad = performance.now();
-    const model = await Model.load(ckpt, { intraOpThreads: THREADS, fusedOps: !PLAIN });
+    const model = await Model.load(ckpt, { intraOpThreads: THREADS, fusedOps: !PLAIN, allowSpinning: SPIN });
     const loadSec = (performance.now() - tLoad) / 1000;
     const f = flopsPerToken(CONFIG);
     const V = CONFIG.vocabSize;
@@ -182,8 +184,8 @@ async function main(): Promise<void> {
 
     const gf = (tokPerSec: number, perToken: number): string => ((tokPerSec * perToken) / 1e9).toFixed(1);
     const window = CONFIG.slidingWindow ?? 0;
-    const prefillFlops = f.layers + f.attentionPerKey * (window + CHUNK / 2); // keys per query ≈ W + T/2 computed
-    console.log(`\nspikeserve engine bench — onnxruntime ${ort.env.versions.common} CPU, ${THREADS} threads, ${PLAIN ? 'plain' : 'fused'} graph, chunk ${CHUNK}`);
+    const prefillFlops = f.layers + f.attentionPerKey * (window + 1); // useful attention: W + 1 keys per query
+    console.log(`\nspikeserve engine bench — onnxruntime ${ort.env.versions.common} CPU, ${THREADS} threads${SPIN ? ' (spinning)' : ''}, ${PLAIN ? 'plain' : 'fused'} graph, chunk ${CHUNK}`);
     console.log(`load average at start ${LOAD_AT_START}, at end ${loadavg().map((x) => x.toFixed(1)).join(' ')} (${availableParallelism()} cores)`);
     console.log(`model: D=256 L=8 (GLA even, SWA odd) H=8 Hkv=2 F=1024 V=4096 W=1024, ${(ckpt.numParameters / 1e6).toFixed(1)}M params, load ${loadSec.toFixed(1)} s`);
     console.log(`FLOPs/token: layers ${(f.layers / 1e6).toFixed(1)} M, lm_head ${(f.lmHead / 1e6).toFixed(1)} M, attention ${(f.attentionPerKey / 1e3).toFixed(0)} K per key`);
