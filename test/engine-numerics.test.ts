@@ -148,6 +148,66 @@ describe.each([
   });
 });
 
+describe.each([
+  { variant: 'fused', fusedOps: true },
+  { variant: 'plain', fusedOps: false },
+])('Model.run with B > 1 and T > 1 ($variant graph)', ({ fusedOps }) => {
+  it('a batch of 2 chunks over different, unordered pasts equals the 2 runs alone', async () => {
+    const V = 96;
+    const { model } = await loadCase({ kvRatio: 4, headDim: 16, vocabSize: V, seed: 8 }, fusedOps);
+    try {
+      // Two sequences with 3W−1 and W−3 tokens of history, then a 5-token chunk each in one run.
+      const seqs = [newSequence(model), newSequence(model)];
+      await prefill(model, seqs[0]!, prompt(3 * W - 1, V, 3), { chunkTokens: 6 });
+      await prefill(model, seqs[1]!, prompt(W - 3, V, 4), { chunkTokens: 4 });
+      const chunks = [prompt(5, V, 5), prompt(5, V, 6)];
+      const alone = [];
+      for (let b = 0; b < 2; b++) {
+        const copy = newSequence(model);
+        Object.assign(copy, { numTokens: seqs[b]!.numTokens, glaStates: seqs[b]!.glaStates.map((x) => x.slice()) });
+        copy.keys = seqs[b]!.keys.map((x) => x.slice());
+        copy.values = seqs[b]!.values.map((x) => x.slice());
+        copy.keptPositions = seqs[b]!.keptPositions.slice();
+        alone.push(await stepSequences(model, [copy], [chunks[b]!], true));
+      }
+      // The ring's slots are not in position order once the window has wrapped (sequence 0).
+      const kept = Array.from(seqs[0]!.keptPositions);
+      expect(kept).not.toEqual([...kept].sort((a, b) => a - b));
+      const both = await stepSequences(model, seqs, chunks, true);
+      const n = 5 * V;
+      expect(maxAbs32(both.subarray(0, n), alone[0]!)).toBeLessThan(TOL);
+      expect(maxAbs32(both.subarray(n, 2 * n), alone[1]!)).toBeLessThan(TOL);
+    } finally {
+      await model.close();
+    }
+  });
+
+  it('rejects inputs whose sizes do not match B, T and P', async () => {
+    const { model } = await loadCase({ numLayers: 2, seed: 9 }, fusedOps);
+    try {
+      const { numKvHeads: Hkv, headDim: d } = model.config;
+      const ok = {
+        batchSize: 1,
+        chunkTokens: 2,
+        tokenIds: Int32Array.of(1, 2),
+        positions: Int32Array.of(0, 1),
+        glaStates: model.glaLayers.map(() => new Float32Array(Hkv * d * d)),
+        pastTokens: 0,
+        pastPositions: new Int32Array(0),
+        pastKeys: model.attentionLayers.map(() => new Float32Array(0)),
+        pastValues: model.attentionLayers.map(() => new Float32Array(0)),
+        allLogits: false,
+      };
+      await expect(model.run(ok)).resolves.toBeDefined();
+      await expect(model.run({ ...ok, tokenIds: Int32Array.of(1) })).rejects.toThrow(/tokenIds/);
+      await expect(model.run({ ...ok, pastTokens: 1 })).rejects.toThrow(/pastPositions/);
+      await expect(model.run({ ...ok, glaStates: [] })).rejects.toThrow(/glaStates/);
+    } finally {
+      await model.close();
+    }
+  });
+});
+
 describe('numerical range of the chunked GLA', () => {
   it('strongly decaying gates over a long chunk stay finite and match the reference (plain and fused)', async () => {
     // scale 4 spreads gate logits to |z| ≫ 16, so per-token log-decays reach several units and the
