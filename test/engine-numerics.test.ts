@@ -208,6 +208,36 @@ describe.each([
   });
 });
 
+describe('RoPE at large absolute positions', () => {
+  it('an attention-only model gives the same logits at positions 0… and 2^30… (angles computed in float64)', async () => {
+    // q·k under RoPE depends only on p_q − p_k, so shifting every position leaves the logits unchanged.
+    // Float32 angles p·θ^(−2i/d) would be off by up to ~32 rad at p = 2^30 (ulp of 2^30 is 64) and break this.
+    for (const fusedOps of [true, false]) {
+      const { model } = await loadCase({ numLayers: 2, attnLayers: [0, 1], seed: 12 }, fusedOps);
+      try {
+        const n = 20;
+        const run = (offset: number) =>
+          model.run({
+            batchSize: 1,
+            chunkTokens: n,
+            tokenIds: Int32Array.from(prompt(n, 96, 7)),
+            positions: Int32Array.from({ length: n }, (_, t) => offset + t),
+            glaStates: [],
+            pastTokens: 0,
+            pastPositions: new Int32Array(0),
+            pastKeys: model.attentionLayers.map(() => new Float32Array(0)),
+            pastValues: model.attentionLayers.map(() => new Float32Array(0)),
+            allLogits: true,
+          });
+        const [a, b] = [await run(0), await run(2 ** 30)];
+        expect(maxAbs32(a.logits, b.logits)).toBeLessThan(TOL);
+      } finally {
+        await model.close();
+      }
+    }
+  });
+});
+
 describe('numerical range of the chunked GLA', () => {
   it('strongly decaying gates over a long chunk stay finite and match the reference (plain and fused)', async () => {
     // scale 4 spreads gate logits to |z| ≫ 16, so per-token log-decays reach several units and the
