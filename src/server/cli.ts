@@ -61,9 +61,10 @@ async function serve(argv: readonly string[]): Promise<void> {
   log = (msg) => app.log.info({ component: 'engine' }, msg);
   enginePromise.then(
     (engine) => app.log.info({ model: config.servedModelName, maxModelLen: engine.maxModelLen }, 'model loaded; ready'),
-    () => {
-      app.log.fatal('the model failed to load; exiting');
-      process.exit(1);
+    (err: unknown) => {
+      app.log.fatal({ err }, 'the model failed to load; exiting');
+      // One plain line for the operator (e.g. "--device webgpu: no WebGPU adapter found …").
+      fail((err as Error).message, 1);
     },
   );
   installShutdownHandlers(app, {
