@@ -1,6 +1,7 @@
 // Devices without a GPU (CI): --device webgpu / cuda fail fast with one clear line, cpu works;
 // fp32 → fp16 conversion against a hand table and a brute-force nearest-even search; a tiny model
 // built with fp16 weights (from a bf16 file) matches the fp32 engine within 1e-2 on its logits.
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -47,6 +48,18 @@ describe('device selection', () => {
 
   it('cpu needs no probe', async () => {
     await expect(probeDevice('cpu')).resolves.toBeUndefined();
+  });
+
+  it.skipIf(gpuPresent)('`spikeserve serve --device webgpu` exits 1 at start with that one line on stderr', async () => {
+    const cli = join(import.meta.dirname, '..', 'src', 'server', 'cli.ts');
+    const result = spawnSync(process.execPath, ['--import', 'tsx', cli, 'serve', '--device', 'webgpu', '--port', '0', '--log-level', 'silent'], {
+      encoding: 'utf8',
+      timeout: 120_000,
+    });
+    expect(result.status).toBe(1);
+    const lines = result.stderr.split('\n').filter((l) => l.startsWith('spikeserve: '));
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/^spikeserve: --device webgpu: no WebGPU adapter found.*; use --device cpu$/);
   });
 
   it.skipIf(gpuPresent)('webgpu without an adapter fails with one line naming what is missing', async () => {
