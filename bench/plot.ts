@@ -166,9 +166,10 @@ export function shortNumber(v: number): string {
   return `${Number(v.toPrecision(3))}`;
 }
 
-/** Powers of ten covering [lo, hi]; also 2× and 5× them when the range spans under two decades. */
+/** Powers of ten covering [lo, hi]; also 2× and 5× them under two decades, every digit under one. */
 function decadeTicks(lo: number, hi: number): Tick[] {
-  const steps = Math.log10(hi / lo) < 2 ? [1, 2, 5] : [1];
+  const span = Math.log10(hi / lo);
+  const steps = span < 1 ? [1, 2, 3, 4, 5, 6, 7, 8, 9] : span < 2 ? [1, 2, 5] : [1];
   const ticks: Tick[] = [];
   for (let e = Math.floor(Math.log10(lo)); e <= Math.ceil(Math.log10(hi)); e++) {
     for (const m of steps) ticks.push({ value: m * 10 ** e, label: shortNumber(m * 10 ** e) });
