@@ -2,4 +2,4 @@
 // Entry point of the `spikeserve` command: runs the TypeScript CLI through tsx's loader.
 import { register } from 'tsx/esm/api';
 register();
-await import('../src/server/cli.ts');
+await import('../src/main/cli.ts');

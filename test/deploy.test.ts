@@ -414,7 +414,7 @@ describe('Dockerfile', () => {
   const startCommand = packageJson.scripts['start'] ?? '';
 
   it('the start script is the documented one', () => {
-    expect(startCommand).toBe('node --import tsx src/server/cli.ts serve');
+    expect(startCommand).toBe('node --import tsx src/main/cli.ts serve');
     // The root README documents `npm start` (this script); deploy/README.md spells the command out.
     expect(read('README.md')).toMatch(/npm start|src\/server\/cli\.ts serve/);
     expect(read('deploy/README.md')).toContain(`${startCommand} --host 0.0.0.0`);
@@ -433,7 +433,7 @@ describe('Dockerfile', () => {
       'USER root',
       'EXPOSE 3000',
       'HEALTHCHECK CMD curl -f http://localhost:8000/health',
-      'CMD node src/server/cli.ts',
+      'CMD node src/main/cli.ts',
     ].join('\n');
     expect(dockerfileErrors(broken, startCommand)).toEqual([
       'not multi-stage',

@@ -51,7 +51,7 @@ describe('device selection', () => {
   });
 
   it.skipIf(gpuPresent)('`spikeserve serve --device webgpu` exits 1 at start with that one line on stderr', async () => {
-    const cli = join(import.meta.dirname, '..', 'src', 'server', 'cli.ts');
+    const cli = join(import.meta.dirname, '..', 'src', 'main', 'cli.ts');
     const result = spawnSync(process.execPath, ['--import', 'tsx', cli, 'serve', '--device', 'webgpu', '--port', '0', '--log-level', 'silent'], {
       encoding: 'utf8',
       timeout: 120_000,

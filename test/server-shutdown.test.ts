@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PACKAGE_ROOT } from '../src/server/config.ts';
 
-const CLI = join(PACKAGE_ROOT, 'src', 'server', 'cli.ts');
+const CLI = join(PACKAGE_ROOT, 'src', 'main', 'cli.ts');
 
 async function freePort(): Promise<number> {
   return new Promise((resolvePort, reject) => {

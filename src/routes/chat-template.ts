@@ -2,13 +2,16 @@
 // @huggingface/jinja the way transformers' apply_chat_template does (messages, tools,
 // add_generation_prompt, bos/eos token strings, plus the request's chat_template_kwargs). Also finds
 // the template in a checkpoint directory. Any failure (bad template, a message the template refuses,
-// an unsupported content part) is a ChatTemplateError, a 400 for the client.
+// an unsupported content part) is a ChatTemplateError, a 400 for the client. loadChatAssets gives the
+// app the template with the special-token strings it refers to.
 
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { ModelLoadError } from '../engine/errors.ts';
+import type { TextTokenizer } from '../engine/tokenizer.ts';
 import { ApiError } from '../server/errors.ts';
+import type { ChatAssets } from '../server/ports.ts';
 
 /** The template or the messages cannot be rendered; the server answers 400. */
 export class ChatTemplateError extends ApiError {
@@ -146,6 +149,14 @@ export async function loadChatTemplate(dir: string, name = 'default'): Promise<s
     if (isRecord(json) && json['chat_template'] !== undefined) return selectChatTemplate(json['chat_template'], name);
   }
   return null;
+}
+
+/**
+ * The chat template of the served checkpoint and the special-token strings it refers to. No template
+ * is not an error: chat requests then use a ChatML fallback (routes/chat-completions).
+ */
+export async function loadChatAssets(modelDir: string, tokenizer: Pick<TextTokenizer, 'bosToken' | 'eosToken'>): Promise<ChatAssets> {
+  return { template: await loadChatTemplate(modelDir), bosToken: tokenizer.bosToken ?? '', eosToken: tokenizer.eosToken ?? '' };
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {

@@ -1,9 +1,10 @@
+// src/main/ is the composition root, a layer above routes/ so that it alone may import every layer
+// (routes → server → engine → cache never import back up; test/layering.test.ts checks it).
+//
 // Builds the Fastify app around already-constructed parts (engine or its promise, tokenizer, chat
 // template, metrics, config) without listening, so tests drive it with inject() and the CLI with
-// listen(). Every feature is a plugin; the decorators all routes rely on are declared here.
-//
-// This file is the composition root: the one place in src/server that imports src/routes (the
-// routes themselves import server utilities, never the other way round).
+// listen(). Every feature is a plugin; the decorators all routes rely on are typed in
+// src/server/decorators.ts and set here.
 //
 // Request ids: an incoming `x-request-id` (if sane) is kept, otherwise one is generated; it labels
 // every log line of the request and is echoed in the `x-request-id` response header.
@@ -13,23 +14,13 @@ import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/typ
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import fp from 'fastify-plugin';
 import { registerRoutes } from '../routes/index.ts';
-import authPlugin from './auth.ts';
-import type { ServerConfig } from './config.ts';
-import errorHandlerPlugin from './error-handler.ts';
-import jsonBodyPlugin from './json-body.ts';
-import type { ChatAssets, EnginePort, MetricsPort, TokenizerPort } from './ports.ts';
-import { ServingState } from './serving-state.ts';
-
-declare module 'fastify' {
-  interface FastifyInstance {
-    readonly serving: ServingState;
-    readonly tokenizer: TokenizerPort;
-    readonly chatAssets: ChatAssets;
-    readonly serverConfig: ServerConfig;
-    readonly metrics: MetricsPort;
-    readonly appVersion: string;
-  }
-}
+import authPlugin from '../server/auth.ts';
+import type { ServerConfig } from '../server/config.ts';
+import type {} from '../server/decorators.ts';
+import errorHandlerPlugin from '../server/error-handler.ts';
+import jsonBodyPlugin from '../server/json-body.ts';
+import type { ChatAssets, EnginePort, MetricsPort, TokenizerPort } from '../server/ports.ts';
+import { ServingState } from '../server/serving-state.ts';
 
 export interface AppDeps {
   /** The engine, or its start-up promise: /health answers 503 until it resolves. */

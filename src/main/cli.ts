@@ -1,3 +1,5 @@
+// src/main/ is the composition root, a layer above routes/ so that it alone may import every layer.
+//
 // The `spikeserve` command: `serve` (default) starts the HTTP server at once (/health is 503 while
 // the engine loads), `inspect --model DIR` describes a checkpoint, plus --help and --version.
 // Bad flags print a one-line error and exit 2; a model that fails to load exits 1.
@@ -6,12 +8,12 @@ import { join } from 'node:path';
 import { Engine, type EngineOptions } from '../engine/engine.ts';
 import { inspectModel } from '../engine/model/inspect.ts';
 import { TextTokenizer } from '../engine/tokenizer.ts';
+import { loadChatAssets } from '../routes/chat-template.ts';
+import { ConfigError, DEFAULT_MODEL_DIR, helpText, PACKAGE_ROOT, parseServerConfig, type ServerConfig } from '../server/config.ts';
+import { ServerMetrics } from '../server/metrics.ts';
+import type { EnginePort } from '../server/ports.ts';
+import { installShutdownHandlers } from '../server/shutdown.ts';
 import { buildApp } from './app.ts';
-import { loadChatAssets } from './chat-assets.ts';
-import { ConfigError, DEFAULT_MODEL_DIR, helpText, PACKAGE_ROOT, parseServerConfig, type ServerConfig } from './config.ts';
-import { ServerMetrics } from './metrics.ts';
-import type { EnginePort } from './ports.ts';
-import { installShutdownHandlers } from './shutdown.ts';
 
 const VERSION = (JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 

@@ -1,0 +1,17 @@
+// The decorators buildApp (src/main/app.ts) sets on the Fastify instance and every route reads,
+// typed once here in the server layer so that routes depend on server types, not on the
+// composition root above them.
+import type { ServerConfig } from './config.ts';
+import type { ChatAssets, MetricsPort, TokenizerPort } from './ports.ts';
+import type { ServingState } from './serving-state.ts';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    readonly serving: ServingState;
+    readonly tokenizer: TokenizerPort;
+    readonly chatAssets: ChatAssets;
+    readonly serverConfig: ServerConfig;
+    readonly metrics: MetricsPort;
+    readonly appVersion: string;
+  }
+}
