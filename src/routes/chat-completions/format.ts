@@ -5,30 +5,15 @@
 // objects precede the first token.
 import type { FinishReasonOut, GenerationEvent } from '../../server/generation.ts';
 import { chatLogprobEntries, type ChatLogprobEntry, type TokenText } from '../common/logprobs.ts';
+import { progressObject, streamChunk, usageChunk, type StreamIdentity, type StreamOptions } from '../common/stream-chunks.ts';
 import { UsageCounter } from '../common/usage.ts';
 import type { ChatCompletionResponse } from './schema.ts';
 
-export interface ChatFormatContext {
-  readonly id: string;
-  readonly created: number;
-  readonly model: string;
+export interface ChatFormatContext extends StreamIdentity {
   readonly n: number;
   readonly promptTokens: number;
   readonly withLogprobs: boolean;
   readonly tokenText: TokenText;
-}
-
-export function progressObject(ctx: { id: string; created: number; model: string }, ev: Extract<GenerationEvent, { type: 'progress' }>): object {
-  return {
-    id: ctx.id,
-    object: 'prefill.progress',
-    created: ctx.created,
-    model: ctx.model,
-    processed_tokens: ev.processedTokens,
-    total_tokens: ev.totalTokens,
-    cached_tokens: ev.cachedTokens,
-    elapsed_seconds: ev.elapsedSeconds,
-  };
 }
 
 /** Collects the whole generation into one chat.completion object. */
@@ -61,20 +46,11 @@ export async function chatCompletion(events: AsyncIterable<GenerationEvent>, ctx
   };
 }
 
-export interface ChatStreamOptions {
-  readonly includeUsage: boolean;
-  readonly includeProgress: boolean;
-}
-
 /** The chunk objects of a streamed chat completion, in order. */
-export async function* chatChunks(events: AsyncIterable<GenerationEvent>, ctx: ChatFormatContext, opts: ChatStreamOptions): AsyncGenerator<object> {
+export async function* chatChunks(events: AsyncIterable<GenerationEvent>, ctx: ChatFormatContext, opts: StreamOptions): AsyncGenerator<object> {
   const usage = new UsageCounter(ctx.promptTokens);
   const started = new Set<number>();
-  const chunk = (choices: object[]): object => {
-    const c: Record<string, unknown> = { id: ctx.id, object: 'chat.completion.chunk', created: ctx.created, model: ctx.model, choices };
-    if (opts.includeUsage) c['usage'] = null;
-    return c;
-  };
+  const chunk = (choices: object[]): object => streamChunk(ctx, 'chat.completion.chunk', choices, opts);
   function* roleChunk(index: number): Generator<object> {
     if (started.has(index)) return;
     started.add(index);
@@ -101,5 +77,5 @@ export async function* chatChunks(events: AsyncIterable<GenerationEvent>, ctx: C
         break;
     }
   }
-  if (opts.includeUsage) yield { id: ctx.id, object: 'chat.completion.chunk', created: ctx.created, model: ctx.model, choices: [], usage: usage.toJSON() };
+  if (opts.includeUsage) yield usageChunk(ctx, 'chat.completion.chunk', usage.toJSON());
 }

@@ -9,7 +9,8 @@ import type { EnginePort } from '../../server/ports.ts';
 import { TokenText } from '../common/logprobs.ts';
 import { stopStrings, toSamplingParams } from '../common/sampling.ts';
 import { checkModel, nowSeconds } from '../common/usage.ts';
-import type { ChatFormatContext, ChatStreamOptions } from './format.ts';
+import type { StreamOptions } from '../common/stream-chunks.ts';
+import type { ChatFormatContext } from './format.ts';
 import { chatPromptTokens, endOfTurnTokenIds } from './prompt.ts';
 import type { ChatCompletionRequest } from './schema.ts';
 
@@ -17,7 +18,7 @@ export interface PreparedChat {
   readonly engine: EnginePort;
   readonly spec: GenerationSpec;
   readonly format: ChatFormatContext;
-  readonly streamOptions: ChatStreamOptions;
+  readonly streamOptions: StreamOptions;
   readonly stream: boolean;
 }
 

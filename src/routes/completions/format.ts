@@ -2,19 +2,16 @@
 // With `echo` the prompt text comes first in each choice; with `echo` and `logprobs` the prompt
 // tokens lead the logprobs block too (the first has no logprob: null). text_offset counts
 // characters from the start of the choice's returned text.
-import type { PromptLogprobEntry } from '../../engine/types.ts';
+import type { PromptLogprobEntry, PromptTokenIds } from '../../engine/types.ts';
 import type { FinishReasonOut, GenerationEvent } from '../../server/generation.ts';
 import { appendLegacy, emptyLegacyLogprobs, type LegacyLogprobs, type TokenText } from '../common/logprobs.ts';
+import { progressObject, streamChunk, usageChunk, type StreamIdentity, type StreamOptions } from '../common/stream-chunks.ts';
 import { UsageCounter } from '../common/usage.ts';
-import { progressObject } from '../chat-completions/format.ts';
 import type { CompletionResponse } from './schema.ts';
 
-export interface CompletionFormatContext {
-  readonly id: string;
-  readonly created: number;
-  readonly model: string;
+export interface CompletionFormatContext extends StreamIdentity {
   readonly n: number;
-  readonly promptTokenIds: readonly number[];
+  readonly promptTokenIds: PromptTokenIds;
   readonly promptText: string;
   readonly echo: boolean;
   /** Legacy logprobs count, or null for none. */
@@ -26,7 +23,7 @@ type PromptEntry = PromptLogprobEntry | { readonly tokenId: number; readonly log
 
 /** The prompt tokens as logprob entries; entries missing from the engine get null logprobs. */
 function promptEntries(ctx: CompletionFormatContext, entries: readonly (PromptLogprobEntry | null)[] | null): PromptEntry[] {
-  return ctx.promptTokenIds.map((tokenId, i) => entries?.[i] ?? { tokenId, logprob: null });
+  return Array.from(ctx.promptTokenIds, (tokenId, i): PromptEntry => entries?.[i] ?? { tokenId, logprob: null });
 }
 
 /** Per-choice state: text so far, the logprobs block, and the running character offset. */
@@ -79,25 +76,11 @@ export async function completion(events: AsyncIterable<GenerationEvent>, ctx: Co
   };
 }
 
-export interface CompletionStreamOptions {
-  readonly includeUsage: boolean;
-  readonly includeProgress: boolean;
-}
-
-export async function* completionChunks(events: AsyncIterable<GenerationEvent>, ctx: CompletionFormatContext, opts: CompletionStreamOptions): AsyncGenerator<object> {
+export async function* completionChunks(events: AsyncIterable<GenerationEvent>, ctx: CompletionFormatContext, opts: StreamOptions): AsyncGenerator<object> {
   const usage = new UsageCounter(ctx.promptTokenIds.length);
   const choices = Array.from({ length: ctx.n }, () => new ChoiceState());
-  const chunk = (index: number, text: string, logprobs: LegacyLogprobs | null, finishReason: FinishReasonOut | null): object => {
-    const c: Record<string, unknown> = {
-      id: ctx.id,
-      object: 'text_completion',
-      created: ctx.created,
-      model: ctx.model,
-      choices: [{ index, text, logprobs, finish_reason: finishReason }],
-    };
-    if (opts.includeUsage) c['usage'] = null;
-    return c;
-  };
+  const chunk = (index: number, text: string, logprobs: LegacyLogprobs | null, finishReason: FinishReasonOut | null): object =>
+    streamChunk(ctx, 'text_completion', [{ index, text, logprobs, finish_reason: finishReason }], opts);
   function* echoChunk(index: number, entries: readonly (PromptLogprobEntry | null)[] | null): Generator<object> {
     const c = choices[index];
     if (!ctx.echo || c === undefined || c.echoed) return;
@@ -137,5 +120,5 @@ export async function* completionChunks(events: AsyncIterable<GenerationEvent>, 
         break;
     }
   }
-  if (opts.includeUsage) yield { id: ctx.id, object: 'text_completion', created: ctx.created, model: ctx.model, choices: [], usage: usage.toJSON() };
+  if (opts.includeUsage) yield usageChunk(ctx, 'text_completion', usage.toJSON());
 }
