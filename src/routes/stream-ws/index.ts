@@ -5,8 +5,8 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Compile } from 'typebox/compile';
 import { InvalidRequestError, toApiError, validationError } from '../../server/errors.ts';
-import { runGeneration } from '../../server/generation.ts';
 import { beginSocketLifetime } from '../../server/request-lifetime.ts';
+import { generationEvents } from '../common/generation-reply.ts';
 import { chatChunks } from '../chat-completions/format.ts';
 import { prepareChat } from '../chat-completions/prepare.ts';
 import { ChatCompletionRequest } from '../chat-completions/schema.ts';
@@ -52,7 +52,7 @@ const streamWsRoute: FastifyPluginAsyncTypebox = async (app) => {
       void (async () => {
         try {
           const prepared = await prepareChat(app, parseMessage(data));
-          const events = runGeneration({ engine: prepared.engine, tokenizer: app.tokenizer, metrics: app.metrics }, prepared.spec, life.signal);
+          const events = generationEvents(app, prepared, life.signal);
           for await (const chunk of chatChunks(events, prepared.format, prepared.streamOptions)) {
             if (socket.readyState !== socket.OPEN) break;
             await send(socket, chunk);

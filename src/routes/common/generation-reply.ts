@@ -1,0 +1,49 @@
+// The handler body both generation routes share: log the start, run the generation under the
+// request's lifetime (the client going away or a drain deadline aborts it), and answer with one JSON
+// object or, for `stream: true`, with SSE. Each route supplies its own two wire formats.
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { runGeneration, type GenerationEvent, type GenerationSpec } from '../../server/generation.ts';
+import type { EnginePort } from '../../server/ports.ts';
+import { beginRequestLifetime } from '../../server/request-lifetime.ts';
+import { streamSse } from '../../server/sse.ts';
+
+export interface PreparedGeneration {
+  readonly engine: EnginePort;
+  readonly spec: GenerationSpec;
+  readonly stream: boolean;
+}
+
+export interface GenerationFormats<T> {
+  /** Collects the events into the non-streamed response. */
+  whole(events: AsyncIterable<GenerationEvent>): Promise<T>;
+  /** The chunk objects of the streamed response, in order. */
+  chunks(events: AsyncIterable<GenerationEvent>): AsyncGenerator<object>;
+}
+
+/** Events of one prepared generation; shared with the WebSocket route. */
+export function generationEvents(app: FastifyInstance, prepared: PreparedGeneration, signal: AbortSignal): AsyncIterable<GenerationEvent> {
+  return runGeneration({ engine: prepared.engine, tokenizer: app.tokenizer, metrics: app.metrics }, prepared.spec, signal);
+}
+
+export async function replyWithGeneration<T>(
+  app: FastifyInstance,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  prepared: PreparedGeneration,
+  formats: GenerationFormats<T>,
+): Promise<T | FastifyReply> {
+  const { spec } = prepared;
+  request.log.info(
+    { completionId: spec.requestId, promptTokens: spec.promptTokenIds.length, maxTokens: spec.sampling.maxTokens, n: spec.n, stream: prepared.stream },
+    'generation started',
+  );
+  const life = beginRequestLifetime(app, reply);
+  try {
+    const events = generationEvents(app, prepared, life.signal);
+    if (!prepared.stream) return await formats.whole(events);
+    await streamSse(request, reply, formats.chunks(events), app.serverConfig.keepaliveSeconds * 1000);
+    return reply;
+  } finally {
+    life.release();
+  }
+}
