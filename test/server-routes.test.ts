@@ -6,13 +6,9 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Engine } from '../src/engine/engine.ts';
-import { buildApp } from '../src/main/app.ts';
-import { loadChatAssets } from '../src/routes/chat-template.ts';
-import { parseServerConfig } from '../src/server/config.ts';
-import { ServerMetrics } from '../src/server/metrics.ts';
 import type { EnginePort } from '../src/server/ports.ts';
 import { drainAndClose } from '../src/server/shutdown.ts';
-import { startTestServer, testModelDir, waitEngineIdle, type TestServer } from './helpers/server.ts';
+import { buildTestApp, startTestServer, waitEngineIdle, type TestServer } from './helpers/server.ts';
 
 const MAX_NUM_SEQS = 2;
 let server: TestServer;
@@ -165,8 +161,7 @@ describe('tokenize, detokenize, models, health, version, metrics, request ids', 
 
 /** A second app around the same engine (its close must not stop the shared one). */
 async function secondApp(engine: EnginePort | Promise<EnginePort>, flags: string[] = []) {
-  const config = parseServerConfig(['--model', testModelDir(), ...flags], {});
-  return buildApp({ engine, tokenizer: server.tokenizer, chatAssets: await loadChatAssets(testModelDir(), server.tokenizer), config, metrics: new ServerMetrics('x'), version: 'test', logger: false });
+  return (await buildTestApp(engine, server.tokenizer, flags)).app;
 }
 
 /** Starts a streamed request on a listening app; collects the raw SSE text. */

@@ -13,6 +13,7 @@ import { buildApp } from '../../src/main/app.ts';
 import { loadChatAssets } from '../../src/routes/chat-template.ts';
 import { DEFAULT_MODEL_DIR, PACKAGE_ROOT, parseServerConfig, type ServerConfig } from '../../src/server/config.ts';
 import { ServerMetrics } from '../../src/server/metrics.ts';
+import type { EnginePort } from '../../src/server/ports.ts';
 import { makeRandomTinyCheckpoint } from './checkpoint-writer.ts';
 
 export const CACHE_DIR = join(PACKAGE_ROOT, '.cache', 'test-onnx');
@@ -97,15 +98,26 @@ export interface TestServerOptions {
   readonly engine?: Partial<EngineOptions>;
 }
 
+/** The app (not listening, silent) around an engine or its promise, serving the test model with these CLI flags. */
+export async function buildTestApp(
+  engine: EnginePort | Promise<EnginePort>,
+  tokenizer: TextTokenizer,
+  flags: readonly string[] = [],
+): Promise<{ app: FastifyInstance; config: ServerConfig; metrics: ServerMetrics }> {
+  const modelDir = testModelDir();
+  const config = parseServerConfig(['--model', modelDir, '--port', '0', ...flags], {});
+  const metrics = new ServerMetrics(config.servedModelName);
+  const app = buildApp({ engine, tokenizer, chatAssets: await loadChatAssets(modelDir, tokenizer), config, metrics, version: 'test', logger: false });
+  return { app, config, metrics };
+}
+
 /** Starts a real Engine and builds the app around it (not listening). */
 export async function startTestServer(opts: TestServerOptions = {}): Promise<TestServer> {
   const modelDir = testModelDir();
-  const config = parseServerConfig(['--model', modelDir, '--port', '0', ...(opts.flags ?? [])], {});
   const tokenizer = await TextTokenizer.load(modelDir);
   mkdirSync(CACHE_DIR, { recursive: true });
   const engine = await Engine.start({ modelDir, cacheDir: CACHE_DIR, intraOpThreads: 1, maxModelLen: 4096, ...opts.engine });
-  const metrics = new ServerMetrics(config.servedModelName);
-  const app = buildApp({ engine, tokenizer, chatAssets: await loadChatAssets(modelDir, tokenizer), config, metrics, version: 'test', logger: false });
+  const { app, config, metrics } = await buildTestApp(engine, tokenizer, opts.flags);
   await app.ready();
   const server: TestServer = {
     app,
