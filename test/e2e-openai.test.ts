@@ -9,8 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Model } from '../src/engine/model/model.ts';
 import { openCheckpoint } from '../src/engine/model/hf-checkpoint.ts';
 import { newSequence, prefill } from '../src/engine/model/sequence.ts';
-import type { SamplingParams } from '../src/engine/types.ts';
 import { CACHE_DIR, startTestServer, testModelDir, waitEngineIdle, type TestServer } from './helpers/server.ts';
+import { greedy } from './helpers/sampling.ts';
 
 const KEY = 'sk-e2e';
 const MAX_QUEUE = 3;
@@ -37,25 +37,6 @@ function expectIdle(): void {
     stateBytes: 0,
   });
 }
-
-const greedy = (maxTokens: number, extra: Partial<SamplingParams> = {}): SamplingParams => ({
-  temperature: 0,
-  topP: 1,
-  topK: 0,
-  minP: 0,
-  seed: null,
-  presencePenalty: 0,
-  frequencyPenalty: 0,
-  repetitionPenalty: 1,
-  logitBias: new Map(),
-  logprobs: null,
-  promptLogprobs: null,
-  maxTokens,
-  minTokens: 0,
-  stopTokenIds: [],
-  ignoreEos: true,
-  ...extra,
-});
 
 describe('openai SDK: chat completions', () => {
   it('answers without streaming', async () => {

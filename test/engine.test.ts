@@ -10,18 +10,11 @@ import { EngineUnavailableError, ModelLoadError, QueueFullError, RequestRejected
 import type { EngineStats, GenerateRequest, SamplingParams, TokenEvent } from '../src/engine/types.ts';
 import { makeRandomTinyCheckpoint, type TinyCheckpoint, type TinyCheckpointOptions } from './helpers/checkpoint-writer.ts';
 import { ReferenceSession } from './helpers/reference-forward.ts';
+import { greedy } from './helpers/sampling.ts';
 import { openCheckpoint } from '../src/engine/model/hf-checkpoint.ts';
 
 const tmp = mkdtempSync(join(tmpdir(), 'spikeserve-engine-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
-
-function greedy(maxTokens: number, extra: Partial<SamplingParams> = {}): SamplingParams {
-  return {
-    temperature: 0, topP: 1, topK: 0, minP: 0, seed: null, presencePenalty: 0, frequencyPenalty: 0,
-    repetitionPenalty: 1, logitBias: new Map(), logprobs: null, promptLogprobs: null, maxTokens,
-    minTokens: 0, stopTokenIds: [], ignoreEos: true, ...extra,
-  };
-}
 
 let nextId = 0;
 function request(prompt: readonly number[], sampling: SamplingParams, reportProgress = false): GenerateRequest {

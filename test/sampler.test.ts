@@ -5,26 +5,10 @@
 import { describe, expect, it } from 'vitest';
 import { SequenceSampler, logSoftmax, topLogprobs } from '../src/engine/sampler.ts';
 import type { SamplingParams } from '../src/engine/types.ts';
+import { samplingParams } from './helpers/sampling.ts';
 
 function params(overrides: Partial<SamplingParams> = {}): SamplingParams {
-  return {
-    temperature: 1,
-    topP: 1,
-    topK: 0,
-    minP: 0,
-    seed: 1234,
-    presencePenalty: 0,
-    frequencyPenalty: 0,
-    repetitionPenalty: 1,
-    logitBias: new Map(),
-    logprobs: null,
-    promptLogprobs: null,
-    maxTokens: 16,
-    minTokens: 0,
-    stopTokenIds: [],
-    ignoreEos: false,
-    ...overrides,
-  };
+  return samplingParams({ temperature: 1, seed: 1234, ...overrides });
 }
 
 /** Deterministic pseudo-random logits (an LCG independent of the sampler's PRNG). */

@@ -6,23 +6,15 @@ import { CacheManager, type CacheSpec } from '../src/cache/cache-manager.ts';
 import { Scheduler, type SchedulerConfig, type SchedulerOutput } from '../src/engine/scheduler.ts';
 import { RequestState } from '../src/engine/request-state.ts';
 import { QueueFullError, RequestRejectedError } from '../src/engine/errors.ts';
-import type { SamplingParams } from '../src/engine/types.ts';
+import { samplingParams } from './helpers/sampling.ts';
 
 const SWA: CacheSpec = { numAttnLayers: 2, numGlaLayers: 2, numKvHeads: 1, headDim: 2, windowTokens: 64 };
 const FULL: CacheSpec = { ...SWA, windowTokens: null };
 
-function sampling(maxTokens: number): SamplingParams {
-  return {
-    temperature: 0, topP: 1, topK: 0, minP: 0, seed: null, presencePenalty: 0, frequencyPenalty: 0,
-    repetitionPenalty: 1, logitBias: new Map(), logprobs: null, promptLogprobs: null, maxTokens,
-    minTokens: 0, stopTokenIds: [], ignoreEos: false,
-  };
-}
-
 let nextId = 0;
 function request(promptTokens: number, maxTokens: number): RequestState {
   const prompt = Array.from({ length: promptTokens }, (_, i) => i % 100);
-  return new RequestState({ requestId: `r${nextId++}`, promptTokenIds: prompt, sampling: sampling(maxTokens), reportProgress: false }, 0);
+  return new RequestState({ requestId: `r${nextId++}`, promptTokenIds: prompt, sampling: samplingParams({ maxTokens }), reportProgress: false }, 0);
 }
 
 function make(cfg: Partial<SchedulerConfig> = {}, spec: CacheSpec = SWA, kvPages?: number): { s: Scheduler; cache: CacheManager } {
@@ -182,7 +174,7 @@ describe('Scheduler', () => {
     expect(rejected(request(900, 101)).param).toBe('max_tokens');
     expect(rejected(request(0, 1)).param).toBe('prompt');
     expect(() => s.submit(request(900, 100))).not.toThrow(); // exactly maxModelLen
-    const bad = new RequestState({ requestId: 'bad', promptTokenIds: [5, 100], sampling: sampling(1), reportProgress: false }, 0);
+    const bad = new RequestState({ requestId: 'bad', promptTokenIds: [5, 100], sampling: samplingParams({ maxTokens: 1 }), reportProgress: false }, 0);
     expect(rejected(bad).message).toMatch(/outside the vocabulary/);
 
     // Full attention: 8 pages of 16 tokens = 128 tokens for one sequence.
