@@ -12,7 +12,7 @@ export interface PageSpec {
 }
 
 /** Floats in one page: numAttnLayers · 2 · Hkv · P · d. */
-export function floatsPerPage(spec: PageSpec): number {
+function floatsPerPage(spec: PageSpec): number {
   return spec.numAttnLayers * 2 * spec.numKvHeads * spec.pageTokens * spec.headDim;
 }
 

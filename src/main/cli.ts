@@ -22,7 +22,7 @@ function fail(message: string, code: number): never {
   process.exit(code);
 }
 
-export function engineOptions(config: ServerConfig): EngineOptions {
+function engineOptions(config: ServerConfig): EngineOptions {
   const opts: { -readonly [K in keyof EngineOptions]: EngineOptions[K] } = { modelDir: config.modelDir, device: config.device };
   if (config.cacheDir !== undefined) opts.cacheDir = config.cacheDir;
   if (config.maxNumSeqs !== undefined) opts.maxNumSeqs = config.maxNumSeqs;

@@ -91,7 +91,7 @@ interface ValidationIssue {
 }
 
 /** "/messages/0/role" → "messages[0].role". */
-export function jsonPointerToParam(pointer: string): string {
+function jsonPointerToParam(pointer: string): string {
   let out = '';
   for (const raw of pointer.split('/').slice(1)) {
     const seg = raw.replace(/~1/g, '/').replace(/~0/g, '~');

@@ -13,7 +13,7 @@ import { toApiError } from './errors.ts';
 const KEEPALIVE = ': keep-alive\n\n';
 
 /** Writes SSE frames to a raw response, honouring backpressure, and keeps the connection alive. */
-export class SseWriter {
+class SseWriter {
   readonly #res: ServerResponse;
   readonly #keepaliveMs: number;
   #timer: NodeJS.Timeout | null = null;

@@ -60,7 +60,7 @@ export function f32ToF16Bits(x: number): number {
 }
 
 /** Values as the file will store them (float32 passes through). */
-export function roundTo(dtype: StoreDtype, data: Float32Array): Float32Array {
+function roundTo(dtype: StoreDtype, data: Float32Array): Float32Array {
   if (dtype === 'F32') return data;
   const out = new Float32Array(data.length);
   const o32 = new Uint32Array(out.buffer);
@@ -91,7 +91,7 @@ function encode(dtype: StoreDtype, data: Float32Array): Buffer {
 }
 
 /** Canonical gla_swa name → the name a qwen2 checkpoint stores. */
-export function qwen2Name(name: string): string {
+function qwen2Name(name: string): string {
   if (name === EMBEDDINGS) return 'model.embed_tokens.weight';
   return name
     .replace(/^(model\.layers\.\d+\.)attn\./, '$1self_attn.')

@@ -2,9 +2,8 @@
 // (models/spikingbrain-tiny) when it is present; otherwise writes a tiny random gla_swa
 // checkpoint with a byte-level BPE tokenizer (256 byte tokens + ChatML specials) and the official
 // SpikingBrain chat template. ONNX builds are cached under .cache/ so test files share them.
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { Engine, type EngineOptions } from '../../src/engine/engine.ts';
@@ -32,7 +31,7 @@ function byteAlphabet(): string[] {
 
 const SPECIALS = ['<|endoftext|>', '<|im_start|>', '<|im_end|>'];
 /** Token ids of the generated test model: bytes 0..255, then SPECIALS. */
-export const TEST_EOS_ID = 256;
+const TEST_EOS_ID = 256;
 
 /** A byte-level tokenizer.json + tokenizer_config.json (ChatML template) + generation_config.json. */
 function writeByteTokenizer(dir: string): void {
@@ -146,10 +145,4 @@ export async function waitEngineIdle(engine: Engine): Promise<void> {
     if (s.numRunning + s.numWaiting + s.kvPagesUsed + s.stateSlotsUsed === 0) return;
     await new Promise((r) => setTimeout(r, 25));
   }
-}
-
-/** A scratch directory removed by the returned function. */
-export function scratchDir(prefix: string): { dir: string; remove(): void } {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
-  return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
 }

@@ -10,7 +10,7 @@ import type { TokenizerPort } from '../../server/ports.ts';
 
 const lenient = new TextDecoder('utf-8', { fatal: false });
 
-export function finiteLogprob(x: number): number {
+function finiteLogprob(x: number): number {
   return Number.isFinite(x) ? x : -9999;
 }
 

@@ -6,8 +6,8 @@ import { Type, type Static } from 'typebox';
 import type { SamplingParams } from '../../engine/types.ts';
 import { InvalidRequestError } from '../../server/errors.ts';
 
-export const MAX_N = 16;
-export const MAX_STOP_STRINGS = 16;
+const MAX_N = 16;
+const MAX_STOP_STRINGS = 16;
 export const MAX_TOP_LOGPROBS = 20;
 
 const TokenId = Type.Integer({ minimum: 0 });
