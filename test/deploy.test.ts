@@ -416,7 +416,7 @@ describe('Dockerfile', () => {
   it('the start script is the documented one', () => {
     expect(startCommand).toBe('node --import tsx src/main/cli.ts serve');
     // The root README documents `npm start` (this script); deploy/README.md spells the command out.
-    expect(read('README.md')).toMatch(/npm start|src\/server\/cli\.ts serve/);
+    expect(read('README.md')).toMatch(/npm start|src\/main\/cli\.ts serve/);
     expect(read('deploy/README.md')).toContain(`${startCommand} --host 0.0.0.0`);
   });
 
