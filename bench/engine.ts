@@ -3,15 +3,18 @@
 //   1. onnxruntime MatMul GFLOP/s on this machine (x [512, 256] @ W [256, 1024], fp32) — the ceiling.
 //   2. One sequence prefilled to --max-tokens (default 1M) in fixed chunks through Model.run; tok/s
 //      (tokens / elapsed = 1 / TTFT per token) and RSS at 4K, 64K, 256K, 1M prompt tokens.
-//   3. Single-stream decode tok/s at depth 0 and at 256K (from a copy of the prefilled sequence).
+//   3. Single-stream decode tok/s at depth 0, with a full window (depth W + 64) and at 256K (from a
+//      copy of the prefilled sequence); with --decode-threads, one model per thread count, interleaved.
 // Reference size: hidden 256, 8 layers (GLA even, SWA odd), 8 heads, 2 kv heads, ffn 1024,
 // vocab 4096, window 1024, random weights.
 //
 // Flags: --max-tokens N, --chunk N (prefill chunk, default 256), --threads N, --decode-steps N,
 //        --plain (the plain-op reference graph instead of the fused one),
 //        --sweep (first, prefill tok/s for chunk sizes 128…2048 on 8K tokens after a full window),
-//        --spin (let idle onnxruntime threads spin: better on an idle machine, worse on a shared one).
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+//        --spin (let idle onnxruntime threads spin: better on an idle machine, worse on a shared one),
+//        --decode-threads 1,2 (decode measured side by side with these intra-op thread counts),
+//        --profile (only: onnxruntime's profile of decode steps with a full window, per op type).
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -37,6 +40,14 @@ const DECODE_STEPS = flag('decode-steps', 128);
 const PLAIN = process.argv.includes('--plain');
 const SWEEP = process.argv.includes('--sweep');
 const SPIN = process.argv.includes('--spin');
+const PROFILE = process.argv.includes('--profile');
+const DECODE_THREADS = ((): number[] => {
+  const i = process.argv.indexOf('--decode-threads');
+  if (i < 0) return [THREADS];
+  const list = (process.argv[i + 1] ?? '').split(',').map(Number);
+  if (list.length === 0 || list.some((n) => !Number.isInteger(n) || n < 1)) throw new Error('--decode-threads needs a list like 1,2');
+  return list;
+})();
 const LOAD_AT_START = loadavg().map((x) => x.toFixed(1)).join(' ');
 const MILESTONES = [4096, 65536, 262144, 1 << 20].filter((m) => m <= MAX_TOKENS);
 
@@ -123,13 +134,85 @@ interface Rate {
 }
 
 async function decodeRate(model: Model, seq: Sequence, steps: number): Promise<Rate> {
-  const V = model.config.vocabSize;
+  return (await decodeRates([{ model, seq }], steps, 1))[0] ?? { wall: 0, cpu: 0 };
+}
+
+/**
+ * Decode tok/s of several (model, sequence) cases measured in `rounds` interleaved rounds, so that
+ * every case sees the same machine load; each round runs steps/rounds tokens per case.
+ */
+async function decodeRates(cases: readonly { model: Model; seq: Sequence }[], steps: number, rounds: number): Promise<Rate[]> {
   let tok = 7;
-  for (let i = 0; i < 8; i++) await decodeBatch(model, [seq], [(tok = (tok * 31 + 1) % V)]); // warm-up
+  const next = (V: number): number => (tok = (tok * 31 + 1) % V);
+  for (const { model, seq } of cases) for (let i = 0; i < 8; i++) await decodeBatch(model, [seq], [next(model.config.vocabSize)]); // warm-up
+  const wall = cases.map(() => 0);
+  const cpu = cases.map(() => 0);
+  const perRound = Math.max(1, Math.round(steps / rounds));
+  for (let r = 0; r < rounds; r++) {
+    for (const [i, { model, seq }] of cases.entries()) {
+      const c0 = process.cpuUsage();
+      const t0 = performance.now();
+      for (let k = 0; k < perRound; k++) await decodeBatch(model, [seq], [next(model.config.vocabSize)]);
+      wall[i] = (wall[i] ?? 0) + (performance.now() - t0) / 1000;
+      cpu[i] = (cpu[i] ?? 0) + cpuSeconds(c0);
+    }
+  }
+  return cases.map((_, i) => ({ wall: (perRound * rounds) / (wall[i] ?? 1), cpu: (perRound * rounds) / (cpu[i] ?? 1) }));
+}
+
+/** A sequence prefilled to `tokens` tokens in 256-token chunks. */
+async function prefilled(model: Model, tokens: number): Promise<Sequence> {
+  const seq = newSequence(model);
+  const V = model.config.vocabSize;
+  while (seq.numTokens < tokens) {
+    const n = Math.min(256, tokens - seq.numTokens);
+    await stepSequences(model, [seq], [Array.from({ length: n }, (_, i) => (i * 7919 + seq.numTokens) % V)], false);
+  }
+  return seq;
+}
+
+interface TraceEvent {
+  readonly cat: string;
+  readonly name: string;
+  readonly dur: number;
+  readonly args?: { readonly op_name?: string };
+}
+
+/**
+ * `--profile`: decode steps with a full window under onnxruntime's profiler; prints kernel time per op
+ * type and per step, the executor's time outside kernels, and the JS side of a step (decodeBatch
+ * wall time minus onnxruntime's model_run).
+ */
+async function profileDecode(dir: string, ckpt: ReturnType<typeof randomCheckpoint>): Promise<void> {
+  const model = await Model.load(ckpt, { intraOpThreads: THREADS, fusedOps: !PLAIN, allowSpinning: SPIN, profileFilePrefix: join(dir, 'decode') });
+  const seq = await prefilled(model, (model.windowTokens ?? 1024) + 64);
+  const V = model.config.vocabSize;
   const c0 = process.cpuUsage();
   const t0 = performance.now();
-  for (let i = 0; i < steps; i++) await decodeBatch(model, [seq], [(tok = (tok * 31 + 1) % V)]);
-  return { wall: steps / ((performance.now() - t0) / 1000), cpu: steps / cpuSeconds(c0) };
+  for (let i = 0; i < DECODE_STEPS; i++) await decodeBatch(model, [seq], [(i * 31 + 1) % V]);
+  const stepMs = (performance.now() - t0) / DECODE_STEPS;
+  const cpuMs = (cpuSeconds(c0) * 1000) / DECODE_STEPS;
+  const events = JSON.parse(readFileSync(model.endProfiling(), 'utf8')) as TraceEvent[];
+  await model.close();
+  // The last DECODE_STEPS runs are the decode steps (every run executes the same nodes).
+  const allRuns = events.filter((e) => e.cat === 'Session' && e.name === 'model_run');
+  const allKernels = events.filter((e) => e.cat === 'Node' && e.name.endsWith('_kernel_time'));
+  const runs = allRuns.slice(-DECODE_STEPS);
+  const kernels = allKernels.slice(-(allKernels.length / allRuns.length) * DECODE_STEPS);
+  const runUs = runs.reduce((a, e) => a + e.dur, 0) / DECODE_STEPS;
+  const byOp = new Map<string, { us: number; nodes: number }>();
+  for (const e of kernels) {
+    const op = e.args?.op_name ?? '?';
+    const o = byOp.get(op) ?? { us: 0, nodes: 0 };
+    byOp.set(op, { us: o.us + e.dur / DECODE_STEPS, nodes: o.nodes + 1 / DECODE_STEPS });
+  }
+  const kernelUs = [...byOp.values()].reduce((a, o) => a + o.us, 0);
+  console.log(`\ndecode profile — depth ${seq.numTokens - DECODE_STEPS}…${seq.numTokens}, ${THREADS} threads${SPIN ? ' (spinning)' : ''}, ${PLAIN ? 'plain' : 'fused'} graph; load average ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+  console.log(`step ${stepMs.toFixed(2)} ms wall, ${cpuMs.toFixed(2)} ms CPU (profiling on); onnxruntime model_run ${(runUs / 1000).toFixed(2)} ms, of which kernels ${(kernelUs / 1000).toFixed(2)} ms in ${Math.round([...byOp.values()].reduce((a, o) => a + o.nodes, 0))} nodes; JS side ${(stepMs - runUs / 1000).toFixed(2)} ms`);
+  console.log('');
+  console.log('| op type | nodes/step | µs/step | share of kernel time |');
+  console.log('|---|---|---|---|');
+  for (const [op, o] of [...byOp].sort((a, b) => b[1].us - a[1].us)) console.log(`| ${op} | ${o.nodes.toFixed(0)} | ${o.us.toFixed(0)} | ${((100 * o.us) / kernelUs).toFixed(1)}% |`);
 }
 
 const mib = (b: number): string => (b / 2 ** 20).toFixed(0);
@@ -140,6 +223,10 @@ async function main(): Promise<void> {
   try {
     const mm = await matmulGflops(dir);
     const ckpt = randomCheckpoint(CONFIG, { seed: 1, gkLayout: 'lowrank' });
+    if (PROFILE) {
+      await profileDecode(dir, ckpt);
+      return;
+    }
     const tLoad = performance.now();
     const model = await Model.load(ckpt, { intraOpThreads: THREADS, fusedOps: !PLAIN, allowSpinning: SPIN });
     const loadSec = (performance.now() - tLoad) / 1000;
@@ -153,7 +240,21 @@ async function main(): Promise<void> {
         process.stderr.write(`  sweep chunk ${chunk}: ${sweep[sweep.length - 1]?.[1].wall.toFixed(0)} tok/s\n`);
       }
     }
-    const decode0 = await decodeRate(model, newSequence(model), DECODE_STEPS);
+    // Decode at depth 0 and with a full window, per intra-op thread count, interleaved.
+    const decodeCases: { threads: number; depth: string; model: Model; seq: Sequence }[] = [];
+    const extraModels: Model[] = [];
+    for (const threads of DECODE_THREADS) {
+      let m = model;
+      if (threads !== THREADS) {
+        m = await Model.load(ckpt, { intraOpThreads: threads, fusedOps: !PLAIN, allowSpinning: SPIN });
+        extraModels.push(m);
+      }
+      const full = (m.windowTokens ?? 1024) + 64;
+      decodeCases.push({ threads, depth: '0', model: m, seq: newSequence(m) }, { threads, depth: `${full} (window full)`, model: m, seq: await prefilled(m, full) });
+    }
+    const decodeRows = await decodeRates(decodeCases, DECODE_STEPS, 8);
+    for (const m of extraModels) await m.close();
+    const decode0 = decodeRows[0] ?? { wall: 0, cpu: 0 };
 
     // Prefill one sequence to MAX_TOKENS; record cumulative time and RSS at each milestone.
     const seq = newSequence(model);
@@ -202,7 +303,10 @@ async function main(): Promise<void> {
     if (first !== undefined && lastRow !== undefined && lastRow !== first) {
       console.log(`| prefill ratio ${kTok(lastRow.tokens)} ÷ ${kTok(first.tokens)} | ${(lastRow.tokPerSec / first.tokPerSec).toFixed(2)} wall, ${(lastRow.tokPerCpuSec / first.tokPerCpuSec).toFixed(2)} CPU |`);
     }
-    console.log(`| decode, depth 0 | ${decode0.wall.toFixed(0)} tok/s, ${decode0.cpu.toFixed(0)} tok/CPU-s (${gf(decode0.wall, f.layers + f.lmHead)} GFLOP/s) |`);
+    for (const [i, c] of decodeCases.entries()) {
+      const r = decodeRows[i] ?? { wall: 0, cpu: 0 };
+      console.log(`| decode, depth ${c.depth}, ${c.threads} thread${c.threads === 1 ? '' : 's'} | ${r.wall.toFixed(0)} tok/s, ${r.cpu.toFixed(0)} tok/CPU-s (${(1000 / r.wall).toFixed(2)} ms, ${(1000 / r.cpu).toFixed(2)} CPU-ms per token) |`);
+    }
     if (decodeDeep !== null) console.log(`| decode, depth 256K | ${decodeDeep.wall.toFixed(0)} tok/s, ${decodeDeep.cpu.toFixed(0)} tok/CPU-s (${gf(decodeDeep.wall, f.layers + f.lmHead + f.attentionPerKey * (window + 1))} GFLOP/s) |`);
     if (decodeDeep !== null) console.log(`| decode ratio 256K ÷ 0 | ${(decodeDeep.wall / decode0.wall).toFixed(2)} wall, ${(decodeDeep.cpu / decode0.cpu).toFixed(2)} CPU |`);
     console.log(`| GLA state per sequence | ${(model.stateBytesPerSequence / 1024).toFixed(0)} KiB; SWA KV kept ${(seq.kvBytes / 1024).toFixed(0)} KiB (${seq.keptTokens} tokens) |`);

@@ -1,7 +1,9 @@
 // class Model: owns the onnxruntime session of one built checkpoint and runs one forward pass
 // (../forward.ts) per call. Inputs are wrapped without copying (ort.Tensor views the typed arrays);
 // outputs are the fresh arrays onnxruntime returns.
+import { readdirSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
+import { basename, dirname, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { EngineError } from '../errors.ts';
 import type { Checkpoint } from './checkpoint.ts';
@@ -47,6 +49,11 @@ export interface ModelLoadOptions {
    * rate of 1 thread on a loaded 2-core machine).
    */
   readonly allowSpinning?: boolean;
+  /**
+   * Write an onnxruntime profile (Chrome trace JSON, one event per node run) to `<prefix>_<date>.json`;
+   * `endProfiling()` finishes the file and returns its path. For benchmarks: it slows every run.
+   */
+  readonly profileFilePrefix?: string;
   /** Build progress (only when the model is built, not on a cache hit). */
   readonly onProgress?: (p: BuildProgress) => void;
 }
@@ -66,6 +73,7 @@ export class Model {
     readonly config: ModelConfig,
     private readonly session: ort.InferenceSession,
     readonly modelPath: string,
+    private readonly profileFilePrefix: string | undefined,
   ) {
     this.glaLayers = layersOfKind(config, 'gla');
     this.attentionLayers = config.layerKinds.flatMap((k, i) => (k === 'gla' ? [] : [i]));
@@ -91,8 +99,9 @@ export class Model {
       enableCpuMemArena: true,
       enableMemPattern: true,
       extra: { session: { intra_op: { allow_spinning: options.allowSpinning === true ? '1' : '0' } } },
+      ...(options.profileFilePrefix !== undefined ? { enableProfiling: true, profileFilePrefix: options.profileFilePrefix } : {}),
     });
-    return new Model(ckpt.config, session, modelPath);
+    return new Model(ckpt.config, session, modelPath, options.profileFilePrefix);
   }
 
   /** One forward pass over B sequences × T new tokens. */
@@ -144,6 +153,22 @@ export class Model {
       presentKeys: this.attentionLayers.map((l) => f32(presentKey(l))),
       presentValues: this.attentionLayers.map((l) => f32(presentValue(l))),
     };
+  }
+
+  /**
+   * Ends the profile started by `profileFilePrefix` and returns its file (onnxruntime-node does not
+   * return the name: it is the newest `<prefix>_*.json`).
+   */
+  endProfiling(): string {
+    const prefix = this.profileFilePrefix;
+    if (prefix === undefined) throw new EngineError('Model.endProfiling: the model was loaded without profileFilePrefix');
+    this.session.endProfiling();
+    const dir = dirname(prefix);
+    const stem = basename(prefix);
+    const files = readdirSync(dir).filter((f) => f.startsWith(`${stem}_`) && f.endsWith('.json')).sort();
+    const newest = files[files.length - 1];
+    if (newest === undefined) throw new EngineError(`Model.endProfiling: no profile ${prefix}_*.json was written`);
+    return join(dir, newest);
   }
 
   async close(): Promise<void> {

@@ -41,16 +41,12 @@ export function ropeTables(ctx: GraphContext): RopeTables {
 
 /**
  * Rotate-half RoPE on x [B, T, heads·d] (queries and keys together) → [B, T, heads, d]:
- * x' = x·cos + rotate_half(x)·sin with rotate_half([x₁, x₂]) = [−x₂, x₁].
+ * x' = x·cos + rotate_half(x)·sin with rotate_half([x₁, x₂]) = [−x₂, x₁]. Plain ops.
  */
 function applyRope(ctx: GraphContext, x: string, heads: number, rope: RopeTables): string {
   const { g } = ctx;
   const d = ctx.config.headDim;
   return g.scope('rope', () => {
-    if (ctx.options.fusedOps) {
-      const y = g.op('RotaryEmbedding', [x, rope.rowIds, rope.cosCache, rope.sinCache], { interleaved: int(0), num_heads: int(heads) }, { domain: 'com.microsoft' });
-      return reshape(ctx, y, [ctx.B, ctx.T, heads, d]);
-    }
     const x4 = reshape(ctx, x, [ctx.B, ctx.T, heads, d]);
     const [x1, x2] = splitLast(ctx, x4, [d / 2, d / 2]) as [string, string];
     const swapped = g.op('Concat', [x2, x1], { axis: int(-1) }); // with sinSigned: [−x₂ sin, x₁ sin]
@@ -123,9 +119,11 @@ function plainAttention(ctx: GraphContext, qkLin: string, v: string, kPast: stri
  */
 function fusedAttention(ctx: GraphContext, qkLin: string, v: string, kPast: string, vPast: string, rope: RopeTables, kind: 'swa' | 'full'): AttentionParts {
   const { g } = ctx;
-  const { numHeads: H, numKvHeads: Hkv } = ctx.config;
-  const d = ctx.config.headDim;
-  const qk = reshape(ctx, applyRope(ctx, qkLin, H + Hkv, rope), [ctx.B, ctx.T, (H + Hkv) * d]);
+  const { numHeads: H, numKvHeads: Hkv, headDim: d } = ctx.config;
+  // RotaryEmbedding keeps the [B, T, (H+Hkv)·d] layout Attention takes: no reshapes around it.
+  const qk = g.scope('rope', () =>
+    g.op('RotaryEmbedding', [qkLin, rope.rowIds, rope.cosCache, rope.sinCache], { interleaved: int(0), num_heads: int(H + Hkv) }, { domain: 'com.microsoft' }),
+  );
   const [q, k] = splitLast(ctx, qk, [H * d, Hkv * d]) as [string, string];
   const [o, kAll, vAll] = g.opN(
     'Attention',
