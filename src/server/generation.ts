@@ -66,7 +66,7 @@ export type GenerationEvent =
     };
 
 /** The engine ended a stream with finishReason 'error'; the message is for the log only. */
-export class GenerationFailedError extends Error {
+class GenerationFailedError extends Error {
   override readonly name = 'GenerationFailedError';
 }
 
@@ -100,7 +100,7 @@ class ItemQueue {
 }
 
 /** Engine request ids of the n choices of one HTTP request. */
-export function choiceRequestIds(requestId: string, n: number): string[] {
+function choiceRequestIds(requestId: string, n: number): string[] {
   return n === 1 ? [requestId] : Array.from({ length: n }, (_, i) => `${requestId}-${i}`);
 }
 
