@@ -182,7 +182,10 @@ export function helpText(version: string): string {
   for (const s of FLAGS) {
     const value = s.kind === 'enum' ? (s.choices ?? []).join('|') : s.kind === 'string' ? 'STR' : s.kind === 'int' ? 'INT' : 'NUM';
     const def = s.defaultText !== undefined ? ` (default: ${s.defaultText})` : '';
-    lines.push(`  --${s.flag} ${value}`.padEnd(40) + `${s.help}${def}`);
+    const head = `  --${s.flag} ${value}`;
+    // A long value list gets its own line rather than running into the description.
+    if (head.length >= 40) lines.push(head, ' '.repeat(40) + `${s.help}${def}`);
+    else lines.push(head.padEnd(40) + `${s.help}${def}`);
     lines.push(' '.repeat(40) + `env ${envName(s.flag)}`);
   }
   return lines.join('\n') + '\n';
