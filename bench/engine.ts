@@ -13,6 +13,7 @@
 //        --sweep (first, prefill tok/s for chunk sizes 128…2048 on 8K tokens after a full window),
 //        --spin (let idle onnxruntime threads spin: better on an idle machine, worse on a shared one),
 //        --decode-threads 1,2 (decode measured side by side with these intra-op thread counts),
+//        --decode-session N (the model runs decode steps on a second session with N threads),
 //        --profile (only: onnxruntime's profile of decode steps with a full window, per op type).
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
@@ -41,9 +42,10 @@ const PLAIN = process.argv.includes('--plain');
 const SWEEP = process.argv.includes('--sweep');
 const SPIN = process.argv.includes('--spin');
 const PROFILE = process.argv.includes('--profile');
+const DECODE_SESSION = process.argv.includes('--decode-session') ? flag('decode-session', 1) : undefined;
 const DECODE_THREADS = ((): number[] => {
   const i = process.argv.indexOf('--decode-threads');
-  if (i < 0) return [THREADS];
+  if (i < 0) return [process.argv.includes('--decode-session') ? flag('decode-session', 1) : THREADS];
   const list = (process.argv[i + 1] ?? '').split(',').map(Number);
   if (list.length === 0 || list.some((n) => !Number.isInteger(n) || n < 1)) throw new Error('--decode-threads needs a list like 1,2');
   return list;
@@ -174,6 +176,8 @@ async function prefilled(model: Model, tokens: number): Promise<Sequence> {
 interface TraceEvent {
   readonly cat: string;
   readonly name: string;
+  /** Start, µs since the session started. */
+  readonly ts: number;
   readonly dur: number;
   readonly args?: { readonly op_name?: string };
 }
@@ -194,11 +198,10 @@ async function profileDecode(dir: string, ckpt: ReturnType<typeof randomCheckpoi
   const cpuMs = (cpuSeconds(c0) * 1000) / DECODE_STEPS;
   const events = JSON.parse(readFileSync(model.endProfiling(), 'utf8')) as TraceEvent[];
   await model.close();
-  // The last DECODE_STEPS runs are the decode steps (every run executes the same nodes).
-  const allRuns = events.filter((e) => e.cat === 'Session' && e.name === 'model_run');
-  const allKernels = events.filter((e) => e.cat === 'Node' && e.name.endsWith('_kernel_time'));
-  const runs = allRuns.slice(-DECODE_STEPS);
-  const kernels = allKernels.slice(-(allKernels.length / allRuns.length) * DECODE_STEPS);
+  // The last DECODE_STEPS runs are the decode steps; their kernels are those that start after the first.
+  const runs = events.filter((e) => e.cat === 'Session' && e.name === 'model_run').slice(-DECODE_STEPS);
+  const firstTs = runs[0]?.ts ?? 0;
+  const kernels = events.filter((e) => e.cat === 'Node' && e.name.endsWith('_kernel_time') && e.ts >= firstTs);
   const runUs = runs.reduce((a, e) => a + e.dur, 0) / DECODE_STEPS;
   const byOp = new Map<string, { us: number; nodes: number }>();
   for (const e of kernels) {
@@ -228,7 +231,7 @@ async function main(): Promise<void> {
       return;
     }
     const tLoad = performance.now();
-    const model = await Model.load(ckpt, { intraOpThreads: THREADS, fusedOps: !PLAIN, allowSpinning: SPIN });
+    const model = await Model.load(ckpt, { intraOpThreads: THREADS, fusedOps: !PLAIN, allowSpinning: SPIN, ...(DECODE_SESSION !== undefined ? { decodeIntraOpThreads: DECODE_SESSION } : {}) });
     const loadSec = (performance.now() - tLoad) / 1000;
     const f = flopsPerToken(CONFIG);
     const V = CONFIG.vocabSize;
@@ -244,8 +247,8 @@ async function main(): Promise<void> {
     const decodeCases: { threads: number; depth: string; model: Model; seq: Sequence }[] = [];
     const extraModels: Model[] = [];
     for (const threads of DECODE_THREADS) {
-      let m = model;
-      if (threads !== THREADS) {
+      let m = model; // decodes with DECODE_SESSION threads when given, else THREADS
+      if (threads !== (DECODE_SESSION ?? THREADS)) {
         m = await Model.load(ckpt, { intraOpThreads: threads, fusedOps: !PLAIN, allowSpinning: SPIN });
         extraModels.push(m);
       }
@@ -286,8 +289,8 @@ async function main(): Promise<void> {
     const gf = (tokPerSec: number, perToken: number): string => ((tokPerSec * perToken) / 1e9).toFixed(1);
     const window = CONFIG.slidingWindow ?? 0;
     const prefillFlops = f.layers + f.attentionPerKey * (window + 1); // useful attention: W + 1 keys per query
-    console.log(`\nspikeserve engine bench — onnxruntime ${ort.env.versions.common} CPU, ${THREADS} threads${SPIN ? ' (spinning)' : ''}, ${PLAIN ? 'plain' : 'fused'} graph, chunk ${CHUNK}`);
-    console.log(`load average at start ${LOAD_AT_START}, at end ${loadavg().map((x) => x.toFixed(1)).join(' ')} (${availableParallelism()} cores)`);
+    console.log(`\nspikeserve engine bench — onnxruntime ${ort.env.versions.common} CPU, ${THREADS} threads${SPIN ? ' (spinning)' : ''}${DECODE_SESSION !== undefined ? ` (decode session: ${DECODE_SESSION})` : ''}, ${PLAIN ? 'plain' : 'fused'} graph, chunk ${CHUNK}`);
+    console.log(`load average at start ${LOAD_AT_START}, at end ${loadavg().map((x) => x.toFixed(1)).join(' ')} (${availableParallelism()} cores); GLIBC_TUNABLES=${process.env['GLIBC_TUNABLES'] ?? '(unset)'}`);
     console.log(`model: D=256 L=8 (GLA even, SWA odd) H=8 Hkv=2 F=1024 V=4096 W=1024, ${(ckpt.numParameters / 1e6).toFixed(1)}M params, load ${loadSec.toFixed(1)} s`);
     console.log(`FLOPs/token: layers ${(f.layers / 1e6).toFixed(1)} M, lm_head ${(f.lmHead / 1e6).toFixed(1)} M, attention ${(f.attentionPerKey / 1e3).toFixed(0)} K per key`);
     console.log('');

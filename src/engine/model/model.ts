@@ -44,19 +44,31 @@ export interface ModelLoadOptions {
   /** Sub-chunk C of the plain-op chunked GLA (default 16). */
   readonly glaSubChunk?: number;
   /**
+   * Intra-op threads of a second onnxruntime session over the same model file that runs the small
+   * steps (B·T ≤ DECODE_MAX_TOKENS: decode). Unset: one session runs everything. The second session
+   * holds its own copy of the weights (twice the model's memory); it pays where a step is too small to
+   * share between threads: at the reference size a 2-thread pool spends 16–28% more CPU per decode
+   * token on waking its second thread for ~40 small parallel ops (bench/README.md, "Decode").
+   */
+  readonly decodeIntraOpThreads?: number;
+  /**
    * Let idle onnxruntime pool threads spin (default false). Spinning wins a little on a dedicated
    * machine and loses badly when cores are shared (measured: 2 spinning threads decode at half the
    * rate of 1 thread on a loaded 2-core machine).
    */
   readonly allowSpinning?: boolean;
   /**
-   * Write an onnxruntime profile (Chrome trace JSON, one event per node run) to `<prefix>_<date>.json`;
-   * `endProfiling()` finishes the file and returns its path. For benchmarks: it slows every run.
+   * Write an onnxruntime profile (Chrome trace JSON, one event per node run) of the main session to
+   * `<prefix>_<date>.json`; `endProfiling()` finishes the file and returns its path. For benchmarks:
+   * it slows every run. Without `decodeIntraOpThreads` the main session runs every step.
    */
   readonly profileFilePrefix?: string;
   /** Build progress (only when the model is built, not on a cache hit). */
   readonly onProgress?: (p: BuildProgress) => void;
 }
+
+/** Steps of at most this many tokens (B·T) run on the decode session when there is one. */
+export const DECODE_MAX_TOKENS = 4;
 
 export class Model {
   /** Layer indices of GLA layers and of attention (SWA or full) layers, in order. */
@@ -72,6 +84,8 @@ export class Model {
   private constructor(
     readonly config: ModelConfig,
     private readonly session: ort.InferenceSession,
+    /** Runs steps of at most DECODE_MAX_TOKENS tokens when set (`decodeIntraOpThreads`). */
+    private readonly decodeSession: ort.InferenceSession | null,
     readonly modelPath: string,
     private readonly profileFilePrefix: string | undefined,
   ) {
@@ -90,18 +104,24 @@ export class Model {
       { fusedOps: options.fusedOps ?? device === 'cpu', glaSubChunk: options.glaSubChunk ?? 16, weightDtype: options.weightDtype ?? (device === 'cpu' ? 'float32' : 'float16') },
       { ...(options.cacheDir !== undefined ? { cacheDir: options.cacheDir } : {}), ...(options.onProgress !== undefined ? { onProgress: options.onProgress } : {}) },
     );
-    const session = await ort.InferenceSession.create(modelPath, {
-      executionProviders: resolveExecutionProviders(device),
-      graphOptimizationLevel: 'all',
-      intraOpNumThreads: options.intraOpThreads ?? availableParallelism(),
-      interOpNumThreads: 1,
-      executionMode: 'sequential',
-      enableCpuMemArena: true,
-      enableMemPattern: true,
-      extra: { session: { intra_op: { allow_spinning: options.allowSpinning === true ? '1' : '0' } } },
-      ...(options.profileFilePrefix !== undefined ? { enableProfiling: true, profileFilePrefix: options.profileFilePrefix } : {}),
-    });
-    return new Model(ckpt.config, session, modelPath, options.profileFilePrefix);
+    const intraOpThreads = options.intraOpThreads ?? availableParallelism();
+    // Only the main session is profiled (both would write to the same file name).
+    const create = (threads: number, profile: boolean): Promise<ort.InferenceSession> =>
+      ort.InferenceSession.create(modelPath, {
+        executionProviders: resolveExecutionProviders(device),
+        graphOptimizationLevel: 'all',
+        intraOpNumThreads: threads,
+        interOpNumThreads: 1,
+        executionMode: 'sequential',
+        enableCpuMemArena: true,
+        enableMemPattern: true,
+        extra: { session: { intra_op: { allow_spinning: options.allowSpinning === true ? '1' : '0' } } },
+        ...(profile && options.profileFilePrefix !== undefined ? { enableProfiling: true, profileFilePrefix: options.profileFilePrefix } : {}),
+      });
+    const session = await create(intraOpThreads, true);
+    const decodeThreads = options.decodeIntraOpThreads;
+    const decodeSession = decodeThreads !== undefined && decodeThreads !== intraOpThreads ? await create(decodeThreads, false) : null;
+    return new Model(ckpt.config, session, decodeSession, modelPath, options.profileFilePrefix);
   }
 
   /** One forward pass over B sequences × T new tokens. */
@@ -139,7 +159,8 @@ export class Model {
       feeds[pastValue(layer)] = new ort.Tensor('float32', v, [B, Hkv, P, d]);
     });
 
-    const out = await this.session.run(feeds);
+    const session = this.decodeSession !== null && B * T <= DECODE_MAX_TOKENS ? this.decodeSession : this.session;
+    const out = await session.run(feeds);
     const f32 = (name: string): Float32Array => {
       const t = out[name];
       if (t === undefined || !(t.data instanceof Float32Array)) throw new EngineError(`Model.run: output ${name} missing`);
@@ -173,5 +194,6 @@ export class Model {
 
   async close(): Promise<void> {
     await this.session.release();
+    await this.decodeSession?.release();
   }
 }
