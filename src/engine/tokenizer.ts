@@ -12,11 +12,18 @@
 // `encodeBatch` runs a group on one pool thread unless TOKENIZERS_PARALLELISM=true is set, which
 // spreads it over all cores (×2 on 2 idle cores) but competes with the inference worker, so it is
 // left to the operator.
+// That still stalls the calling thread for a 13 MB prompt (bench/tokenize.ts): ~0.4 s collecting the
+// ids where the text cannot be split (the tiny model's tokenizer.json), and ~0.6 s of CPU later, when
+// a GC finalizes the binding's Encoding (a Rust struct with a String per token); and a number[] of
+// millions of ids is slow to post to the engine worker. So the HTTP thread uses `encodeToInt32`:
+// text of OFF_THREAD_MIN_CHARS or more is encoded by a tokenizer worker (off-thread-encoder.ts) that
+// hands back an Int32Array by transfer; shorter text stays here.
 
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Tokenizer } from 'tokenizers';
+import { Tokenizer, type Encoding } from 'tokenizers';
 import { ModelLoadError } from './errors.ts';
+import { OffThreadEncoder } from './off-thread-encoder.ts';
 
 export interface TokenizerLoadOptions {
   /** Target piece length for piecewise encoding of long text (chars); Infinity disables it. */
@@ -45,6 +52,8 @@ const SPLIT_SAFE_REGEXES = new Set([QWEN2_SPLIT_REGEX, LLAMA3_SPLIT_REGEX]);
 
 const DEFAULT_PIECE_CHARS = 65536;
 const CHARS_PER_BATCH = 1 << 20;
+/** Below this, encodeToInt32 encodes on the calling thread (≤ ~20 K ids: well under a millisecond). */
+const OFF_THREAD_MIN_CHARS = 65536;
 
 interface AddedTokenSpec {
   id: number;
@@ -82,8 +91,11 @@ export class TextTokenizer {
   private readonly tokenStrings: (string | null | undefined)[] = [];
   private readonly utf8 = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true });
   private readonly utf8Encoder = new TextEncoder();
+  private readonly offThread: OffThreadEncoder;
 
   private constructor(
+    dir: string,
+    loadOptions: TokenizerLoadOptions,
     private readonly tokenizer: Tokenizer,
     private readonly byteDecoding: ByteDecoding,
     private readonly pieceChars: number,
@@ -106,6 +118,7 @@ export class TextTokenizer {
     for (const id of init.generationEosIds) eos.add(id);
     this.eosTokenIds = [...eos];
     this.piecewiseEncoding = init.piecewise;
+    this.offThread = new OffThreadEncoder({ dir, options: loadOptions });
   }
 
   /** Loads the tokenizer of a checkpoint directory. Throws ModelLoadError when it cannot. */
@@ -146,7 +159,7 @@ export class TextTokenizer {
       (await tokenizer.encode('a', null, { addSpecialTokens: true })).getIds().length ===
         (await tokenizer.encode('a', null, { addSpecialTokens: false })).getIds().length;
 
-    return new TextTokenizer(tokenizer, byteDecodingOf(spec.decoder), pieceChars, {
+    return new TextTokenizer(dir, options, tokenizer, byteDecodingOf(spec.decoder), pieceChars, {
       added,
       eosToken: tokenContent(config?.['eos_token']),
       bosToken: tokenContent(config?.['bos_token']),
@@ -161,20 +174,60 @@ export class TextTokenizer {
     if (!this.piecewiseEncoding || text.length <= this.pieceChars * 1.5) {
       return (await this.tokenizer.encode(text, null, { addSpecialTokens })).getIds();
     }
-    const pieces = splitAtSafeBoundaries(text, this.pieceChars);
     const ids: number[] = [];
+    for await (const encoding of this.pieceEncodings(text)) {
+      for (const id of encoding.getIds()) ids.push(id);
+      await yieldToEventLoop(); // one piece's ids (~20 K) per turn of the event loop
+    }
+    return ids;
+  }
+
+  /**
+   * The ids of `encode`, as an Int32Array, without stalling this thread: long text is encoded by the
+   * tokenizer worker (started on first use) and its ids arrive by transfer. For the HTTP thread.
+   */
+  async encodeToInt32(text: string, options: EncodeOptions = {}): Promise<Int32Array<ArrayBuffer>> {
+    if (text.length < OFF_THREAD_MIN_CHARS) return Int32Array.from(await this.encode(text, options));
+    return this.offThread.encode(text, options);
+  }
+
+  /** The ids of `encode`, as an Int32Array, collected on this thread in one go (the tokenizer worker's path). */
+  async encodeInThreadToInt32(text: string, options: EncodeOptions = {}): Promise<Int32Array<ArrayBuffer>> {
+    const addSpecialTokens = options.addSpecialTokens ?? true;
+    if (!this.piecewiseEncoding || text.length <= this.pieceChars * 1.5) {
+      return Int32Array.from((await this.tokenizer.encode(text, null, { addSpecialTokens })).getIds());
+    }
+    const parts: number[][] = [];
+    let length = 0;
+    for await (const encoding of this.pieceEncodings(text)) {
+      const ids = encoding.getIds();
+      parts.push(ids);
+      length += ids.length;
+    }
+    const out = new Int32Array(length);
+    let offset = 0;
+    for (const ids of parts) {
+      out.set(ids, offset);
+      offset += ids.length;
+    }
+    return out;
+  }
+
+  /** Stops the tokenizer worker, if one was started. */
+  async close(): Promise<void> {
+    await this.offThread.close();
+  }
+
+  /** Encodings of the safe pieces of `text` (no special tokens added), in order, ~1 M chars per batch. */
+  private async *pieceEncodings(text: string): AsyncGenerator<Encoding> {
+    const pieces = splitAtSafeBoundaries(text, this.pieceChars);
     for (let start = 0; start < pieces.length; ) {
       let end = start;
       let chars = 0;
       while (end < pieces.length && (end === start || chars < CHARS_PER_BATCH)) chars += (pieces[end++] as string).length;
-      const encodings = await this.tokenizer.encodeBatch(pieces.slice(start, end), { addSpecialTokens: false });
-      for (const encoding of encodings) {
-        for (const id of encoding.getIds()) ids.push(id);
-        await yieldToEventLoop(); // one piece's ids (~20 K) per turn of the event loop
-      }
+      yield* await this.tokenizer.encodeBatch(pieces.slice(start, end), { addSpecialTokens: false });
       start = end;
     }
-    return ids;
   }
 
   /** Text of `ids`; ids the tokenizer does not know are skipped (as HF). */

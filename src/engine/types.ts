@@ -35,6 +35,18 @@ export interface GenerateRequest {
   readonly reportProgress: boolean;
 }
 
+/**
+ * Prompt ids as the server hands them to Engine.generate. The tokenizer gives an Int32Array: it
+ * crosses threads as one memcpy or transfer, where a number[] is cloned element by element on the
+ * HTTP thread.
+ */
+export type PromptTokenIds = Int32Array | readonly number[];
+
+/** What Engine.generate takes; the worker turns the ids into the GenerateRequest the core holds. */
+export interface SubmitRequest extends Omit<GenerateRequest, 'promptTokenIds'> {
+  readonly promptTokenIds: PromptTokenIds;
+}
+
 export interface TopLogprob {
   readonly tokenId: number;
   readonly logprob: number;

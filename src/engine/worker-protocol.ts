@@ -1,7 +1,7 @@
 // Messages between the main-thread Engine (engine.ts) and the inference worker (worker.ts).
 // Everything here crosses postMessage, so it is structured-clone data only (Maps are fine; no classes).
 import type { ModelConfig } from './model/config.ts';
-import type { EngineStats, GenerateRequest, TokenEvent } from './types.ts';
+import type { EngineStats, SubmitRequest, TokenEvent } from './types.ts';
 
 /** What the worker needs to start; passed as `workerData`. */
 export interface WorkerInit {
@@ -23,7 +23,7 @@ export interface WorkerInit {
 }
 
 export type ToWorker =
-  | { readonly type: 'submit'; readonly request: GenerateRequest }
+  | { readonly type: 'submit'; readonly request: SubmitRequest }
   | { readonly type: 'abort'; readonly requestId: string }
   /** Abort everything, answer `closed`. */
   | { readonly type: 'shutdown' };

@@ -81,7 +81,9 @@ function onMessage(msg: ToWorker): void {
   switch (msg.type) {
     case 'submit':
       try {
-        core.submit(msg.request);
+        const ids = msg.request.promptTokenIds;
+        // The core indexes, slices and hashes a number[]; converting here costs this thread, not HTTP's.
+        core.submit({ ...msg.request, promptTokenIds: ids instanceof Int32Array ? Array.from(ids) : ids });
       } catch (err) {
         post({ type: 'rejected', requestId: msg.request.requestId, error: wireError(err) });
         return;

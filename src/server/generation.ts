@@ -22,13 +22,13 @@
 // drain throws the drain's 503. Leaving the loop early (client gone) aborts every choice, and the
 // iterator's return() resolves only once every engine stream has ended, so its resources are free.
 import { IncrementalDetokenizer, StopStringMatcher } from '../engine/detokenizer.ts';
-import type { PromptLogprobEntry, SamplingParams, TokenEvent, TopLogprob } from '../engine/types.ts';
+import type { PromptLogprobEntry, PromptTokenIds, SamplingParams, TokenEvent, TopLogprob } from '../engine/types.ts';
 import { ApiError, UnavailableError } from './errors.ts';
 import type { EnginePort, MetricsPort, TokenizerPort } from './ports.ts';
 
 export interface GenerationSpec {
   readonly requestId: string;
-  readonly promptTokenIds: readonly number[];
+  readonly promptTokenIds: PromptTokenIds;
   readonly sampling: SamplingParams;
   /** Number of independent choices (1..16). */
   readonly n: number;

@@ -4,21 +4,21 @@
 // route test can build the app around the real parts without the CLI.
 import type { ModelConfig } from '../engine/model/config.ts';
 import type { TextTokenizer } from '../engine/tokenizer.ts';
-import type { EngineStats, GenerateRequest, TokenEvent } from '../engine/types.ts';
+import type { EngineStats, SubmitRequest, TokenEvent } from '../engine/types.ts';
 
 export interface EnginePort {
   readonly config: ModelConfig;
   /** Longest prompt + completion, in tokens, one sequence may reach. */
   readonly maxModelLen: number;
   /** Throws RequestRejectedError | QueueFullError | EngineUnavailableError before the first event. */
-  generate(req: GenerateRequest, signal?: AbortSignal): AsyncIterable<TokenEvent>;
+  generate(req: SubmitRequest, signal?: AbortSignal): AsyncIterable<TokenEvent>;
   abort(requestId: string): void;
   stats(): EngineStats;
   shutdown(): Promise<void>;
 }
 
-/** encode is async (long text never blocks the HTTP thread); tokenBytes gives a token's raw bytes. */
-export type TokenizerPort = Pick<TextTokenizer, 'encode' | 'decode' | 'tokenToId' | 'tokenBytes' | 'isSpecial' | 'vocabSize'>;
+/** encodeToInt32 is the HTTP thread's encode (long text goes to a worker); tokenBytes gives a token's raw bytes. */
+export type TokenizerPort = Pick<TextTokenizer, 'encode' | 'encodeToInt32' | 'decode' | 'tokenToId' | 'tokenBytes' | 'isSpecial' | 'vocabSize'>;
 
 export interface RequestTracker {
   onEvent(ev: TokenEvent): void;

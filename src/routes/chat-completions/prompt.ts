@@ -33,8 +33,8 @@ export function renderChatPrompt(app: FastifyInstance, opts: ChatPromptOptions):
 }
 
 /** Renders and tokenizes (the template already wrote any BOS, so none is added). */
-export async function chatPromptTokens(app: FastifyInstance, opts: ChatPromptOptions): Promise<number[]> {
-  return app.tokenizer.encode(renderChatPrompt(app, opts), { addSpecialTokens: false });
+export async function chatPromptTokens(app: FastifyInstance, opts: ChatPromptOptions): Promise<Int32Array> {
+  return app.tokenizer.encodeToInt32(renderChatPrompt(app, opts), { addSpecialTokens: false });
 }
 
 /** Token ids that end an assistant turn under this template (beyond the model's eos ids). */

@@ -2,7 +2,7 @@
 // With `echo` the prompt text comes first in each choice; with `echo` and `logprobs` the prompt
 // tokens lead the logprobs block too (the first has no logprob: null). text_offset counts
 // characters from the start of the choice's returned text.
-import type { PromptLogprobEntry } from '../../engine/types.ts';
+import type { PromptLogprobEntry, PromptTokenIds } from '../../engine/types.ts';
 import type { FinishReasonOut, GenerationEvent } from '../../server/generation.ts';
 import { appendLegacy, emptyLegacyLogprobs, type LegacyLogprobs, type TokenText } from '../common/logprobs.ts';
 import { progressObject, streamChunk, usageChunk, type StreamIdentity, type StreamOptions } from '../common/stream-chunks.ts';
@@ -11,7 +11,7 @@ import type { CompletionResponse } from './schema.ts';
 
 export interface CompletionFormatContext extends StreamIdentity {
   readonly n: number;
-  readonly promptTokenIds: readonly number[];
+  readonly promptTokenIds: PromptTokenIds;
   readonly promptText: string;
   readonly echo: boolean;
   /** Legacy logprobs count, or null for none. */
@@ -23,7 +23,7 @@ type PromptEntry = PromptLogprobEntry | { readonly tokenId: number; readonly log
 
 /** The prompt tokens as logprob entries; entries missing from the engine get null logprobs. */
 function promptEntries(ctx: CompletionFormatContext, entries: readonly (PromptLogprobEntry | null)[] | null): PromptEntry[] {
-  return ctx.promptTokenIds.map((tokenId, i) => entries?.[i] ?? { tokenId, logprob: null });
+  return Array.from(ctx.promptTokenIds, (tokenId, i): PromptEntry => entries?.[i] ?? { tokenId, logprob: null });
 }
 
 /** Per-choice state: text so far, the logprobs block, and the running character offset. */

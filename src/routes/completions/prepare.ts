@@ -3,6 +3,7 @@
 // prompt's own logprobs.
 import { randomUUID } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
+import type { PromptTokenIds } from '../../engine/types.ts';
 import { InvalidRequestError } from '../../server/errors.ts';
 import type { GenerationSpec } from '../../server/generation.ts';
 import type { EnginePort } from '../../server/ports.ts';
@@ -36,10 +37,10 @@ function singlePrompt(p: CompletionRequest['prompt']): string | number[] {
 }
 
 /** Token ids of the prompt, and its text when `echo` needs it (decoding millions of ids is not free). */
-async function promptTokens(app: FastifyInstance, body: CompletionRequest, vocabSize: number): Promise<{ ids: number[]; text: string }> {
+async function promptTokens(app: FastifyInstance, body: CompletionRequest, vocabSize: number): Promise<{ ids: PromptTokenIds; text: string }> {
   const one = singlePrompt(body.prompt);
   if (typeof one === 'string') {
-    const ids = await app.tokenizer.encode(one, { addSpecialTokens: body.add_special_tokens ?? true });
+    const ids = await app.tokenizer.encodeToInt32(one, { addSpecialTokens: body.add_special_tokens ?? true });
     return { ids, text: one };
   }
   for (const id of one) {

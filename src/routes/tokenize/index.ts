@@ -30,10 +30,11 @@ const tokenizeRoute: FastifyPluginAsyncTypebox = async (app) => {
   app.post('/tokenize', { schema: { body: TokenizeRequest, response: { 200: TokenizeResponse } } }, async (request) => {
     const body = request.body;
     checkModel(app, body.model);
-    const tokens =
+    const ids =
       'messages' in body
         ? await chatPromptTokens(app, { messages: body.messages, addGenerationPrompt: body.add_generation_prompt ?? true, chatTemplateKwargs: body.chat_template_kwargs })
-        : await app.tokenizer.encode(body.prompt, { addSpecialTokens: body.add_special_tokens ?? true });
+        : await app.tokenizer.encodeToInt32(body.prompt, { addSpecialTokens: body.add_special_tokens ?? true });
+    const tokens = Array.from(ids);
     return { tokens, count: tokens.length, max_model_len: app.serving.loadedEngine?.maxModelLen ?? null };
   });
 };

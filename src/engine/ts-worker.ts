@@ -1,0 +1,25 @@
+// Starting a worker thread whose entry module is TypeScript (the engine's inference worker, the
+// tokenizer worker). Node 20 does not apply `--import tsx` hooks (from execArgv) to a worker's entry
+// module, so the worker is a tiny bootstrap that registers tsx's loader in its own thread first and
+// then imports the entry. Works under `node --import tsx` and inside vitest.
+import { createRequire } from 'node:module';
+import { pathToFileURL } from 'node:url';
+import { Worker, type WorkerOptions } from 'node:worker_threads';
+
+/** Starts `entry` (a file: URL of a .ts module) in a new worker thread. */
+export function spawnTsWorker(entry: URL, options: Omit<WorkerOptions, 'eval'> = {}): Worker {
+  const bootstrap =
+    `import(${JSON.stringify(tsxApiUrl())}).then((tsx) => { tsx.register(); return import(${JSON.stringify(entry.href)}); })` +
+    `.catch((err) => { setImmediate(() => { throw err; }); });`;
+  return new Worker(bootstrap, { ...options, eval: true });
+}
+
+/** file: URL of tsx's ESM API (its `register()` installs the TypeScript loader in the calling thread). */
+function tsxApiUrl(): string {
+  try {
+    return import.meta.resolve('tsx/esm/api');
+  } catch {
+    // Runtimes without import.meta.resolve: the package's CommonJS entry sits next to the ESM one.
+    return pathToFileURL(createRequire(import.meta.url).resolve('tsx/esm/api').replace(/\.cjs$/, '.mjs')).href;
+  }
+}
