@@ -73,6 +73,7 @@ async function serve(argv: readonly string[]): Promise<void> {
     drainTimeoutSeconds: config.drainTimeoutSeconds,
     onClosed: async () => {
       await app.serving.loadedEngine?.shutdown();
+      await tokenizer.close(); // its encoding worker, if a long prompt started one
     },
     exit: (code) => process.exit(code),
   });
