@@ -411,17 +411,24 @@ function dockerfileErrors(text: string, startCommand: string): string[] {
 describe('Dockerfile', () => {
   const packageJson = JSON.parse(read('package.json')) as { scripts: Record<string, string> };
   // The root README.md is written elsewhere; package.json's start script is the source of truth.
-  const startCommand = packageJson.scripts['start'] ?? '';
+  // The script may set environment variables first (`A=b node …`); the image sets them with ENV.
+  const startScript = packageJson.scripts['start'] ?? '';
+  const startEnv = startScript.match(/^(?:\w+=\S+\s+)*/)?.[0].trim().split(/\s+/).filter((a) => a !== '') ?? [];
+  const startCommand = startScript.slice(startScript.match(/^(?:\w+=\S+\s+)*/)?.[0].length ?? 0);
 
   it('the start script is the documented one', () => {
     expect(startCommand).toBe('node --import tsx src/main/cli.ts serve');
+    expect(startEnv).toEqual(['GLIBC_TUNABLES=glibc.malloc.hugetlb=1']);
     // The root README documents `npm start` (this script); deploy/README.md spells the command out.
     expect(read('README.md')).toMatch(/npm start|src\/main\/cli\.ts serve/);
     expect(read('deploy/README.md')).toContain(`${startCommand} --host 0.0.0.0`);
   });
 
   it('runs the start command as a non-root user, exposes 8000, checks /health', () => {
-    expect(dockerfileErrors(read('Dockerfile'), startCommand)).toEqual([]);
+    const dockerfile = read('Dockerfile');
+    expect(dockerfileErrors(dockerfile, startCommand)).toEqual([]);
+    // The start script's environment is the image's too.
+    for (const assignment of startEnv) expect(dockerfile).toMatch(new RegExp(`^ENV .*\\b${assignment.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\b`, 'm'));
   });
 
   it('the checker finds a broken Dockerfile', () => {
