@@ -131,8 +131,9 @@ export async function* runGeneration(deps: GenerationDeps, spec: GenerationSpec,
     try {
       const stream = engine.generate({ requestId, promptTokenIds: spec.promptTokenIds, sampling, reportProgress: spec.reportProgress && index === 0 }, choiceSignal);
       for await (const ev of stream as AsyncIterable<TokenEvent>) {
-        tracker.onEvent(ev);
         if (ev.type === 'done') {
+          // A stop string ends the request as 'stop' at the tokens streamed, whatever the engine saw after.
+          tracker.onEvent(stoppedByString ? { ...ev, finishReason: 'stop', completionTokens: numTokens } : ev);
           finished.add(index);
           let reason: FinishReasonOut;
           let completionTokens = ev.completionTokens;
@@ -164,6 +165,7 @@ export async function* runGeneration(deps: GenerationDeps, spec: GenerationSpec,
           return;
         }
         if (stoppedByString) continue; // the abort is on its way; the rest is past the stop string
+        tracker.onEvent(ev);
         if (ev.type === 'token') {
           numTokens++;
           let text = detok.push(ev.tokenId);
