@@ -9,15 +9,23 @@ import { StepRunner, type ForwardModel, type SampledResult } from './step-runner
 import type { EngineStats, FinishReason, GenerateRequest, TokenEvent } from './types.ts';
 
 export interface EngineCoreOptions {
+  /** GLA state slots = most requests running at once (default 64). */
   readonly maxNumSeqs?: number;
+  /** KV page pool size in bytes (default: enough for maxNumSeqs SWA sequences; 1 GiB for full attention). */
   readonly kvCacheBytes?: number;
+  /** KV pool size in pages (wins over kvCacheBytes). */
   readonly kvPages?: number;
+  /** Tokens per KV page (default 64). */
   readonly pageTokens?: number;
+  /** Token budget of one step (default 2048). */
   readonly maxBatchedTokens?: number;
+  /** Longest prefill chunk (default 256). */
   readonly prefillChunkTokens?: number;
+  /** Longest waiting queue before QueueFullError (default 1024). */
   readonly maxQueue?: number;
+  /** prompt + max_tokens limit (default 2^24 for SWA/GLA models; the pool's capacity for full attention). */
   readonly maxModelLen?: number;
-  /** Byte bound of prefix snapshots; 0 = off. */
+  /** Byte bound of prefix snapshots (GLA state + window pages), LRU; 0 = off (default 512 MiB). */
   readonly prefixCacheBytes?: number;
 }
 

@@ -12,29 +12,12 @@ import {
 import type { ModelConfig } from './model/config.ts';
 import { spawnTsWorker } from './ts-worker.ts';
 import type { EngineStats, SubmitRequest, TokenEvent } from './types.ts';
+import type { EngineCoreOptions } from './engine-core.ts';
 import type { FromWorker, ToWorker, WireError, WorkerInit } from './worker-protocol.ts';
 
-export interface EngineOptions {
+export interface EngineOptions extends EngineCoreOptions {
   readonly modelDir: string;
   readonly cacheDir?: string;
-  /** GLA state slots = most requests running at once (default 64). */
-  readonly maxNumSeqs?: number;
-  /** KV page pool size in bytes (default: enough for maxNumSeqs SWA sequences; 1 GiB for full attention). */
-  readonly kvCacheBytes?: number;
-  /** KV pool size in pages (wins over kvCacheBytes). */
-  readonly kvPages?: number;
-  /** Tokens per KV page (default 64). */
-  readonly pageTokens?: number;
-  /** Token budget of one step (default 2048). */
-  readonly maxBatchedTokens?: number;
-  /** Longest prefill chunk (default 256). */
-  readonly prefillChunkTokens?: number;
-  /** Longest waiting queue before QueueFullError (default 1024). */
-  readonly maxQueue?: number;
-  /** prompt + max_tokens limit (default 2^24 for SWA/GLA models; the pool's capacity for full attention). */
-  readonly maxModelLen?: number;
-  /** Byte bound of prefix snapshots (GLA state + window pages), LRU; 0 = off (default 512 MiB). */
-  readonly prefixCacheBytes?: number;
   readonly intraOpThreads?: number;
   readonly device?: 'cpu' | 'webgpu' | 'cuda';
   /** Random weights with this raw config.json object instead of reading modelDir (benchmarks). */

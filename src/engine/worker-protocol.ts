@@ -1,26 +1,11 @@
 // Messages between the main-thread Engine (engine.ts) and the inference worker (worker.ts).
 // Everything here crosses postMessage, so it is structured-clone data only (Maps are fine; no classes).
+import type { EngineOptions } from './engine.ts';
 import type { ModelConfig } from './model/config.ts';
 import type { EngineStats, SubmitRequest, TokenEvent } from './types.ts';
 
-/** What the worker needs to start; passed as `workerData`. */
-export interface WorkerInit {
-  readonly modelDir: string;
-  readonly cacheDir?: string;
-  readonly maxNumSeqs?: number;
-  readonly kvCacheBytes?: number;
-  readonly kvPages?: number;
-  readonly pageTokens?: number;
-  readonly maxBatchedTokens?: number;
-  readonly prefillChunkTokens?: number;
-  readonly maxQueue?: number;
-  readonly maxModelLen?: number;
-  readonly prefixCacheBytes?: number;
-  readonly intraOpThreads?: number;
-  readonly device?: 'cpu' | 'webgpu' | 'cuda';
-  /** Random weights with this raw config.json object instead of reading modelDir (benchmarks). */
-  readonly randomWeightsConfig?: Record<string, unknown>;
-}
+/** What the worker needs to start (the Engine's options); passed as `workerData`. */
+export type WorkerInit = EngineOptions;
 
 export type ToWorker =
   | { readonly type: 'submit'; readonly request: SubmitRequest }
