@@ -16,7 +16,7 @@
 //        --decode-session N (the model runs decode steps on a second session with N threads),
 //        --profile (only: onnxruntime's profile of decode steps with a full window, per op type).
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { availableParallelism, loadavg, tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import * as ort from 'onnxruntime-node';
@@ -26,6 +26,7 @@ import { GraphBuilder } from '../src/engine/model/onnx/graph-builder.ts';
 import { DataType, encodeModel } from '../src/engine/model/onnx/proto.ts';
 import { randomCheckpoint } from '../src/engine/model/random-checkpoint.ts';
 import { Sequence, decodeBatch, newSequence, stepSequences } from '../src/engine/model/sequence.ts';
+import { REFERENCE_CONFIG_JSON, cpuSeconds, loadAverage } from './common.ts';
 
 function flag(name: string, fallback: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -50,21 +51,10 @@ const DECODE_THREADS = ((): number[] => {
   if (list.length === 0 || list.some((n) => !Number.isInteger(n) || n < 1)) throw new Error('--decode-threads needs a list like 1,2');
   return list;
 })();
-const LOAD_AT_START = loadavg().map((x) => x.toFixed(1)).join(' ');
+const LOAD_AT_START = loadAverage();
 const MILESTONES = [4096, 65536, 262144, 1 << 20].filter((m) => m <= MAX_TOKENS);
 
-const CONFIG: ModelConfig = parseModelConfig({
-  model_type: 'gla_swa',
-  vocab_size: 4096,
-  hidden_size: 256,
-  num_hidden_layers: 8,
-  num_attention_heads: 8,
-  num_key_value_heads: 2,
-  intermediate_size: 1024,
-  sliding_window: 1024,
-  rope_theta: 10000,
-  norm_eps: 1e-6,
-});
+const CONFIG: ModelConfig = parseModelConfig(REFERENCE_CONFIG_JSON);
 
 /** FLOPs per token: 2 per weight of every per-token MatMul (layers; lm_head counted separately). */
 function flopsPerToken(c: ModelConfig): { layers: number; lmHead: number; attentionPerKey: number } {
@@ -120,12 +110,6 @@ async function chunkRate(model: Model, chunk: number, tokens: number): Promise<R
   const t0 = performance.now();
   for (let done = 0; done < tokens; done += chunk) await stepSequences(model, [seq], [ids(Math.min(chunk, tokens - done))], false);
   return { wall: tokens / ((performance.now() - t0) / 1000), cpu: tokens / cpuSeconds(c0) };
-}
-
-/** CPU seconds (user + system, all threads of this process) since `from`. */
-function cpuSeconds(from: NodeJS.CpuUsage): number {
-  const c = process.cpuUsage(from);
-  return (c.user + c.system) / 1e6;
 }
 
 interface Rate {
@@ -210,7 +194,7 @@ async function profileDecode(dir: string, ckpt: ReturnType<typeof randomCheckpoi
     byOp.set(op, { us: o.us + e.dur / DECODE_STEPS, nodes: o.nodes + 1 / DECODE_STEPS });
   }
   const kernelUs = [...byOp.values()].reduce((a, o) => a + o.us, 0);
-  console.log(`\ndecode profile — depth ${seq.numTokens - DECODE_STEPS}…${seq.numTokens}, ${THREADS} threads${SPIN ? ' (spinning)' : ''}, ${PLAIN ? 'plain' : 'fused'} graph; load average ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+  console.log(`\ndecode profile — depth ${seq.numTokens - DECODE_STEPS}…${seq.numTokens}, ${THREADS} threads${SPIN ? ' (spinning)' : ''}, ${PLAIN ? 'plain' : 'fused'} graph; load average ${loadAverage()}`);
   console.log(`step ${stepMs.toFixed(2)} ms wall, ${cpuMs.toFixed(2)} ms CPU (profiling on); onnxruntime model_run ${(runUs / 1000).toFixed(2)} ms, of which kernels ${(kernelUs / 1000).toFixed(2)} ms in ${Math.round([...byOp.values()].reduce((a, o) => a + o.nodes, 0))} nodes; JS side ${(stepMs - runUs / 1000).toFixed(2)} ms`);
   console.log('');
   console.log('| op type | nodes/step | µs/step | share of kernel time |');
@@ -290,7 +274,7 @@ async function main(): Promise<void> {
     const window = CONFIG.slidingWindow ?? 0;
     const prefillFlops = f.layers + f.attentionPerKey * (window + 1); // useful attention: W + 1 keys per query
     console.log(`\nspikeserve engine bench — onnxruntime ${ort.env.versions.common} CPU, ${THREADS} threads${SPIN ? ' (spinning)' : ''}${DECODE_SESSION !== undefined ? ` (decode session: ${DECODE_SESSION})` : ''}, ${PLAIN ? 'plain' : 'fused'} graph, chunk ${CHUNK}`);
-    console.log(`load average at start ${LOAD_AT_START}, at end ${loadavg().map((x) => x.toFixed(1)).join(' ')} (${availableParallelism()} cores); GLIBC_TUNABLES=${process.env['GLIBC_TUNABLES'] ?? '(unset)'}`);
+    console.log(`load average at start ${LOAD_AT_START}, at end ${loadAverage()} (${availableParallelism()} cores); GLIBC_TUNABLES=${process.env['GLIBC_TUNABLES'] ?? '(unset)'}`);
     console.log(`model: D=256 L=8 (GLA even, SWA odd) H=8 Hkv=2 F=1024 V=4096 W=1024, ${(ckpt.numParameters / 1e6).toFixed(1)}M params, load ${loadSec.toFixed(1)} s`);
     console.log(`FLOPs/token: layers ${(f.layers / 1e6).toFixed(1)} M, lm_head ${(f.lmHead / 1e6).toFixed(1)} M, attention ${(f.attentionPerKey / 1e3).toFixed(0)} K per key`);
     console.log('');

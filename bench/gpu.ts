@@ -35,6 +35,7 @@ import { GraphBuilder } from '../src/engine/model/onnx/graph-builder.ts';
 import { DataType, encodeModel } from '../src/engine/model/onnx/proto.ts';
 import { randomCheckpoint } from '../src/engine/model/random-checkpoint.ts';
 import { decodeBatch, newSequence, prefill, type Sequence } from '../src/engine/model/sequence.ts';
+import { REFERENCE_CONFIG_JSON } from './common.ts';
 
 // ---- flags -------------------------------------------------------------------------------------
 const argv = process.argv.slice(2);
@@ -76,18 +77,7 @@ const PLAIN = has('plain');
 const WEIGHT_DTYPE = str('weight-dtype') as 'float16' | 'float32' | undefined;
 const JSON_PATH = str('json') ?? (process.env['OUT'] ? join(process.env['OUT'], 'gpu-bench.json') : null);
 
-const REFERENCE_CONFIG: ModelConfig = parseModelConfig({
-  model_type: 'gla_swa',
-  vocab_size: 4096,
-  hidden_size: 256,
-  num_hidden_layers: 8,
-  num_attention_heads: 8,
-  num_key_value_heads: 2,
-  intermediate_size: 1024,
-  sliding_window: 1024,
-  rope_theta: 10000,
-  norm_eps: 1e-6,
-});
+const REFERENCE_CONFIG: ModelConfig = parseModelConfig(REFERENCE_CONFIG_JSON);
 
 const PARITY_CONFIG: ModelConfig = parseModelConfig({
   model_type: 'gla_swa',

@@ -7,10 +7,11 @@
 //
 //   node --import tsx bench/throughput.ts [--long-tokens 1048576] [--decode-tokens 64] [--threads N]
 //        [--chunk-tokens 256] [--chunk-sweep 128,256,512,1024 | none] [--sweep-tokens 8192]
-import { availableParallelism, loadavg } from 'node:os';
+import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { Engine } from '../src/engine/engine.ts';
 import type { GenerateRequest, SamplingParams, TokenEvent } from '../src/engine/types.ts';
+import { REFERENCE_CONFIG_JSON, cpuSeconds, loadAverage } from './common.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -28,23 +29,10 @@ const LONG_TOKENS = Number(args['long-tokens']);
 const DECODE_TOKENS = Number(args['decode-tokens']);
 const PROMPT_TOKENS = Number(args['prompt-tokens']);
 const STREAMS = args.streams.split(',').map(Number);
-const VOCAB = 4096;
-const LOAD_AT_START = loadavg().map((x) => x.toFixed(1)).join(' ');
+const VOCAB = REFERENCE_CONFIG_JSON.vocab_size;
+const LOAD_AT_START = loadAverage();
 
-const referenceConfig = {
-  model_type: 'gla_swa',
-  vocab_size: VOCAB,
-  hidden_size: 256,
-  num_hidden_layers: 8,
-  num_attention_heads: 8,
-  num_key_value_heads: 2,
-  intermediate_size: 1024,
-  sliding_window: 1024,
-  rope_theta: 10000,
-  norm_eps: 1e-6,
-  eos_token_id: 2,
-  max_position_embeddings: 4096,
-};
+const referenceConfig = { ...REFERENCE_CONFIG_JSON, eos_token_id: 2, max_position_embeddings: 4096 };
 
 function sampling(maxTokens: number): SamplingParams {
   return {
@@ -92,15 +80,14 @@ function gaps(times: readonly number[]): number[] {
 async function decodeThroughput(engine: Engine, n: number): Promise<{ tokensPerSecond: number; tokensPerCpuSecond: number; itlMs: number }> {
   const cpu0 = process.cpuUsage();
   const all = await Promise.all(Array.from({ length: n }, () => tokenTimes(engine, request(PROMPT_TOKENS, DECODE_TOKENS))));
-  const cpu = process.cpuUsage(cpu0);
-  const cpuSeconds = (cpu.user + cpu.system) / 1e6;
+  const cpu = cpuSeconds(cpu0);
   const from = Math.max(...all.map((t) => t[0]!)); // every stream has its first token
   const to = Math.min(...all.map((t) => t[t.length - 1]!)); // no stream has finished yet
   let tokens = 0;
   for (const t of all) tokens += t.filter((x) => x > from && x <= to).length;
   return {
     tokensPerSecond: (tokens / (to - from)) * 1000,
-    tokensPerCpuSecond: (n * DECODE_TOKENS) / cpuSeconds,
+    tokensPerCpuSecond: (n * DECODE_TOKENS) / cpu,
     itlMs: percentile(all.flatMap(gaps), 50),
   };
 }
@@ -214,7 +201,7 @@ async function main(): Promise<void> {
     );
   }
   await engine.shutdown();
-  console.log(`load average at start ${LOAD_AT_START}, at end ${loadavg().map((x) => x.toFixed(1)).join(' ')} (${availableParallelism()} cores)`);
+  console.log(`load average at start ${LOAD_AT_START}, at end ${loadAverage()} (${availableParallelism()} cores)`);
 }
 
 await main();

@@ -1,0 +1,32 @@
+// Helpers shared by the engine, GPU and throughput benchmarks: the reference-size model they all
+// measure, CPU seconds, and the machine's load average (printed beside every table, since each
+// ratio is only comparable under the load it was measured at).
+import { loadavg } from 'node:os';
+
+/**
+ * The reference size, as a raw config.json: hidden 256, 8 layers (GLA even, SWA odd), 8 heads,
+ * 2 kv heads, ffn 1024, vocab 4096, window 1024. Benches run it with random weights.
+ */
+export const REFERENCE_CONFIG_JSON = {
+  model_type: 'gla_swa',
+  vocab_size: 4096,
+  hidden_size: 256,
+  num_hidden_layers: 8,
+  num_attention_heads: 8,
+  num_key_value_heads: 2,
+  intermediate_size: 1024,
+  sliding_window: 1024,
+  rope_theta: 10000,
+  norm_eps: 1e-6,
+} as const;
+
+/** CPU seconds (user + system, all threads of this process) since `from`. */
+export function cpuSeconds(from: NodeJS.CpuUsage): number {
+  const c = process.cpuUsage(from);
+  return (c.user + c.system) / 1e6;
+}
+
+/** The 1, 5 and 15 minute load averages, e.g. "1.9 2.0 2.1". */
+export function loadAverage(): string {
+  return loadavg().map((x) => x.toFixed(1)).join(' ');
+}
