@@ -10,7 +10,7 @@ const completionsRoute: FastifyPluginAsyncTypebox = async (app) => {
     const prepared = await prepareCompletion(app, request.body);
     return replyWithGeneration(app, request, reply, prepared, {
       whole: (events) => completion(events, prepared.format),
-      chunks: (events) => completionChunks(events, prepared.format, { includeUsage: prepared.includeUsage, includeProgress: prepared.includeProgress }),
+      chunks: (events) => completionChunks(events, prepared.format, prepared.streamOptions),
     });
   });
 };

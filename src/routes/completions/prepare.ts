@@ -1,15 +1,14 @@
 // A validated completion request → prompt tokens (tokenized asynchronously, or taken as given),
 // sampling params and the formatting context. `echo` + `logprobs` asks the engine for the
 // prompt's own logprobs.
-import { randomUUID } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import type { PromptTokenIds } from '../../engine/types.ts';
 import { InvalidRequestError } from '../../server/errors.ts';
 import type { GenerationSpec } from '../../server/generation.ts';
 import type { EnginePort } from '../../server/ports.ts';
-import { TokenText } from '../common/logprobs.ts';
-import { stopStrings, toSamplingParams } from '../common/sampling.ts';
-import { checkModel, nowSeconds } from '../common/usage.ts';
+import { prepareGeneration } from '../common/prepare-generation.ts';
+import type { StreamOptions } from '../common/stream-chunks.ts';
+import { checkModel } from '../common/usage.ts';
 import type { CompletionFormatContext } from './format.ts';
 import type { CompletionRequest } from './schema.ts';
 
@@ -17,8 +16,7 @@ export interface PreparedCompletion {
   readonly engine: EnginePort;
   readonly spec: GenerationSpec;
   readonly format: CompletionFormatContext;
-  readonly includeUsage: boolean;
-  readonly includeProgress: boolean;
+  readonly streamOptions: StreamOptions;
   readonly stream: boolean;
 }
 
@@ -60,42 +58,18 @@ export async function prepareCompletion(app: FastifyInstance, body: CompletionRe
   if (ids.length === 0) throw new InvalidRequestError('the prompt is empty', 'prompt');
   const echo = body.echo === true;
   const logprobs = body.logprobs ?? null;
-  const sampling = toSamplingParams(body, {
+  const { spec, identity, streamOptions, stream } = prepareGeneration(app, engine, body, ids, 'cmpl', {
     promptParam: 'prompt',
-    promptTokens: ids.length,
-    maxModelLen: engine.maxModelLen,
-    vocabSize: engine.config.vocabSize,
     defaultMaxTokens: 16,
     logprobs,
     promptLogprobs: echo && logprobs !== null ? logprobs : null,
     extraStopTokenIds: [],
   });
-  const id = `cmpl-${randomUUID().replace(/-/g, '')}`;
-  const includeProgress = body.stream_options?.include_progress === true;
   return {
     engine,
-    spec: {
-      requestId: id,
-      promptTokenIds: ids,
-      sampling,
-      n,
-      stop: stopStrings(body.stop),
-      skipSpecialTokens: body.skip_special_tokens ?? true,
-      reportProgress: includeProgress,
-    },
-    format: {
-      id,
-      created: nowSeconds(),
-      model: app.serverConfig.servedModelName,
-      n,
-      promptTokenIds: ids,
-      promptText: text,
-      echo,
-      logprobs,
-      tokenText: new TokenText(app.tokenizer, body.return_tokens_as_token_ids === true),
-    },
-    includeUsage: body.stream_options?.include_usage === true,
-    includeProgress,
-    stream: body.stream === true,
+    spec,
+    format: { ...identity, promptTokenIds: ids, promptText: text, echo, logprobs },
+    streamOptions,
+    stream,
   };
 }

@@ -1,0 +1,68 @@
+// What both generation endpoints do once the prompt is tokenized: turn the body into SamplingParams
+// against this engine's limits (context length, vocabulary), name the request, and build the
+// GenerationSpec, the fields every wire object of the answer repeats, and the stream options.
+import { randomUUID } from 'node:crypto';
+import type { FastifyInstance } from 'fastify';
+import type { PromptTokenIds } from '../../engine/types.ts';
+import type { GenerationSpec } from '../../server/generation.ts';
+import type { EnginePort } from '../../server/ports.ts';
+import { TokenText } from './logprobs.ts';
+import { stopStrings, toSamplingParams, type SamplingBody, type SamplingContext } from './sampling.ts';
+import type { StreamIdentity, StreamOptions } from './stream-chunks.ts';
+import { nowSeconds } from './usage.ts';
+
+/** The formatting fields both endpoints share: the stream identity, the choice count, token text. */
+export interface GenerationIdentity extends StreamIdentity {
+  readonly n: number;
+  readonly tokenText: TokenText;
+}
+
+export interface PreparedGenerationParts {
+  readonly spec: GenerationSpec;
+  readonly identity: GenerationIdentity;
+  readonly streamOptions: StreamOptions;
+  readonly stream: boolean;
+}
+
+/** The endpoint's own sampling rules; the engine's limits and the prompt length are filled in here. */
+export type EndpointSampling = Omit<SamplingContext, 'promptTokens' | 'maxModelLen' | 'vocabSize'>;
+
+/** Throws InvalidRequestError (from toSamplingParams) when the prompt or the sampling fields do not fit. */
+export function prepareGeneration(
+  app: FastifyInstance,
+  engine: EnginePort,
+  body: SamplingBody & { max_completion_tokens?: number | null },
+  promptTokenIds: PromptTokenIds,
+  idPrefix: 'chatcmpl' | 'cmpl',
+  endpointSampling: EndpointSampling,
+): PreparedGenerationParts {
+  const sampling = toSamplingParams(body, {
+    ...endpointSampling,
+    promptTokens: promptTokenIds.length,
+    maxModelLen: engine.maxModelLen,
+    vocabSize: engine.config.vocabSize,
+  });
+  const id = `${idPrefix}-${randomUUID().replace(/-/g, '')}`;
+  const n = body.n ?? 1;
+  const includeProgress = body.stream_options?.include_progress === true;
+  return {
+    spec: {
+      requestId: id,
+      promptTokenIds,
+      sampling,
+      n,
+      stop: stopStrings(body.stop),
+      skipSpecialTokens: body.skip_special_tokens ?? true,
+      reportProgress: includeProgress,
+    },
+    identity: {
+      id,
+      created: nowSeconds(),
+      model: app.serverConfig.servedModelName,
+      n,
+      tokenText: new TokenText(app.tokenizer, body.return_tokens_as_token_ids === true),
+    },
+    streamOptions: { includeUsage: body.stream_options?.include_usage === true, includeProgress },
+    stream: body.stream === true,
+  };
+}
