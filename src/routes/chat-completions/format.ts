@@ -5,7 +5,7 @@
 // objects precede the first token.
 import type { FinishReasonOut, GenerationEvent } from '../../server/generation.ts';
 import { chatLogprobEntries, type ChatLogprobEntry, type TokenText } from '../common/logprobs.ts';
-import { progressObject, streamChunk, usageChunk, type StreamIdentity, type StreamOptions } from '../common/stream-chunks.ts';
+import { progressObject, responseObject, streamChunk, usageChunk, type StreamIdentity, type StreamOptions } from '../common/stream-chunks.ts';
 import { UsageCounter } from '../common/usage.ts';
 import type { ChatCompletionResponse } from './schema.ts';
 
@@ -31,19 +31,13 @@ export async function chatCompletion(events: AsyncIterable<GenerationEvent>, ctx
       usage.add(ev);
     }
   }
-  return {
-    id: ctx.id,
-    object: 'chat.completion' as const,
-    created: ctx.created,
-    model: ctx.model,
-    choices: texts.map((content, index) => ({
-      index,
-      message: { role: 'assistant' as const, content },
-      logprobs: ctx.withLogprobs ? { content: logprobs[index] ?? [] } : null,
-      finish_reason: reasons[index] ?? 'stop',
-    })),
-    usage: usage.toJSON(),
-  };
+  const choices = texts.map((content, index) => ({
+    index,
+    message: { role: 'assistant' as const, content },
+    logprobs: ctx.withLogprobs ? { content: logprobs[index] ?? [] } : null,
+    finish_reason: reasons[index] ?? 'stop',
+  }));
+  return responseObject(ctx, 'chat.completion', choices, usage.toJSON());
 }
 
 /** The chunk objects of a streamed chat completion, in order. */

@@ -1,5 +1,5 @@
-// What every streamed generation chunk shares, chat or text: the same id, created and model on each
-// chunk; with include_usage every chunk carries `usage: null` and a last chunk has empty choices and
+// What every generation wire object shares, chat or text: the same id, created and model on the
+// whole response and on each streamed chunk; with include_usage every chunk carries `usage: null` and a last chunk has empty choices and
 // the usage (OpenAI's rule); and our `prefill.progress` extension object, sent before the first token.
 import type { GenerationEvent } from '../../server/generation.ts';
 import type { Usage } from './usage.ts';
@@ -17,6 +17,17 @@ export interface StreamOptions {
 }
 
 type ChunkObject = 'chat.completion.chunk' | 'text_completion';
+type ResponseObject = 'chat.completion' | 'text_completion';
+
+/** The non-streamed response: the identity, every choice, and the usage of all of them. */
+export function responseObject<O extends ResponseObject, C>(
+  ctx: StreamIdentity,
+  object: O,
+  choices: C[],
+  usage: Usage,
+): { id: string; object: O; created: number; model: string; choices: C[]; usage: Usage } {
+  return { id: ctx.id, object, created: ctx.created, model: ctx.model, choices, usage };
+}
 
 /** One chunk of `choices`; `usage: null` on it when the stream ends with a usage chunk. */
 export function streamChunk(ctx: StreamIdentity, object: ChunkObject, choices: readonly object[], opts: StreamOptions): object {

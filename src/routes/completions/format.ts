@@ -5,7 +5,7 @@
 import type { PromptLogprobEntry, PromptTokenIds } from '../../engine/types.ts';
 import type { FinishReasonOut, GenerationEvent } from '../../server/generation.ts';
 import { appendLegacy, emptyLegacyLogprobs, type LegacyLogprobs, type TokenText } from '../common/logprobs.ts';
-import { progressObject, streamChunk, usageChunk, type StreamIdentity, type StreamOptions } from '../common/stream-chunks.ts';
+import { progressObject, responseObject, streamChunk, usageChunk, type StreamIdentity, type StreamOptions } from '../common/stream-chunks.ts';
 import { UsageCounter } from '../common/usage.ts';
 import type { CompletionResponse } from './schema.ts';
 
@@ -61,19 +61,13 @@ export async function completion(events: AsyncIterable<GenerationEvent>, ctx: Co
       usage.add(ev);
     }
   }
-  return {
-    id: ctx.id,
-    object: 'text_completion' as const,
-    created: ctx.created,
-    model: ctx.model,
-    choices: choices.map((c, index) => ({
-      index,
-      text: c.text,
-      logprobs: ctx.logprobs !== null ? c.logprobs : null,
-      finish_reason: c.finishReason ?? 'stop',
-    })),
-    usage: usage.toJSON(),
-  };
+  const out = choices.map((c, index) => ({
+    index,
+    text: c.text,
+    logprobs: ctx.logprobs !== null ? c.logprobs : null,
+    finish_reason: c.finishReason ?? 'stop',
+  }));
+  return responseObject(ctx, 'text_completion', out, usage.toJSON());
 }
 
 export async function* completionChunks(events: AsyncIterable<GenerationEvent>, ctx: CompletionFormatContext, opts: StreamOptions): AsyncGenerator<object> {
