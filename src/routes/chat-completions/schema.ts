@@ -3,7 +3,7 @@
 // OpenAI clients send many (parallel_tool_calls, metadata, …).
 import { Type, type Static } from 'typebox';
 import { MAX_TOP_LOGPROBS, samplingFields } from '../common/sampling.ts';
-import { ChatLogprobsSchema, FinishReasonSchema, UsageSchema } from '../common/wire-schemas.ts';
+import { ChatLogprobsSchema, generationResponseSchema } from '../common/wire-schemas.ts';
 
 // Parts other than text are refused by the chat template with a 400 naming the message.
 const ContentPart = Type.Object({ type: Type.String(), text: Type.Optional(Type.String()) }, { additionalProperties: true });
@@ -32,19 +32,8 @@ export const ChatCompletionRequest = Type.Object({
 export type ChatCompletionRequest = Static<typeof ChatCompletionRequest>;
 
 /** The non-streamed response (streamed chunks are written by the SSE writer). */
-export const ChatCompletionResponse = Type.Object({
-  id: Type.String(),
-  object: Type.Literal('chat.completion'),
-  created: Type.Integer(),
-  model: Type.String(),
-  choices: Type.Array(
-    Type.Object({
-      index: Type.Integer(),
-      message: Type.Object({ role: Type.Literal('assistant'), content: Type.String() }),
-      logprobs: Type.Union([ChatLogprobsSchema, Type.Null()]),
-      finish_reason: FinishReasonSchema,
-    }),
-  ),
-  usage: UsageSchema,
+export const ChatCompletionResponse = generationResponseSchema('chat.completion', {
+  message: Type.Object({ role: Type.Literal('assistant'), content: Type.String() }),
+  logprobs: Type.Union([ChatLogprobsSchema, Type.Null()]),
 });
 export type ChatCompletionResponse = Static<typeof ChatCompletionResponse>;

@@ -1,6 +1,6 @@
-// Response schemas shared by the generation endpoints (OpenAI wire shapes): usage and the two
-// logprobs formats. Fastify serializes non-streamed responses through them.
-import { Type } from 'typebox';
+// Response schemas shared by the generation endpoints (OpenAI wire shapes): the response envelope,
+// usage and the two logprobs formats. Fastify serializes non-streamed responses through them.
+import { Type, type TProperties } from 'typebox';
 
 export const UsageSchema = Type.Object({
   prompt_tokens: Type.Integer(),
@@ -23,3 +23,18 @@ export const LegacyLogprobsSchema = Type.Object({
   top_logprobs: Type.Array(Type.Union([Type.Record(Type.String(), Type.Number()), Type.Null()])),
   text_offset: Type.Array(Type.Integer()),
 });
+
+/**
+ * A non-streamed generation response: id, object, created, model, the choices (index, the
+ * endpoint's own fields, finish_reason — in that order on the wire) and usage.
+ */
+export function generationResponseSchema<O extends string, C extends TProperties>(object: O, choiceFields: C) {
+  return Type.Object({
+    id: Type.String(),
+    object: Type.Literal(object),
+    created: Type.Integer(),
+    model: Type.String(),
+    choices: Type.Array(Type.Object({ index: Type.Integer(), ...choiceFields, finish_reason: FinishReasonSchema })),
+    usage: UsageSchema,
+  });
+}

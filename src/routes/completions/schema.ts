@@ -2,7 +2,7 @@
 // of token ids, or a one-element list of either (batched prompts are not supported).
 import { Type, type Static } from 'typebox';
 import { MAX_TOP_LOGPROBS, samplingFields } from '../common/sampling.ts';
-import { FinishReasonSchema, LegacyLogprobsSchema, UsageSchema } from '../common/wire-schemas.ts';
+import { generationResponseSchema, LegacyLogprobsSchema } from '../common/wire-schemas.ts';
 
 // A string or a non-empty list; the list's shape (token ids, or one string / one id list) is
 // checked in prepare.ts, which can say what is wrong better than a union's schema errors.
@@ -21,19 +21,8 @@ export const CompletionRequest = Type.Object({
 export type CompletionRequest = Static<typeof CompletionRequest>;
 
 /** The non-streamed response (streamed chunks are written by the SSE writer). */
-export const CompletionResponse = Type.Object({
-  id: Type.String(),
-  object: Type.Literal('text_completion'),
-  created: Type.Integer(),
-  model: Type.String(),
-  choices: Type.Array(
-    Type.Object({
-      index: Type.Integer(),
-      text: Type.String(),
-      logprobs: Type.Union([LegacyLogprobsSchema, Type.Null()]),
-      finish_reason: FinishReasonSchema,
-    }),
-  ),
-  usage: UsageSchema,
+export const CompletionResponse = generationResponseSchema('text_completion', {
+  text: Type.String(),
+  logprobs: Type.Union([LegacyLogprobsSchema, Type.Null()]),
 });
 export type CompletionResponse = Static<typeof CompletionResponse>;
