@@ -198,19 +198,8 @@ export class TextTokenizer {
       return Int32Array.from((await this.tokenizer.encode(text, null, { addSpecialTokens })).getIds());
     }
     const parts: number[][] = [];
-    let length = 0;
-    for await (const encoding of this.pieceEncodings(text)) {
-      const ids = encoding.getIds();
-      parts.push(ids);
-      length += ids.length;
-    }
-    const out = new Int32Array(length);
-    let offset = 0;
-    for (const ids of parts) {
-      out.set(ids, offset);
-      offset += ids.length;
-    }
-    return out;
+    for await (const encoding of this.pieceEncodings(text)) parts.push(encoding.getIds());
+    return concatParts(parts, (length) => new Int32Array(length));
   }
 
   /** Stops the tokenizer worker, if one was started. */
@@ -235,20 +224,11 @@ export class TextTokenizer {
     const skip = options.skipSpecialTokens ?? false;
     if (this.byteDecoding === 'byte-level') {
       const parts: Uint8Array[] = [];
-      let length = 0;
       for (const id of ids) {
         if (skip && this.specialTokenIds.has(id)) continue;
-        const bytes = this.tokenBytes(id);
-        parts.push(bytes);
-        length += bytes.length;
+        parts.push(this.tokenBytes(id));
       }
-      const all = new Uint8Array(length);
-      let offset = 0;
-      for (const part of parts) {
-        all.set(part, offset);
-        offset += part.length;
-      }
-      return this.utf8.decode(all);
+      return this.utf8.decode(concatParts(parts, (length) => new Uint8Array(length)));
     }
     const tokens: string[] = [];
     for (const id of ids) {
@@ -477,6 +457,19 @@ function idList(value: unknown): number[] {
   if (typeof value === 'number') return [value];
   if (Array.isArray(value)) return value.filter((v): v is number => typeof v === 'number');
   return [];
+}
+
+/** `parts` laid end to end in one new array from `alloc` (Int32Array for ids, Uint8Array for bytes). */
+function concatParts<A extends Int32Array<ArrayBuffer> | Uint8Array<ArrayBuffer>>(parts: readonly ArrayLike<number>[], alloc: (length: number) => A): A {
+  let length = 0;
+  for (const part of parts) length += part.length;
+  const out = alloc(length);
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
 }
 
 function yieldToEventLoop(): Promise<void> {
