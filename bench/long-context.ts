@@ -4,13 +4,16 @@
 // the hybrid's prefill is linear in the prompt and its memory flat; full attention's is quadratic.
 //
 // Each (model, length) runs in a fresh child process, so its peak RSS (VmHWM) belongs to that length
-// alone. The child drives the Model API directly (model.run on ForwardInput chunks), holding the GLA
-// states and the attention keys/values itself: a ring of W slots per SWA layer, the whole past per
-// full-attention layer. Token ids are pseudo-random and generated chunk by chunk (a 4M-token prompt is
-// never materialised: 16 MB of ids would show up in the memory figure).
+// alone. The child drives Model.run through sequence.ts (stepSequences, one chunk at a time: a Sequence
+// keeps the GLA states, the last W keys/values per SWA layer, every key/value for full attention).
+// Token ids are pseudo-random and generated chunk by chunk (a 4M-token prompt is never materialised:
+// 16 MB of ids would show up in the memory figure). Chunks of 512 tokens by default: on this graph
+// larger chunks cost memory (scores are [Hkv, G·T, W+T]) without prefilling faster.
 //
-// Full attention stops when the next length is predicted (fit a·n + b·n² through the lengths done) to
-// overrun --time-budget-seconds; the fit is then extrapolated to the remaining lengths.
+// Full attention stops when the lengths done so far plus the next one, predicted by the fit
+// a·n + b·n², would overrun --time-budget-seconds; the fit is then extrapolated to the rest.
+// On a shared machine wall-clock rates move with other people's load: each row also records CPU
+// seconds and the load average, and the longest run reports its rate between benchmark lengths.
 //
 //   node --import tsx bench/long-context.ts [--max-tokens 4M] [--full-max-tokens 4M]
 //     [--time-budget-seconds 900] [--chunk-tokens 512] [--decode-tokens 32] [--only hybrid|full]
