@@ -51,6 +51,7 @@ async function loadModel(): Promise<Model> {
 }
 
 let pending: RoutedEvent[] = [];
+let model: Model;
 let core: EngineCore;
 
 function flush(): void {
@@ -60,6 +61,8 @@ function flush(): void {
 }
 
 let looping = false;
+/** The step loop now running (or the last one, settled); shutdown waits for it. */
+let currentLoop: Promise<void> = Promise.resolve();
 /** Runs steps until no request is left; messages are handled between steps. */
 async function loop(): Promise<void> {
   if (looping) return;
@@ -89,7 +92,7 @@ function onMessage(msg: ToWorker): void {
         return;
       }
       post({ type: 'accepted', requestId: msg.request.requestId, stats: core.stats() });
-      void loop().catch(fatal);
+      if (!looping) currentLoop = loop().catch(fatal);
       return;
     case 'abort':
       core.abort(msg.requestId); // deferred to the end of a step in flight
@@ -98,7 +101,12 @@ function onMessage(msg: ToWorker): void {
     case 'shutdown':
       core.abortAll();
       flush();
-      post({ type: 'closed' });
+      // A step may be in flight (Model.run yields before its native call): let it end and release the
+      // session before reporting closed, so the thread is never terminated inside onnxruntime.
+      void currentLoop
+        .catch(() => undefined)
+        .then(() => model.close())
+        .finally(() => post({ type: 'closed' }));
       return;
   }
 }
@@ -109,7 +117,7 @@ function fatal(err: unknown): void {
 }
 
 try {
-  const model = await loadModel();
+  model = await loadModel();
   core = new EngineCore(model, model.config, init, (requestId, event) => pending.push({ requestId, event }));
   port.on('message', onMessage);
   post({ type: 'ready', config: model.config, maxModelLen: core.maxModelLen, stats: core.stats() });
