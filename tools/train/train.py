@@ -133,6 +133,23 @@ def main():
            "torch": torch.__version__}
     bs = args.batch
     budget = args.minutes * 60.0
+    def checkpoint(step, tokens, best, final):
+        """Validation loss now; keeps the weights when it is the best so far; rewrites loss.json. Returns the best."""
+        vl = evaluate()
+        el = time.time() - t0
+        log["val"].append({"step": step, "tokens": tokens, "time": el, "loss": vl})
+        if final:
+            print(f"== final step {step} val {vl:.4f} tokens {tokens/1e6:.1f}M time {el:.0f}s", flush=True)
+        else:
+            print(f"== step {step} val {vl:.4f}", flush=True)
+        if vl < best:
+            best = vl
+            save_pieces(model, out)
+            log["best"] = {"step": step, "tokens": tokens, "val_loss": vl}
+        log.update(steps=step, tokens=tokens, train_seconds=el, batch=bs, wall_seconds=time.time() - t_start)
+        json.dump(log, open(os.path.join(out, "loss.json"), "w"))
+        return best
+
     total_steps = args.max_steps or 10 ** 9
     step, tokens, best = 0, 0, float("inf")
     t0 = time.time()
@@ -190,27 +207,9 @@ def main():
             if step == 50 and dev.type == "cuda":
                 print(f"max memory allocated {torch.cuda.max_memory_allocated()/2**30:.1f} GiB", flush=True)
         if time.time() - last_eval > args.eval_every:
-            vl = evaluate()
-            el = time.time() - t0
-            log["val"].append({"step": step, "tokens": tokens, "time": el, "loss": vl})
-            print(f"== step {step} val {vl:.4f}", flush=True)
-            if vl < best:
-                best = vl
-                save_pieces(model, out)
-                log["best"] = {"step": step, "tokens": tokens, "val_loss": vl}
-            log.update(steps=step, tokens=tokens, train_seconds=el, batch=bs, wall_seconds=time.time() - t_start)
-            json.dump(log, open(os.path.join(out, "loss.json"), "w"))
+            best = checkpoint(step, tokens, best, final=False)
             last_eval = time.time()
-    vl = evaluate()
-    el = time.time() - t0
-    log["val"].append({"step": step, "tokens": tokens, "time": el, "loss": vl})
-    print(f"== final step {step} val {vl:.4f} tokens {tokens/1e6:.1f}M time {el:.0f}s", flush=True)
-    if vl < best:
-        best = vl
-        save_pieces(model, out)
-        log["best"] = {"step": step, "tokens": tokens, "val_loss": vl}
-    log.update(steps=step, tokens=tokens, train_seconds=el, batch=bs, wall_seconds=time.time() - t_start)
-    json.dump(log, open(os.path.join(out, "loss.json"), "w"))
+    best = checkpoint(step, tokens, best, final=True)
     print("best", log.get("best"), flush=True)
 
 
