@@ -143,11 +143,12 @@ describe('Helm chart values', () => {
     expect(Number(startup['periodSeconds']) * Number(startup['failureThreshold'])).toBeGreaterThanOrEqual(30 * 60);
   });
 
-  it('server.device and server.logLevel accept exactly what the server accepts', () => {
+  it('server.device, server.weights and server.logLevel accept exactly what the server accepts', () => {
     const serverSchema = (schema as { properties: { server: { properties: Record<string, { enum?: string[] }> } } }).properties.server.properties;
     const choices = (flag: string): readonly string[] | undefined => FLAGS.find((f) => f.flag === flag)?.choices;
     expect(serverSchema['device']?.enum).toEqual(choices('device'));
     expect(serverSchema['logLevel']?.enum).toEqual(choices('log-level'));
+    expect(serverSchema['weights']?.enum).toEqual([...(choices('weights') ?? []), null]); // null: the server's default
   });
 });
 

@@ -1,7 +1,7 @@
 // Engine end to end with real onnxruntime in the worker thread, on random tiny checkpoints written to disk:
 // tokens against the float64 reference, batched == one at a time, abort frees everything, rejections,
 // and a ≥256K-token prefill that does not stop another client's stream.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -319,6 +319,22 @@ describe('Engine during a ≥256K-token prefill', () => {
       const progress = longEvents.filter((e) => e.type === 'progress');
       expect(progress.length).toBeGreaterThan(0);
       expectIdle(engine.stats());
+    } finally {
+      await engine.shutdown();
+    }
+  });
+});
+
+describe('Engine with int8 weights', () => {
+  it('builds the int8 graph in the worker and generates from it', async () => {
+    const cacheDir = join(tmp, 'built-int8');
+    const ckpt = makeRandomTinyCheckpoint(join(tmp, 'int8'), { numLayers: 2, slidingWindow: 8, seed: 9 });
+    const engine = await Engine.start({ modelDir: ckpt.dir, cacheDir, intraOpThreads: 1, weightDtype: 'int8' });
+    try {
+      expect(readdirSync(cacheDir).filter((d) => !d.includes('.tmp-'))).toEqual([expect.stringMatching(/-int8$/)]);
+      const { tokens, events } = await collect(engine, request(prompt(20, 4, ckpt.config.vocabSize), greedy(5)));
+      expect(tokens).toHaveLength(5);
+      expect(lastDone(events)).toMatchObject({ finishReason: 'length', completionTokens: 5 });
     } finally {
       await engine.shutdown();
     }

@@ -32,6 +32,7 @@ describe('parseServerConfig', () => {
     expect(DEFAULT_MODEL_DIR).toBe(join(PACKAGE_ROOT, 'models', 'spikingbrain-tiny'));
     expect(c).toMatchObject({ servedModelName: 'spikingbrain-tiny', host: '127.0.0.1', port: 8000, apiKeys: [], device: 'cpu', bodyLimitBytes: 64 * 1024 * 1024, drainTimeoutSeconds: 30, logLevel: 'info', keepaliveSeconds: 5 });
     expect(c.maxNumSeqs).toBeUndefined();
+    expect(c.weights).toBeUndefined(); // the engine picks float32 on cpu, float16 on GPUs
   });
 
   it('reads SPIKESERVE_* variables; a flag beats its variable; both --f v and --f=v work', () => {
@@ -42,6 +43,8 @@ describe('parseServerConfig', () => {
     expect(c.apiKeys).toEqual(['a', 'b', 'c']);
     expect(c.servedModelName).toBe('mine');
     expect(c.keepaliveSeconds).toBe(0.5);
+    expect(parseServerConfig([], { SPIKESERVE_WEIGHTS: 'int8' }).weights).toBe('int8');
+    expect(parseServerConfig(['--weights', 'int4'], { SPIKESERVE_WEIGHTS: 'int8' }).weights).toBe('int4');
   });
 
   it.each([
@@ -49,6 +52,7 @@ describe('parseServerConfig', () => {
     [['--port', '70000'], /--port must be ≤ 65535/],
     [['--keepalive-seconds', '11'], /--keepalive-seconds must be ≤ 10/],
     [['--device', 'tpu'], /--device must be one of cpu, webgpu, cuda/],
+    [['--weights', 'bf16'], /--weights must be one of float32, float16, int8, int4/],
     [['--max-num-seqs', '0'], /--max-num-seqs must be ≥ 1/],
     [['--nope', '1'], /unknown flag --nope/],
     [['--port'], /--port needs a value/],

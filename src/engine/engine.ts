@@ -10,6 +10,7 @@ import {
   RequestRejectedError,
 } from './errors.ts';
 import type { ModelConfig } from './model/config.ts';
+import type { WeightDtype } from './model/onnx/graph-builder.ts';
 import { spawnTsWorker } from './ts-worker.ts';
 import type { EngineStats, SubmitRequest, TokenEvent } from './types.ts';
 import type { EngineCoreOptions } from './engine-core.ts';
@@ -20,6 +21,8 @@ export interface EngineOptions extends EngineCoreOptions {
   readonly cacheDir?: string;
   readonly intraOpThreads?: number;
   readonly device?: 'cpu' | 'webgpu' | 'cuda';
+  /** Storage of weight matrices (Model.load's weightDtype; default float32 on cpu, float16 on GPUs). */
+  readonly weightDtype?: WeightDtype;
   /** Random weights with this raw config.json object instead of reading modelDir (benchmarks). */
   readonly randomWeightsConfig?: Record<string, unknown>;
 }

@@ -39,6 +39,7 @@ async function loadModel(): Promise<Model> {
     ...(init.intraOpThreads !== undefined ? { intraOpThreads: init.intraOpThreads } : {}),
     // A GPU that is not usable fails in Model.load (DeviceUnavailableError → ModelLoadError at Engine.start).
     ...(init.device !== undefined ? { device: init.device } : {}),
+    ...(init.weightDtype !== undefined ? { weightDtype: init.weightDtype } : {}),
     onProgress: (p) => {
       // At most one line every 2 s, plus the last one.
       const now = performance.now();

@@ -24,6 +24,7 @@ function fail(message: string, code: number): never {
 
 function engineOptions(config: ServerConfig): EngineOptions {
   const opts: { -readonly [K in keyof EngineOptions]: EngineOptions[K] } = { modelDir: config.modelDir, device: config.device };
+  if (config.weights !== undefined) opts.weightDtype = config.weights;
   if (config.cacheDir !== undefined) opts.cacheDir = config.cacheDir;
   if (config.maxNumSeqs !== undefined) opts.maxNumSeqs = config.maxNumSeqs;
   if (config.kvCacheBytes !== undefined) opts.kvCacheBytes = config.kvCacheBytes;
@@ -62,7 +63,11 @@ async function serve(argv: readonly string[]): Promise<void> {
   });
   log = (msg) => app.log.info({ component: 'engine' }, msg);
   enginePromise.then(
-    (engine) => app.log.info({ model: config.servedModelName, maxModelLen: engine.maxModelLen }, 'model loaded; ready'),
+    (engine) =>
+      app.log.info(
+        { model: config.servedModelName, device: config.device, weights: config.weights ?? (config.device === 'cpu' ? 'float32' : 'float16'), maxModelLen: engine.maxModelLen },
+        'model loaded; ready',
+      ),
     (err: unknown) => {
       app.log.fatal({ err }, 'the model failed to load; exiting');
       // One plain line for the operator (e.g. "--device webgpu: no WebGPU adapter found …").

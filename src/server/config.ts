@@ -9,6 +9,8 @@ export const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..
 export const DEFAULT_MODEL_DIR = resolve(PACKAGE_ROOT, 'models', 'spikingbrain-tiny');
 
 export type Device = 'cpu' | 'webgpu' | 'cuda';
+/** Storage of weight matrices (the engine's WeightDtype). */
+export type Weights = 'float32' | 'float16' | 'int8' | 'int4';
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
 export interface ServerConfig {
@@ -19,6 +21,8 @@ export interface ServerConfig {
   /** Accepted Bearer keys; empty = no authentication. */
   readonly apiKeys: readonly string[];
   readonly device: Device;
+  /** Unset: float32 on cpu, float16 on GPUs. */
+  readonly weights?: Weights;
   readonly maxNumSeqs?: number;
   readonly kvCacheBytes?: number;
   readonly pageTokens?: number;
@@ -60,6 +64,7 @@ export const FLAGS: readonly FlagSpec[] = [
   { flag: 'port', kind: 'int', min: 0, max: 65535, help: 'TCP port (0 = any free port)', defaultText: '8000' },
   { flag: 'api-key', kind: 'string', help: 'required Bearer key(s), comma-separated; unset = no auth' },
   { flag: 'device', kind: 'enum', choices: ['cpu', 'webgpu', 'cuda'], help: 'onnxruntime execution provider', defaultText: 'cpu' },
+  { flag: 'weights', kind: 'enum', choices: ['float32', 'float16', 'int8', 'int4'], help: 'storage of weight matrices; int8/int4: linear layers on 8/4-bit blocks (about 2× faster decode on CPUs; int4 loses quality)', defaultText: 'float32 on cpu, float16 on GPUs' },
   { flag: 'max-num-seqs', kind: 'int', min: 1, help: 'sequences decoded together in one step' },
   { flag: 'kv-cache-bytes', kind: 'int', min: 1, help: 'bytes of the paged KV pool' },
   { flag: 'page-tokens', kind: 'int', min: 1, help: 'tokens per KV page' },
@@ -147,6 +152,8 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     logLevel: (str('log-level') ?? 'info') as LogLevel,
     keepaliveSeconds: num('keepalive-seconds') ?? 5,
   };
+  const weights = str('weights');
+  if (weights !== undefined) config.weights = weights as Weights;
   const optionalInts = [
     ['max-num-seqs', 'maxNumSeqs'],
     ['kv-cache-bytes', 'kvCacheBytes'],

@@ -33,8 +33,13 @@ export interface ModelLoadOptions {
   readonly intraOpThreads?: number;
   /** Execution device (default cpu); a GPU that is not usable fails here with DeviceUnavailableError. */
   readonly device?: Device;
-  /** Storage of weight matrices (default: float32 on cpu, float16 on GPUs; compute is float32). */
+  /**
+   * Storage of weight matrices (default: float32 on cpu, float16 on GPUs; compute is float32). int8:
+   * linear layers run as MatMulNBits on 8-bit blocks (see onnx/quantize.ts), a quarter of the bytes.
+   */
   readonly weightDtype?: WeightDtype;
+  /** int8 weights only: also quantize activations per block (default true, the fast kernels). */
+  readonly int8Activations?: boolean;
   /**
    * Use onnxruntime's fused ops (LinearAttention, Attention, RotaryEmbedding …): the fast path on the CPU,
    * the default there. On GPUs the default is the plain-op graph: the WebGPU provider runs opset-23
@@ -101,7 +106,12 @@ export class Model {
     await probeDevice(device); // before a build that may take minutes
     const modelPath = ensureBuiltModel(
       ckpt,
-      { fusedOps: options.fusedOps ?? device === 'cpu', glaSubChunk: options.glaSubChunk ?? 16, weightDtype: options.weightDtype ?? (device === 'cpu' ? 'float32' : 'float16') },
+      {
+        fusedOps: options.fusedOps ?? device === 'cpu',
+        glaSubChunk: options.glaSubChunk ?? 16,
+        weightDtype: options.weightDtype ?? (device === 'cpu' ? 'float32' : 'float16'),
+        ...(options.int8Activations !== undefined ? { int8Activations: options.int8Activations } : {}),
+      },
       { ...(options.cacheDir !== undefined ? { cacheDir: options.cacheDir } : {}), ...(options.onProgress !== undefined ? { onProgress: options.onProgress } : {}) },
     );
     const intraOpThreads = options.intraOpThreads ?? availableParallelism();

@@ -32,7 +32,15 @@ export interface BuildCacheOptions {
 /** Folder name part that tells graph variants of one checkpoint apart. */
 function variantName(options: GraphOptions): string {
   const graph = options.fusedOps ? 'fused' : `plain-c${options.glaSubChunk}`;
-  return options.weightDtype === 'float16' ? `${graph}-fp16` : graph;
+  switch (options.weightDtype ?? 'float32') {
+    case 'float32':
+      return graph;
+    case 'float16':
+      return `${graph}-fp16`;
+    case 'int8':
+    case 'int4':
+      return `${graph}-${options.weightDtype}${options.int8Activations === false ? '-a32' : ''}`;
+  }
 }
 
 /** Models at least this large draw a progress bar on a TTY stderr. */

@@ -3,7 +3,8 @@
 // checkpoint tensors [out, in] into MatMul operands [in, out] (optionally several fused along out).
 import type { Checkpoint } from '../checkpoint.ts';
 import type { ModelConfig } from '../config.ts';
-import type { GraphBuilder, WeightDtype } from './graph-builder.ts';
+import { int, quantBits, type GraphBuilder, type QuantizedWeightNames, type WeightDtype } from './graph-builder.ts';
+import { QUANT_BLOCK } from './quantize.ts';
 
 export interface GraphOptions {
   /**
@@ -15,6 +16,12 @@ export interface GraphOptions {
   readonly glaSubChunk: number;
   /** Storage of weight matrices (default float32); float16 for GPUs, cast to float32 in the graph. */
   readonly weightDtype?: WeightDtype;
+  /**
+   * With int8/int4 weights: MatMulNBits quantizes each row of activations to int8 per block too
+   * (accuracy_level 4, the fast kernels; default true). false keeps activations float32 (accuracy_level
+   * 0): exactly the dequantized weights, many times slower — the reference the fast path is checked by.
+   */
+  readonly int8Activations?: boolean;
 }
 
 export interface GraphContext {
@@ -78,26 +85,38 @@ export interface WeightPart {
   readonly zeros?: boolean;
 }
 
+/** A linear layer's weight as the graph holds it: a float MatMul operand [in, out], or int8 blocks. */
+export type LinearWeight =
+  | { readonly kind: 'dense'; readonly value: string }
+  | { readonly kind: 'quantized'; readonly names: QuantizedWeightNames; readonly inDim: number; readonly outDim: number };
+
 /**
- * Adds the MatMul operand [in, Σ rows] built from checkpoint weights [rows_k, in] stacked along rows
- * and transposed: x [N, in] @ W → [N, Σ rows] = concat_k(x Wkᵀ).
+ * Adds a linear layer's weight built from checkpoint weights [rows_k, in] stacked along rows:
+ * x [N, in] → [N, Σ rows] = concat_k(x Wkᵀ). Dense: the MatMul operand [in, Σ rows] (transposed).
+ * int8/int4: the stacked [Σ rows, in] quantized for MatMulNBits, which reads W as [out, in].
  */
-export function matmulWeight(ctx: GraphContext, graphName: string, parts: readonly WeightPart[], inDim: number): string {
+export function matmulWeight(ctx: GraphContext, graphName: string, parts: readonly WeightPart[], inDim: number): LinearWeight {
   const outDim = parts.reduce((a, p) => a + p.rows, 0);
-  return ctx.g.weight(graphName, [inDim, outDim], () => {
+  const stacked = (transposed: boolean): Float32Array => {
     const w = new Float32Array(inDim * outDim);
-    let col = 0;
+    let row0 = 0;
     for (const p of parts) {
       const s = p.scale ?? 1;
       const t = ctx.ckpt.tensor(p.name, [p.rows, inDim]).data;
       for (let r = 0; r < p.rows; r++) {
         const src = r * inDim;
-        for (let i = 0; i < inDim; i++) w[i * outDim + col + r] = (t[src + i] ?? 0) * s;
+        if (transposed) for (let i = 0; i < inDim; i++) w[i * outDim + row0 + r] = (t[src + i] ?? 0) * s;
+        else for (let i = 0; i < inDim; i++) w[(row0 + r) * inDim + i] = (t[src + i] ?? 0) * s;
       }
-      col += p.rows;
+      row0 += p.rows;
     }
     return w;
-  });
+  };
+  const bits = quantBits(ctx.options.weightDtype);
+  if (bits !== null) {
+    return { kind: 'quantized', names: ctx.g.quantizedWeight(graphName, outDim, inDim, bits, () => stacked(false)), inDim, outDim };
+  }
+  return { kind: 'dense', value: ctx.g.weight(graphName, [inDim, outDim], () => stacked(true)) };
 }
 
 /** Adds a 1-D vector made of checkpoint vectors (or zeros) concatenated, each times its scale. */
@@ -118,10 +137,19 @@ export function vectorWeight(ctx: GraphContext, graphName: string, parts: readon
   });
 }
 
-/** x [..., in] @ W + b: one MatMul and an Add. */
-export function linear(ctx: GraphContext, x: string, weight: string, bias: string | null, name: string): string {
+/** x [..., in] @ W + b: one MatMul (or MatMulNBits) and an Add. */
+export function linear(ctx: GraphContext, x: string, weight: LinearWeight, bias: string | null, name: string): string {
   return ctx.g.scope(name, () => {
-    const y = ctx.g.op('MatMul', [x, weight]);
+    const y =
+      weight.kind === 'dense'
+        ? ctx.g.op('MatMul', [x, weight.value])
+        : ctx.g.op('MatMulNBits', [x, weight.names.codes, weight.names.scales], {
+            K: int(weight.inDim),
+            N: int(weight.outDim),
+            bits: int(weight.names.bits),
+            block_size: int(QUANT_BLOCK),
+            accuracy_level: int(ctx.options.int8Activations === false ? 0 : 4),
+          }, { domain: 'com.microsoft' });
     return bias === null ? y : ctx.g.op('Add', [y, bias]);
   });
 }

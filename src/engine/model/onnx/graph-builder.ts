@@ -12,10 +12,31 @@ import {
   type NodeProto,
   type ValueInfoProto,
 } from './proto.ts';
+import { ModelLoadError } from '../../errors.ts';
 import { weightToFloat16 } from './precision.ts';
+import { QUANT_BLOCK, blockBytes, quantize, type QuantBits, type QuantizedBlocks } from './quantize.ts';
 
-/** Element type weight matrices are stored in (vectors stay float32); compute stays float32. */
-export type WeightDtype = 'float32' | 'float16';
+/**
+ * How weight matrices are stored (vectors always stay float32):
+ * - float32, float16: every matrix in that type; compute is float32 (fp16 matrices are Cast).
+ * - int8, int4: linear-layer weights (projections, MLP, lm_head) as 8- or 4-bit blocks run by
+ *   MatMulNBits (./quantize.ts); the embedding table stays float32 (a Gather reads only B·T rows).
+ */
+export type WeightDtype = 'float32' | 'float16' | 'int8' | 'int4';
+
+/** Bits per code of a quantized WeightDtype; null for float types. */
+export function quantBits(dtype: WeightDtype | undefined): QuantBits | null {
+  return dtype === 'int8' ? 8 : dtype === 'int4' ? 4 : null;
+}
+
+/** The two initializers of a quantized weight for MatMulNBits. */
+export interface QuantizedWeightNames {
+  readonly bits: QuantBits;
+  /** [N, ⌈K/QUANT_BLOCK⌉, QUANT_BLOCK·bits/8] uint8. */
+  readonly codes: string;
+  /** [N·⌈K/QUANT_BLOCK⌉] float32. */
+  readonly scales: string;
+}
 
 /** External data offsets are multiples of this (a page, so onnxruntime may map them). */
 export const EXTERNAL_ALIGN_BYTES = 4096;
@@ -35,7 +56,7 @@ export interface OpOptions {
 
 interface PendingWeight {
   readonly tensor: ExternalTensor;
-  readonly produce: () => Float32Array | Uint16Array;
+  readonly produce: () => Float32Array | Uint16Array | Uint8Array;
 }
 
 export class GraphBuilder {
@@ -163,16 +184,45 @@ export class GraphBuilder {
    * value returned here (see ./precision.ts).
    */
   weight(name: string, dims: readonly number[], produce: () => Float32Array): string {
-    if (this.usedNames.has(name)) throw new Error(`duplicate weight name ${name}`);
-    this.usedNames.add(name);
     const half = this.weightDtype === 'float16' && dims.length >= 2;
     const length = dims.reduce((a, b) => a * b, 1) * (half ? 2 : 4);
+    if (!half) return this.external(name, DataType.FLOAT, dims, length, produce);
+    this.external(name, DataType.FLOAT16, dims, length, () => weightToFloat16(name, produce()));
+    return this.op('Cast', [name], { to: int(DataType.FLOAT) }, { name: `Cast_${name}` });
+  }
+
+  /**
+   * A linear layer's weight W [N, K] (out × in) stored as n-bit blocks for MatMulNBits. `produce`
+   * (W row-major) is called once, when the codes are written; the scales are kept from that call.
+   */
+  quantizedWeight(name: string, N: number, K: number, bits: QuantBits, produce: () => Float32Array): QuantizedWeightNames {
+    let blocks: QuantizedBlocks | null = null;
+    const quantized = (): QuantizedBlocks => {
+      if (blocks !== null) return blocks;
+      const w = produce();
+      for (let i = 0; i < w.length; i++) {
+        if (!Number.isFinite(w[i] as number)) throw new ModelLoadError(`weight "${name}" holds ${w[i]}: it cannot be quantized to int${bits}`);
+      }
+      blocks = quantize(w, N, K, bits);
+      return blocks;
+    };
+    const nb = Math.ceil(K / QUANT_BLOCK);
+    const codes = this.external(`${name}.codes`, DataType.UINT8, [N, nb, blockBytes(bits)], N * nb * blockBytes(bits), () => quantized().codes);
+    const scales = this.external(`${name}.scales`, DataType.FLOAT, [N * nb], N * nb * 4, () => {
+      const s = quantized().scales;
+      blocks = null; // written after the codes: nothing else reads them
+      return s;
+    });
+    return { bits, codes, scales };
+  }
+
+  private external(name: string, dataType: DataTypeCode, dims: readonly number[], length: number, produce: PendingWeight['produce']): string {
+    if (this.usedNames.has(name)) throw new Error(`duplicate weight name ${name}`);
+    this.usedNames.add(name);
     const offset = Math.ceil(this.dataBytes / EXTERNAL_ALIGN_BYTES) * EXTERNAL_ALIGN_BYTES;
     this.dataBytes = offset + length;
-    const dataType = half ? DataType.FLOAT16 : DataType.FLOAT;
-    const tensor: ExternalTensor = { kind: 'external', name, dataType, dims, location: this.dataLocation, offset, length };
-    this.weights.push({ tensor, produce: half ? () => weightToFloat16(name, produce()) : produce });
-    return half ? this.op('Cast', [name], { to: int(DataType.FLOAT) }, { name: `Cast_${name}` }) : name;
+    this.weights.push({ tensor: { kind: 'external', name, dataType, dims, location: this.dataLocation, offset, length }, produce });
+    return name;
   }
 
   get numWeights(): number {

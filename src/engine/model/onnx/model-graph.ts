@@ -7,9 +7,9 @@ import { INPUT_IDS, LOGITS, NUM_LOGITS, PAST_POSITIONS, POSITIONS } from '../io-
 import { EMBEDDINGS, FINAL_NORM, LM_HEAD, layerTensorNames } from '../tensor-names.ts';
 import { attentionMixer, ropeTables } from './attention-layer.ts';
 import { mlp, rmsNorm } from './blocks.ts';
-import { reshape, type GraphContext, type GraphOptions } from './context.ts';
+import { linear, reshape, type GraphContext, type GraphOptions } from './context.ts';
 import { glaMixer } from './gla-layer.ts';
-import { GraphBuilder, float, int } from './graph-builder.ts';
+import { GraphBuilder, float, int, quantBits } from './graph-builder.ts';
 import { DataType, type ModelProto } from './proto.ts';
 
 export const EXTERNAL_DATA_FILE = 'model.onnx.data';
@@ -110,14 +110,25 @@ export function buildModelGraph(ckpt: Checkpoint, options: GraphOptions): BuiltG
   const hf = normed(finalNorm, 'norm');
   const logits = g.scope('lm_head', () => {
     const last = g.op('Slice', [hf, g.op('Sub', [ctx.T, numLogits]), ctx.T, g.i64([1])]); // [B, num_logits, D]
-    const lmHead = config.tieWordEmbeddings ? embedding : g.weight(LM_HEAD, [V, D], () => ckpt.tensor(LM_HEAD, [V, D]).data);
-    const y = g.op('Gemm', [reshape(ctx, last, [-1, D]), lmHead], { transB: int(1) }); // [B·num_logits, V]
+    const flat = reshape(ctx, last, [-1, D]);
+    const source = config.tieWordEmbeddings ? EMBEDDINGS : LM_HEAD;
+    let y: string; // [B·num_logits, V]
+    const bits = quantBits(options.weightDtype);
+    if (bits !== null) {
+      // [V, D] is already MatMulNBits' [out, in]; a tied table is quantized as a second copy (the
+      // embedding Gather keeps the float32 one).
+      const names = g.quantizedWeight(`${LM_HEAD}.q${bits}`, V, D, bits, () => ckpt.tensor(source, [V, D]).data);
+      y = linear(ctx, flat, { kind: 'quantized', names, inDim: D, outDim: V }, null, 'proj');
+    } else {
+      const lmHead = config.tieWordEmbeddings ? embedding : g.weight(LM_HEAD, [V, D], () => ckpt.tensor(LM_HEAD, [V, D]).data);
+      y = g.op('Gemm', [flat, lmHead], { transB: int(1) });
+    }
     return reshape(ctx, y, [ctx.B, -1, V]);
   });
   g.output(LOGITS, logits, DataType.FLOAT, ['batch', 'num_logits', V]);
 
   // The fused graph uses ONNX Attention (opset 23, IR 10) and com.microsoft contrib ops.
   const opsets = new Map<string, number>([['', options.fusedOps ? 23 : 17]]);
-  if (options.fusedOps) opsets.set('com.microsoft', 1);
+  if (options.fusedOps || quantBits(options.weightDtype) !== null) opsets.set('com.microsoft', 1); // + MatMulNBits
   return { builder: g, model: g.toModel('spikeserve', opsets, options.fusedOps ? 10 : 8) };
 }
