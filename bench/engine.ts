@@ -14,7 +14,8 @@
 //        --spin (let idle onnxruntime threads spin: better on an idle machine, worse on a shared one),
 //        --decode-threads 1,2 (decode measured side by side with these intra-op thread counts),
 //        --decode-session N (the model runs decode steps on a second session with N threads),
-//        --profile (only: onnxruntime's profile of decode steps with a full window, per op type).
+//        --profile (only: onnxruntime's profile of decode steps with a full window, per op type),
+//        --weights float32|int8|int4 (storage of weight matrices; bench/weights.ts compares them).
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,7 +23,7 @@ import { performance } from 'node:perf_hooks';
 import * as ort from 'onnxruntime-node';
 import { parseModelConfig, type ModelConfig } from '../src/engine/model/config.ts';
 import { Model } from '../src/engine/model/model.ts';
-import { GraphBuilder } from '../src/engine/model/onnx/graph-builder.ts';
+import { GraphBuilder, type WeightDtype } from '../src/engine/model/onnx/graph-builder.ts';
 import { DataType, encodeModel } from '../src/engine/model/onnx/proto.ts';
 import { randomCheckpoint } from '../src/engine/model/random-checkpoint.ts';
 import { Sequence, decodeBatch, newSequence, stepSequences } from '../src/engine/model/sequence.ts';
@@ -44,6 +45,12 @@ const PLAIN = process.argv.includes('--plain');
 const SWEEP = process.argv.includes('--sweep');
 const SPIN = process.argv.includes('--spin');
 const PROFILE = process.argv.includes('--profile');
+const WEIGHTS = ((): WeightDtype => {
+  const i = process.argv.indexOf('--weights');
+  const w = i >= 0 ? process.argv[i + 1] : 'float32';
+  if (w !== 'float32' && w !== 'float16' && w !== 'int8' && w !== 'int4') throw new Error('--weights needs float32, float16, int8 or int4');
+  return w;
+})();
 const DECODE_SESSION = process.argv.includes('--decode-session') ? flag('decode-session', 1) : undefined;
 const DECODE_THREADS = ((): number[] => {
   const i = process.argv.indexOf('--decode-threads');
@@ -115,7 +122,7 @@ interface TraceEvent {
  * wall time minus onnxruntime's model_run).
  */
 async function profileDecode(dir: string, ckpt: ReturnType<typeof randomCheckpoint>): Promise<void> {
-  const model = await Model.load(ckpt, { intraOpThreads: THREADS, fusedOps: !PLAIN, allowSpinning: SPIN, profileFilePrefix: join(dir, 'decode') });
+  const model = await Model.load(ckpt, { intraOpThreads: THREADS, fusedOps: !PLAIN, allowSpinning: SPIN, weightDtype: WEIGHTS, profileFilePrefix: join(dir, 'decode') });
   const seq = await prefilled(model, (model.windowTokens ?? 1024) + 64);
   const V = model.config.vocabSize;
   const c0 = process.cpuUsage();
@@ -158,7 +165,7 @@ async function main(): Promise<void> {
       return;
     }
     const tLoad = performance.now();
-    const model = await Model.load(ckpt, { intraOpThreads: THREADS, fusedOps: !PLAIN, allowSpinning: SPIN, ...(DECODE_SESSION !== undefined ? { decodeIntraOpThreads: DECODE_SESSION } : {}) });
+    const model = await Model.load(ckpt, { intraOpThreads: THREADS, fusedOps: !PLAIN, allowSpinning: SPIN, weightDtype: WEIGHTS, ...(DECODE_SESSION !== undefined ? { decodeIntraOpThreads: DECODE_SESSION } : {}) });
     const loadSec = (performance.now() - tLoad) / 1000;
     const f = flopsPerToken(CONFIG);
     const V = CONFIG.vocabSize;
@@ -176,7 +183,7 @@ async function main(): Promise<void> {
     for (const threads of DECODE_THREADS) {
       let m = model; // decodes with DECODE_SESSION threads when given, else THREADS
       if (threads !== (DECODE_SESSION ?? THREADS)) {
-        m = await Model.load(ckpt, { intraOpThreads: threads, fusedOps: !PLAIN, allowSpinning: SPIN });
+        m = await Model.load(ckpt, { intraOpThreads: threads, fusedOps: !PLAIN, allowSpinning: SPIN, weightDtype: WEIGHTS });
         extraModels.push(m);
       }
       const full = (m.windowTokens ?? 1024) + 64;
@@ -216,7 +223,7 @@ async function main(): Promise<void> {
     const gf = (tokPerSec: number, perToken: number): string => ((tokPerSec * perToken) / 1e9).toFixed(1);
     const window = CONFIG.slidingWindow ?? 0;
     const prefillFlops = f.layers + f.attentionPerKey * (window + 1); // useful attention: W + 1 keys per query
-    console.log(`\nspikeserve engine bench — onnxruntime ${ort.env.versions.common} CPU, ${THREADS} threads${SPIN ? ' (spinning)' : ''}${DECODE_SESSION !== undefined ? ` (decode session: ${DECODE_SESSION})` : ''}, ${PLAIN ? 'plain' : 'fused'} graph, chunk ${CHUNK}`);
+    console.log(`\nspikeserve engine bench — onnxruntime ${ort.env.versions.common} CPU, ${THREADS} threads${SPIN ? ' (spinning)' : ''}${DECODE_SESSION !== undefined ? ` (decode session: ${DECODE_SESSION})` : ''}, ${PLAIN ? 'plain' : 'fused'} graph, chunk ${CHUNK}, weights ${WEIGHTS}`);
     console.log(`load average at start ${LOAD_AT_START}, at end ${loadAverage()} (${availableParallelism()} cores); GLIBC_TUNABLES=${process.env['GLIBC_TUNABLES'] ?? '(unset)'}`);
     console.log(`model: D=256 L=8 (GLA even, SWA odd) H=8 Hkv=2 F=1024 V=4096 W=1024, ${(ckpt.numParameters / 1e6).toFixed(1)}M params, load ${loadSec.toFixed(1)} s`);
     console.log(`FLOPs/token: layers ${(f.layers / 1e6).toFixed(1)} M, lm_head ${(f.lmHead / 1e6).toFixed(1)} M, attention ${(f.attentionPerKey / 1e3).toFixed(0)} K per key`);

@@ -7,9 +7,11 @@
 //
 //   node --import tsx bench/throughput.ts [--long-tokens 1048576] [--decode-tokens 64] [--threads N]
 //        [--chunk-tokens 256] [--chunk-sweep 128,256,512,1024 | none] [--sweep-tokens 8192]
+//        [--weights float32 | int8 | int4]
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { Engine } from '../src/engine/engine.ts';
+import type { WeightDtype } from '../src/engine/model/onnx/graph-builder.ts';
 import type { GenerateRequest, SamplingParams, TokenEvent } from '../src/engine/types.ts';
 import { REFERENCE_CONFIG_JSON, cpuSeconds, loadAverage } from './common.ts';
 
@@ -23,8 +25,11 @@ const { values: args } = parseArgs({
     'chunk-tokens': { type: 'string', default: '256' },
     'chunk-sweep': { type: 'string', default: '128,256,512,1024' },
     'sweep-tokens': { type: 'string', default: '8192' },
+    weights: { type: 'string', default: 'float32' },
   },
 });
+const WEIGHTS = args.weights as WeightDtype;
+if (!['float32', 'float16', 'int8', 'int4'].includes(WEIGHTS)) throw new Error(`--weights must be float32, float16, int8 or int4, got ${args.weights}`);
 const LONG_TOKENS = Number(args['long-tokens']);
 const DECODE_TOKENS = Number(args['decode-tokens']);
 const PROMPT_TOKENS = Number(args['prompt-tokens']);
@@ -104,6 +109,7 @@ function startEngine(chunkTokens: number, maxNumSeqs: number): Promise<Engine> {
     prefillChunkTokens: chunkTokens,
     maxBatchedTokens: Math.max(2048, chunkTokens),
     prefixCacheBytes: 0, // every prompt is computed
+    weightDtype: WEIGHTS,
     ...(args.threads !== undefined ? { intraOpThreads: Number(args.threads) } : {}),
   }, (m) => process.stderr.write(`${m}\n`));
 }
@@ -129,7 +135,7 @@ async function main(): Promise<void> {
   const maxStreams = Math.max(...STREAMS, 8);
   const t0 = performance.now();
   const engine = await startEngine(Number(args['chunk-tokens']), maxStreams + 1);
-  console.log(`prefill chunk ${args['chunk-tokens']} tokens; model loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s; pool ${engine.stats().kvPagesTotal} pages, ${engine.stats().stateSlotsTotal} slots`);
+  console.log(`weights ${WEIGHTS}; prefill chunk ${args['chunk-tokens']} tokens; model loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s; pool ${engine.stats().kvPagesTotal} pages, ${engine.stats().stateSlotsTotal} slots`);
 
   await decodeThroughput(engine, 1); // warm-up
   console.log(`\nDecode throughput (prompt ${PROMPT_TOKENS} tokens, ${DECODE_TOKENS} new tokens per stream, greedy)`);
