@@ -9,7 +9,7 @@ import { ModelLoadError } from '../errors.ts';
 import type { Checkpoint, Tensor32 } from './checkpoint.ts';
 import { loadModelConfig, type ModelConfig } from './config.ts';
 import { openSafetensorsDir, readSafetensorsEntry, type SafetensorsEntry, type SafetensorsStore } from './safetensors.ts';
-import { detectGkLayout, EMBEDDINGS, LM_HEAD, modelTensorSpecs, numElements, type GkLayout } from './tensor-names.ts';
+import { detectGkLayout, EMBEDDINGS, LM_HEAD, modelTensorSpecs, numElements, W8ASPIKE_MARKER, W8ASPIKE_UNSUPPORTED, type GkLayout } from './tensor-names.ts';
 
 /** A checkpoint that can tell a tensor's shape without reading its data. */
 export interface ShapedCheckpoint extends Checkpoint {
@@ -132,9 +132,10 @@ export function checkShape(name: string, actual: readonly number[], expected: re
 /**
  * Checks that every tensor the model needs is present with the right shape. Uses `shapeOf` when the
  * checkpoint has it (no data read), else reads each tensor. Throws ModelLoadError naming the first
- * missing or misshaped tensor.
+ * missing or misshaped tensor, or saying that a W8ASpike checkpoint is not supported.
  */
 export function validateCheckpoint(ckpt: Checkpoint): void {
+  if (ckpt.has(W8ASPIKE_MARKER)) throw new ModelLoadError(W8ASPIKE_UNSUPPORTED);
   const shaped = 'shapeOf' in ckpt ? (ckpt as ShapedCheckpoint) : null;
   const layout = shaped?.gkLayout ?? detectGkLayout(ckpt.config, (n) => ckpt.has(n));
   for (const spec of modelTensorSpecs(ckpt.config, layout)) {

@@ -4,7 +4,8 @@
 //   logits = lm_head(RMSNorm(h)) for the last `num_logits` positions of each row → [B, num_logits, V]
 import type { Checkpoint } from '../checkpoint.ts';
 import { INPUT_IDS, LOGITS, NUM_LOGITS, PAST_POSITIONS, POSITIONS } from '../io-names.ts';
-import { EMBEDDINGS, FINAL_NORM, LM_HEAD, layerTensorNames } from '../tensor-names.ts';
+import { ModelLoadError } from '../../errors.ts';
+import { EMBEDDINGS, FINAL_NORM, LM_HEAD, W8ASPIKE_MARKER, W8ASPIKE_UNSUPPORTED, layerTensorNames } from '../tensor-names.ts';
 import { attentionMixer, ropeTables } from './attention-layer.ts';
 import { mlp, rmsNorm } from './blocks.ts';
 import { linear, reshape, type GraphContext, type GraphOptions } from './context.ts';
@@ -21,6 +22,7 @@ export interface BuiltGraph {
 
 /** Builds the graph; weights stay lazy until `builder.writeExternalData` is called. */
 export function buildModelGraph(ckpt: Checkpoint, options: GraphOptions): BuiltGraph {
+  if (ckpt.has(W8ASPIKE_MARKER)) throw new ModelLoadError(W8ASPIKE_UNSUPPORTED);
   const config = ckpt.config;
   const { vocabSize: V, hiddenSize: D } = config;
   const g = new GraphBuilder(EXTERNAL_DATA_FILE, options.weightDtype);
