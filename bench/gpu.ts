@@ -6,22 +6,35 @@
 //      the fp32 CPU engine, max |Δ logit| over a chunked prefill and a few decode steps (target ≤ 1e-2);
 //   3. the reference size (hidden 256, 8 layers, 8 heads, 2 kv heads, ffn 1024, vocab 4096, window 1024):
 //      prefill tok/s over a --ref-tokens prompt, then decode tok/s;
-//   4. with --config FILE --random-weights: that shape (e.g. SpikingBrain-7B) with random weights, one
-//      sequence prefilled through --lengths (milestones), then decode tok/s at the longest length.
+//   4. the io probe (./gpu-io-probe.ts, in a child process: it may abort): GLA states kept on the GPU
+//      between decode steps (preferredOutputLocation 'gpu-buffer', fed back as inputs) against the host
+//      round trip, step by step (max |Δ logit|) and in ms/step;
+//   5. with --config FILE --random-weights: that shape (e.g. SpikingBrain-7B) with random weights, built
+//      by --build-processes processes (./gpu-build.ts), one sequence prefilled through --lengths
+//      (milestones), each within its --max-seconds-per-length budget, then decode tok/s at that depth;
+//   after each decode (3 and 5): what the decode step's host↔device IO alone costs (./gpu-copy-cost.ts).
+// A milestone cut by its budget reports what it measured (tok/s to where it stopped, and the steady rate
+// of the chunks after the window filled: prefill cost is flat in depth there) and, labelled
+// EXTRAPOLATED, the full-prompt TTFT at that steady rate. An extrapolation is never a measurement.
 // TFLOP/s achieved = tok/s × useful FLOPs per token (weights: 2 per weight; attention: 4·H·d per key
 // actually attended; GLA: 2·(H+Hkv)·d² per token), also as a share of the MatMul rate of step 1.
 //
-//   node --import tsx bench/gpu.ts --device webgpu                         (steps 1–3)
+//   node --import tsx bench/gpu.ts --device webgpu                         (steps 1–4)
 //   node --import tsx bench/gpu.ts --config ../shared/spec/spikingbrain-7b/config.json --random-weights \
-//        --lengths 4096,32768,131072                                       (steps 1–4)
+//        --lengths 4096,32768,131072 --max-seconds-per-length 60,150,90 --deadline 500   (steps 1–5)
 // Flags: --device webgpu|cuda|cpu (default webgpu), --lengths a,b,c (default 4096), --chunk N (prefill
 // tokens per step, default 4096), --decode-steps N (default 32), --ref-tokens N (default 8192),
 // --layers N (keep the first N layers of --config: a full-width slice, to fit a short GPU lease),
-// --mm N, --mm-chain N, --skip-ref, --skip-parity, --plain (plain-op graph), --weight-dtype float16|float32,
-// --also-plain (parity and reference size with the plain-op graph too), --placement (log onnxruntime's node placement of the parity model at verbose level, on stderr),
+// --max-seconds-per-length S or S1,S2,… (one per length, sorted), --deadline S (seconds after start:
+// later stages are skipped and prefill stops early to keep 45 s for decode and the IO measurement),
+// --build-only (build the --config model, time it, no session), --build-processes N (default: cores),
+// --io-probe ref|config|off (the model the io probe runs; default ref), --io-probe-steps N (16),
+// --skip-copy-cost, --mm N, --mm-chain N, --skip-ref, --skip-parity, --plain (plain-op graph),
+// --weight-dtype float16|float32, --also-plain (parity and reference size with the plain-op graph too),
+// --placement (log onnxruntime's node placement of the parity model at verbose level, on stderr),
 // --cache-dir DIR (built models; default a temporary folder, removed at the end), --threads N.
-// A 7B-shaped model in fp16 is ~15 GB of external data and takes minutes to build: build it on the
-// GPU machine only. Writes gpu-bench.json to $OUT (or --json FILE) after every step.
+// A 7B-shaped model in fp16 is ~15 GB of external data: build it on the GPU machine. Writes
+// gpu-bench.json to $OUT (or --json FILE) after every step.
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -31,11 +44,16 @@ import * as ort from 'onnxruntime-node';
 import { layersOfKind, parseModelConfig, type ModelConfig } from '../src/engine/model/config.ts';
 import { probeDevice, resolveExecutionProviders, type Device } from '../src/engine/model/device.ts';
 import { Model, type ModelLoadOptions } from '../src/engine/model/model.ts';
+import type { GraphOptions } from '../src/engine/model/onnx/context.ts';
 import { GraphBuilder } from '../src/engine/model/onnx/graph-builder.ts';
 import { DataType, encodeModel } from '../src/engine/model/onnx/proto.ts';
 import { randomCheckpoint } from '../src/engine/model/random-checkpoint.ts';
 import { decodeBatch, newSequence, prefill, type Sequence } from '../src/engine/model/sequence.ts';
 import { REFERENCE_CONFIG_JSON } from './common.ts';
+import { BUILD_PART_FLAG, buildModel, buildPartChild, checkpointOf, type BuildSpec } from './gpu-build.ts';
+import { measureCopyCost } from './gpu-copy-cost.ts';
+import { PROBE_FLAG, ioProbeChild, runIoProbe } from './gpu-io-probe.ts';
+import { kTok, printTable, type ModelEntry, type ModelRow, type Results } from './gpu-report.ts';
 
 // ---- flags -------------------------------------------------------------------------------------
 const argv = process.argv.slice(2);
@@ -66,16 +84,35 @@ const LENGTHS = (str('lengths') ?? '4096').split(',').map((s) => {
   if (!Number.isInteger(n) || n <= 0) throw new Error(`--lengths: bad length "${s}"`);
   return n;
 }).sort((a, b) => a - b);
+/** Per length (sorted like LENGTHS): wall-clock seconds its part of the prefill may take; Infinity: no budget. */
+const LENGTH_BUDGETS_SEC: readonly number[] = (() => {
+  const s = str('max-seconds-per-length');
+  if (s === undefined) return LENGTHS.map(() => Infinity);
+  const xs = s.split(',').map((x) => Number(x.trim()));
+  if (xs.some((x) => !Number.isFinite(x) || x <= 0) || (xs.length !== 1 && xs.length !== LENGTHS.length)) {
+    throw new Error(`--max-seconds-per-length: one positive number, or one per length (${LENGTHS.length}); got "${s}"`);
+  }
+  return LENGTHS.map((_, i) => xs[xs.length === 1 ? 0 : i] ?? Infinity);
+})();
+const DEADLINE_SEC = str('deadline') === undefined ? null : num('deadline', 1);
+/** What a deadline keeps back, after a model's prefill, for its decode, its IO measurement and the table. */
+const RESERVE_AFTER_PREFILL_SEC = 45;
 const CHUNK = num('chunk', 4096);
 const DECODE_STEPS = num('decode-steps', 32);
 const REF_TOKENS = num('ref-tokens', 8192);
 const MM = num('mm', ON_GPU ? 4096 : 512);
 const MM_CHAIN = num('mm-chain', ON_GPU ? 16 : 4);
 const THREADS = num('threads', availableParallelism());
+const BUILD_PROCESSES = num('build-processes', availableParallelism());
 const LAYERS = str('layers') === undefined ? null : num('layers', 1);
 const PLAIN = has('plain');
 const WEIGHT_DTYPE = str('weight-dtype') as 'float16' | 'float32' | undefined;
+const IO_PROBE = str('io-probe') ?? 'ref';
+if (!['ref', 'config', 'off'].includes(IO_PROBE)) throw new Error(`--io-probe must be ref, config or off, got ${IO_PROBE}`);
+const IO_PROBE_STEPS = num('io-probe-steps', 16);
 const JSON_PATH = str('json') ?? (process.env['OUT'] ? join(process.env['OUT'], 'gpu-bench.json') : null);
+/** Sub-chunk of the plain-op GLA; passed explicitly so the prebuilt model is the one Model.load asks for. */
+const GLA_SUB_CHUNK = 16;
 
 const REFERENCE_CONFIG: ModelConfig = parseModelConfig(REFERENCE_CONFIG_JSON);
 
@@ -91,25 +128,7 @@ const PARITY_CONFIG: ModelConfig = parseModelConfig({
 });
 
 // ---- results -----------------------------------------------------------------------------------
-interface ModelRow {
-  readonly model: string;
-  readonly what: string;
-  readonly tokens: number;
-  readonly tokPerSec: number;
-  readonly tflops: number;
-}
-const results: {
-  device: Device;
-  gpu: string;
-  onnxruntime: string;
-  node: string;
-  graph: string;
-  executionProviders: string[];
-  matmul?: { m: number; n: number; chain: number; tflops: number; secPerRun: number };
-  parity: { graph: string; maxAbsDiff: number; maxAbsLogit: number; tokens: number; weightDtype: string }[];
-  models: { name: string; params: number; layers: number; loadSec: number; rows: ModelRow[] }[];
-  errors: string[];
-} = {
+const results: Results = {
   device: DEVICE,
   gpu: gpuName(),
   onnxruntime: ort.env.versions.common,
@@ -119,6 +138,7 @@ const results: {
   parity: [],
   models: [],
   errors: [],
+  skipped: [],
 };
 
 function save(): void {
@@ -130,9 +150,12 @@ function log(msg: string): void {
   process.stderr.write(`[gpu-bench ${(performance.now() / 1000).toFixed(0)}s] ${msg}\n`);
 }
 
+/** Seconds until --deadline (Infinity without one). */
+const secondsLeft = (): number => (DEADLINE_SEC === null ? Infinity : DEADLINE_SEC - performance.now() / 1000);
+
 /** The GPU's name from nvidia-smi or the NVIDIA driver's /proc entry; 'cpu' or 'unknown' otherwise. */
 function gpuName(): string {
-  if (DEVICE === 'cpu') return 'cpu';
+  if (DEVICE === 'cpu' || has(PROBE_FLAG) || has(BUILD_PART_FLAG)) return 'cpu';
   try {
     return execFileSync('nvidia-smi', ['--query-gpu=name,memory.total,driver_version', '--format=csv,noheader'], { encoding: 'utf8', timeout: 10000 }).trim();
   } catch {
@@ -207,16 +230,25 @@ function keysAttended(c: ModelConfig, from: number, to: number): number {
 }
 
 // ---- the model steps ---------------------------------------------------------------------------
-function loadOptions(cacheDir: string, device: Device, fused: boolean, weightDtype?: 'float16' | 'float32'): ModelLoadOptions {
-  const dtype = weightDtype ?? WEIGHT_DTYPE;
+const defaultWeightDtype = (device: Device): 'float16' | 'float32' => WEIGHT_DTYPE ?? (device === 'cpu' ? 'float32' : 'float16');
+
+/** The graph Model.load builds for these options: spelled out, so a prebuilt cache entry matches it. */
+function graphOptionsFor(device: Device, fused: boolean, weightDtype?: 'float16' | 'float32'): GraphOptions {
+  return { fusedOps: fused, glaSubChunk: GLA_SUB_CHUNK, weightDtype: weightDtype ?? defaultWeightDtype(device) };
+}
+
+function loadOptions(cacheDir: string, device: Device, fused: boolean, weightDtype?: 'float16' | 'float32', onBuild?: () => void): ModelLoadOptions {
+  const g = graphOptionsFor(device, fused, weightDtype);
   let lastLogged = 0;
   return {
     cacheDir,
     device,
     intraOpThreads: THREADS,
-    fusedOps: fused,
-    ...(dtype !== undefined ? { weightDtype: dtype } : {}),
+    fusedOps: g.fusedOps,
+    glaSubChunk: g.glaSubChunk,
+    weightDtype: g.weightDtype ?? 'float32',
     onProgress: (p) => {
+      onBuild?.();
       const now = performance.now();
       if (now - lastLogged > 10000 || p.tensorsDone === p.tensorsTotal) {
         lastLogged = now;
@@ -281,49 +313,144 @@ async function decodeRate(model: Model, seq: Sequence, steps: number): Promise<n
   return steps / ((performance.now() - t0) / 1000);
 }
 
-/** Loads `config` with random weights, prefills one sequence through `lengths`, then decodes. */
-async function benchModel(name: string, config: ModelConfig, lengths: readonly number[], cacheDir: string, fused: boolean): Promise<void> {
-  const ckpt = randomCheckpoint(config, { seed: 1, gkLayout: 'lowrank' });
-  log(`${name}: ${(ckpt.numParameters / 1e9).toFixed(2)}B params, loading (builds on a cache miss)`);
-  const t0 = performance.now();
-  const model = await Model.load(ckpt, loadOptions(cacheDir, DEVICE, fused));
-  const entry = { name, params: ckpt.numParameters, layers: config.numLayers, loadSec: (performance.now() - t0) / 1000, rows: [] as ModelRow[] };
+/** One prefill chunk as it was timed: positions [start, start + tokens). */
+interface TimedChunk {
+  readonly start: number;
+  readonly tokens: number;
+  readonly sec: number;
+}
+
+/**
+ * Prefills `seq` through the milestones `lengths`, chunk by chunk. A milestone whose part would run
+ * past its budget (or past the deadline's reserve) stops after the chunk that reaches it; the rows then
+ * say how far it got, the steady rate of the chunks after the window filled, and (EXTRAPOLATED) the
+ * milestone's TTFT at that rate. Later milestones continue from where the sequence is.
+ */
+async function prefillMilestones(name: string, model: Model, seq: Sequence, lengths: readonly number[], budgetsSec: readonly number[], rows: ModelRow[]): Promise<void> {
+  const config = model.config;
+  const f = flopsOf(config);
+  const W = config.layerKinds.includes('full') ? null : config.slidingWindow;
+  const chunks: TimedChunk[] = [];
+  const elapsed = (): number => chunks.reduce((a, c) => a + c.sec, 0);
+  const flopsTo = (n: number): number => n * (f.weights + f.glaPerToken) + f.perKey * keysAttended(config, 0, n) + f.lmHead * chunks.length;
+  for (const [i, length] of lengths.entries()) {
+    const budget = budgetsSec[i] ?? Infinity;
+    const ids = promptTokens(length - seq.numTokens, config.vocabSize, length);
+    let segmentSec = 0;
+    let segmentChunks = 0;
+    let stopped: string | null = null;
+    for (let at = 0; at < ids.length; at += CHUNK) {
+      const part = ids.slice(at, at + CHUNK);
+      const t = performance.now();
+      await prefill(model, seq, part, { chunkTokens: CHUNK });
+      const sec = (performance.now() - t) / 1000;
+      chunks.push({ start: seq.numTokens - part.length, tokens: part.length, sec });
+      segmentSec += sec;
+      segmentChunks++;
+      if (at + CHUNK >= ids.length) break;
+      // Would the next chunk (about as long as this one) pass the budget or eat into the reserve?
+      if (segmentSec + sec > budget) stopped = `stopped by its ${budget} s budget after ${segmentChunks} chunks`;
+      else if (secondsLeft() - sec < RESERVE_AFTER_PREFILL_SEC) stopped = `stopped by --deadline after ${segmentChunks} chunks`;
+      if (stopped !== null) break;
+    }
+    const done = seq.numTokens;
+    const total = elapsed();
+    if (stopped === null) {
+      rows.push({ model: name, what: `prefill ${kTok(length)}`, kind: 'measured', tokens: length, tokPerSec: length / total, tflops: flopsTo(length) / total / 1e12, seconds: total });
+      log(`${name}: prefill ${kTok(length)}: ${(length / total).toFixed(0)} tok/s, TTFT ${total.toFixed(1)} s`);
+      save();
+      continue;
+    }
+    rows.push({ model: name, what: `prefill to ${kTok(done)} of ${kTok(length)}`, kind: 'measured', tokens: done, tokPerSec: done / total, tflops: flopsTo(done) / total / 1e12, seconds: total, note: stopped });
+    // Steady state: chunks that start with a full window cost the same at any depth.
+    const steady = W === null ? [] : chunks.filter((c) => c.start >= W);
+    const steadyTokens = steady.reduce((a, c) => a + c.tokens, 0);
+    const steadySec = steady.reduce((a, c) => a + c.sec, 0);
+    if (steady.length === 0 || W === null) {
+      log(`${name}: prefill ${kTok(length)} stopped at ${kTok(done)} (${stopped}); no chunk after the window filled: no extrapolation`);
+      save();
+      continue;
+    }
+    const steadyRate = steadyTokens / steadySec;
+    const perToken = f.weights + f.glaPerToken + f.perKey * (W + 1) + f.lmHead / CHUNK;
+    rows.push({ model: name, what: `prefill steady rate (${steady.length} chunks of ≤ ${CHUNK} after the window filled)`, kind: 'measured', tokens: steadyTokens, tokPerSec: steadyRate, tflops: (steadyRate * perToken) / 1e12, seconds: steadySec });
+    const ttft = total + (length - done) / steadyRate;
+    rows.push({
+      model: name,
+      what: `prefill ${kTok(length)} TTFT`,
+      kind: 'extrapolated',
+      tokens: length,
+      tokPerSec: length / ttft,
+      tflops: 0,
+      seconds: ttft,
+      note: `${total.toFixed(1)} s measured to ${kTok(done)}, the other ${length - done} tokens at the measured steady ${steadyRate.toFixed(0)} tok/s`,
+    });
+    log(`${name}: prefill ${kTok(length)} ${stopped} at ${kTok(done)}: steady ${steadyRate.toFixed(0)} tok/s; TTFT EXTRAPOLATED ≈ ${ttft.toFixed(0)} s`);
+    save();
+  }
+}
+
+/** Builds `config` with random weights, loads it, prefills one sequence through `lengths`, then decodes. */
+async function benchModel(name: string, rawConfig: Record<string, unknown>, lengths: readonly number[], budgetsSec: readonly number[], cacheDir: string, fused: boolean): Promise<void> {
+  const spec: BuildSpec = { config: rawConfig, graphOptions: graphOptionsFor(DEVICE, fused) };
+  const ckpt = checkpointOf(spec);
+  const config = ckpt.config;
+  log(`${name}: ${(ckpt.numParameters / 1e9).toFixed(2)}B params, building (unless cached)`);
+  const built = await buildModel(spec, cacheDir, BUILD_PROCESSES, log);
+  const entry: ModelEntry = {
+    name,
+    params: ckpt.numParameters,
+    layers: config.numLayers,
+    build: built.cached ? null : { seconds: built.seconds, bytes: built.bytes, processes: built.processes },
+    sessionSec: 0,
+    rows: [],
+  };
   results.models.push(entry);
-  log(`${name}: loaded in ${entry.loadSec.toFixed(1)} s`);
+  if (!built.cached) log(`${name}: built in ${built.seconds.toFixed(1)} s (${(built.bytes / 2 ** 30).toFixed(2)} GiB, ${built.processes} processes)`);
+  let rebuilt = false;
+  const t0 = performance.now();
+  const model = await Model.load(ckpt, loadOptions(cacheDir, DEVICE, fused, undefined, () => (rebuilt = true)));
+  entry.sessionSec = (performance.now() - t0) / 1000;
+  // Model.load building again means its cache entry is not the one gpu-build.ts wrote: say so.
+  if (rebuilt) results.errors.push(`${name}: Model.load rebuilt the model (the prebuilt cache entry did not match): session time includes a serial build`);
+  log(`${name}: session created in ${entry.sessionSec.toFixed(1)} s`);
   save();
   const f = flopsOf(config);
   try {
     // Warm-up: one short chunk on a throwaway sequence (shader compilation, arena growth).
     await prefill(model, newSequence(model), promptTokens(Math.min(CHUNK, 256), config.vocabSize, 9), { chunkTokens: CHUNK });
     const seq = newSequence(model);
-    let elapsed = 0;
-    let done = 0;
-    for (const length of lengths) {
-      const ids = promptTokens(length - done, config.vocabSize, length);
-      const t = performance.now();
-      await prefill(model, seq, ids, { chunkTokens: CHUNK });
-      elapsed += (performance.now() - t) / 1000;
-      done = length;
-      const flops = length * (f.weights + f.glaPerToken) + f.perKey * keysAttended(config, 0, length) + f.lmHead * Math.ceil(length / CHUNK);
-      const row: ModelRow = { model: name, what: `prefill ${kTok(length)}`, tokens: length, tokPerSec: length / elapsed, tflops: flops / elapsed / 1e12 };
-      entry.rows.push(row);
-      log(`${name}: ${row.what}: ${row.tokPerSec.toFixed(0)} tok/s, ${row.tflops.toFixed(2)} TFLOP/s`);
-      save();
-    }
+    await prefillMilestones(name, model, seq, lengths, budgetsSec, entry.rows);
+    const done = seq.numTokens;
     const rate = await decodeRate(model, seq, DECODE_STEPS);
     const keys = Math.min(done, config.slidingWindow ?? done) + 1;
     const perToken = f.weights + f.glaPerToken + f.lmHead + f.perKey * keys;
-    entry.rows.push({ model: name, what: `decode at ${kTok(done)}`, tokens: DECODE_STEPS, tokPerSec: rate, tflops: (rate * perToken) / 1e12 });
+    entry.rows.push({ model: name, what: `decode at ${kTok(done)}`, kind: 'measured', tokens: DECODE_STEPS, tokPerSec: rate, tflops: (rate * perToken) / 1e12, seconds: 1 / rate });
     log(`${name}: decode at ${kTok(done)}: ${rate.toFixed(1)} tok/s`);
     save();
+    if (!has('skip-copy-cost')) {
+      const dir = mkdtempSync(join(tmpdir(), 'spikeserve-copy-'));
+      try {
+        const rows = await measureCopyCost(config, seq.keptTokens, { device: DEVICE, threads: THREADS, minSeconds: 1, dir });
+        entry.copyCost = { pastTokens: seq.keptTokens, decodeMsPerStep: 1000 / rate, rows };
+        for (const r of rows) log(`${name}: decode IO (${r.variant}): ${(r.hostToDeviceBytes / 1e6).toFixed(1)} MB in, ${(r.deviceToHostBytes / 1e6).toFixed(1)} MB out: ${r.msPerRun.toFixed(2)} ms`);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+      save();
+    }
   } finally {
     await model.close();
   }
 }
 
-const kTok = (n: number): string => (n % 1024 === 0 ? `${n / 1024}K` : `${n}`);
-
-async function stage(name: string, body: () => Promise<void>): Promise<void> {
+async function stage(name: string, body: () => Promise<void>, minSecondsLeft = 0): Promise<void> {
+  if (secondsLeft() < minSecondsLeft) {
+    results.skipped.push(`${name}: ${Math.max(0, secondsLeft()).toFixed(0)} s left before --deadline`);
+    log(`SKIPPED ${name}: deadline`);
+    save();
+    return;
+  }
   try {
     await body();
   } catch (err) {
@@ -334,29 +461,43 @@ async function stage(name: string, body: () => Promise<void>): Promise<void> {
   save();
 }
 
-function printTable(): void {
-  const mm = results.matmul?.tflops;
-  console.log(`\nspikeserve GPU bench — device ${DEVICE} (${results.executionProviders.join(' → ')}), GPU: ${results.gpu}`);
-  console.log(`onnxruntime-node ${results.onnxruntime}, node ${results.node}, ${results.graph} graph, weights ${WEIGHT_DTYPE ?? (ON_GPU ? 'float16' : 'float32')} (compute float32), prefill chunk ${CHUNK}`);
-  console.log('');
-  console.log('| measure | value | TFLOP/s | share of MatMul rate |');
-  console.log('|---|---|---|---|');
-  if (results.matmul !== undefined) {
-    const m = results.matmul;
-    console.log(`| MatMul rate: ${m.chain} × [${m.m}×${m.n}]·[${m.n}×${m.n}] fp32 | ${(m.secPerRun * 1000).toFixed(1)} ms/run | ${m.tflops.toFixed(2)} | 100% |`);
+/** The --config file's raw config.json (first --layers layers) and a short name for it. */
+function configModel(file: string): { name: string; raw: Record<string, unknown> } {
+  let raw = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+  // ../shared/spec/spikingbrain-7b/config.json → spikingbrain-7b; x/spikingbrain-7b.config.json → spikingbrain-7b
+  const parts = file.split('/');
+  const base = parts[parts.length - 1] ?? 'config.json';
+  let name = base === 'config.json' ? (parts[parts.length - 2] ?? 'config') : base.replace(/(\.config)?\.json$/, '');
+  const numLayers = parseModelConfig(raw).numLayers;
+  if (LAYERS !== null && LAYERS < numLayers) {
+    const attn = raw['attn_layers'];
+    raw = { ...raw, num_hidden_layers: LAYERS, ...(Array.isArray(attn) ? { attn_layers: attn.filter((i) => typeof i === 'number' && i < LAYERS) } : {}) };
+    name = `${name} (first ${LAYERS} of ${numLayers} layers)`;
   }
-  for (const p of results.parity) {
-    console.log(`| parity vs CPU fp32 (tiny model, ${p.graph} graph, ${p.tokens} tokens, device weights ${p.weightDtype}) | max abs diff ${p.maxAbsDiff.toExponential(2)} (target ≤ 1e-2; logits up to ${p.maxAbsLogit.toFixed(1)}) | | |`);
-  }
-  for (const m of results.models) {
-    console.log(`| ${m.name}: ${(m.params / 1e9).toFixed(2)}B params, ${m.layers} layers | load ${m.loadSec.toFixed(1)} s | | |`);
-    for (const r of m.rows) {
-      const share = mm === undefined ? '' : `${((100 * r.tflops) / mm).toFixed(1)}%`;
-      console.log(`| ${m.name}: ${r.what} | ${r.tokPerSec.toFixed(r.tokPerSec < 100 ? 1 : 0)} tok/s | ${r.tflops.toFixed(3)} | ${share} |`);
-    }
-  }
-  for (const e of results.errors) console.log(`| error | ${e} | | |`);
-  if (JSON_PATH !== null) console.log(`\nJSON: ${JSON_PATH}`);
+  return { name, raw };
+}
+
+async function ioProbe(cacheDir: string): Promise<void> {
+  const fused = !PLAIN;
+  const target = IO_PROBE === 'config' && CONFIG_FILE !== undefined ? configModel(CONFIG_FILE) : { name: 'reference size', raw: { ...REFERENCE_CONFIG_JSON } };
+  const window = parseModelConfig(target.raw).slidingWindow ?? 512;
+  log(`io probe (${target.name}) in a child process`);
+  const r = await runIoProbe(
+    {
+      device: DEVICE,
+      name: target.name,
+      config: target.raw,
+      fused,
+      weightDtype: defaultWeightDtype(DEVICE),
+      cacheDir,
+      threads: THREADS,
+      promptTokens: window + 64,
+      steps: IO_PROBE_STEPS,
+    },
+    240,
+  );
+  results.ioProbe = r;
+  log(`io probe: ${r.status}${r.signal !== null ? ` (signal ${r.signal})` : ''}${r.model !== undefined ? `, max |Δ| ${r.model.maxAbsDiff.toExponential(2)}, ${r.model.msPerStepGpuStates.toFixed(2)} vs ${r.model.msPerStepHost.toFixed(2)} ms/step` : ''}`);
 }
 
 async function main(): Promise<void> {
@@ -365,30 +506,30 @@ async function main(): Promise<void> {
   mkdirSync(cacheDir, { recursive: true });
   try {
     log(`device ${DEVICE}, GPU: ${results.gpu}`);
+    if (has('build-only')) {
+      if (CONFIG_FILE === undefined) throw new Error('--build-only needs --config FILE --random-weights');
+      const { name, raw } = configModel(CONFIG_FILE);
+      const b = await buildModel({ config: raw, graphOptions: graphOptionsFor(DEVICE, !PLAIN) }, cacheDir, BUILD_PROCESSES, log);
+      results.buildOnly = { model: name, seconds: b.seconds, bytes: b.bytes, processes: b.processes, cached: b.cached };
+      log(`${name}: ${b.cached ? 'cached' : `built in ${b.seconds.toFixed(1)} s, ${(b.bytes / 2 ** 30).toFixed(2)} GiB, ${b.processes} processes`} (${b.modelPath})`);
+      printTable(results, CHUNK, defaultWeightDtype(DEVICE), JSON_PATH);
+      return;
+    }
     await probeDevice(DEVICE); // one clear line and exit 1 when the device is not usable
     await stage('matmul', () => matmulRate(tmp));
     // The graph variants to run: the chosen one (--plain or fused), and with --also-plain the plain one too.
     const graphs = PLAIN ? [false] : has('also-plain') ? [true, false] : [true];
     for (const fused of graphs) {
       const tag = fused ? 'fused' : 'plain';
-      if (!has('skip-parity')) await stage(`parity ${tag}`, () => parity(cacheDir, fused));
-      if (!has('skip-ref')) await stage(`reference ${tag}`, () => benchModel(`reference (${tag})`, REFERENCE_CONFIG, [REF_TOKENS], cacheDir, fused));
+      if (!has('skip-parity')) await stage(`parity ${tag}`, () => parity(cacheDir, fused), 30);
+      if (!has('skip-ref')) await stage(`reference ${tag}`, () => benchModel(`reference (${tag})`, { ...REFERENCE_CONFIG_JSON }, [REF_TOKENS], [Infinity], cacheDir, fused), 60);
     }
+    if (IO_PROBE !== 'off') await stage('io probe', () => ioProbe(cacheDir), 60);
     if (CONFIG_FILE !== undefined) {
-      const raw = JSON.parse(readFileSync(CONFIG_FILE, 'utf8')) as Record<string, unknown>;
-      let config = parseModelConfig(raw);
-      // ../shared/spec/spikingbrain-7b/config.json → spikingbrain-7b; x/spikingbrain-7b.config.json → spikingbrain-7b
-      const parts = CONFIG_FILE.split('/');
-      const file = parts[parts.length - 1] ?? 'config.json';
-      let name = file === 'config.json' ? (parts[parts.length - 2] ?? 'config') : file.replace(/(\.config)?\.json$/, '');
-      if (LAYERS !== null && LAYERS < config.numLayers) {
-        const attn = raw['attn_layers'];
-        config = parseModelConfig({ ...raw, num_hidden_layers: LAYERS, ...(Array.isArray(attn) ? { attn_layers: attn.filter((i) => typeof i === 'number' && i < LAYERS) } : {}) });
-        name = `${name} (first ${LAYERS} of ${parseModelConfig(raw).numLayers} layers)`;
-      }
-      await stage(name, () => benchModel(`${name} (${PLAIN ? 'plain' : 'fused'})`, config, LENGTHS, cacheDir, !PLAIN));
+      const { name, raw } = configModel(CONFIG_FILE);
+      await stage(name, () => benchModel(`${name} (${PLAIN ? 'plain' : 'fused'})`, raw, LENGTHS, LENGTH_BUDGETS_SEC, cacheDir, !PLAIN), 120);
     }
-    printTable();
+    printTable(results, CHUNK, defaultWeightDtype(DEVICE), JSON_PATH);
   } finally {
     save();
     if (str('cache-dir') === undefined && existsSync(tmp)) rmSync(tmp, { recursive: true, force: true });
@@ -396,7 +537,11 @@ async function main(): Promise<void> {
 }
 
 try {
-  await main();
+  const probeArgs = str(PROBE_FLAG);
+  const partArgs = str(BUILD_PART_FLAG);
+  if (probeArgs !== undefined) await ioProbeChild(probeArgs);
+  else if (partArgs !== undefined) buildPartChild(partArgs);
+  else await main();
 } catch (err) {
   process.stderr.write(`gpu bench: ${err instanceof Error ? err.message : String(err)}\n`);
   process.exitCode = 1;
