@@ -9,8 +9,7 @@ import { parseModelConfig } from '../src/engine/model/config.ts';
 import { openCheckpoint, validateCheckpoint } from '../src/engine/model/hf-checkpoint.ts';
 import { randomCheckpoint } from '../src/engine/model/random-checkpoint.ts';
 import { bf16ToF32, f16ToF32, openSafetensorsFile, readSafetensorsEntry } from '../src/engine/model/safetensors.ts';
-import { countParameters, LM_HEAD, W8ASPIKE_MARKER, layerTensorNames, modelTensorSpecs } from '../src/engine/model/tensor-names.ts';
-import { Model } from '../src/engine/model/model.ts';
+import { countParameters, LM_HEAD, layerTensorNames, modelTensorSpecs } from '../src/engine/model/tensor-names.ts';
 import {
   encodeSafetensors, f32ToBf16Bits, f32ToF16Bits, makeRandomTinyCheckpoint, tinyRawConfig, writeCheckpoint,
 } from './helpers/checkpoint-writer.ts';
@@ -210,21 +209,6 @@ describe('HF checkpoint', () => {
     expect(low.gkLayout).toBe('lowrank');
     expect(low.shapeOf(layerTensorNames(2).gk0Weight)).toEqual([16, low.config.hiddenSize]);
     expect(low.numParameters).toBe(countParameters(low.config, 'lowrank'));
-  });
-
-  it('refuses a W8ASpike checkpoint (QuantLinear scales) with a clear error instead of serving it as dense', async () => {
-    const dir = freshDir();
-    const w8 = makeRandomTinyCheckpoint(dir, { gkLayout: 'full', seed: 4 });
-    const tensors = new Map(w8.tensors);
-    const D = w8.config.hiddenSize;
-    const F = w8.config.intermediateSize;
-    // As the official release stores it: scales [out, in/128, 1] next to each QuantLinear weight.
-    tensors.set(W8ASPIKE_MARKER, { shape: [F, Math.ceil(D / 128), 1], data: new Float32Array(F * Math.ceil(D / 128)).fill(0.01) });
-    writeCheckpoint(dir, w8.rawConfig, tensors, { dtype: 'F32', naming: 'gla_swa' });
-    const ck = openCheckpoint(dir);
-    expect(() => validateCheckpoint(ck)).toThrow(/W8ASpike checkpoint .* not implemented/);
-    await expect(Model.load(ck, { cacheDir: join(dir, 'built') })).rejects.toThrow(ModelLoadError);
-    await expect(Model.load(ck, { cacheDir: join(dir, 'built') })).rejects.toThrow(/W8ASpike/);
   });
 
   it('hashes content, not the path', () => {

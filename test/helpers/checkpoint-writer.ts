@@ -287,3 +287,30 @@ export function makeRandomTinyCheckpoint(dir: string, opts: TinyCheckpointOption
   });
   return { dir, rawConfig, config: loadModelConfig(dir), tensors };
 }
+
+/**
+ * A tiny W8ASpike checkpoint: a random full-rank-gate model whose hidden and ffn sizes are multiples
+ * of 128, plus `<proj>.weight_quantizer.scales` [out, in/128, 1] for every projection, set as a
+ * quantizer would: max |w| of the row's group / 127.
+ */
+export function makeW8ASpikeTinyCheckpoint(dir: string, opts: TinyCheckpointOptions = {}): TinyCheckpoint {
+  const tiny = makeRandomTinyCheckpoint(dir, { numHeads: 4, headDim: 32, kvRatio: 2, ...opts, gkLayout: 'full' });
+  const tensors = new Map<string, Tensor32>(tiny.tensors);
+  for (const [name, t] of tiny.tensors) {
+    if (!name.endsWith('_proj.weight')) continue;
+    const [out, inDim] = t.shape as [number, number];
+    const groups = inDim / 128;
+    if (!Number.isInteger(groups)) throw new Error(`${name}: ${inDim} inputs is not a multiple of 128`);
+    const scales = new Float32Array(out * groups);
+    for (let r = 0; r < out; r++) {
+      for (let g = 0; g < groups; g++) {
+        let max = 0;
+        for (let i = 0; i < 128; i++) max = Math.max(max, Math.abs(t.data[r * inDim + g * 128 + i] as number));
+        scales[r * groups + g] = max / 127;
+      }
+    }
+    tensors.set(name.replace(/\.weight$/, '.weight_quantizer.scales'), { shape: [out, groups, 1], data: scales });
+  }
+  writeCheckpoint(dir, tiny.rawConfig, tensors, { dtype: opts.dtype ?? 'F32', naming: 'gla_swa' });
+  return { ...tiny, tensors };
+}

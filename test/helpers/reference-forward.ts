@@ -11,6 +11,13 @@
 //         query at p attends keys max(0, p−W)…p (all of 0…p for full), softmax(q·k·d^-½)
 //   h ← h + Wo concat(o);  h ← h + Wdown(silu(Wgate u') ⊙ Wup u'),  u' = RMSNorm(h)·w_mlp_norm
 // logits = lm_head · RMSNorm(h)·w_norm.
+//
+// W8ASpike checkpoints (they store `…_proj.weight_quantizer.scales` [out, in/128, 1]), as the official
+// inference code runs them: every projection weight but the MLP's down_proj is round(w/s)·s per group
+// of 128 inputs; the input of every projection but down_proj is spike-coded per token,
+// x' = round(x/vth)·vth with vth = clamp(mean|x|/3, 1e−5, 1e4); in attention layers the RoPE'd query
+// is spike-coded per head and keys and values are 8-bit quantized per token and kv head,
+// x' = clamp(round(x/s), −128, 127)·s with s = clamp(max|x|/127, 1e−5, 1e4). round = half to even.
 import type { Checkpoint } from '../../src/engine/model/checkpoint.ts';
 import type { LayerKind, ModelConfig } from '../../src/engine/model/config.ts';
 import { detectGkLayout, EMBEDDINGS, FINAL_NORM, layerTensorNames, LM_HEAD } from '../../src/engine/model/tensor-names.ts';
@@ -22,8 +29,68 @@ interface Mat {
   readonly data: Float64Array;
 }
 
+/** Round half to even (torch.round). */
+function roundEven(x: number): number {
+  const f = Math.floor(x);
+  const diff = x - f;
+  if (diff > 0.5) return f + 1;
+  if (diff < 0.5) return f;
+  return f % 2 === 0 ? f : f + 1;
+}
+
+const scalesOf = (name: string): string => name.replace(/\.weight$/, '.weight_quantizer.scales');
+
 function mat(ckpt: Checkpoint, name: string, rows: number, cols: number): Mat {
-  return { rows, cols, data: Float64Array.from(ckpt.tensor(name, [rows, cols]).data) };
+  const data = Float64Array.from(ckpt.tensor(name, [rows, cols]).data);
+  if (ckpt.has(scalesOf(name)) && !name.endsWith('down_proj.weight')) {
+    // W8ASpike: round(w/s)·s with one scale per row and group of 128 columns. The quotient is taken in
+    // fp32 as the official code computes it (its fp32 rounding decides near-ties: w/s is 2.4999999 in
+    // float64 but 2.5 in fp32 for some weights); the rest stays float64.
+    const scales = ckpt.tensor(scalesOf(name), [rows, cols / 128, 1]).data;
+    for (let i = 0; i < data.length; i++) {
+      const s = scales[Math.floor(i / cols) * (cols / 128) + Math.floor((i % cols) / 128)] as number;
+      data[i] = roundEven(Math.fround((data[i] as number) / s)) * s;
+    }
+  }
+  return { rows, cols, data };
+}
+
+/**
+ * Activation roundings closer than this to a tie (…​.5) are counted: there an fp32 engine, whose x/vth
+ * differs from float64 by ~1e-5 at most, may round the other way, which is a legitimate difference.
+ */
+export const NEAR_TIE = 3e-5;
+
+/** Counts near-tie activation roundings (see NEAR_TIE). */
+export const tieCounter = { count: 0 };
+
+function roundActivation(x: number): number {
+  if (Math.abs(x - Math.floor(x) - 0.5) < NEAR_TIE) tieCounter.count++;
+  return roundEven(x);
+}
+
+/** W8ASpike spike coding of one vector: round(x/vth)·vth, vth = clamp(mean|x|/3, 1e−5, 1e4). */
+export function spikeCode(x: Float64Array): Float64Array<ArrayBuffer> {
+  let sum = 0;
+  for (const v of x) sum += Math.abs(v);
+  const vth = Math.min(1e4, Math.max(1e-5, sum / x.length / 3));
+  return Float64Array.from(x, (v) => roundActivation(v / vth) * vth);
+}
+
+/** W8ASpike 8-bit fake quantization of one vector: clamp(round(x/s), −128, 127)·s, s = clamp(max|x|/127, …). */
+export function quantize8(x: Float64Array): Float64Array<ArrayBuffer> {
+  let max = 0;
+  for (const v of x) max = Math.max(max, Math.abs(v));
+  const s = Math.min(1e4, Math.max(1e-5, max / 127));
+  return Float64Array.from(x, (v) => Math.min(127, Math.max(-128, roundActivation(v / s))) * s);
+}
+
+/** `f` on each of the `heads` consecutive pieces of x. */
+function perHead(x: Float64Array, heads: number, f: (h: Float64Array) => Float64Array): Float64Array<ArrayBuffer> {
+  const d = x.length / heads;
+  const out = new Float64Array(x.length);
+  for (let h = 0; h < heads; h++) out.set(f(x.subarray(h * d, (h + 1) * d)), h * d);
+  return out;
 }
 
 function vec(ckpt: Checkpoint, name: string, n: number): Float64Array {
@@ -153,6 +220,12 @@ export class ReferenceSession {
   private readonly values: Float64Array[][];
   /** Per layer: the mixer output (after o_proj) [D] of the last token, for tests of the reference itself. */
   readonly lastMixerOutput: Float64Array[];
+  /** A W8ASpike checkpoint: spike-coded projection inputs, quantized attention q/k/v. */
+  private readonly spiking: boolean;
+  /** x as a QuantLinear sees it. */
+  private linIn(x: Float64Array): Float64Array {
+    return this.spiking ? spikeCode(x) : x;
+  }
 
   constructor(ckpt: Checkpoint) {
     const c = ckpt.config;
@@ -166,6 +239,7 @@ export class ReferenceSession {
     this.keys = this.layers.map(() => []);
     this.values = this.layers.map(() => []);
     this.lastMixerOutput = this.layers.map(() => new Float64Array(c.hiddenSize));
+    this.spiking = ckpt.has('model.layers.0.mlp.gate_proj.weight_quantizer.scales');
   }
 
   /** An independent copy at the same position (weights shared, state/KV copied): fork a prefix. */
@@ -182,6 +256,7 @@ export class ReferenceSession {
       keys: this.keys.map((k) => [...k]),
       values: this.values.map((v) => [...v]),
       lastMixerOutput: this.lastMixerOutput.map((x) => Float64Array.from(x)),
+      spiking: this.spiking,
     });
     return copy;
   }
@@ -212,7 +287,7 @@ export class ReferenceSession {
       const a = l.kind === 'gla' ? this.gla(i, l, u) : this.attention(i, l, u);
       this.lastMixerOutput[i] = a;
       h = h.map((x, j) => x + (a[j] as number));
-      const u2 = rmsNorm(h, l.mlpNorm, c.normEps);
+      const u2 = this.linIn(rmsNorm(h, l.mlpNorm, c.normEps));
       const gate = matVec(l.wGate, u2);
       const up = matVec(l.wUp, u2);
       const m = matVec(l.wDown, gate.map((g, j) => silu(g) * (up[j] as number)));
@@ -227,8 +302,9 @@ export class ReferenceSession {
     return tokenIds.map((t) => this.step(t));
   }
 
-  private gla(layer: number, l: LayerWeights, u: Float64Array): Float64Array {
+  private gla(layer: number, l: LayerWeights, uIn: Float64Array): Float64Array {
     const { numHeads: H, numKvHeads: Hkv, headDim: d, normEps } = this.config;
+    const u = this.linIn(uIn);
     const q = matVec(l.wq, u, l.bq).map((x) => Math.max(0, x));
     const k = matVec(l.wk, u, l.bk).map((x) => Math.max(0, x));
     const v = matVec(l.wv, u, l.bv);
@@ -258,19 +334,23 @@ export class ReferenceSession {
       }
       o.set(rmsNorm(oh, l.gNorm as Float64Array, normEps), hh * d);
     }
-    return matVec(l.wo, o);
+    return matVec(l.wo, this.linIn(o));
   }
 
-  private attention(layer: number, l: LayerWeights, u: Float64Array): Float64Array {
+  private attention(layer: number, l: LayerWeights, uIn: Float64Array): Float64Array {
     const { numHeads: H, numKvHeads: Hkv, headDim: d, ropeTheta, slidingWindow } = this.config;
     const p = this.position;
+    const u = this.linIn(uIn);
     const qRaw = matVec(l.wq, u, l.bq);
     const kRaw = matVec(l.wk, u, l.bk);
-    const v = matVec(l.wv, u, l.bv);
-    const q = new Float64Array(H * d);
-    for (let hh = 0; hh < H; hh++) q.set(applyRope(qRaw.subarray(hh * d, (hh + 1) * d), p, ropeTheta), hh * d);
-    const k = new Float64Array(Hkv * d);
-    for (let j = 0; j < Hkv; j++) k.set(applyRope(kRaw.subarray(j * d, (j + 1) * d), p, ropeTheta), j * d);
+    const vRaw = matVec(l.wv, u, l.bv);
+    const qRoped = new Float64Array(H * d);
+    for (let hh = 0; hh < H; hh++) qRoped.set(applyRope(qRaw.subarray(hh * d, (hh + 1) * d), p, ropeTheta), hh * d);
+    const kRoped = new Float64Array(Hkv * d);
+    for (let j = 0; j < Hkv; j++) kRoped.set(applyRope(kRaw.subarray(j * d, (j + 1) * d), p, ropeTheta), j * d);
+    const q = this.spiking ? perHead(qRoped, H, spikeCode) : qRoped;
+    const k = this.spiking ? perHead(kRoped, Hkv, quantize8) : kRoped;
+    const v = this.spiking ? perHead(vRaw, Hkv, quantize8) : vRaw;
     const keys = this.keys[layer] as Float64Array[];
     const values = this.values[layer] as Float64Array[];
     keys.push(k);
@@ -298,7 +378,7 @@ export class ReferenceSession {
         for (let e = 0; e < d; e++) o[hh * d + e] = (o[hh * d + e] as number) + wt * (vt[j * d + e] as number);
       }
     }
-    return matVec(l.wo, o);
+    return matVec(l.wo, this.linIn(o));
   }
 }
 

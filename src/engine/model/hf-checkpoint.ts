@@ -9,7 +9,8 @@ import { ModelLoadError } from '../errors.ts';
 import type { Checkpoint, Tensor32 } from './checkpoint.ts';
 import { loadModelConfig, type ModelConfig } from './config.ts';
 import { openSafetensorsDir, readSafetensorsEntry, type SafetensorsEntry, type SafetensorsStore } from './safetensors.ts';
-import { detectGkLayout, EMBEDDINGS, LM_HEAD, modelTensorSpecs, numElements, W8ASPIKE_MARKER, W8ASPIKE_UNSUPPORTED, type GkLayout } from './tensor-names.ts';
+import { detectGkLayout, EMBEDDINGS, LM_HEAD, modelTensorSpecs, numElements, type GkLayout } from './tensor-names.ts';
+import { checkW8ASpike, isW8ASpike } from './w8aspike.ts';
 
 /** A checkpoint that can tell a tensor's shape without reading its data. */
 export interface ShapedCheckpoint extends Checkpoint {
@@ -132,12 +133,12 @@ export function checkShape(name: string, actual: readonly number[], expected: re
 /**
  * Checks that every tensor the model needs is present with the right shape. Uses `shapeOf` when the
  * checkpoint has it (no data read), else reads each tensor. Throws ModelLoadError naming the first
- * missing or misshaped tensor, or saying that a W8ASpike checkpoint is not supported.
+ * missing or misshaped tensor (for W8ASpike also its scales).
  */
 export function validateCheckpoint(ckpt: Checkpoint): void {
-  if (ckpt.has(W8ASPIKE_MARKER)) throw new ModelLoadError(W8ASPIKE_UNSUPPORTED);
   const shaped = 'shapeOf' in ckpt ? (ckpt as ShapedCheckpoint) : null;
   const layout = shaped?.gkLayout ?? detectGkLayout(ckpt.config, (n) => ckpt.has(n));
+  if (isW8ASpike(ckpt)) checkW8ASpike(ckpt, layout);
   for (const spec of modelTensorSpecs(ckpt.config, layout)) {
     if (!ckpt.has(spec.name)) {
       throw new ModelLoadError(`checkpoint is missing tensor "${spec.name}" (expected shape [${spec.shape.join(', ')}])`);

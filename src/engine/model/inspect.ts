@@ -10,6 +10,7 @@
 import type { Checkpoint } from './checkpoint.ts';
 import { glaStateBytesPerSequence, layersOfKind, loadModelConfig, type ModelConfig } from './config.ts';
 import { openCheckpoint, validateCheckpoint, type HfCheckpoint } from './hf-checkpoint.ts';
+import { isW8ASpike } from './w8aspike.ts';
 import { INDEX_FILE, listSafetensors } from './safetensors.ts';
 import { countParameters } from './tensor-names.ts';
 import { existsSync } from 'node:fs';
@@ -23,6 +24,8 @@ export interface WeightsReport {
   readonly hash: string;
   /** 'ok', or the first problem validateCheckpoint found. */
   readonly validation: string;
+  /** W8ASpike: QuantLinear scales stored; spike-coded activations (../w8aspike.ts). */
+  readonly w8aspike: boolean;
 }
 
 export interface ModelReport {
@@ -95,9 +98,9 @@ export function describeModel(source: string | Checkpoint): ModelReport {
         const dt = hf.dtypeOf(name) ?? '?';
         dtypes[dt] = (dtypes[dt] ?? 0) + 1;
       }
-      weights = { files: hf.files.length, fileBytes: hf.fileBytes, dtypes, hash: hf.hash, validation };
+      weights = { files: hf.files.length, fileBytes: hf.fileBytes, dtypes, hash: hf.hash, validation, w8aspike: isW8ASpike(ckpt) };
     } else {
-      weights = { files: 0, fileBytes: 0, dtypes: {}, hash: ckpt.hash, validation };
+      weights = { files: 0, fileBytes: 0, dtypes: {}, hash: ckpt.hash, validation, w8aspike: isW8ASpike(ckpt) };
     }
   }
   return {
@@ -159,7 +162,7 @@ export function formatModelReport(r: ModelReport): string {
     const w = r.weights;
     const dt = Object.entries(w.dtypes).map(([k, v]) => `${k}×${v}`).join(' ');
     lines.push(
-      `weights: ${w.files} file(s), ${formatBytes(w.fileBytes)}, dtypes ${dt || 'n/a'}`,
+      `weights: ${w.files} file(s), ${formatBytes(w.fileBytes)}, dtypes ${dt || 'n/a'}${w.w8aspike ? ', W8ASpike (group-128 weight scales, spike-coded activations)' : ''}`,
       `  hash: ${w.hash}`,
       `  validation: ${w.validation}`,
     );

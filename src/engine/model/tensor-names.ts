@@ -19,14 +19,6 @@ export const LM_HEAD = 'lm_head.weight';
  */
 export const W8ASPIKE_MARKER = 'model.layers.0.mlp.gate_proj.weight_quantizer.scales';
 
-/**
- * The message for a W8ASpike checkpoint. Its QuantLinear layers fake-quantize weights per group of 128
- * and spike-code activations per token (and its SWA layers quantize queries, keys and values), none of
- * which the graph does yet: serving it as a dense model would silently change its outputs.
- */
-export const W8ASPIKE_UNSUPPORTED =
-  'this is a W8ASpike checkpoint (QuantLinear weight_quantizer.scales tensors): its spike-coded activations and group-quantized weights are not implemented; serve the bf16 release instead (--weights int8 gives quantized speed)';
-
 export interface TensorSpec {
   readonly name: string;
   readonly shape: readonly number[];

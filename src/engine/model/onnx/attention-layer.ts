@@ -6,6 +6,7 @@ import type { LayerTensorNames } from '../tensor-names.ts';
 import { splitLast } from './blocks.ts';
 import { linear, matmulWeight, reshape, transpose, vectorWeight, type GraphContext } from './context.ts';
 import { float, int } from './graph-builder.ts';
+import { linearInput, perHead, quantize8, spikeCode } from './spike-coding.ts';
 import { DataType } from './proto.ts';
 
 /** Rotary tables for the chunk, from angles p·θ^(−2i/d) computed in float64 (exact for long positions). */
@@ -73,7 +74,9 @@ export function attentionMixer(ctx: GraphContext, layer: number, names: LayerTen
       { name: names.kBias, rows: Hkv * d },
       { name: names.vBias, rows: Hkv * d },
     ]);
-    const [qkLin, v] = splitLast(ctx, linear(ctx, x, w, b, 'qkv_proj'), [(H + Hkv) * d, Hkv * d]) as [string, string];
+    const [qkLin, vLin] = splitLast(ctx, linear(ctx, linearInput(ctx, x), w, b, 'qkv_proj'), [(H + Hkv) * d, Hkv * d]) as [string, string];
+    // W8ASpike: values 8-bit per token and kv head (keys likewise, after RoPE, in the paths below).
+    const v = ctx.spiking ? perHead(ctx, vLin, Hkv, (x4) => quantize8(ctx, x4, 'v_quant8')) : vLin;
     const kPast = g.input(pastKey(layer), DataType.FLOAT, ['batch', Hkv, 'past', d]);
     const vPast = g.input(pastValue(layer), DataType.FLOAT, ['batch', Hkv, 'past', d]);
     const [o, kPresent, vPresent] = ctx.options.fusedOps
@@ -82,7 +85,7 @@ export function attentionMixer(ctx: GraphContext, layer: number, names: LayerTen
     g.output(presentKey(layer), kPresent, DataType.FLOAT, ['batch', Hkv, 'tokens', d]);
     g.output(presentValue(layer), vPresent, DataType.FLOAT, ['batch', Hkv, 'tokens', d]);
     const wO = matmulWeight(ctx, `layers.${layer}.attn.o_proj.weight`, [{ name: names.oWeight, rows: D }], H * d);
-    return linear(ctx, o, wO, null, 'o_proj');
+    return linear(ctx, linearInput(ctx, o), wO, null, 'o_proj');
   });
 }
 
@@ -97,7 +100,9 @@ function plainAttention(ctx: GraphContext, qkLin: string, v: string, kPast: stri
   const { numHeads: H, numKvHeads: Hkv, headDim: d } = ctx.config;
   const G = H / Hkv;
   const qk = applyRope(ctx, qkLin, H + Hkv, rope); // [B, T, H+Hkv, d]
-  const [q, k] = g.opN('Split', [qk, g.i64([H, Hkv])], { axis: int(2) }, { outputs: 2 }) as [string, string];
+  const [qRoped, kRoped] = g.opN('Split', [qk, g.i64([H, Hkv])], { axis: int(2) }, { outputs: 2 }) as [string, string];
+  const q = ctx.spiking ? spikeCode(ctx, qRoped, 'q_spike') : qRoped; // per head: the last axis is d
+  const k = ctx.spiking ? quantize8(ctx, kRoped, 'k_quant8') : kRoped;
   const kPresent = transpose(ctx, k, [0, 2, 1, 3]); // [B, Hkv, T, d]
   const vPresent = transpose(ctx, reshape(ctx, v, [ctx.B, ctx.T, Hkv, d]), [0, 2, 1, 3]);
   const kAll = g.op('Concat', [kPast, kPresent], { axis: int(2) }); // [B, Hkv, P+T, d]
@@ -124,7 +129,9 @@ function fusedAttention(ctx: GraphContext, qkLin: string, v: string, kPast: stri
   const qk = g.scope('rope', () =>
     g.op('RotaryEmbedding', [qkLin, rope.rowIds, rope.cosCache, rope.sinCache], { interleaved: int(0), num_heads: int(H + Hkv) }, { domain: 'com.microsoft' }),
   );
-  const [q, k] = splitLast(ctx, qk, [H * d, Hkv * d]) as [string, string];
+  const [qRoped, kRoped] = splitLast(ctx, qk, [H * d, Hkv * d]) as [string, string];
+  const q = ctx.spiking ? perHead(ctx, qRoped, H, (x4) => spikeCode(ctx, x4, 'q_spike')) : qRoped;
+  const k = ctx.spiking ? perHead(ctx, kRoped, Hkv, (x4) => quantize8(ctx, x4, 'k_quant8')) : kRoped;
   const [o, kAll, vAll] = g.opN(
     'Attention',
     [q, k, v, ctx.attentionMask(kind), kPast, vPast],

@@ -2,6 +2,7 @@
 // and Split along the last axis.
 import type { LayerTensorNames } from '../tensor-names.ts';
 import { linear, matmulWeight, type GraphContext } from './context.ts';
+import { linearInput } from './spike-coding.ts';
 import { float, int } from './graph-builder.ts';
 
 /** x [..., n] split along the last axis into pieces of the given sizes. */
@@ -35,11 +36,12 @@ export function mlp(ctx: GraphContext, layer: number, names: LayerTensorNames, h
       { name: names.upWeight, rows: F },
     ], D);
     const wDown = matmulWeight(ctx, `layers.${layer}.mlp.down.weight`, [{ name: names.downWeight, rows: D }], F);
-    const gu = linear(ctx, h, wGateUp, null, 'gate_up_proj');
+    const gu = linear(ctx, linearInput(ctx, h), wGateUp, null, 'gate_up_proj');
     const [gate, up] = splitLast(ctx, gu, [F, F]) as [string, string];
     const silu = ctx.options.fusedOps
       ? ctx.g.op('QuickGelu', [gate], { alpha: float(1) }, { domain: 'com.microsoft' })
       : ctx.g.op('Mul', [gate, ctx.g.op('Sigmoid', [gate])]);
+    // W8ASpike's down_proj input is not spike-coded (../w8aspike.ts).
     return linear(ctx, ctx.g.op('Mul', [silu, up]), wDown, null, 'down_proj');
   });
 }

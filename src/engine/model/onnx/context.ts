@@ -29,6 +29,8 @@ export interface GraphContext {
   readonly ckpt: Checkpoint;
   readonly config: ModelConfig;
   readonly options: GraphOptions;
+  /** A W8ASpike checkpoint: spike-coded QuantLinear inputs and SWA q/k/v quantizers (./spike-coding.ts). */
+  readonly spiking: boolean;
   /** [1] int64 values. */
   readonly B: string;
   readonly T: string;

@@ -8,6 +8,7 @@
 import { stateIn, stateOut } from '../io-names.ts';
 import { GK_RANK, type LayerTensorNames } from '../tensor-names.ts';
 import { rmsNorm, splitLast } from './blocks.ts';
+import { linearInput } from './spike-coding.ts';
 import { linear, matmulWeight, reshape, shapeOf, transpose, vectorWeight, type GraphContext, type WeightPart } from './context.ts';
 import { float, int, str } from './graph-builder.ts';
 import { DataType } from './proto.ts';
@@ -36,7 +37,7 @@ export function glaMixer(ctx: GraphContext, layer: number, names: LayerTensorNam
     ];
     const w = matmulWeight(ctx, `layers.${layer}.attn.qkvg.weight`, wParts, D);
     const b = vectorWeight(ctx, `layers.${layer}.attn.qkvg.bias`, bParts);
-    const proj = linear(ctx, x, w, b, 'qkvg_proj');
+    const proj = linear(ctx, linearInput(ctx, x), w, b, 'qkvg_proj');
     const [qLin, kLin, v, gLin] = splitLast(ctx, proj, [H * d, Hkv * d, Hkv * d, gateRows]) as [string, string, string, string];
     const q = g.op('Relu', [qLin]); // [B, T, H·d], already times d^-½
     const k = g.op('Relu', [kLin]); // [B, T, Hkv·d]
@@ -58,7 +59,7 @@ export function glaMixer(ctx: GraphContext, layer: number, names: LayerTensorNam
     const gNorm = g.weight(names.gNorm, [d], () => ctx.ckpt.tensor(names.gNorm, [d]).data);
     const normed = reshape(ctx, rmsNorm(ctx, reshape(ctx, o, [ctx.B, ctx.T, H, d]), gNorm, 'g_norm'), [ctx.B, ctx.T, H * d]);
     const wO = matmulWeight(ctx, `layers.${layer}.attn.o_proj.weight`, [{ name: names.oWeight, rows: D }], H * d);
-    return linear(ctx, normed, wO, null, 'o_proj');
+    return linear(ctx, linearInput(ctx, normed), wO, null, 'o_proj');
   });
 }
 

@@ -4,8 +4,8 @@
 //   logits = lm_head(RMSNorm(h)) for the last `num_logits` positions of each row → [B, num_logits, V]
 import type { Checkpoint } from '../checkpoint.ts';
 import { INPUT_IDS, LOGITS, NUM_LOGITS, PAST_POSITIONS, POSITIONS } from '../io-names.ts';
-import { ModelLoadError } from '../../errors.ts';
-import { EMBEDDINGS, FINAL_NORM, LM_HEAD, W8ASPIKE_MARKER, W8ASPIKE_UNSUPPORTED, layerTensorNames } from '../tensor-names.ts';
+import { detectGkLayout, EMBEDDINGS, FINAL_NORM, LM_HEAD, layerTensorNames } from '../tensor-names.ts';
+import { checkW8ASpike, fakeQuantizedWeights, isW8ASpike } from '../w8aspike.ts';
 import { attentionMixer, ropeTables } from './attention-layer.ts';
 import { mlp, rmsNorm } from './blocks.ts';
 import { linear, reshape, type GraphContext, type GraphOptions } from './context.ts';
@@ -21,8 +21,11 @@ export interface BuiltGraph {
 }
 
 /** Builds the graph; weights stay lazy until `builder.writeExternalData` is called. */
-export function buildModelGraph(ckpt: Checkpoint, options: GraphOptions): BuiltGraph {
-  if (ckpt.has(W8ASPIKE_MARKER)) throw new ModelLoadError(W8ASPIKE_UNSUPPORTED);
+export function buildModelGraph(source: Checkpoint, options: GraphOptions): BuiltGraph {
+  // W8ASpike: QuantLinear weights are read fake-quantized; activations are spike-coded in the graph.
+  const spiking = isW8ASpike(source);
+  if (spiking) checkW8ASpike(source, detectGkLayout(source.config, (n) => source.has(n)));
+  const ckpt = spiking ? fakeQuantizedWeights(source) : source;
   const config = ckpt.config;
   const { vocabSize: V, hiddenSize: D } = config;
   const g = new GraphBuilder(EXTERNAL_DATA_FILE, options.weightDtype);
@@ -46,6 +49,7 @@ export function buildModelGraph(ckpt: Checkpoint, options: GraphOptions): BuiltG
     ckpt,
     config,
     options,
+    spiking,
     ...dims,
     positions,
     shapeCache: new Map(),
