@@ -4,6 +4,8 @@
 #                                              onnxruntime-node + the Vulkan loader (../shared/gpu/pack.sh)
 #   GPU machine: bench/gpu-run.sh node         unpack the node binary only (stage 1 of 2, see below)
 #                bench/gpu-run.sh bench [FLAGS]  unpack the rest and run the bench; FLAGS go to gpu.ts
+#                bench/gpu-run.sh next         `bench` with the flags planned for the next H200 run
+#                                              (docs/gpu.md, "The next GPU run"; ~7–8 min, --deadline 480)
 # Carried folders (git-ignored): .device-carry/ (onnxruntime-node, libvulkan1 + GLVND .debs, gpu.mjs, the
 # SpikingBrain-7B config.json) and .device-node/ (the stripped node binary, xz -9e, ~22 MB). They are
 # separate because the working tree (with models/spikingbrain-tiny, ~39 MB) plus both would pass the
@@ -35,6 +37,17 @@ pack)
   cp ../shared/spec/spikingbrain-7b/config.json .device-carry/spikingbrain-7b.config.json
   du -sh .device-carry .device-node
   ;;
+next)
+  # One call: reference size + io probe + the full SpikingBrain-7B shape (28 layers, random fp16
+  # weights, built by one process per core) at 4K/32K/128K, each length within its budget, the
+  # prefill stopping early to keep 45 s before --deadline (seconds after node starts; unpacking takes
+  # a few seconds before that). Plain-op graph (the engine's GPU default: ONNX Attention runs on the
+  # CPU in the fused one), chunk 2048 (plain attention scores are [Hkv, G·T, P+T] fp32: 1.4 GB a
+  # layer at T = 2048, P = 4096; 3.8 GB at T = 4096).
+  exec bash "$root/bench/gpu-run.sh" bench --plain --chunk 2048 --ref-tokens 8192 --io-probe ref --io-probe-steps 16 \
+    --config .device-carry/spikingbrain-7b.config.json --random-weights \
+    --lengths 4096,32768,131072 --max-seconds-per-length 60,120,150 --deadline 480 "$@"
+  ;;
 node)
   mkdir -p /tmp/rt && tar xJf .device-node/node.tar.xz -C /tmp/rt && /tmp/rt/bin/node --version
   ;;
@@ -58,6 +71,6 @@ bench)
   exit $rc
   ;;
 *)
-  echo "usage: bench/gpu-run.sh pack | node | bench [gpu.ts flags]" >&2; exit 2
+  echo "usage: bench/gpu-run.sh pack | node | bench [gpu.ts flags] | next [more flags]" >&2; exit 2
   ;;
 esac
