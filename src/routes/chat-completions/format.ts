@@ -2,18 +2,31 @@
 // `chat.completion.chunk`s (same id and created on each; a role chunk first per choice, content
 // chunks, a finish_reason chunk, and with include_usage a last chunk with empty choices and usage;
 // every other chunk then carries `usage: null`). With include_progress, `prefill.progress`
-// objects precede the first token.
+// objects precede the first token. When the request offered tools, reply text is parsed for tool
+// calls (./tool-calls.ts): calls go to `message.tool_calls` (streamed: one `delta.tool_calls` entry per
+// complete call), the rest stays content, and a reply that ended normally with calls finishes with
+// 'tool_calls'.
 import type { FinishReasonOut, GenerationEvent } from '../../server/generation.ts';
 import { chatLogprobEntries, type ChatLogprobEntry, type TokenText } from '../common/logprobs.ts';
 import { progressObject, responseObject, streamChunk, usageChunk, type StreamIdentity, type StreamOptions } from '../common/stream-chunks.ts';
 import { UsageCounter } from '../common/usage.ts';
 import type { ChatCompletionResponse } from './schema.ts';
+import { parseToolCalls, ToolCallParser, type ToolCall } from './tool-calls.ts';
 
 export interface ChatFormatContext extends StreamIdentity {
   readonly n: number;
   readonly promptTokens: number;
   readonly withLogprobs: boolean;
   readonly tokenText: TokenText;
+  /** The request offered tools (and tool_choice is not 'none'): parse replies for tool calls. */
+  readonly parseToolCalls: boolean;
+}
+
+type ChatFinishReason = FinishReasonOut | 'tool_calls';
+
+/** A reply with calls that ended on its own (not cut by max_tokens) finishes with 'tool_calls'. */
+function finishReason(reason: FinishReasonOut, withCalls: boolean): ChatFinishReason {
+  return withCalls && reason === 'stop' ? 'tool_calls' : reason;
 }
 
 /** Collects the whole generation into one chat.completion object. */
@@ -31,12 +44,15 @@ export async function chatCompletion(events: AsyncIterable<GenerationEvent>, ctx
       usage.add(ev);
     }
   }
-  const choices = texts.map((content, index) => ({
-    index,
-    message: { role: 'assistant' as const, content },
-    logprobs: ctx.withLogprobs ? { content: logprobs[index] ?? [] } : null,
-    finish_reason: reasons[index] ?? 'stop',
-  }));
+  const choices = texts.map((text, index) => {
+    const { content, calls } = ctx.parseToolCalls ? parseToolCalls(text) : { content: text, calls: [] };
+    return {
+      index,
+      message: { role: 'assistant' as const, content, ...(calls.length > 0 ? { tool_calls: calls } : {}) },
+      logprobs: ctx.withLogprobs ? { content: logprobs[index] ?? [] } : null,
+      finish_reason: finishReason(reasons[index] ?? 'stop', calls.length > 0),
+    };
+  });
   return responseObject(ctx, 'chat.completion', choices, usage.toJSON());
 }
 
@@ -50,6 +66,29 @@ export async function* chatChunks(events: AsyncIterable<GenerationEvent>, ctx: C
     started.add(index);
     yield chunk([{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]);
   }
+  // Per choice, with tools: the parser and the number of calls sent so far (the `index` of the next one).
+  const parsers = new Map<number, ToolCallParser>();
+  const callsSent = new Map<number, number>();
+  function* textChunks(index: number, text: string, entries: readonly ChatLogprobEntry[], final: boolean): Generator<object> {
+    let content = text;
+    let calls: readonly ToolCall[] = [];
+    if (ctx.parseToolCalls) {
+      let parser = parsers.get(index);
+      if (parser === undefined) parsers.set(index, (parser = new ToolCallParser()));
+      const pushed = parser.push(text);
+      const flushed = final ? parser.finish() : { content: '', calls: [] };
+      content = pushed.content + flushed.content;
+      calls = pushed.calls;
+    }
+    if (content !== '' || entries.length > 0) {
+      yield chunk([{ index, delta: { content }, logprobs: ctx.withLogprobs ? { content: entries } : null, finish_reason: null }]);
+    }
+    for (const call of calls) {
+      const k = callsSent.get(index) ?? 0;
+      callsSent.set(index, k + 1);
+      yield chunk([{ index, delta: { tool_calls: [{ index: k, ...call }] }, logprobs: null, finish_reason: null }]);
+    }
+  }
   for await (const ev of events) {
     switch (ev.type) {
       case 'progress':
@@ -57,17 +96,15 @@ export async function* chatChunks(events: AsyncIterable<GenerationEvent>, ctx: C
         break;
       case 'prompt_logprobs':
         break;
-      case 'delta': {
+      case 'delta':
         yield* roleChunk(ev.index);
-        const entries = ctx.withLogprobs ? chatLogprobEntries(ev.tokens, ctx.tokenText) : [];
-        if (ev.text === '' && entries.length === 0) break;
-        yield chunk([{ index: ev.index, delta: { content: ev.text }, logprobs: ctx.withLogprobs ? { content: entries } : null, finish_reason: null }]);
+        yield* textChunks(ev.index, ev.text, ctx.withLogprobs ? chatLogprobEntries(ev.tokens, ctx.tokenText) : [], false);
         break;
-      }
       case 'finish':
         yield* roleChunk(ev.index);
+        yield* textChunks(ev.index, '', [], true); // text a parser still held back
         usage.add(ev);
-        yield chunk([{ index: ev.index, delta: {}, logprobs: null, finish_reason: ev.finishReason }]);
+        yield chunk([{ index: ev.index, delta: {}, logprobs: null, finish_reason: finishReason(ev.finishReason, (callsSent.get(ev.index) ?? 0) > 0) }]);
         break;
     }
   }

@@ -26,9 +26,17 @@ export async function prepareChat(app: FastifyInstance, body: ChatCompletionRequ
   if (body.top_logprobs !== undefined && body.top_logprobs !== null && body.top_logprobs > 0 && body.logprobs !== true) {
     throw new InvalidRequestError("'top_logprobs' needs 'logprobs': true", 'top_logprobs');
   }
+  const choice = body.tool_choice ?? 'auto';
+  if (choice === 'required' || typeof choice === 'object') {
+    throw new InvalidRequestError(
+      "tool_choice 'required' or a named function needs constrained decoding, which this server does not do; use 'auto' (the model decides) or 'none'",
+      'tool_choice',
+    );
+  }
+  const tools = choice === 'none' || body.tools === undefined || body.tools === null || body.tools.length === 0 ? null : body.tools;
   const promptTokenIds = await chatPromptTokens(app, {
     messages: body.messages,
-    tools: body.tools,
+    tools,
     addGenerationPrompt: body.add_generation_prompt ?? true,
     chatTemplateKwargs: body.chat_template_kwargs,
   });
@@ -44,7 +52,7 @@ export async function prepareChat(app: FastifyInstance, body: ChatCompletionRequ
   return {
     engine,
     spec,
-    format: { ...identity, promptTokens: promptTokenIds.length, withLogprobs: logprobs !== null },
+    format: { ...identity, promptTokens: promptTokenIds.length, withLogprobs: logprobs !== null, parseToolCalls: tools !== null },
     streamOptions,
     stream,
   };

@@ -24,6 +24,18 @@ export const ChatCompletionRequest = Type.Object({
   logprobs: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
   top_logprobs: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: MAX_TOP_LOGPROBS }), Type.Null()])),
   tools: Type.Optional(Type.Union([Type.Array(Type.Record(Type.String(), Type.Unknown())), Type.Null()])),
+  /**
+   * 'auto' (the default with tools): replies are parsed for tool calls; 'none': tools are left out of
+   * the prompt and replies are plain text. 'required' and a named function need constrained decoding,
+   * which spikeserve does not do: refused with a 400.
+   */
+  tool_choice: Type.Optional(
+    Type.Union([
+      Type.Enum(['none', 'auto', 'required']),
+      Type.Object({ type: Type.Literal('function'), function: Type.Object({ name: Type.String() }) }),
+      Type.Null(),
+    ]),
+  ),
   add_generation_prompt: Type.Optional(Type.Boolean()),
   /** Only plain text: there is no constrained (JSON) decoding. */
   response_format: Type.Optional(Type.Union([Type.Object({ type: Type.Literal('text') }), Type.Null()])),
@@ -32,8 +44,18 @@ export const ChatCompletionRequest = Type.Object({
 export type ChatCompletionRequest = Static<typeof ChatCompletionRequest>;
 
 /** The non-streamed response (streamed chunks are written by the SSE writer). */
+const ToolCallSchema = Type.Object({
+  id: Type.String(),
+  type: Type.Literal('function'),
+  function: Type.Object({ name: Type.String(), arguments: Type.String() }),
+});
+
 export const ChatCompletionResponse = generationResponseSchema('chat.completion', {
-  message: Type.Object({ role: Type.Literal('assistant'), content: Type.String() }),
+  message: Type.Object({
+    role: Type.Literal('assistant'),
+    content: Type.Union([Type.String(), Type.Null()]),
+    tool_calls: Type.Optional(Type.Array(ToolCallSchema)),
+  }),
   logprobs: Type.Union([ChatLogprobsSchema, Type.Null()]),
 });
 export type ChatCompletionResponse = Static<typeof ChatCompletionResponse>;

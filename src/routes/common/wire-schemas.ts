@@ -9,7 +9,8 @@ export const UsageSchema = Type.Object({
   prompt_tokens_details: Type.Object({ cached_tokens: Type.Integer() }),
 });
 
-export const FinishReasonSchema = Type.Union([Type.Literal('stop'), Type.Literal('length')]);
+/** 'tool_calls' only in chat replies whose text held tool calls (chat-completions/tool-calls.ts). */
+export const FinishReasonSchema = Type.Union([Type.Literal('stop'), Type.Literal('length'), Type.Literal('tool_calls')]);
 
 const TopLogprobSchema = Type.Object({ token: Type.String(), logprob: Type.Number(), bytes: Type.Array(Type.Integer()) });
 

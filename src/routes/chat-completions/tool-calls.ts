@@ -1,0 +1,116 @@
+// Tool calls in a chat reply, as the SpikingBrain/Qwen (Hermes-style) chat template asks the model to
+// write them:
+//
+//   <tool_call>
+//   {"name": <function-name>, "arguments": <args-json-object>}
+//   </tool_call>
+//
+// ToolCallParser reads the reply text as it streams and splits it into content (everything outside the
+// blocks) and complete calls. Text that may still become an opening tag is held back until it can be
+// decided, so a streamed client never sees half a tag. A block whose JSON does not parse, or that names
+// no function, is given back as content (nothing is lost); so is an unterminated block at the end.
+import { randomBytes } from 'node:crypto';
+
+export const TOOL_CALL_OPEN = '<tool_call>';
+export const TOOL_CALL_CLOSE = '</tool_call>';
+
+/** One call as the OpenAI wire format carries it (`arguments` is a JSON string). */
+export interface ToolCall {
+  readonly id: string;
+  readonly type: 'function';
+  readonly function: { readonly name: string; readonly arguments: string };
+}
+
+export interface ParsedText {
+  /** Content text that is final (outside tool-call blocks). */
+  readonly content: string;
+  /** Calls completed by this piece of text, in order. */
+  readonly calls: readonly ToolCall[];
+}
+
+/** `call_` + 24 hex digits, unique per call. */
+function callId(): string {
+  return `call_${randomBytes(12).toString('hex')}`;
+}
+
+/** The call in one block's body, or null when it is not `{"name": string, "arguments"?: object}`. */
+export function parseToolCallBody(body: string): ToolCall | null {
+  let value: unknown;
+  try {
+    value = JSON.parse(body);
+  } catch {
+    return null;
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return null;
+  const { name, arguments: args, parameters } = value as Record<string, unknown>;
+  if (typeof name !== 'string' || name === '') return null;
+  const a = args ?? parameters ?? {};
+  // Arguments are an object; a model that wrote them as a JSON string is taken at its word.
+  const text = typeof a === 'string' ? a : JSON.stringify(a);
+  return { id: callId(), type: 'function', function: { name, arguments: text } };
+}
+
+/** Length of the longest suffix of `text` that is a proper prefix of `tag`. */
+function partialTagSuffix(text: string, tag: string): number {
+  for (let n = Math.min(tag.length - 1, text.length); n > 0; n--) {
+    if (text.endsWith(tag.slice(0, n))) return n;
+  }
+  return 0;
+}
+
+export class ToolCallParser {
+  /** Text not yet decided: a possible start of TOOL_CALL_OPEN, or an open block's body so far. */
+  private pending = '';
+  private inBlock = false;
+
+  /** Feeds the next piece of reply text. */
+  push(text: string): ParsedText {
+    this.pending += text;
+    let content = '';
+    const calls: ToolCall[] = [];
+    for (;;) {
+      if (!this.inBlock) {
+        const open = this.pending.indexOf(TOOL_CALL_OPEN);
+        if (open < 0) {
+          const keep = partialTagSuffix(this.pending, TOOL_CALL_OPEN);
+          content += this.pending.slice(0, this.pending.length - keep);
+          this.pending = this.pending.slice(this.pending.length - keep);
+          break;
+        }
+        content += this.pending.slice(0, open);
+        this.pending = this.pending.slice(open + TOOL_CALL_OPEN.length);
+        this.inBlock = true;
+      } else {
+        const close = this.pending.indexOf(TOOL_CALL_CLOSE);
+        if (close < 0) break;
+        const body = this.pending.slice(0, close);
+        this.pending = this.pending.slice(close + TOOL_CALL_CLOSE.length);
+        this.inBlock = false;
+        const call = parseToolCallBody(body.trim());
+        if (call === null) content += `${TOOL_CALL_OPEN}${body}${TOOL_CALL_CLOSE}`;
+        else calls.push(call);
+      }
+    }
+    return { content, calls };
+  }
+
+  /** End of the reply: whatever is still held back is content (an unterminated block is kept as written). */
+  finish(): ParsedText {
+    const content = this.inBlock ? `${TOOL_CALL_OPEN}${this.pending}` : this.pending;
+    this.pending = '';
+    this.inBlock = false;
+    return { content, calls: [] };
+  }
+}
+
+/** Splits a whole reply: content outside the blocks (trimmed; null when empty and there were calls) and the calls. */
+export function parseToolCalls(text: string): { content: string | null; calls: ToolCall[] } {
+  const parser = new ToolCallParser();
+  const a = parser.push(text);
+  const b = parser.finish();
+  const calls = [...a.calls, ...b.calls];
+  const content = a.content + b.content;
+  if (calls.length === 0) return { content, calls };
+  const trimmed = content.trim();
+  return { content: trimmed === '' ? null : trimmed, calls };
+}
