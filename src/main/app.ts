@@ -15,6 +15,7 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 import fp from 'fastify-plugin';
 import { registerRoutes } from '../routes/index.ts';
 import authPlugin from '../server/auth.ts';
+import corsPlugin from '../server/cors.ts';
 import type { ServerConfig } from '../server/config.ts';
 import type {} from '../server/decorators.ts';
 import errorHandlerPlugin from '../server/error-handler.ts';
@@ -74,6 +75,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   );
   app.register(errorHandlerPlugin);
   app.register(jsonBodyPlugin);
+  app.register(corsPlugin, { allowedOrigins: deps.config.allowedOrigins }); // before auth: preflights carry no key
   app.register(authPlugin, { apiKeys: deps.config.apiKeys });
   app.register(websocket, {
     options: { maxPayload: deps.config.bodyLimitBytes },

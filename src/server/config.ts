@@ -20,6 +20,8 @@ export interface ServerConfig {
   readonly port: number;
   /** Accepted Bearer keys; empty = no authentication. */
   readonly apiKeys: readonly string[];
+  /** Origins allowed to call from a browser (CORS); empty = same-origin only, ['*'] = any. */
+  readonly allowedOrigins: readonly string[];
   readonly device: Device;
   /** Unset: float32 on cpu, float16 on GPUs. */
   readonly weights?: Weights;
@@ -63,6 +65,7 @@ export const FLAGS: readonly FlagSpec[] = [
   { flag: 'host', kind: 'string', help: 'address to listen on', defaultText: '127.0.0.1' },
   { flag: 'port', kind: 'int', min: 0, max: 65535, help: 'TCP port (0 = any free port)', defaultText: '8000' },
   { flag: 'api-key', kind: 'string', help: 'required Bearer key(s), comma-separated; unset = no auth' },
+  { flag: 'allowed-origins', kind: 'string', help: 'origins browsers may call from (CORS), comma-separated, or *; unset = same-origin only' },
   { flag: 'device', kind: 'enum', choices: ['cpu', 'webgpu', 'cuda'], help: 'onnxruntime execution provider', defaultText: 'cpu' },
   { flag: 'weights', kind: 'enum', choices: ['float32', 'float16', 'int8', 'int4'], help: 'storage of weight matrices; int8/int4: linear layers on 8/4-bit blocks (about 2× faster decode on CPUs; int4 loses quality)', defaultText: 'float32 on cpu, float16 on GPUs' },
   { flag: 'max-num-seqs', kind: 'int', min: 1, help: 'sequences decoded together in one step' },
@@ -108,6 +111,21 @@ function parseValue(spec: FlagSpec, raw: string, source: string): string | numbe
   }
 }
 
+/** "https://a.example, http://localhost:3000" → the list; each must be * or scheme://host[:port]. */
+function parseOrigins(raw: string | undefined): string[] {
+  if (raw === undefined) return [];
+  const origins = raw
+    .split(',')
+    .map((o) => o.trim())
+    .filter((o) => o !== '');
+  for (const o of origins) {
+    if (o !== '*' && !/^https?:\/\/[^/\s?#]+$/.test(o)) {
+      throw new ConfigError(`--allowed-origins: "${o}" is not an origin (scheme://host[:port], no path) or *`);
+    }
+  }
+  return origins;
+}
+
 /** Parses `--flag value` / `--flag=value` arguments (after the subcommand) plus the environment. */
 export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): ServerConfig {
   const bySpec = new Map(FLAGS.map((s) => [s.flag, s]));
@@ -146,6 +164,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     host: str('host') ?? '127.0.0.1',
     port: num('port') ?? 8000,
     apiKeys,
+    allowedOrigins: parseOrigins(str('allowed-origins')),
     device: (str('device') ?? 'cpu') as Device,
     bodyLimitBytes: num('body-limit-bytes') ?? 64 * 1024 * 1024,
     drainTimeoutSeconds: num('drain-timeout-seconds') ?? 30,
