@@ -73,8 +73,8 @@ function ioProbeRows(p: IoProbeResult | { status: 'skipped'; reason: string }): 
       : p.status === 'timeout'
         ? '**TIMED OUT** (child killed)'
         : `**FAILED** (exit code ${p.exitCode ?? 'none'}${p.error !== undefined ? `: ${p.error}` : ''})`;
-  const where = p.device === 'cpu' ? 'not applicable on cpu (no device memory); dry run of the probe with outputs on the host' : `child process, ${p.seconds.toFixed(0)} s`;
-  rows.push(`| GPU-resident GLA states (io probe, ${where}) | ${how} | | |`);
+  const where = p.device === 'cpu' ? 'not applicable on cpu: no device memory; the probe\'s loop ran with outputs on the host' : `child process, ${p.seconds.toFixed(0)} s`;
+  rows.push(`| GPU-resident GLA states (io probe): ${where} | ${how} | | |`);
   if (p.tiny !== undefined) {
     rows.push(`| io probe, tiny graph: y = x + 1 kept on the device and fed back ${p.tiny.steps}× | output location ${p.tiny.outputLocation}, max abs diff ${p.tiny.maxAbsDiff.toExponential(1)} | | |`);
   }
@@ -84,7 +84,8 @@ function ioProbeRows(p: IoProbeResult | { status: 'skipped'; reason: string }): 
     rows.push(
       `| io probe, ${m.name}: ${m.steps} decode steps after a ${kTok(m.promptTokens)} prompt, new_state.* at ${m.stateLocation} fed back vs host round trip | ` +
         `max abs diff ${m.maxAbsDiff.toExponential(2)} (logits up to ${m.maxAbsLogit.toFixed(1)}); ${m.msPerStepGpuStates.toFixed(2)} vs ${m.msPerStepHost.toFixed(2)} ms/step ` +
-        `(${saved >= 0 ? '−' : '+'}${Math.abs(saved).toFixed(2)} ms; ${mb(m.stateBytesAvoided)} of state copies avoided, window ${mb(m.windowBytesStillCopied)} still copied in) | | |`,
+        `(${saved >= 0 ? '−' : '+'}${Math.abs(saved).toFixed(2)} ms; ` +
+        (p.device === 'cpu' ? 'cpu: nothing is copied either way) | | |' : `${mb(m.stateBytesAvoided)} of state copies avoided, window ${mb(m.windowBytesStillCopied)} still copied in) | | |`),
     );
     rows.push('| io probe: past_key/past_value | not probed: the graph outputs only the new slot (present_*), not the updated window, so there is nothing to feed back | | |');
   }

@@ -41,7 +41,7 @@ import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import * as ort from 'onnxruntime-node';
-import { layersOfKind, parseModelConfig, type ModelConfig } from '../src/engine/model/config.ts';
+import { parseModelConfig, type ModelConfig } from '../src/engine/model/config.ts';
 import { probeDevice, resolveExecutionProviders, type Device } from '../src/engine/model/device.ts';
 import { Model, type ModelLoadOptions } from '../src/engine/model/model.ts';
 import type { GraphOptions } from '../src/engine/model/onnx/context.ts';
@@ -53,7 +53,8 @@ import { REFERENCE_CONFIG_JSON } from './common.ts';
 import { BUILD_PART_FLAG, buildModel, buildPartChild, checkpointOf, type BuildSpec } from './gpu-build.ts';
 import { measureCopyCost } from './gpu-copy-cost.ts';
 import { PROBE_FLAG, ioProbeChild, runIoProbe } from './gpu-io-probe.ts';
-import { kTok, printTable, type ModelEntry, type ModelRow, type Results } from './gpu-report.ts';
+import { flopsOf, prefillMilestones, promptTokens } from './gpu-prefill.ts';
+import { kTok, printTable, type ModelEntry, type Results } from './gpu-report.ts';
 
 // ---- flags -------------------------------------------------------------------------------------
 const argv = process.argv.slice(2);
@@ -113,8 +114,6 @@ const IO_PROBE_STEPS = num('io-probe-steps', 16);
 const JSON_PATH = str('json') ?? (process.env['OUT'] ? join(process.env['OUT'], 'gpu-bench.json') : null);
 /** Sub-chunk of the plain-op GLA; passed explicitly so the prebuilt model is the one Model.load asks for. */
 const GLA_SUB_CHUNK = 16;
-
-const REFERENCE_CONFIG: ModelConfig = parseModelConfig(REFERENCE_CONFIG_JSON);
 
 const PARITY_CONFIG: ModelConfig = parseModelConfig({
   model_type: 'gla_swa',
@@ -207,28 +206,6 @@ async function matmulRate(dir: string): Promise<void> {
   log(`MatMul ${chain}×[${M}×${N}]@[${N}×${N}]: ${results.matmul.tflops.toFixed(2)} TFLOP/s`);
 }
 
-// ---- FLOPs -------------------------------------------------------------------------------------
-/** Useful FLOPs per token for the weights (lm_head apart), per attended key, and per GLA token. */
-function flopsOf(c: ModelConfig): { weights: number; lmHead: number; perKey: number; glaPerToken: number } {
-  const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: d, intermediateSize: F } = c;
-  let params = 0;
-  for (const kind of c.layerKinds) {
-    params += D * (H * d + 2 * Hkv * d) + H * d * D + 3 * D * F;
-    if (kind === 'gla') params += D * 16 + 16 * Hkv * d;
-  }
-  const attn = c.layerKinds.filter((k) => k !== 'gla').length;
-  const gla = layersOfKind(c, 'gla').length;
-  return { weights: 2 * params, lmHead: 2 * D * c.vocabSize, perKey: attn * 4 * H * d, glaPerToken: gla * 2 * (H + Hkv) * d * d };
-}
-
-/** Σ over positions p in [from, to) of the keys a query at p attends: min(p, W) + 1. */
-function keysAttended(c: ModelConfig, from: number, to: number): number {
-  const W = c.slidingWindow ?? Infinity;
-  let total = 0;
-  for (let p = from; p < to; p++) total += Math.min(p, W) + 1;
-  return total;
-}
-
 // ---- the model steps ---------------------------------------------------------------------------
 const defaultWeightDtype = (device: Device): 'float16' | 'float32' => WEIGHT_DTYPE ?? (device === 'cpu' ? 'float32' : 'float16');
 
@@ -256,11 +233,6 @@ function loadOptions(cacheDir: string, device: Device, fused: boolean, weightDty
       }
     },
   };
-}
-
-function promptTokens(n: number, vocab: number, salt: number): number[] {
-  let s = (12345 + salt * 7919) >>> 0;
-  return Array.from({ length: n }, () => (s = (Math.imul(s, 1103515245) + 12345) >>> 0) % vocab);
 }
 
 async function parity(cacheDir: string, fused: boolean): Promise<void> {
@@ -313,83 +285,6 @@ async function decodeRate(model: Model, seq: Sequence, steps: number): Promise<n
   return steps / ((performance.now() - t0) / 1000);
 }
 
-/** One prefill chunk as it was timed: positions [start, start + tokens). */
-interface TimedChunk {
-  readonly start: number;
-  readonly tokens: number;
-  readonly sec: number;
-}
-
-/**
- * Prefills `seq` through the milestones `lengths`, chunk by chunk. A milestone whose part would run
- * past its budget (or past the deadline's reserve) stops after the chunk that reaches it; the rows then
- * say how far it got, the steady rate of the chunks after the window filled, and (EXTRAPOLATED) the
- * milestone's TTFT at that rate. Later milestones continue from where the sequence is.
- */
-async function prefillMilestones(name: string, model: Model, seq: Sequence, lengths: readonly number[], budgetsSec: readonly number[], rows: ModelRow[]): Promise<void> {
-  const config = model.config;
-  const f = flopsOf(config);
-  const W = config.layerKinds.includes('full') ? null : config.slidingWindow;
-  const chunks: TimedChunk[] = [];
-  const elapsed = (): number => chunks.reduce((a, c) => a + c.sec, 0);
-  const flopsTo = (n: number): number => n * (f.weights + f.glaPerToken) + f.perKey * keysAttended(config, 0, n) + f.lmHead * chunks.length;
-  for (const [i, length] of lengths.entries()) {
-    const budget = budgetsSec[i] ?? Infinity;
-    const ids = promptTokens(length - seq.numTokens, config.vocabSize, length);
-    let segmentSec = 0;
-    let segmentChunks = 0;
-    let stopped: string | null = null;
-    for (let at = 0; at < ids.length; at += CHUNK) {
-      const part = ids.slice(at, at + CHUNK);
-      const t = performance.now();
-      await prefill(model, seq, part, { chunkTokens: CHUNK });
-      const sec = (performance.now() - t) / 1000;
-      chunks.push({ start: seq.numTokens - part.length, tokens: part.length, sec });
-      segmentSec += sec;
-      segmentChunks++;
-      if (at + CHUNK >= ids.length) break;
-      // Would the next chunk (about as long as this one) pass the budget or eat into the reserve?
-      if (segmentSec + sec > budget) stopped = `stopped by its ${budget} s budget after ${segmentChunks} chunks`;
-      else if (secondsLeft() - sec < RESERVE_AFTER_PREFILL_SEC) stopped = `stopped by --deadline after ${segmentChunks} chunks`;
-      if (stopped !== null) break;
-    }
-    const done = seq.numTokens;
-    const total = elapsed();
-    if (stopped === null) {
-      rows.push({ model: name, what: `prefill ${kTok(length)}`, kind: 'measured', tokens: length, tokPerSec: length / total, tflops: flopsTo(length) / total / 1e12, seconds: total });
-      log(`${name}: prefill ${kTok(length)}: ${(length / total).toFixed(0)} tok/s, TTFT ${total.toFixed(1)} s`);
-      save();
-      continue;
-    }
-    rows.push({ model: name, what: `prefill to ${kTok(done)} of ${kTok(length)}`, kind: 'measured', tokens: done, tokPerSec: done / total, tflops: flopsTo(done) / total / 1e12, seconds: total, note: stopped });
-    // Steady state: chunks that start with a full window cost the same at any depth.
-    const steady = W === null ? [] : chunks.filter((c) => c.start >= W);
-    const steadyTokens = steady.reduce((a, c) => a + c.tokens, 0);
-    const steadySec = steady.reduce((a, c) => a + c.sec, 0);
-    if (steady.length === 0 || W === null) {
-      log(`${name}: prefill ${kTok(length)} stopped at ${kTok(done)} (${stopped}); no chunk after the window filled: no extrapolation`);
-      save();
-      continue;
-    }
-    const steadyRate = steadyTokens / steadySec;
-    const perToken = f.weights + f.glaPerToken + f.perKey * (W + 1) + f.lmHead / CHUNK;
-    rows.push({ model: name, what: `prefill steady rate (${steady.length} chunks of ≤ ${CHUNK} after the window filled)`, kind: 'measured', tokens: steadyTokens, tokPerSec: steadyRate, tflops: (steadyRate * perToken) / 1e12, seconds: steadySec });
-    const ttft = total + (length - done) / steadyRate;
-    rows.push({
-      model: name,
-      what: `prefill ${kTok(length)} TTFT`,
-      kind: 'extrapolated',
-      tokens: length,
-      tokPerSec: length / ttft,
-      tflops: 0,
-      seconds: ttft,
-      note: `${total.toFixed(1)} s measured to ${kTok(done)}, the other ${length - done} tokens at the measured steady ${steadyRate.toFixed(0)} tok/s`,
-    });
-    log(`${name}: prefill ${kTok(length)} ${stopped} at ${kTok(done)}: steady ${steadyRate.toFixed(0)} tok/s; TTFT EXTRAPOLATED ≈ ${ttft.toFixed(0)} s`);
-    save();
-  }
-}
-
 /** Builds `config` with random weights, loads it, prefills one sequence through `lengths`, then decodes. */
 async function benchModel(name: string, rawConfig: Record<string, unknown>, lengths: readonly number[], budgetsSec: readonly number[], cacheDir: string, fused: boolean): Promise<void> {
   const spec: BuildSpec = { config: rawConfig, graphOptions: graphOptionsFor(DEVICE, fused) };
@@ -420,7 +315,19 @@ async function benchModel(name: string, rawConfig: Record<string, unknown>, leng
     // Warm-up: one short chunk on a throwaway sequence (shader compilation, arena growth).
     await prefill(model, newSequence(model), promptTokens(Math.min(CHUNK, 256), config.vocabSize, 9), { chunkTokens: CHUNK });
     const seq = newSequence(model);
-    await prefillMilestones(name, model, seq, lengths, budgetsSec, entry.rows);
+    await prefillMilestones(model, seq, {
+      name,
+      chunkTokens: CHUNK,
+      lengths,
+      budgetsSec,
+      secondsLeft,
+      reserveSec: RESERVE_AFTER_PREFILL_SEC,
+      log,
+      onRow: (row) => {
+        entry.rows.push(row);
+        save();
+      },
+    });
     const done = seq.numTokens;
     const rate = await decodeRate(model, seq, DECODE_STEPS);
     const keys = Math.min(done, config.slidingWindow ?? done) + 1;
@@ -494,7 +401,9 @@ async function ioProbe(cacheDir: string): Promise<void> {
       promptTokens: window + 64,
       steps: IO_PROBE_STEPS,
     },
-    240,
+    // A hung child must not eat the lease: the reference size takes ~10 s; a big --config model
+    // loads a second session.
+    IO_PROBE === 'ref' ? 90 : 400,
   );
   results.ioProbe = r;
   log(`io probe: ${r.status}${r.signal !== null ? ` (signal ${r.signal})` : ''}${r.model !== undefined ? `, max |Δ| ${r.model.maxAbsDiff.toExponential(2)}, ${r.model.msPerStepGpuStates.toFixed(2)} vs ${r.model.msPerStepHost.toFixed(2)} ms/step` : ''}`);
