@@ -58,8 +58,9 @@ import { kTok, printTable, type ModelEntry, type Results } from './gpu-report.ts
 
 // ---- flags -------------------------------------------------------------------------------------
 const argv = process.argv.slice(2);
+/** A flag's value; the last one wins (so `gpu-run.sh next --deadline 400` overrides the plan). */
 function str(name: string): string | undefined {
-  const i = argv.indexOf(`--${name}`);
+  const i = argv.lastIndexOf(`--${name}`);
   if (i < 0) return undefined;
   const v = argv[i + 1];
   if (v === undefined || v.startsWith('--')) throw new Error(`--${name} needs a value`);
