@@ -15,6 +15,7 @@ import * as ort from 'onnxruntime-node';
 import { openCheckpoint } from '../src/engine/model/hf-checkpoint.ts';
 import { parseModelConfig } from '../src/engine/model/config.ts';
 import type { Checkpoint } from '../src/engine/model/checkpoint.ts';
+import { scoreNextTokens } from '../src/engine/model/evaluate.ts';
 import { Model } from '../src/engine/model/model.ts';
 import type { WeightDtype } from '../src/engine/model/onnx/graph-builder.ts';
 import { EXTERNAL_DATA_FILE } from '../src/engine/model/onnx/model-graph.ts';
@@ -42,21 +43,10 @@ async function load(ckpt: Checkpoint, weightDtype: WeightDtype, threads: number,
 }
 
 /** Mean NLL over the eval slice and the argmax of every position. */
-async function evalSlice(model: Model, ids: readonly number[]): Promise<{ nll: number; top: number[] }> {
-  const V = model.config.vocabSize;
+async function evalSlice(model: Model, ids: readonly number[]): Promise<{ nll: number; top: readonly number[] }> {
   const all = await prefill(model, newSequence(model), ids, { chunkTokens: 512, allLogits: true });
-  let nll = 0;
-  const top: number[] = [];
-  for (let t = 0; t + 1 < ids.length; t++) {
-    const row = all.subarray(t * V, (t + 1) * V);
-    let max = -Infinity;
-    for (const x of row) max = Math.max(max, x);
-    let sum = 0;
-    for (const x of row) sum += Math.exp(x - max);
-    nll += max + Math.log(sum) - (row[ids[t + 1] ?? 0] ?? 0);
-    top.push(row.indexOf(max));
-  }
-  return { nll: nll / (ids.length - 1), top };
+  const { meanNll, argmax } = scoreNextTokens(all, ids, model.config.vocabSize);
+  return { nll: meanNll, top: argmax };
 }
 
 const fmt = (r: Rate): string => `${r.wall.toFixed(0)} tok/s (${(1000 / r.wall).toFixed(2)} ms), ${r.cpu.toFixed(0)} tok/CPU-s`;
@@ -108,7 +98,7 @@ async function main(): Promise<void> {
     process.stderr.write('  quality on the default model…\n');
     const tiny = openCheckpoint(DEFAULT_MODEL);
     const ids = (JSON.parse(readFileSync(join(DEFAULT_MODEL, 'eval.json'), 'utf8')) as { token_ids: number[] }).token_ids;
-    const quality: { nll: number; top: number[] }[] = [];
+    const quality: { nll: number; top: readonly number[] }[] = [];
     for (const dtype of DTYPES) {
       const m = await load(tiny, dtype, maxThreads, cacheDir);
       quality.push(await evalSlice(m, ids));
@@ -138,7 +128,7 @@ async function main(): Promise<void> {
     row(`prefill ${PREFILL_TOKENS / 1024}K after a full window, chunk ${CHUNK}, ${maxThreads} thread${maxThreads === 1 ? '' : 's'}`, prefillRate);
     const b32 = fileBytes[0] as number;
     console.log(`| built weights | ${fileBytes.map((b) => `${(b / 2 ** 20).toFixed(1)} MiB`).join(' | ')} | ${fileBytes.slice(1).map((b) => (b / b32).toFixed(2)).join(' | ')} |`);
-    const q32 = quality[0] as { nll: number; top: number[] };
+    const q32 = quality[0] as { nll: number; top: readonly number[] };
     console.log(`| default model: mean NLL on eval.json (${ids.length} tokens) | ${quality.map((q) => q.nll.toFixed(4)).join(' | ')} | ${quality.slice(1).map((q) => (q.nll / q32.nll).toFixed(4)).join(' | ')} |`);
     const same = quality.slice(1).map((q) => q32.top.filter((t, i) => t === q.top[i]).length / q32.top.length);
     console.log(`| default model: same most likely next token as float32 | ${DTYPES.map(() => '').join(' | ')} | ${same.map((x) => `${(100 * x).toFixed(1)}%`).join(' | ')} |`);

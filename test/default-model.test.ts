@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCheckpoint } from '../src/engine/model/hf-checkpoint.ts';
+import { scoreNextTokens } from '../src/engine/model/evaluate.ts';
 import { Model } from '../src/engine/model/model.ts';
 import { randomCheckpoint } from '../src/engine/model/random-checkpoint.ts';
 import { decodeBatch, newSequence, prefill } from '../src/engine/model/sequence.ts';
@@ -123,16 +124,7 @@ describe('default model spikingbrain-tiny', () => {
     const V = model.config.vocabSize;
     const ids = ev.token_ids;
     const all = await prefill(model, newSequence(model), ids, { chunkTokens: 512, allLogits: true });
-    let nll = 0;
-    for (let t = 0; t + 1 < ids.length; t++) {
-      const row = all.subarray(t * V, (t + 1) * V);
-      let max = -Infinity;
-      for (const x of row) max = Math.max(max, x);
-      let sum = 0;
-      for (const x of row) sum += Math.exp(x - max);
-      nll += max + Math.log(sum) - (row[ids[t + 1] ?? 0] ?? 0);
-    }
-    const meanNll = nll / (ids.length - 1);
+    const { meanNll, totalNll: nll } = scoreNextTokens(all, ids, V);
     expect(Math.abs(meanNll - ev.mean_nll) / ev.mean_nll).toBeLessThan(0.01);
     const bitsPerByte = (nll / Math.LN2) / ev.bytes;
     expect(bitsPerByte).toBeLessThan(0.6 * ev.unigram_bits_per_byte);

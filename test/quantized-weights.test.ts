@@ -14,6 +14,7 @@ import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCheckpoint } from '../src/engine/model/hf-checkpoint.ts';
 import type { Tensor32 } from '../src/engine/model/checkpoint.ts';
+import { scoreNextTokens, type NextTokenScore } from '../src/engine/model/evaluate.ts';
 import { Model } from '../src/engine/model/model.ts';
 import { EXTERNAL_DATA_FILE } from '../src/engine/model/onnx/model-graph.ts';
 import { QUANT_BLOCK, codeAt, maxLevel, quantize, zeroCode, type QuantBits } from '../src/engine/model/onnx/quantize.ts';
@@ -193,33 +194,16 @@ describe('int8 weights on the default model', () => {
       const ev = JSON.parse(readFileSync(join(MODEL_DIR, 'eval.json'), 'utf8')) as EvalSlice;
       const V = ckpt.config.vocabSize;
       const ids = ev.token_ids;
-      const argmaxes: number[][] = [];
-      const meanNll = async (model: Model): Promise<number> => {
-        const all = await prefill(model, newSequence(model), ids, { chunkTokens: 512, allLogits: true });
-        const top: number[] = [];
-        argmaxes.push(top);
-        let nll = 0;
-        for (let t = 0; t + 1 < ids.length; t++) {
-          const row = all.subarray(t * V, (t + 1) * V);
-          let max = -Infinity;
-          for (const x of row) max = Math.max(max, x);
-          let sum = 0;
-          for (const x of row) sum += Math.exp(x - max);
-          nll += max + Math.log(sum) - (row[ids[t + 1] ?? 0] ?? 0);
-          top.push(row.indexOf(max));
-        }
-        return nll / (ids.length - 1);
-      };
-      const nll32 = await meanNll(m32);
-      const nll8 = await meanNll(m8);
-      expect(Math.abs(nll32 - ev.mean_nll) / ev.mean_nll).toBeLessThan(0.01);
-      expect(Math.abs(nll8 - nll32) / nll32).toBeLessThan(0.01);
+      const score = async (model: Model): Promise<NextTokenScore> =>
+        scoreNextTokens(await prefill(model, newSequence(model), ids, { chunkTokens: 512, allLogits: true }), ids, V);
+      const s32 = await score(m32);
+      const s8 = await score(m8);
+      expect(Math.abs(s32.meanNll - ev.mean_nll) / ev.mean_nll).toBeLessThan(0.01);
+      expect(Math.abs(s8.meanNll - s32.meanNll) / s32.meanNll).toBeLessThan(0.01);
       // The most likely next token is the same at almost every position of the slice.
-      const [top32, top8] = argmaxes as [number[], number[]];
-      const same = top32.filter((v, i) => v === top8[i]).length / top32.length;
-      console.log(`int8 vs fp32 on eval.json: mean NLL ${nll8.toFixed(4)} vs ${nll32.toFixed(4)}, same argmax at ${(same * 100).toFixed(1)}% of ${top32.length} positions`);
+      const same = s32.argmax.filter((v, i) => v === s8.argmax[i]).length / s32.argmax.length;
+      console.log(`int8 vs fp32 on eval.json: mean NLL ${s8.meanNll.toFixed(4)} vs ${s32.meanNll.toFixed(4)}, same argmax at ${(same * 100).toFixed(1)}% of ${s32.argmax.length} positions`);
       expect(same).toBeGreaterThan(0.95);
-
     } finally {
       await m32.close();
       await m8.close();
