@@ -7,7 +7,9 @@ import { ChatCompletionStream } from 'openai/lib/ChatCompletionStream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chatChunks, chatCompletion, type ChatFormatContext } from '../src/routes/chat-completions/format.ts';
 import { parseToolCalls, ToolCallParser, type ToolCall } from '../src/routes/chat-completions/tool-calls.ts';
+import { TokenText } from '../src/routes/common/logprobs.ts';
 import type { GenerationEvent } from '../src/server/generation.ts';
+import type { TokenizerPort } from '../src/server/ports.ts';
 import { startTestServer, type TestServer } from './helpers/server.ts';
 
 const CALL_A = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>';
@@ -75,7 +77,7 @@ const ctx = (parseToolCalls: boolean): ChatFormatContext => ({
   n: 1,
   promptTokens: 5,
   withLogprobs: false,
-  tokenText: () => '',
+  tokenText: new TokenText({ tokenBytes: () => new Uint8Array(0) } as unknown as TokenizerPort, false), // unused: no logprobs
   parseToolCalls,
 });
 
