@@ -24,7 +24,7 @@ import { parseModelConfig } from '../src/engine/model/config.ts';
 import { resolveExecutionProviders, type Device } from '../src/engine/model/device.ts';
 import { INPUT_IDS, LOGITS, NUM_LOGITS, PAST_POSITIONS, POSITIONS, pastKey, pastValue, presentKey, presentValue, stateIn, stateOut } from '../src/engine/model/io-names.ts';
 import { Model } from '../src/engine/model/model.ts';
-import { GraphBuilder } from '../src/engine/model/onnx/graph-builder.ts';
+import { GraphBuilder, type WeightDtype } from '../src/engine/model/onnx/graph-builder.ts';
 import { DataType, encodeModel } from '../src/engine/model/onnx/proto.ts';
 import { randomCheckpoint } from '../src/engine/model/random-checkpoint.ts';
 import { decodeBatch, newSequence, prefill, type Sequence } from '../src/engine/model/sequence.ts';
@@ -39,7 +39,7 @@ export interface IoProbeArgs {
   /** The model's config.json (random weights, seed 1: the bench's own, so its build cache is hit). */
   readonly config: Record<string, unknown>;
   readonly fused: boolean;
-  readonly weightDtype?: 'float16' | 'float32';
+  readonly weightDtype?: WeightDtype;
   readonly cacheDir: string;
   readonly threads: number;
   readonly promptTokens: number;

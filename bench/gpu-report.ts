@@ -109,7 +109,7 @@ export function printTable(r: Results, chunkTokens: number, weightDtype: string,
   const onGpu = r.device !== 'cpu';
   const mm = r.matmul?.tflops;
   console.log(`\nspikeserve GPU bench — device ${r.device} (${r.executionProviders.join(' → ')}), GPU: ${r.gpu}`);
-  console.log(`onnxruntime-node ${r.onnxruntime}, node ${r.node}, ${r.graph} graph, weights ${weightDtype} (compute float32), prefill chunk ${chunkTokens}`);
+  console.log(`onnxruntime-node ${r.onnxruntime}, node ${r.node}, ${r.graph} graph, weights ${weightDtype} (${weightDtype === 'int8' || weightDtype === 'int4' ? 'MatMulNBits, activations int8 per block' : 'compute float32'}), prefill chunk ${chunkTokens}`);
   console.log('');
   console.log('| measure | value | TFLOP/s | share of MatMul rate |');
   console.log('|---|---|---|---|');

@@ -30,7 +30,7 @@
 // --build-only (build the --config model, time it, no session), --build-processes N (default: cores),
 // --io-probe ref|config|off (the model the io probe runs; default ref), --io-probe-steps N (16),
 // --skip-copy-cost, --mm N, --mm-chain N, --skip-ref, --skip-parity, --plain (plain-op graph),
-// --weight-dtype float16|float32, --also-plain (parity and reference size with the plain-op graph too),
+// --weight-dtype float16|float32|int8|int4, --also-plain (parity and reference size with the plain-op graph too),
 // --placement (log onnxruntime's node placement of the parity model at verbose level, on stderr),
 // --cache-dir DIR (built models; default a temporary folder, removed at the end), --threads N.
 // A 7B-shaped model in fp16 is ~15 GB of external data: build it on the GPU machine. Writes
@@ -45,7 +45,7 @@ import { parseModelConfig, type ModelConfig } from '../src/engine/model/config.t
 import { probeDevice, resolveExecutionProviders, type Device } from '../src/engine/model/device.ts';
 import { Model, type ModelLoadOptions } from '../src/engine/model/model.ts';
 import type { GraphOptions } from '../src/engine/model/onnx/context.ts';
-import { GraphBuilder } from '../src/engine/model/onnx/graph-builder.ts';
+import { GraphBuilder, type WeightDtype } from '../src/engine/model/onnx/graph-builder.ts';
 import { DataType, encodeModel } from '../src/engine/model/onnx/proto.ts';
 import { randomCheckpoint } from '../src/engine/model/random-checkpoint.ts';
 import { decodeBatch, newSequence, prefill, type Sequence } from '../src/engine/model/sequence.ts';
@@ -108,7 +108,8 @@ const THREADS = num('threads', availableParallelism());
 const BUILD_PROCESSES = num('build-processes', availableParallelism());
 const LAYERS = str('layers') === undefined ? null : num('layers', 1);
 const PLAIN = has('plain');
-const WEIGHT_DTYPE = str('weight-dtype') as 'float16' | 'float32' | undefined;
+const WEIGHT_DTYPE = str('weight-dtype') as WeightDtype | undefined;
+if (WEIGHT_DTYPE !== undefined && !['float16', 'float32', 'int8', 'int4'].includes(WEIGHT_DTYPE)) throw new Error('--weight-dtype needs float16, float32, int8 or int4');
 const IO_PROBE = str('io-probe') ?? 'ref';
 if (!['ref', 'config', 'off'].includes(IO_PROBE)) throw new Error(`--io-probe must be ref, config or off, got ${IO_PROBE}`);
 const IO_PROBE_STEPS = num('io-probe-steps', 16);
@@ -208,14 +209,14 @@ async function matmulRate(dir: string): Promise<void> {
 }
 
 // ---- the model steps ---------------------------------------------------------------------------
-const defaultWeightDtype = (device: Device): 'float16' | 'float32' => WEIGHT_DTYPE ?? (device === 'cpu' ? 'float32' : 'float16');
+const defaultWeightDtype = (device: Device): WeightDtype => WEIGHT_DTYPE ?? (device === 'cpu' ? 'float32' : 'float16');
 
 /** The graph Model.load builds for these options: spelled out, so a prebuilt cache entry matches it. */
-function graphOptionsFor(device: Device, fused: boolean, weightDtype?: 'float16' | 'float32'): GraphOptions {
+function graphOptionsFor(device: Device, fused: boolean, weightDtype?: WeightDtype): GraphOptions {
   return { fusedOps: fused, glaSubChunk: GLA_SUB_CHUNK, weightDtype: weightDtype ?? defaultWeightDtype(device) };
 }
 
-function loadOptions(cacheDir: string, device: Device, fused: boolean, weightDtype?: 'float16' | 'float32', onBuild?: () => void): ModelLoadOptions {
+function loadOptions(cacheDir: string, device: Device, fused: boolean, weightDtype?: WeightDtype, onBuild?: () => void): ModelLoadOptions {
   const g = graphOptionsFor(device, fused, weightDtype);
   let lastLogged = 0;
   return {
