@@ -78,6 +78,9 @@ export function transpose(ctx: GraphContext, x: string, perm: readonly number[])
   return ctx.g.op('Transpose', [x], { perm: { kind: 'ints', value: perm } });
 }
 
+/** Side of the square tiles matmulWeight transposes in (64 floats: a few cache lines per row). */
+const TRANSPOSE_TILE = 64;
+
 /** A row of the fused weight: checkpoint tensor `name` [rows, in], rows multiplied by `scale`. */
 export interface WeightPart {
   readonly name: string;
@@ -105,10 +108,20 @@ export function matmulWeight(ctx: GraphContext, graphName: string, parts: readon
     for (const p of parts) {
       const s = p.scale ?? 1;
       const t = ctx.ckpt.tensor(p.name, [p.rows, inDim]).data;
-      for (let r = 0; r < p.rows; r++) {
-        const src = r * inDim;
-        if (transposed) for (let i = 0; i < inDim; i++) w[i * outDim + row0 + r] = (t[src + i] ?? 0) * s;
-        else for (let i = 0; i < inDim; i++) w[(row0 + r) * inDim + i] = (t[src + i] ?? 0) * s;
+      if (!transposed) {
+        for (let r = 0; r < p.rows; r++) for (let i = 0; i < inDim; i++) w[(row0 + r) * inDim + i] = (t[r * inDim + i] ?? 0) * s;
+      } else {
+        // [rows, in] → columns row0… of [in, out], in tiles so that reads and writes both stay in cache.
+        for (let r0 = 0; r0 < p.rows; r0 += TRANSPOSE_TILE) {
+          const r1 = Math.min(p.rows, r0 + TRANSPOSE_TILE);
+          for (let i0 = 0; i0 < inDim; i0 += TRANSPOSE_TILE) {
+            const i1 = Math.min(inDim, i0 + TRANSPOSE_TILE);
+            for (let i = i0; i < i1; i++) {
+              const dst = i * outDim + row0;
+              for (let r = r0; r < r1; r++) w[dst + r] = (t[r * inDim + i] ?? 0) * s;
+            }
+          }
+        }
       }
       row0 += p.rows;
     }
