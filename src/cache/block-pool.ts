@@ -112,6 +112,12 @@ export class BlockPool {
     return (page % this.pagesPerArray) * this.floatsPerPage + inPage;
   }
 
+  /** View of a whole page, [numAttnLayers, 2, Hkv, P, d] (for copying pages to and from disk). */
+  pageView(page: number): Float32Array {
+    const start = this.pageOffset(page, 0, 0, 0);
+    return this.pageArray(page).subarray(start, start + this.floatsPerPage);
+  }
+
   /**
    * View of the P·d floats of (attnLayer, kind, head) of a page, [P, d]. Views are created once per
    * (page, layer, kind, head) and reused, so copying through them allocates nothing per step.

@@ -13,7 +13,8 @@
 // The cache gets plain numbers; it imports nothing from the engine.
 import { BlockPool, bytesPerPage, type PageSpec } from './block-pool.ts';
 import { PagedKvManager, type BlockTable } from './paged-kv.ts';
-import { PrefixStateCache } from './prefix-cache.ts';
+import { PrefixStateCache, type PrefixSnapshot } from './prefix-cache.ts';
+import type { SnapshotStore } from './snapshot-store.ts';
 import { StateSlots } from './state-slots.ts';
 
 export interface CacheSpec {
@@ -38,6 +39,11 @@ export interface CacheOptions {
   readonly maxChunkTokens: number;
   /** Byte bound of prefix snapshots (GLA states + window pages); 0 or absent = no prefix caching. */
   readonly prefixCacheBytes?: number;
+  /**
+   * Prefix snapshots on disk as well (needs prefixCacheBytes > 0): every snapshot taken is written
+   * there, and admission restores the longest prefix found on disk when memory has no longer one.
+   */
+  readonly snapshotStore?: SnapshotStore;
 }
 
 export interface CacheUsage {
@@ -70,6 +76,8 @@ export class CacheManager {
   readonly slots: StateSlots;
   /** null when prefix caching is off. */
   readonly prefix: PrefixStateCache | null;
+  /** null when snapshots stay in memory only. */
+  readonly store: SnapshotStore | null;
   private readonly sequences = new Map<string, SequenceEntry>();
   private reservedPages = 0;
 
@@ -92,6 +100,7 @@ export class CacheManager {
     );
     const prefixBytes = opts.prefixCacheBytes ?? 0;
     this.prefix = prefixBytes > 0 ? new PrefixStateCache(this.pool, prefixBytes) : null;
+    this.store = this.prefix !== null ? (opts.snapshotStore ?? null) : null;
   }
 
   /** Pool size in pages from the options (see CacheOptions); 0 when the model has no attention layer. */
@@ -147,7 +156,13 @@ export class CacheManager {
     this.reservedPages += reservedPages;
     this.sequences.set(seqId, { slot, reservedPages });
     let restored = 0;
-    const hit = this.prefix !== null && prefixKeys !== undefined ? this.prefix.lookup(prefixKeys) : null;
+    let hit = this.prefix !== null && prefixKeys !== undefined ? this.prefix.lookup(prefixKeys) : null;
+    if (this.store !== null && prefixKeys !== undefined) {
+      // A longer prefix on disk than in memory: bring it into the memory cache first.
+      const memoryIndex = hit === null ? -1 : hit.numTokens / this.pageTokens - 1;
+      const diskIndex = this.store.longest(prefixKeys, memoryIndex);
+      if (diskIndex >= 0) hit = this.restoreFromDisk(prefixKeys[diskIndex] as string) ?? hit;
+    }
     if (hit !== null) {
       hit.glaStates.forEach((state, g) => this.slots.state(g, slot).set(state));
       if (this.spec.numAttnLayers > 0) this.kv.adopt(seqId, hit.firstPage, hit.pages, hit.numTokens);
@@ -155,6 +170,31 @@ export class CacheManager {
     }
     this.evictSnapshotsToFit([]);
     return restored;
+  }
+
+  /**
+   * Reads a snapshot from disk into fresh pool pages and the memory cache; null when it cannot be read
+   * or its pages do not fit beside the reservations (then nothing changes).
+   */
+  private restoreFromDisk(key: string): PrefixSnapshot | null {
+    const prefix = this.prefix;
+    const stored = this.store?.read(key) ?? null;
+    if (prefix === null || stored === null) return null;
+    if (stored.numPages > 0 && this.spec.numAttnLayers === 0) return null;
+    // Fresh pages count in full against the pool: evict LRU snapshots until they fit.
+    while (this.reservedPages + prefix.numPages + stored.numPages > this.pool.numPages) {
+      if (!prefix.evictOldest()) return null;
+    }
+    const pages: number[] = [];
+    for (let i = 0; i < stored.numPages; i++) {
+      const page = this.pool.allocate();
+      if (page === null) break; // unreachable: the loop above made room
+      this.pool.pageView(page).set(stored.pageData.subarray(i * this.pool.floatsPerPage, (i + 1) * this.pool.floatsPerPage));
+      pages.push(page);
+    }
+    const inserted = pages.length === stored.numPages && prefix.insert(key, stored.numTokens, stored.glaStates, stored.firstPage, pages);
+    for (const page of pages) this.pool.release(page); // the snapshot holds them now (or nobody)
+    return inserted ? prefix.lookup([key]) : null;
   }
 
   /**
@@ -191,7 +231,13 @@ export class CacheManager {
     // The snapshot's pages count against the pool only where no snapshot holds them yet.
     if (!this.evictSnapshotsToFit(pages)) return false;
     const states = Array.from({ length: this.spec.numGlaLayers }, (_, g) => this.slots.state(g, slot));
-    return this.prefix.insert(key, numTokens, states, firstPage, pages);
+    const stored = this.prefix.insert(key, numTokens, states, firstPage, pages);
+    if (stored && this.store !== null && !this.store.has(key)) {
+      const pageData = new Float32Array(pages.length * this.pool.floatsPerPage);
+      pages.forEach((page, i) => pageData.set(this.pool.pageView(page), i * this.pool.floatsPerPage));
+      void this.store.write(key, numTokens, firstPage, states, pageData);
+    }
+    return stored;
   }
 
   /** Can an admitted sequence write positions [startPos, startPos+numTokens) now? */

@@ -1,7 +1,9 @@
 // EngineCore: the step loop's state in one object — Scheduler + CacheManager + StepRunner — turning
 // scheduled steps into TokenEvents. It lives in the worker thread (worker.ts) but knows nothing about
 // threads: submit/abort/step are plain calls, events go to a callback.
+import { join } from 'node:path';
 import { CacheManager, type CacheSpec } from '../cache/cache-manager.ts';
+import { SnapshotStore } from '../cache/snapshot-store.ts';
 import type { ModelConfig } from './model/config.ts';
 import { RequestState } from './request-state.ts';
 import { Scheduler } from './scheduler.ts';
@@ -27,6 +29,21 @@ export interface EngineCoreOptions {
   readonly maxModelLen?: number;
   /** Byte bound of prefix snapshots (GLA state + window pages), LRU; 0 = off (default 512 MiB). */
   readonly prefixCacheBytes?: number;
+  /**
+   * Folder for prefix snapshots on disk (../cache/snapshot-store.ts); unset = memory only. Each model
+   * build and page size gets its own subfolder (EngineCoreEnv.modelTag), so snapshots are only ever
+   * restored into the model that wrote them.
+   */
+  readonly prefixCacheDir?: string;
+  /** Byte bound of that folder, LRU (default 16 GiB). */
+  readonly prefixCacheDiskBytes?: number;
+}
+
+/** What the engine core gets from its host beyond options. */
+export interface EngineCoreEnv {
+  /** Names the model build (e.g. its built-model folder); prefix snapshots on disk are kept per tag. */
+  readonly modelTag: string;
+  readonly log: (message: string) => void;
 }
 
 export const ENGINE_DEFAULTS = Object.freeze({
@@ -38,9 +55,22 @@ export const ENGINE_DEFAULTS = Object.freeze({
   prefillChunkTokens: 256,
   maxQueue: 1024,
   prefixCacheBytes: 512 * 2 ** 20,
+  prefixCacheDiskBytes: 16 * 2 ** 30,
   /** Context limit of models without full attention (GLA state and window are constant-size). */
   maxModelLenLinear: 1 << 24,
 });
+
+/** The on-disk snapshot folder of this model build and page size. */
+function snapshotStore(spec: CacheSpec, opts: EngineCoreOptions, dir: string, env: EngineCoreEnv): SnapshotStore {
+  const pageTokens = opts.pageTokens ?? ENGINE_DEFAULTS.pageTokens;
+  const layout = {
+    stateLengths: Array.from({ length: spec.numGlaLayers }, () => spec.numKvHeads * spec.headDim * spec.headDim),
+    floatsPerPage: spec.numAttnLayers * 2 * spec.numKvHeads * pageTokens * spec.headDim,
+  };
+  const store = new SnapshotStore(join(dir, `${env.modelTag}-p${pageTokens}`), opts.prefixCacheDiskBytes ?? ENGINE_DEFAULTS.prefixCacheDiskBytes, layout, env.log);
+  env.log(`prefix snapshots on disk: ${store.dir} (${store.size} found, ${(store.bytes / 2 ** 20).toFixed(0)} MiB)`);
+  return store;
+}
 
 /** Minimum interval between two `progress` events of one request. */
 const PROGRESS_INTERVAL_MS = 250;
@@ -58,7 +88,7 @@ export class EngineCore {
   /** Aborts that arrived while a step was in flight; applied when it ends. */
   private readonly pendingAborts = new Set<string>();
 
-  constructor(model: ForwardModel, config: ModelConfig, opts: EngineCoreOptions, emit: EventSink) {
+  constructor(model: ForwardModel, config: ModelConfig, opts: EngineCoreOptions, emit: EventSink, env: EngineCoreEnv = { modelTag: 'model', log: () => {} }) {
     this.config = config;
     this.emit = emit;
     const maxNumSeqs = opts.maxNumSeqs ?? ENGINE_DEFAULTS.maxNumSeqs;
@@ -79,6 +109,7 @@ export class EngineCore {
       ...(opts.kvPages !== undefined ? { kvPages: opts.kvPages } : {}),
       ...(opts.kvCacheBytes !== undefined ? { kvCacheBytes: opts.kvCacheBytes } : {}),
       prefixCacheBytes: opts.prefixCacheBytes ?? ENGINE_DEFAULTS.prefixCacheBytes,
+      ...(opts.prefixCacheDir !== undefined ? { snapshotStore: snapshotStore(spec, opts, opts.prefixCacheDir, env) } : {}),
     });
     const fullAttention = spec.numAttnLayers > 0 && spec.windowTokens === null;
     this.maxModelLen =
@@ -117,6 +148,11 @@ export class EngineCore {
     }
     const req = this.scheduler.abort(requestId);
     if (req !== undefined) this.finished(req);
+  }
+
+  /** Waits until every prefix snapshot being written to disk is in place (shutdown). */
+  async flushSnapshots(): Promise<void> {
+    await this.cache.store?.flush();
   }
 
   abortAll(): void {

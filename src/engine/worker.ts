@@ -1,6 +1,7 @@
 // The inference worker (worker_threads entry): loads the checkpoint and the Model, owns the EngineCore
 // and runs the step loop while there is work. onnxruntime's session.run blocks its thread for a whole
 // step, so it must not run on the HTTP thread. Protocol: worker-protocol.ts.
+import { basename, dirname } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { EngineCore } from './engine-core.ts';
 import { EngineError, RequestRejectedError } from './errors.ts';
@@ -106,6 +107,7 @@ function onMessage(msg: ToWorker): void {
       // session before reporting closed, so the thread is never terminated inside onnxruntime.
       void currentLoop
         .catch(() => undefined)
+        .then(() => core.flushSnapshots())
         .then(() => model.close())
         .finally(() => post({ type: 'closed' }));
       return;
@@ -119,7 +121,11 @@ function fatal(err: unknown): void {
 
 try {
   model = await loadModel();
-  core = new EngineCore(model, model.config, init, (requestId, event) => pending.push({ requestId, event }));
+  core = new EngineCore(model, model.config, init, (requestId, event) => pending.push({ requestId, event }), {
+    // The built-model folder names checkpoint, builder version and graph variant: disk snapshots are per build.
+    modelTag: basename(dirname(model.modelPath)),
+    log: (message) => post({ type: 'log', message }),
+  });
   port.on('message', onMessage);
   post({ type: 'ready', config: model.config, maxModelLen: core.maxModelLen, stats: core.stats() });
 } catch (err) {

@@ -32,6 +32,8 @@ function engineOptions(config: ServerConfig): EngineOptions {
   if (config.maxBatchedTokens !== undefined) opts.maxBatchedTokens = config.maxBatchedTokens;
   if (config.prefillChunkTokens !== undefined) opts.prefillChunkTokens = config.prefillChunkTokens;
   if (config.prefixCacheBytes !== undefined) opts.prefixCacheBytes = config.prefixCacheBytes;
+  if (config.prefixCacheDir !== undefined) opts.prefixCacheDir = config.prefixCacheDir;
+  if (config.prefixCacheDiskBytes !== undefined) opts.prefixCacheDiskBytes = config.prefixCacheDiskBytes;
   if (config.maxQueue !== undefined) opts.maxQueue = config.maxQueue;
   if (config.maxModelLen !== undefined) opts.maxModelLen = config.maxModelLen;
   if (config.threads !== undefined) opts.intraOpThreads = config.threads;

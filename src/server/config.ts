@@ -31,6 +31,8 @@ export interface ServerConfig {
   readonly maxBatchedTokens?: number;
   readonly prefillChunkTokens?: number;
   readonly prefixCacheBytes?: number;
+  readonly prefixCacheDir?: string;
+  readonly prefixCacheDiskBytes?: number;
   readonly maxModelLen?: number;
   readonly maxQueue?: number;
   readonly bodyLimitBytes: number;
@@ -74,6 +76,8 @@ export const FLAGS: readonly FlagSpec[] = [
   { flag: 'max-batched-tokens', kind: 'int', min: 1, help: 'token budget of one scheduler step' },
   { flag: 'prefill-chunk-tokens', kind: 'int', min: 1, help: 'longest prefill chunk of one sequence per step' },
   { flag: 'prefix-cache-bytes', kind: 'int', min: 0, help: 'bytes of prefix-state snapshots kept (0 = off)' },
+  { flag: 'prefix-cache-dir', kind: 'string', help: 'also keep prefix snapshots on disk here (they outlive restarts); unset = memory only' },
+  { flag: 'prefix-cache-disk-bytes', kind: 'int', min: 1, help: 'bytes of prefix snapshots kept on disk (LRU)', defaultText: '17179869184 (16 GiB)' },
   { flag: 'max-model-len', kind: 'int', min: 1, help: 'longest prompt + completion in tokens' },
   { flag: 'max-queue', kind: 'int', min: 0, help: 'waiting requests before 429' },
   { flag: 'body-limit-bytes', kind: 'int', min: 1024, help: 'largest request body accepted', defaultText: '67108864 (64 MiB)' },
@@ -171,6 +175,8 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     logLevel: (str('log-level') ?? 'info') as LogLevel,
     keepaliveSeconds: num('keepalive-seconds') ?? 5,
   };
+  const prefixCacheDir = str('prefix-cache-dir');
+  if (prefixCacheDir !== undefined) config.prefixCacheDir = resolve(prefixCacheDir);
   const weights = str('weights');
   if (weights !== undefined) config.weights = weights as Weights;
   const optionalInts = [
@@ -180,6 +186,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     ['max-batched-tokens', 'maxBatchedTokens'],
     ['prefill-chunk-tokens', 'prefillChunkTokens'],
     ['prefix-cache-bytes', 'prefixCacheBytes'],
+    ['prefix-cache-disk-bytes', 'prefixCacheDiskBytes'],
     ['max-model-len', 'maxModelLen'],
     ['max-queue', 'maxQueue'],
     ['threads', 'threads'],
