@@ -88,6 +88,20 @@ describe('openai SDK: chat completions', () => {
     expect(three.usage?.completion_tokens).toBe(48);
   });
 
+  it('a new chat with the same long system message and another question resumes from the system part', async () => {
+    const doc = Array.from({ length: 40 }, (_, i) => `Clause ${i + 1}: the tenant keeps the garden tidy and the gate shut.`).join(' ');
+    const ask = (question: string) =>
+      client.chat.completions.create({ model, messages: [{ role: 'system', content: doc }, { role: 'user', content: question }], max_tokens: 2, temperature: 0 });
+    const first = await ask('Who keeps the garden tidy, and what about the gate that opens onto the lane behind the house?');
+    const second = await ask('Which clause is about the gate?');
+    expect(first.usage?.prompt_tokens_details?.cached_tokens).toBe(0);
+    const cached = second.usage?.prompt_tokens_details?.cached_tokens ?? 0;
+    // Everything up to the last whole page (64 tokens) before the user message came from the snapshot.
+    const systemTokens = (await server.tokenizer.encode(`<|im_start|>system\n${doc}<|im_end|>\n`, { addSpecialTokens: false })).length;
+    expect(cached).toBe(Math.floor(systemTokens / 64) * 64);
+    expect(cached).toBeGreaterThan(256);
+  });
+
   it('returns chat logprobs in the OpenAI shape', async () => {
     const res = await client.chat.completions.create({ model, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 4, temperature: 0, logprobs: true, top_logprobs: 3, ignore_eos: true } as OpenAI.ChatCompletionCreateParamsNonStreaming);
     const content = res.choices[0]?.logprobs?.content ?? [];

@@ -116,6 +116,31 @@ describe('Engine on a tiny hybrid model (W = 8, pages of 4 tokens)', () => {
     expect(engine.stats().prefixCacheBytes).toBeGreaterThan(0);
   });
 
+  it('with a shared-prefix hint also snapshots the document: another question resumes from it', async () => {
+    const doc = prompt(150, 60, V);
+    const ask = (question: number[], hint?: number): GenerateRequest => ({
+      ...request([...doc, ...question], greedy(3)),
+      ...(hint !== undefined ? { sharedPrefixTokens: hint } : {}),
+    });
+    // Without the hint the only snapshot sits inside the first question (page 4·42 = 168 > 150).
+    expect(lastDone((await collect(engine, ask(prompt(25, 61, V)))).events).cachedTokens).toBe(0);
+    expect(lastDone((await collect(engine, ask(prompt(25, 62, V)))).events).cachedTokens).toBe(0);
+    // With it, the document's last whole page (148) is snapshotted too.
+    const doc2 = prompt(150, 63, V);
+    const first = await collect(engine, { ...request([...doc2, ...prompt(25, 64, V)], greedy(3)), sharedPrefixTokens: 150 });
+    expect(lastDone(first.events).cachedTokens).toBe(0);
+    const other = await collect(engine, { ...request([...doc2, ...prompt(31, 65, V)], greedy(3)), sharedPrefixTokens: 150 });
+    expect(lastDone(other.events).cachedTokens).toBe(148);
+    // Resuming changes nothing: the same tokens as computing the whole prompt (the reference's argmax).
+    const ref = new ReferenceSession(openCheckpoint(ckpt.dir));
+    let logits = new Float64Array(0);
+    for (const t of [...doc2, ...prompt(31, 65, V)]) logits = ref.step(t);
+    for (const t of other.tokens) {
+      expect(Math.max(...logits) - logits[t]!).toBeLessThan(1e-3);
+      logits = ref.step(t);
+    }
+  });
+
   it('stops on a stop token without emitting it and counts it as generated', async () => {
     const p = prompt(20, 9, V);
     const { tokens } = await collect(engine, request(p, greedy(6)));

@@ -28,10 +28,12 @@ export class RequestState {
   numCachedTokens = 0;
   /** prefixKeys() of the prompt while WAITING, when prefix caching applies; dropped on admission (O(n/P)). */
   prefixKeys: readonly string[] | null = null;
-  /** Prefix length at which the state is snapshotted for later requests (chunks end there); null = none. */
-  snapshotAt: number | null = null;
-  /** Key of that snapshot (the last of prefixKeys). */
-  snapshotKey: string | null = null;
+  /** Hint: this many leading prompt tokens are likely shared by later prompts (GenerateRequest). */
+  readonly sharedPrefixTokens: number;
+  /** Prefix lengths (ascending, page multiples) at which the state is snapshotted for later requests; chunks end there. */
+  snapshotAt: number[] = [];
+  /** Keys of those snapshots (prefixKeys of those lengths). */
+  snapshotKeys: string[] = [];
   readonly outputTokenIds: number[] = [];
   finishReason: FinishReason | null = null;
   stopTokenId: number | null = null;
@@ -50,6 +52,7 @@ export class RequestState {
     this.promptTokenIds = req.promptTokenIds;
     this.sampling = req.sampling;
     this.reportProgress = req.reportProgress;
+    this.sharedPrefixTokens = req.sharedPrefixTokens ?? 0;
     this.arrivalMs = nowMs;
   }
 

@@ -151,11 +151,13 @@ export class Scheduler {
       this.waiting.shift();
       req.numComputedTokens = restored;
       req.numCachedTokens = restored;
-      // Snapshot at the prompt's last whole page (chunks are cut there) unless that prefix was restored.
+      // Snapshot at the prompt's last whole page, and at the last whole page of its shared prefix when
+      // the request names one (chunks are cut there), unless that prefix was restored.
       const keys = req.prefixKeys ?? [];
-      const snapshotAt = keys.length * this.cache.pageTokens;
-      req.snapshotAt = snapshotAt > restored ? snapshotAt : null;
-      req.snapshotKey = req.snapshotAt !== null ? keys[keys.length - 1]! : null;
+      const P = this.cache.pageTokens;
+      const pages = new Set([Math.min(Math.floor(req.sharedPrefixTokens / P), keys.length), keys.length]);
+      req.snapshotAt = [...pages].filter((n) => n > 0 && n * P > restored).sort((a, b) => a - b).map((n) => n * P);
+      req.snapshotKeys = req.snapshotAt.map((at) => keys[at / P - 1]!);
       req.prefixKeys = null;
       req.status = 'prefilling';
       req.admittedMs = nowMs;
@@ -183,9 +185,10 @@ export class Scheduler {
     return { decodes, prefills, numScheduledTokens: this.config.maxBatchedTokens - budget };
   }
 
-  /** Tokens a prefilling request would take with an unlimited budget (a chunk never crosses snapshotAt). */
+  /** Tokens a prefilling request would take with an unlimited budget (a chunk never crosses a snapshot point). */
   private prefillNeed(req: RequestState): number {
-    const toSnapshot = req.snapshotAt !== null && req.numComputedTokens < req.snapshotAt ? req.snapshotAt - req.numComputedTokens : Infinity;
+    const next = req.snapshotAt[0];
+    const toSnapshot = next !== undefined && req.numComputedTokens < next ? next - req.numComputedTokens : Infinity;
     return Math.min(req.numPromptTokensLeft, this.config.prefillChunkTokens, toSnapshot);
   }
 
@@ -197,10 +200,10 @@ export class Scheduler {
     const req = chunk.request;
     if (req.isFinished) return;
     req.numComputedTokens = chunk.startPos + chunk.numTokens;
-    if (req.snapshotAt === req.numComputedTokens && req.snapshotKey !== null) {
-      this.cache.snapshot(req.requestId, req.snapshotKey, req.snapshotAt);
-      req.snapshotAt = null;
-      req.snapshotKey = null;
+    if (req.snapshotAt[0] === req.numComputedTokens) {
+      this.cache.snapshot(req.requestId, req.snapshotKeys[0]!, req.numComputedTokens);
+      req.snapshotAt.shift();
+      req.snapshotKeys.shift();
     }
     if (req.numComputedTokens === req.numPromptTokens) req.status = 'decoding';
   }

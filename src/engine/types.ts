@@ -33,6 +33,12 @@ export interface GenerateRequest {
   readonly sampling: SamplingParams;
   /** Send `progress` events while the prompt is prefilled. */
   readonly reportProgress: boolean;
+  /**
+   * The first this-many prompt tokens are likely to start later prompts too (in a chat: everything
+   * before the last message, e.g. a long document in the system message). With prefix caching the
+   * state is also snapshotted at the last page boundary within them, not only at the prompt's last one.
+   */
+  readonly sharedPrefixTokens?: number;
 }
 
 /**

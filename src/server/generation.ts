@@ -35,6 +35,8 @@ export interface GenerationSpec {
   readonly stop: readonly string[];
   readonly skipSpecialTokens: boolean;
   readonly reportProgress: boolean;
+  /** Leading prompt tokens later prompts are likely to share (GenerateRequest.sharedPrefixTokens). */
+  readonly sharedPrefixTokens?: number;
 }
 
 export interface GeneratedToken {
@@ -129,7 +131,16 @@ export async function* runGeneration(deps: GenerationDeps, spec: GenerationSpec,
       if (text !== '' || tokens.length > 0) queue.push({ kind: 'event', event: { type: 'delta', index, text, tokens } });
     };
     try {
-      const stream = engine.generate({ requestId, promptTokenIds: spec.promptTokenIds, sampling, reportProgress: spec.reportProgress && index === 0 }, choiceSignal);
+      const stream = engine.generate(
+        {
+          requestId,
+          promptTokenIds: spec.promptTokenIds,
+          sampling,
+          reportProgress: spec.reportProgress && index === 0,
+          ...(spec.sharedPrefixTokens !== undefined ? { sharedPrefixTokens: spec.sharedPrefixTokens } : {}),
+        },
+        choiceSignal,
+      );
       for await (const ev of stream as AsyncIterable<TokenEvent>) {
         if (ev.type === 'done') {
           // A stop string ends the request as 'stop' at the tokens streamed, whatever the engine saw after.

@@ -9,7 +9,7 @@ import { prepareGeneration } from '../common/prepare-generation.ts';
 import { checkModel } from '../common/usage.ts';
 import type { StreamOptions } from '../common/stream-chunks.ts';
 import type { ChatFormatContext } from './format.ts';
-import { chatPromptTokens, endOfTurnTokenIds } from './prompt.ts';
+import { chatPromptTokens, endOfTurnTokenIds, sharedPrefixTokens } from './prompt.ts';
 import type { ChatCompletionRequest } from './schema.ts';
 
 export interface PreparedChat {
@@ -34,10 +34,11 @@ export async function prepareChat(app: FastifyInstance, body: ChatCompletionRequ
     );
   }
   const tools = choice === 'none' || body.tools === undefined || body.tools === null || body.tools.length === 0 ? null : body.tools;
+  const addGenerationPrompt = body.add_generation_prompt ?? true;
   const promptTokenIds = await chatPromptTokens(app, {
     messages: body.messages,
     tools,
-    addGenerationPrompt: body.add_generation_prompt ?? true,
+    addGenerationPrompt,
     chatTemplateKwargs: body.chat_template_kwargs,
   });
   if (promptTokenIds.length === 0) throw new InvalidRequestError('the rendered prompt is empty', 'messages');
@@ -49,9 +50,10 @@ export async function prepareChat(app: FastifyInstance, body: ChatCompletionRequ
     promptLogprobs: null,
     extraStopTokenIds: body.ignore_eos === true ? [] : endOfTurnTokenIds(app),
   });
+  const shared = sharedPrefixTokens(app, promptTokenIds, addGenerationPrompt);
   return {
     engine,
-    spec,
+    spec: shared === undefined ? spec : { ...spec, sharedPrefixTokens: shared },
     format: { ...identity, promptTokens: promptTokenIds.length, withLogprobs: logprobs !== null, parseToolCalls: tools !== null },
     streamOptions,
     stream,

@@ -11,6 +11,7 @@ const CHATML_TEMPLATE =
   "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
 const END_OF_TURN_CANDIDATES = ['<|im_end|>', '<|eot_id|>', '<|end|>', '<end_of_turn>'];
+const START_OF_TURN_CANDIDATES = ['<|im_start|>', '<|start_header_id|>', '<start_of_turn>'];
 
 export interface ChatPromptOptions {
   readonly messages: readonly ChatTemplateMessage[];
@@ -35,6 +36,25 @@ export function renderChatPrompt(app: FastifyInstance, opts: ChatPromptOptions):
 /** Renders and tokenizes (the template already wrote any BOS, so none is added). */
 export async function chatPromptTokens(app: FastifyInstance, opts: ChatPromptOptions): Promise<Int32Array> {
   return app.tokenizer.encodeToInt32(renderChatPrompt(app, opts), { addSpecialTokens: false });
+}
+
+/**
+ * Tokens before the last message of a rendered chat: the part later chats with the same history (a
+ * long document in the system message, earlier turns) are likely to start with, which the engine then
+ * also snapshots. Found as the start-of-turn token that opens the last message (the one before the
+ * generation prompt's); undefined when the template has no such token or there is no earlier turn.
+ */
+export function sharedPrefixTokens(app: FastifyInstance, ids: Int32Array, addGenerationPrompt: boolean): number | undefined {
+  const template = app.chatAssets.template ?? CHATML_TEMPLATE;
+  const tok = START_OF_TURN_CANDIDATES.find((t) => template.includes(t));
+  const id = tok === undefined ? null : app.tokenizer.tokenToId(tok);
+  if (id === null) return undefined;
+  let skip = addGenerationPrompt ? 1 : 0; // the generation prompt opens one more turn
+  for (let i = ids.length - 1; i > 0; i--) {
+    if (ids[i] !== id) continue;
+    if (skip-- === 0) return i;
+  }
+  return undefined;
 }
 
 /** Token ids that end an assistant turn under this template (beyond the model's eos ids). */
