@@ -32,7 +32,10 @@ async function scrape(): Promise<string> {
 interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
+  prompt_tokens_details: { cached_tokens: number };
 }
+
+const LONG_PROMPT = Array.from({ length: 30 }, (_, i) => `Verse ${i}: and the evening and the morning were the day.`).join(' ');
 
 async function complete(body: Record<string, unknown>): Promise<{ usage: Usage; finish: string }> {
   const res = await server.app.inject({ method: 'POST', url: '/v1/completions', payload: { prompt: 'And it came to pass', temperature: 0, ...body } });
@@ -51,7 +54,11 @@ describe('/metrics after real requests', () => {
       await complete({ max_tokens: 5, ignore_eos: true }), // finishes on length
       await complete({ max_tokens: 7, ignore_eos: true }),
       await complete({ max_tokens: 40, stop: [' '] }), // a stop string ends it early
+      // A long prompt twice: the second resumes from the first's prefix snapshot (a cache hit).
+      await complete({ prompt: LONG_PROMPT, max_tokens: 2 }),
+      await complete({ prompt: LONG_PROMPT, max_tokens: 2 }),
     ];
+    expect(results[results.length - 1]?.usage.prompt_tokens_details.cached_tokens).toBeGreaterThan(0);
     const chat = await server.app.inject({
       method: 'POST',
       url: '/v1/chat/completions',
@@ -68,13 +75,15 @@ describe('/metrics after real requests', () => {
     expect(delta('spikeserve:e2e_request_latency_seconds_count')).toBe(results.length);
     expect(delta('spikeserve:prompt_tokens_total')).toBe(results.reduce((a, r) => a + r.usage.prompt_tokens, 0));
     expect(delta('spikeserve:generation_tokens_total')).toBe(results.reduce((a, r) => a + r.usage.completion_tokens, 0));
+    expect(delta('spikeserve:prefix_cache_queries_total')).toBe(results.reduce((a, r) => a + r.usage.prompt_tokens, 0));
+    expect(delta('spikeserve:prefix_cache_hits_total')).toBe(results.reduce((a, r) => a + r.usage.prompt_tokens_details.cached_tokens, 0));
     // Inter-token latencies between streamed tokens (an end-of-turn token counts in usage but is not streamed).
     expect(delta('spikeserve:inter_token_latency_seconds_count')).toBeGreaterThanOrEqual(results.reduce((a, r) => a + r.usage.completion_tokens - 2, 0));
     expect(delta('spikeserve:inter_token_latency_seconds_count')).toBeLessThanOrEqual(results.reduce((a, r) => a + r.usage.completion_tokens - 1, 0));
 
     const byReason = new Map<string, number>();
     for (const r of results) byReason.set(r.finish, (byReason.get(r.finish) ?? 0) + 1);
-    expect(byReason.get('length')).toBe(2);
+    expect(byReason.get('length')).toBe(4); // two short prompts and the two long ones (max_tokens 2)
     for (const [reason, count] of byReason) {
       expect(delta('spikeserve:request_success_total', { ...m, finished_reason: reason }), reason).toBe(count);
     }

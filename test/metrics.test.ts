@@ -88,6 +88,8 @@ describe('ServerMetrics', () => {
       'recurrent_state_bytes',
       'prefill_tokens_per_second',
       'prompt_tokens_total',
+      'prefix_cache_queries_total',
+      'prefix_cache_hits_total',
       'generation_tokens_total',
       'request_success_total',
     ]) {
@@ -127,6 +129,17 @@ describe('ServerMetrics', () => {
     runRequest(m, clock, 1, [0.1]);
     expect(await value(m, 'prompt_tokens_total')).toBe(351);
     expect(await value(m, 'generation_tokens_total')).toBe(9);
+  });
+
+  it('counts prefix-cache queries and hits in prompt tokens', async () => {
+    const { m } = make();
+    for (const [prompt, cached] of [[300, 0], [320, 256], [40, 0]] as const) {
+      const r = m.trackRequest();
+      r.onEvent(done('stop', prompt, 1, cached));
+      r.onFinish();
+    }
+    expect(await value(m, 'prefix_cache_queries_total')).toBe(660);
+    expect(await value(m, 'prefix_cache_hits_total')).toBe(256);
   });
 
   it('labels request_success_total by finished_reason', async () => {

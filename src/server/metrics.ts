@@ -79,6 +79,8 @@ export class ServerMetrics {
   private readonly kvPagesTotal: Gauge.Internal<string>;
   private readonly stateBytes: Gauge.Internal<string>;
   private readonly promptTokens: Counter.Internal;
+  private readonly prefixQueries: Counter.Internal;
+  private readonly prefixHits: Counter.Internal;
   private readonly generationTokens: Counter.Internal;
   private readonly success: Counter<'model_name' | 'finished_reason'>;
 
@@ -136,6 +138,9 @@ export class ServerMetrics {
     });
 
     this.promptTokens = counter('prompt_tokens_total', 'Prompt tokens of finished requests.');
+    // vLLM v1's pair: hit rate = rate(hits) / rate(queries), in tokens.
+    this.prefixQueries = counter('prefix_cache_queries_total', 'Prompt tokens looked up in the prefix-state cache (finished requests).');
+    this.prefixHits = counter('prefix_cache_hits_total', 'Prompt tokens resumed from a prefix-state snapshot instead of computed.');
     this.generationTokens = counter('generation_tokens_total', 'Generated tokens of finished requests.');
     this.success = new Counter({
       name: METRIC_PREFIX + 'request_success_total',
@@ -202,6 +207,8 @@ export class ServerMetrics {
             const prefillEnd = t - decodeSeconds;
             const from = computedPrefillTokens > 0 ? lastPrefillSeconds : prefillEnd - prefillSeconds;
             addPrefill(ev.promptTokens - ev.cachedTokens - computedPrefillTokens, from, prefillEnd);
+            this.prefixQueries.inc(ev.promptTokens);
+            this.prefixHits.inc(ev.cachedTokens);
             finish(ev.finishReason, ev.promptTokens, ev.completionTokens, t);
             return;
           }
