@@ -7,7 +7,7 @@
 //
 //   node --import tsx bench/throughput.ts [--long-tokens 1048576] [--decode-tokens 64] [--threads N]
 //        [--chunk-tokens 256] [--chunk-sweep 128,256,512,1024 | none] [--sweep-tokens 8192]
-//        [--weights float32 | int8 | int4]
+//        [--weights float32 | int8 | int4] [--decode-threads N]
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { Engine } from '../src/engine/engine.ts';
@@ -22,6 +22,7 @@ const { values: args } = parseArgs({
     'prompt-tokens': { type: 'string', default: '32' },
     streams: { type: 'string', default: '1,4,16,64' },
     threads: { type: 'string' },
+    'decode-threads': { type: 'string' },
     'chunk-tokens': { type: 'string', default: '256' },
     'chunk-sweep': { type: 'string', default: '128,256,512,1024' },
     'sweep-tokens': { type: 'string', default: '8192' },
@@ -111,6 +112,7 @@ function startEngine(chunkTokens: number, maxNumSeqs: number): Promise<Engine> {
     prefixCacheBytes: 0, // every prompt is computed
     weightDtype: WEIGHTS,
     ...(args.threads !== undefined ? { intraOpThreads: Number(args.threads) } : {}),
+    ...(args['decode-threads'] !== undefined ? { decodeIntraOpThreads: Number(args['decode-threads']) } : {}),
   }, (m) => process.stderr.write(`${m}\n`));
 }
 
@@ -135,7 +137,7 @@ async function main(): Promise<void> {
   const maxStreams = Math.max(...STREAMS, 8);
   const t0 = performance.now();
   const engine = await startEngine(Number(args['chunk-tokens']), maxStreams + 1);
-  console.log(`weights ${WEIGHTS}; prefill chunk ${args['chunk-tokens']} tokens; model loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s; pool ${engine.stats().kvPagesTotal} pages, ${engine.stats().stateSlotsTotal} slots`);
+  console.log(`weights ${WEIGHTS}${args['decode-threads'] !== undefined ? `, decode session ${args['decode-threads']} thread(s)` : ''}; prefill chunk ${args['chunk-tokens']} tokens; model loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s; pool ${engine.stats().kvPagesTotal} pages, ${engine.stats().stateSlotsTotal} slots`);
 
   await decodeThroughput(engine, 1); // warm-up
   console.log(`\nDecode throughput (prompt ${PROMPT_TOKENS} tokens, ${DECODE_TOKENS} new tokens per stream, greedy)`);

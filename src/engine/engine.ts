@@ -20,6 +20,11 @@ export interface EngineOptions extends EngineCoreOptions {
   readonly modelDir: string;
   readonly cacheDir?: string;
   readonly intraOpThreads?: number;
+  /**
+   * Threads of a second onnxruntime session for steps of ≤ 4 tokens (decode of 1–4 streams), or unset
+   * for one session (Model.load's decodeIntraOpThreads: a second copy of the weights).
+   */
+  readonly decodeIntraOpThreads?: number;
   readonly device?: 'cpu' | 'webgpu' | 'cuda';
   /** Storage of weight matrices (Model.load's weightDtype; default float32 on cpu, float16 on GPUs). */
   readonly weightDtype?: WeightDtype;

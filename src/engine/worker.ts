@@ -38,6 +38,7 @@ async function loadModel(): Promise<Model> {
   const options: ModelLoadOptions = {
     ...(init.cacheDir !== undefined ? { cacheDir: init.cacheDir } : {}),
     ...(init.intraOpThreads !== undefined ? { intraOpThreads: init.intraOpThreads } : {}),
+    ...(init.decodeIntraOpThreads !== undefined ? { decodeIntraOpThreads: init.decodeIntraOpThreads } : {}),
     // A GPU that is not usable fails in Model.load (DeviceUnavailableError → ModelLoadError at Engine.start).
     ...(init.device !== undefined ? { device: init.device } : {}),
     ...(init.weightDtype !== undefined ? { weightDtype: init.weightDtype } : {}),

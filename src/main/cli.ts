@@ -37,6 +37,7 @@ function engineOptions(config: ServerConfig): EngineOptions {
   if (config.maxQueue !== undefined) opts.maxQueue = config.maxQueue;
   if (config.maxModelLen !== undefined) opts.maxModelLen = config.maxModelLen;
   if (config.threads !== undefined) opts.intraOpThreads = config.threads;
+  if (config.decodeThreads !== undefined) opts.decodeIntraOpThreads = config.decodeThreads;
   return opts;
 }
 

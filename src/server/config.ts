@@ -39,6 +39,7 @@ export interface ServerConfig {
   readonly drainTimeoutSeconds: number;
   readonly cacheDir?: string;
   readonly threads?: number;
+  readonly decodeThreads?: number;
   readonly logLevel: LogLevel;
   /** Interval of SSE `: keep-alive` comments while nothing else is sent (≤ 10). */
   readonly keepaliveSeconds: number;
@@ -84,6 +85,7 @@ export const FLAGS: readonly FlagSpec[] = [
   { flag: 'drain-timeout-seconds', kind: 'number', min: 0, help: 'on SIGTERM, how long in-flight requests may finish', defaultText: '30' },
   { flag: 'cache-dir', kind: 'string', help: 'where built ONNX graphs are cached' },
   { flag: 'threads', kind: 'int', min: 1, help: 'onnxruntime intra-op threads' },
+  { flag: 'decode-threads', kind: 'int', min: 1, help: 'threads of a second session for steps of ≤ 4 tokens (1 wins on small models; costs a second copy of the weights)', defaultText: 'unset: one session' },
   { flag: 'log-level', kind: 'enum', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], help: 'pino log level', defaultText: 'info' },
   { flag: 'keepalive-seconds', kind: 'number', min: 0.001, max: 10, help: 'SSE keep-alive comment interval while nothing else is sent', defaultText: '5' },
 ];
@@ -190,6 +192,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     ['max-model-len', 'maxModelLen'],
     ['max-queue', 'maxQueue'],
     ['threads', 'threads'],
+    ['decode-threads', 'decodeThreads'],
   ] as const;
   for (const [flag, key] of optionalInts) {
     const v = num(flag);
