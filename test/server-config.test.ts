@@ -45,6 +45,8 @@ describe('parseServerConfig', () => {
     expect(c.keepaliveSeconds).toBe(0.5);
     expect(parseServerConfig([], { SPIKESERVE_WEIGHTS: 'int8' }).weights).toBe('int8');
     expect(parseServerConfig(['--weights', 'int4'], { SPIKESERVE_WEIGHTS: 'int8' }).weights).toBe('int4');
+    expect(parseServerConfig([], { SPIKESERVE_DECODE_THREADS: '1' }).decodeThreads).toBe(1);
+    expect(parseServerConfig([], {}).decodeThreads).toBeUndefined();
   });
 
   it.each([
