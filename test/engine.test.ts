@@ -365,3 +365,26 @@ describe('Engine with int8 weights', () => {
     }
   });
 });
+
+describe('Engine with a decode session (--decode-threads)', () => {
+  it('gives the same greedy tokens as one session, for 1 stream and for a batch', async () => {
+    const ckpt = makeRandomTinyCheckpoint(join(tmp, 'decode-session'), { numLayers: 4, slidingWindow: 8, seed: 12 });
+    const V = ckpt.config.vocabSize;
+    const prompts = [prompt(30, 1, V), prompt(12, 2, V), prompt(45, 3, V), prompt(7, 4, V), prompt(20, 5, V), prompt(9, 6, V)];
+    const run = async (opts: Partial<EngineOptions>): Promise<number[][]> => {
+      const engine = await Engine.start({ modelDir: ckpt.dir, cacheDir: join(tmp, 'built'), intraOpThreads: 2, ...opts });
+      try {
+        const alone = (await collect(engine, request(prompts[0]!, greedy(10)))).tokens;
+        // Six at once: decode steps of 6 tokens use the main session, the tail of ≤ 4 the decode session.
+        const together = await Promise.all(prompts.map((p, i) => collect(engine, request(p, greedy(6 + i)))));
+        return [alone, ...together.map((t) => t.tokens)];
+      } finally {
+        await engine.shutdown();
+      }
+    };
+    const one = await run({});
+    const two = await run({ decodeIntraOpThreads: 1 });
+    expect(two).toEqual(one);
+    expect(one[0]).toHaveLength(10);
+  });
+});
