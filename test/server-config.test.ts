@@ -55,6 +55,7 @@ describe('parseServerConfig', () => {
     [['--keepalive-seconds', '11'], /--keepalive-seconds must be ≤ 10/],
     [['--device', 'tpu'], /--device must be one of cpu, webgpu, cuda/],
     [['--weights', 'bf16'], /--weights must be one of float32, float16, int8, int4/],
+    [['--prefix-cache-dir', '/tmp/x', '--prefix-cache-bytes', '0'], /--prefix-cache-dir needs the prefix cache/],
     [['--max-num-seqs', '0'], /--max-num-seqs must be ≥ 1/],
     [['--nope', '1'], /unknown flag --nope/],
     [['--port'], /--port needs a value/],

@@ -178,7 +178,10 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     keepaliveSeconds: num('keepalive-seconds') ?? 5,
   };
   const prefixCacheDir = str('prefix-cache-dir');
-  if (prefixCacheDir !== undefined) config.prefixCacheDir = resolve(prefixCacheDir);
+  if (prefixCacheDir !== undefined) {
+    if (num('prefix-cache-bytes') === 0) throw new ConfigError('--prefix-cache-dir needs the prefix cache: --prefix-cache-bytes is 0');
+    config.prefixCacheDir = resolve(prefixCacheDir);
+  }
   const weights = str('weights');
   if (weights !== undefined) config.weights = weights as Weights;
   const optionalInts = [
