@@ -2,15 +2,13 @@
 // calls the API with fetch() and an Authorization header — the preflight and the streamed answer go
 // through when that origin is allowed, and the browser blocks the call when it is not.
 // Skipped, saying why, where /usr/bin/chromium is absent.
-import { existsSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { chromium, type Browser } from 'playwright-core';
+import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CHROMIUM, haveChromium, launchChromium } from './helpers/browser.ts';
 import { startTestServer, waitEngineIdle, type TestServer } from './helpers/server.ts';
 
-const CHROMIUM = '/usr/bin/chromium';
-const haveChromium = existsSync(CHROMIUM);
 if (!haveChromium) console.warn(`server-cors-browser.test.ts: skipped — ${CHROMIUM} is not installed (apt-get install chromium)`);
 
 describe.skipIf(!haveChromium)('cross-origin calls from a browser page', () => {
@@ -26,10 +24,7 @@ describe.skipIf(!haveChromium)('cross-origin calls from a browser page', () => {
     siteUrl = `http://127.0.0.1:${(site.address() as AddressInfo).port}`;
     api = await startTestServer({ flags: ['--allowed-origins', siteUrl, '--api-key', 'sk-browser'] });
     await api.listen();
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-    });
+    browser = await launchChromium();
   });
   afterAll(async () => {
     await browser?.close();

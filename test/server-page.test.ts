@@ -1,13 +1,11 @@
 // The chat page at / in headless Chromium (playwright-core, Debian's /usr/bin/chromium): type a
 // message, click Send, and see the streamed reply and the TTFT / tokens-per-second line appear.
 // Skipped, saying why, where /usr/bin/chromium is absent.
-import { existsSync } from 'node:fs';
-import { chromium, type Browser } from 'playwright-core';
+import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CHROMIUM, haveChromium, launchChromium } from './helpers/browser.ts';
 import { startTestServer, waitEngineIdle, type TestServer } from './helpers/server.ts';
 
-const CHROMIUM = '/usr/bin/chromium';
-const haveChromium = existsSync(CHROMIUM);
 if (!haveChromium) console.warn(`server-page.test.ts: skipped — ${CHROMIUM} is not installed (apt-get install chromium)`);
 
 describe.skipIf(!haveChromium)('chat page in headless Chromium', () => {
@@ -17,10 +15,7 @@ describe.skipIf(!haveChromium)('chat page in headless Chromium', () => {
   beforeAll(async () => {
     server = await startTestServer();
     await server.listen();
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-    });
+    browser = await launchChromium();
   });
   afterAll(async () => {
     await browser?.close();
