@@ -48,6 +48,14 @@ next)
     --config .device-carry/spikingbrain-7b.config.json --random-weights \
     --lengths 4096,32768,131072 --max-seconds-per-length 60,120,150 --deadline 480 "$@"
   ;;
+next-int8)
+  # An optional third call, right after `next` while the machine is warm: the same 7B shape with int8
+  # weights (MatMulNBits, ~8 GB instead of ~30 GB on the device) at 4K and 32K, no reference size or
+  # probe (those were in `next`).
+  exec bash "$root/bench/gpu-run.sh" bench --plain --chunk 2048 --skip-ref --skip-parity --io-probe off --weight-dtype int8 \
+    --config .device-carry/spikingbrain-7b.config.json --random-weights \
+    --lengths 4096,32768 --max-seconds-per-length 90,150 --deadline 420 "$@"
+  ;;
 node)
   mkdir -p /tmp/rt && tar xJf .device-node/node.tar.xz -C /tmp/rt && /tmp/rt/bin/node --version
   ;;
@@ -71,6 +79,6 @@ bench)
   exit $rc
   ;;
 *)
-  echo "usage: bench/gpu-run.sh pack | node | bench [gpu.ts flags] | next [more flags]" >&2; exit 2
+  echo "usage: bench/gpu-run.sh pack | node | bench [gpu.ts flags] | next [more flags] | next-int8 [more flags]" >&2; exit 2
   ;;
 esac
