@@ -109,7 +109,9 @@ describe('CacheManager with a SnapshotStore', () => {
     const expectedPages = [3, 4].map((l) => Array.from(first.pool.pageView(firstTable?.pages[l - (firstTable?.firstPage ?? 0)] ?? -1)));
     expect(expectedPages[0]?.slice(0, 2)).toEqual([12.5, 12.5]);
     first.free('a');
-    await first.store?.flush();
+    // Snapshots reach the disk when evicted from memory, or all at once at shutdown.
+    expect(first.store?.size).toBe(0);
+    await first.persistSnapshots();
     expect(first.store?.size).toBe(5); // boundaries 4, 8, 12, 16, 20
 
     const second = new CacheManager(spec, { kvPages: 20, pageTokens: P, maxNumSeqs: 2, maxChunkTokens: P, prefixCacheBytes: 1 << 20, snapshotStore: new SnapshotStore(dir, 1 << 20, layout) });
@@ -128,13 +130,31 @@ describe('CacheManager with a SnapshotStore', () => {
     expect(second.usage().prefixCachePages).toBe(table?.pages.length);
   });
 
+  it('spills a snapshot to disk when memory evicts it', async () => {
+    const dir = freshDir();
+    const doc = Array.from({ length: 21 }, (_, i) => i + 1);
+    // Room for two snapshots of 1 state (4 floats) + up to 3 pages in memory: the older ones are evicted, and written.
+    const snapshotBytes = 4 * 4 + 3 * layout.floatsPerPage * 4;
+    const cache = new CacheManager(spec, { kvPages: 20, pageTokens: P, maxNumSeqs: 2, maxChunkTokens: P, prefixCacheBytes: 2 * snapshotBytes, snapshotStore: new SnapshotStore(dir, 1 << 20, layout) });
+    fill(cache, 'a', doc);
+    cache.free('a');
+    await cache.store?.flush();
+    const keys = prefixKeys(doc, P);
+    const inMemory = keys.filter((k) => cache.prefix?.has(k));
+    const onDisk = keys.filter((k) => cache.store?.has(k));
+    expect(inMemory.length).toBeGreaterThan(0);
+    expect(onDisk.length).toBeGreaterThan(0);
+    expect(inMemory.length + onDisk.length).toBe(5); // every snapshot is in exactly one of the two
+    expect(onDisk.some((k) => inMemory.includes(k))).toBe(false);
+  });
+
   it('skips the disk when the pages do not fit beside the reservations (admits from scratch)', async () => {
     const dir = freshDir();
     const doc = Array.from({ length: 21 }, (_, i) => i + 1);
     const big = new CacheManager(spec, { kvPages: 20, pageTokens: P, maxNumSeqs: 2, maxChunkTokens: P, prefixCacheBytes: 1 << 20, snapshotStore: new SnapshotStore(dir, 1 << 20, layout) });
     fill(big, 'a', doc);
     big.free('a');
-    await big.store?.flush();
+    await big.persistSnapshots();
     // 4 pages: one sequence's reservation (⌈(8+4)/4⌉+1 = 4) leaves no room for a restored window.
     const small = new CacheManager(spec, { kvPages: 4, pageTokens: P, maxNumSeqs: 1, maxChunkTokens: P, prefixCacheBytes: 1 << 20, snapshotStore: new SnapshotStore(dir, 1 << 20, layout) });
     expect(small.admit('b', doc.length + 1, prefixKeys(doc, P))).toBe(0);

@@ -40,8 +40,9 @@ export interface CacheOptions {
   /** Byte bound of prefix snapshots (GLA states + window pages); 0 or absent = no prefix caching. */
   readonly prefixCacheBytes?: number;
   /**
-   * Prefix snapshots on disk as well (needs prefixCacheBytes > 0): every snapshot taken is written
-   * there, and admission restores the longest prefix found on disk when memory has no longer one.
+   * Prefix snapshots on disk as well (needs prefixCacheBytes > 0): a snapshot evicted from memory is
+   * written there (spilled), persistSnapshots() writes the rest (at shutdown), and admission restores
+   * the longest prefix found on disk when memory has no longer one.
    */
   readonly snapshotStore?: SnapshotStore;
 }
@@ -99,8 +100,9 @@ export class CacheManager {
       opts.maxNumSeqs,
     );
     const prefixBytes = opts.prefixCacheBytes ?? 0;
-    this.prefix = prefixBytes > 0 ? new PrefixStateCache(this.pool, prefixBytes) : null;
-    this.store = this.prefix !== null ? (opts.snapshotStore ?? null) : null;
+    const store = prefixBytes > 0 ? (opts.snapshotStore ?? null) : null;
+    this.store = store;
+    this.prefix = prefixBytes > 0 ? new PrefixStateCache(this.pool, prefixBytes, store === null ? undefined : (e) => this.spill(e)) : null;
   }
 
   /** Pool size in pages from the options (see CacheOptions); 0 when the model has no attention layer. */
@@ -231,13 +233,22 @@ export class CacheManager {
     // The snapshot's pages count against the pool only where no snapshot holds them yet.
     if (!this.evictSnapshotsToFit(pages)) return false;
     const states = Array.from({ length: this.spec.numGlaLayers }, (_, g) => this.slots.state(g, slot));
-    const stored = this.prefix.insert(key, numTokens, states, firstPage, pages);
-    if (stored && this.store !== null && !this.store.has(key)) {
-      const pageData = new Float32Array(pages.length * this.pool.floatsPerPage);
-      pages.forEach((page, i) => pageData.set(this.pool.pageView(page), i * this.pool.floatsPerPage));
-      void this.store.write(key, numTokens, firstPage, states, pageData);
-    }
-    return stored;
+    return this.prefix.insert(key, numTokens, states, firstPage, pages);
+  }
+
+  /** Writes a snapshot to the disk store (in the background) unless it is there already. */
+  private spill(entry: PrefixSnapshot): void {
+    if (this.store === null || this.store.has(entry.key)) return;
+    const pageData = new Float32Array(entry.pages.length * this.pool.floatsPerPage);
+    entry.pages.forEach((page, i) => pageData.set(this.pool.pageView(page), i * this.pool.floatsPerPage));
+    void this.store.write(entry.key, entry.numTokens, entry.firstPage, entry.glaStates, pageData);
+  }
+
+  /** Writes every snapshot held in memory to the disk store and waits for the writes (shutdown). */
+  async persistSnapshots(): Promise<void> {
+    if (this.prefix === null || this.store === null) return;
+    for (const entry of this.prefix.snapshots()) this.spill(entry);
+    await this.store.flush();
   }
 
   /** Can an admitted sequence write positions [startPos, startPos+numTokens) now? */

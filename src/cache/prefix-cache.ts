@@ -5,7 +5,8 @@
 // so a request resumes from its longest cached prefix. A snapshot costs Σ state + ⌈W/P⌉+1 pages,
 // independent of s: a 4M-token document costs the same to cache as a 4K one (SWA).
 // Bounded by bytes; least recently used entries are evicted first (also on demand by CacheManager
-// when admission needs the pages).
+// when admission needs the pages). An eviction hook sees each entry while its pages are still held
+// (CacheManager spills it to disk there).
 import { createHash } from 'node:crypto';
 import type { BlockPool } from './block-pool.ts';
 
@@ -46,10 +47,17 @@ export class PrefixStateCache {
   /** page → number of snapshots holding it. */
   private readonly pageRefs = new Map<number, number>();
   private totalBytes = 0;
+  private readonly onEvict: ((entry: PrefixSnapshot) => void) | null;
 
-  constructor(pool: BlockPool, maxBytes: number) {
+  constructor(pool: BlockPool, maxBytes: number, onEvict?: (entry: PrefixSnapshot) => void) {
     this.pool = pool;
     this.maxBytes = maxBytes;
+    this.onEvict = onEvict ?? null;
+  }
+
+  /** The entries, least recently used first. */
+  snapshots(): IterableIterator<PrefixSnapshot> {
+    return this.entries.values();
   }
 
   get bytes(): number {
@@ -122,6 +130,7 @@ export class PrefixStateCache {
   evictOldest(): boolean {
     const oldest = this.entries.values().next();
     if (oldest.done === true) return false;
+    this.onEvict?.(oldest.value);
     this.remove(oldest.value);
     return true;
   }

@@ -1,6 +1,7 @@
 // SnapshotStore: prefix snapshots on disk (`--prefix-cache-dir`), so that they outlive their place in
 // memory and the process: a restarted server resumes a long document from its snapshot instead of
-// prefilling it again. One file per snapshot, named by its key (the prefix-cache hash chain), in a
+// prefilling it again. CacheManager writes a snapshot here when memory evicts it, and all of them at
+// shutdown. One file per snapshot, named by its key (the prefix-cache hash chain), in a
 // folder per model build and page size (the caller names it), bounded by bytes, least recently used
 // first out.
 //

@@ -150,9 +150,9 @@ export class EngineCore {
     if (req !== undefined) this.finished(req);
   }
 
-  /** Waits until every prefix snapshot being written to disk is in place (shutdown). */
+  /** Writes the prefix snapshots held in memory to disk, when there is a disk store, and waits (shutdown). */
   async flushSnapshots(): Promise<void> {
-    await this.cache.store?.flush();
+    await this.cache.persistSnapshots();
   }
 
   abortAll(): void {

@@ -45,6 +45,8 @@ const ZERO_STATS: EngineStats = Object.freeze({
 
 /** How long shutdown waits for the worker to abort everything before terminating it. */
 const SHUTDOWN_GRACE_MS = 5000;
+/** With prefix snapshots on disk, also the time to write the ones held in memory. */
+const SHUTDOWN_PERSIST_MS = 60_000;
 
 function toError(e: WireError): EngineError {
   switch (e.name) {
@@ -117,9 +119,12 @@ export class Engine {
   private state: 'ready' | 'closing' | 'closed' | 'failed' = 'ready';
   private failure: string | null = null;
   private closedSignal: (() => void) | null = null;
+  /** Prefix snapshots go to disk on shutdown: give the worker time to write them. */
+  private readonly persistsSnapshots: boolean;
 
-  private constructor(worker: Worker, ready: Extract<FromWorker, { type: 'ready' }>, onLog: (msg: string) => void) {
+  private constructor(worker: Worker, ready: Extract<FromWorker, { type: 'ready' }>, onLog: (msg: string) => void, persistsSnapshots: boolean) {
     this.worker = worker;
+    this.persistsSnapshots = persistsSnapshots;
     this.config = ready.config;
     this.maxModelLen = ready.maxModelLen;
     this.latestStats = ready.stats;
@@ -156,7 +161,7 @@ export class Engine {
       await worker.terminate();
       throw err;
     });
-    return new Engine(worker, ready, onLog);
+    return new Engine(worker, ready, onLog, opts.prefixCacheDir !== undefined);
   }
 
   /**
@@ -214,7 +219,8 @@ export class Engine {
       this.state = 'closing';
       const closed = new Promise<void>((resolve) => (this.closedSignal = resolve));
       this.post({ type: 'shutdown' });
-      await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, SHUTDOWN_GRACE_MS).unref())]);
+      const graceMs = this.persistsSnapshots ? SHUTDOWN_GRACE_MS + SHUTDOWN_PERSIST_MS : SHUTDOWN_GRACE_MS;
+      await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, graceMs).unref())]);
     }
     this.state = 'closed';
     this.endAllStreams(doneEvent('abort'));

@@ -77,7 +77,7 @@ export const FLAGS: readonly FlagSpec[] = [
   { flag: 'max-batched-tokens', kind: 'int', min: 1, help: 'token budget of one scheduler step' },
   { flag: 'prefill-chunk-tokens', kind: 'int', min: 1, help: 'longest prefill chunk of one sequence per step' },
   { flag: 'prefix-cache-bytes', kind: 'int', min: 0, help: 'bytes of prefix-state snapshots kept (0 = off)' },
-  { flag: 'prefix-cache-dir', kind: 'string', help: 'also keep prefix snapshots on disk here (they outlive restarts); unset = memory only' },
+  { flag: 'prefix-cache-dir', kind: 'string', help: 'spill prefix snapshots to disk here (and write them at shutdown: they outlive restarts); unset = memory only' },
   { flag: 'prefix-cache-disk-bytes', kind: 'int', min: 1, help: 'bytes of prefix snapshots kept on disk (LRU)', defaultText: '17179869184 (16 GiB)' },
   { flag: 'max-model-len', kind: 'int', min: 1, help: 'longest prompt + completion in tokens' },
   { flag: 'max-queue', kind: 'int', min: 0, help: 'waiting requests before 429' },
