@@ -86,10 +86,14 @@ cover the preStop sleep plus the server's drain. Computed when unset; refused wh
 */}}
 {{- define "spikeserve.terminationGracePeriodSeconds" -}}
 {{- $needed := add (int .Values.preStopSleepSeconds) (int .Values.server.drainTimeoutSeconds) -}}
+{{- /* With prefix snapshots on disk the engine writes those still in memory at shutdown (up to 60 s). */ -}}
+{{- if not (kindIs "invalid" .Values.server.prefixCacheDir) -}}
+{{- $needed = add $needed 60 -}}
+{{- end -}}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds -}}
 {{- add $needed 15 -}}
 {{- else if le (int .Values.terminationGracePeriodSeconds) $needed -}}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds + server.drainTimeoutSeconds (%d)" (int .Values.terminationGracePeriodSeconds) $needed) -}}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds + server.drainTimeoutSeconds (+ 60 with server.prefixCacheDir) (%d)" (int .Values.terminationGracePeriodSeconds) $needed) -}}
 {{- else -}}
 {{- int .Values.terminationGracePeriodSeconds -}}
 {{- end -}}
