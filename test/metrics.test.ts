@@ -90,6 +90,8 @@ describe('ServerMetrics', () => {
       'prompt_tokens_total',
       'prefix_cache_queries_total',
       'prefix_cache_hits_total',
+      'spike_zeros_total',
+      'spike_values_total',
       'generation_tokens_total',
       'request_success_total',
     ]) {
@@ -185,6 +187,16 @@ describe('ServerMetrics', () => {
     expect(await histCount(m, 'e2e_request_latency_seconds')).toBe(3);
   });
 
+  it('spike counters follow the engine\'s cumulative counts, also across an engine restart', async () => {
+    const { m } = make();
+    const base: EngineStats = { numRunning: 0, numWaiting: 0, kvPagesUsed: 0, kvPagesTotal: 1, stateSlotsUsed: 0, stateSlotsTotal: 1, stateBytesInUse: 0, prefixCacheBytes: 0, spikeZeros: 0, spikeValues: 0 };
+    m.updateEngineStats({ ...base, spikeZeros: 690, spikeValues: 1000 });
+    m.updateEngineStats({ ...base, spikeZeros: 700, spikeValues: 1010 });
+    m.updateEngineStats({ ...base, spikeZeros: 50, spikeValues: 100 }); // a new engine counts from 0
+    expect(await value(m, 'spike_zeros_total')).toBe(750);
+    expect(await value(m, 'spike_values_total')).toBe(1110);
+  });
+
   it('gauges follow updateEngineStats', async () => {
     const { m } = make();
     const stats: EngineStats = {
@@ -196,6 +208,8 @@ describe('ServerMetrics', () => {
       stateSlotsTotal: 8,
       stateBytesInUse: 3 * 1835008,
       prefixCacheBytes: 0,
+      spikeZeros: 0,
+      spikeValues: 0,
     };
     m.updateEngineStats(stats);
     expect(await value(m, 'num_requests_running')).toBe(3);

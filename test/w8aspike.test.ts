@@ -87,6 +87,51 @@ describe.each([
   });
 });
 
+describe('W8ASpike spike sparsity', () => {
+  it('the graph counts the zero spikes of its linear inputs as the reference does', async () => {
+    const dir = join(root, 'sparsity');
+    const w8 = makeW8ASpikeTinyCheckpoint(dir, { numLayers: 4, slidingWindow: 8, seed: 1 });
+    const V = w8.config.vocabSize;
+    const ids = Array.from({ length: PROMPT }, (_, i) => (i * 37 + 12) % V);
+    const ref = new ReferenceSession(openCheckpoint(dir));
+    let n = 0; // positions before the first near-tie rounding: there the counts must agree exactly
+    for (const id of ids) {
+      const before = tieCounter.count;
+      const counts = { ...ref.spikeCounts };
+      ref.step(id);
+      if (tieCounter.count !== before) {
+        Object.assign(ref.spikeCounts, counts);
+        break;
+      }
+      n++;
+    }
+    expect(n).toBeGreaterThanOrEqual(8);
+    const model = await Model.load(openCheckpoint(dir), { cacheDir: join(root, 'models'), intraOpThreads: 1 });
+    try {
+      const c = w8.config;
+      const glaLayers = c.layerKinds.filter((k) => k === 'gla').length;
+      const out = await model.run({
+        batchSize: 1,
+        chunkTokens: n,
+        tokenIds: Int32Array.from(ids.slice(0, n)),
+        positions: Int32Array.from({ length: n }, (_, i) => i),
+        glaStates: Array.from({ length: glaLayers }, () => new Float32Array(c.numKvHeads * c.headDim * c.headDim)),
+        pastTokens: 0,
+        pastPositions: new Int32Array(0),
+        pastKeys: Array.from({ length: c.numLayers - glaLayers }, () => new Float32Array(0)),
+        pastValues: Array.from({ length: c.numLayers - glaLayers }, () => new Float32Array(0)),
+        allLogits: false,
+      });
+      expect(out.spikes).toEqual(ref.spikeCounts);
+      // Per token: 4 layers × (mixer input D + o_proj input H·d + MLP input D), all 128 wide.
+      expect(ref.spikeCounts.values).toBe(n * 4 * 3 * 128);
+      expect(ref.spikeCounts.zeros / ref.spikeCounts.values).toBeGreaterThan(0.05); // spikes do have zeros
+    } finally {
+      await model.close();
+    }
+  });
+});
+
 describe('W8ASpike chunked prefill and decode', () => {
   it('chunks of 1, 5 and 8, and a decode batch of 3 sequences, equal one-shot prefill', async () => {
     const dir = join(root, 'chunks');

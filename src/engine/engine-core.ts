@@ -260,6 +260,8 @@ export class EngineCore {
       stateSlotsTotal: u.slotsTotal,
       stateBytesInUse: u.stateBytesInUse,
       prefixCacheBytes: u.prefixCacheBytes,
+      spikeZeros: this.runner.spikeZeros,
+      spikeValues: this.runner.spikeValues,
     };
   }
 }

@@ -41,6 +41,8 @@ const ZERO_STATS: EngineStats = Object.freeze({
   stateSlotsTotal: 0,
   stateBytesInUse: 0,
   prefixCacheBytes: 0,
+  spikeZeros: 0,
+  spikeValues: 0,
 });
 
 /** How long shutdown waits for the worker to abort everything before terminating it. */

@@ -75,6 +75,9 @@ export class StepRunner {
   private readonly stateBufs: GrowableF32[];
   private readonly keyBufs: GrowableF32[];
   private readonly valueBufs: GrowableF32[];
+  /** W8ASpike models: zero spikes and all spikes over every run so far (sparsity = zeros / values). */
+  spikeZeros = 0;
+  spikeValues = 0;
 
   constructor(model: ForwardModel, config: ModelConfig, cache: CacheManager) {
     this.model = model;
@@ -220,6 +223,10 @@ export class StepRunner {
       allLogits,
     };
     const output = await this.model.run(input);
+    if (output.spikes !== undefined) {
+      this.spikeZeros += output.spikes.zeros;
+      this.spikeValues += output.spikes.values;
+    }
 
     for (let g = 0; g < this.numGlaLayers; g++) {
       const out = output.glaStates[g]!;

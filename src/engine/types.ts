@@ -109,4 +109,7 @@ export interface EngineStats {
   readonly stateSlotsTotal: number;
   readonly stateBytesInUse: number;
   readonly prefixCacheBytes: number;
+  /** W8ASpike models: zero spikes and all spikes of the spike-coded linear inputs computed so far (0 otherwise). */
+  readonly spikeZeros: number;
+  readonly spikeValues: number;
 }

@@ -81,6 +81,10 @@ export class ServerMetrics {
   private readonly promptTokens: Counter.Internal;
   private readonly prefixQueries: Counter.Internal;
   private readonly prefixHits: Counter.Internal;
+  private readonly spikeZeros: Counter.Internal;
+  private readonly spikeValues: Counter.Internal;
+  /** The engine's cumulative spike counts at the last stats update (the counters advance by the difference). */
+  private lastSpikes = { zeros: 0, values: 0 };
   private readonly generationTokens: Counter.Internal;
   private readonly success: Counter<'model_name' | 'finished_reason'>;
 
@@ -141,6 +145,9 @@ export class ServerMetrics {
     // vLLM v1's pair: hit rate = rate(hits) / rate(queries), in tokens.
     this.prefixQueries = counter('prefix_cache_queries_total', 'Prompt tokens looked up in the prefix-state cache (finished requests).');
     this.prefixHits = counter('prefix_cache_hits_total', 'Prompt tokens resumed from a prefix-state snapshot instead of computed.');
+    // W8ASpike models (0 otherwise): sparsity = rate(spike_zeros_total) / rate(spike_values_total).
+    this.spikeZeros = counter('spike_zeros_total', 'Spike-coded linear-layer inputs that were 0 spikes (W8ASpike models).');
+    this.spikeValues = counter('spike_values_total', 'Spike-coded linear-layer inputs computed (W8ASpike models).');
     this.generationTokens = counter('generation_tokens_total', 'Generated tokens of finished requests.');
     this.success = new Counter({
       name: METRIC_PREFIX + 'request_success_total',
@@ -228,6 +235,12 @@ export class ServerMetrics {
     this.kvPagesTotal.set(s.kvPagesTotal);
     this.kvUsage.set(s.kvPagesTotal > 0 ? s.kvPagesUsed / s.kvPagesTotal : 0);
     this.stateBytes.set(s.stateBytesInUse);
+    // Cumulative in the engine; a smaller value means a new engine (counting from 0 again).
+    const zeros = s.spikeZeros < this.lastSpikes.zeros ? s.spikeZeros : s.spikeZeros - this.lastSpikes.zeros;
+    const values = s.spikeValues < this.lastSpikes.values ? s.spikeValues : s.spikeValues - this.lastSpikes.values;
+    this.spikeZeros.inc(zeros);
+    this.spikeValues.inc(values);
+    this.lastSpikes = { zeros: s.spikeZeros, values: s.spikeValues };
   }
 
   render(): Promise<string> {

@@ -222,9 +222,15 @@ export class ReferenceSession {
   readonly lastMixerOutput: Float64Array[];
   /** A W8ASpike checkpoint: spike-coded projection inputs, quantized attention q/k/v. */
   private readonly spiking: boolean;
+  /** W8ASpike: zero spikes and all spikes of the linear-layer inputs so far (the graph's sparsity outputs). */
+  readonly spikeCounts = { zeros: 0, values: 0 };
   /** x as a QuantLinear sees it. */
   private linIn(x: Float64Array): Float64Array {
-    return this.spiking ? spikeCode(x) : x;
+    if (!this.spiking) return x;
+    const coded = spikeCode(x);
+    this.spikeCounts.values += coded.length;
+    for (const v of coded) if (v === 0) this.spikeCounts.zeros++;
+    return coded;
   }
 
   constructor(ckpt: Checkpoint) {
@@ -257,6 +263,7 @@ export class ReferenceSession {
       values: this.values.map((v) => [...v]),
       lastMixerOutput: this.lastMixerOutput.map((x) => Float64Array.from(x)),
       spiking: this.spiking,
+      spikeCounts: { ...this.spikeCounts },
     });
     return copy;
   }

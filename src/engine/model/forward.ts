@@ -35,4 +35,6 @@ export interface ForwardOutput {
   /** Per attention layer: [B, Hkv, T, d] keys (post-RoPE) and values of the chunk's tokens. */
   readonly presentKeys: Float32Array[];
   readonly presentValues: Float32Array[];
+  /** W8ASpike models: zero spikes and all spikes over this run's spike-coded linear inputs. */
+  readonly spikes?: { readonly zeros: number; readonly values: number };
 }

@@ -11,6 +11,12 @@ export const PAST_POSITIONS = 'past_positions';
 export const NUM_LOGITS = 'num_logits';
 /** [B, num_logits, V] float32. */
 export const LOGITS = 'logits';
+/**
+ * W8ASpike graphs only: [] int64 counts over the run's spike-coded linear-layer inputs, of spikes
+ * that are 0 and of all spikes (sparsity = zeros / values; DESIGN §2).
+ */
+export const SPIKE_ZEROS = 'spike_zeros';
+export const SPIKE_VALUES = 'spike_values';
 
 /** GLA layer: [B, Hkv, d, d] state before the chunk. */
 export const stateIn = (layer: number): string => `state.${layer}`;

@@ -15,6 +15,8 @@ import {
   NUM_LOGITS,
   PAST_POSITIONS,
   POSITIONS,
+  SPIKE_VALUES,
+  SPIKE_ZEROS,
   pastKey,
   pastValue,
   presentKey,
@@ -178,11 +180,18 @@ export class Model {
     };
     const logits = f32(LOGITS);
     check('logits', logits.length, B * (input.allLogits ? T : 1) * V);
+    const count = (name: string): number | null => {
+      const t = out[name];
+      return t !== undefined && t.data instanceof BigInt64Array ? Number(t.data[0] ?? 0n) : null;
+    };
+    const zeros = count(SPIKE_ZEROS);
+    const values = count(SPIKE_VALUES);
     return {
       logits,
       glaStates: this.glaLayers.map((l) => f32(stateOut(l))),
       presentKeys: this.attentionLayers.map((l) => f32(presentKey(l))),
       presentValues: this.attentionLayers.map((l) => f32(presentValue(l))),
+      ...(zeros !== null && values !== null ? { spikes: { zeros, values } } : {}),
     };
   }
 

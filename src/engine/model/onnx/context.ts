@@ -31,6 +31,8 @@ export interface GraphContext {
   readonly options: GraphOptions;
   /** A W8ASpike checkpoint: spike-coded QuantLinear inputs and SWA q/k/v quantizers (./spike-coding.ts). */
   readonly spiking: boolean;
+  /** [] int64 counts (zero spikes, all spikes) of each spike-coded linear input, summed into the graph's outputs. */
+  readonly spikeCounts: { readonly zeros: string; readonly values: string }[];
   /** [1] int64 values. */
   readonly B: string;
   readonly T: string;

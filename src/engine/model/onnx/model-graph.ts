@@ -3,7 +3,7 @@
 //   per layer: h += Mixer(RMSNorm(h)) (GLA or attention); h += MLP(RMSNorm(h))
 //   logits = lm_head(RMSNorm(h)) for the last `num_logits` positions of each row → [B, num_logits, V]
 import type { Checkpoint } from '../checkpoint.ts';
-import { INPUT_IDS, LOGITS, NUM_LOGITS, PAST_POSITIONS, POSITIONS } from '../io-names.ts';
+import { INPUT_IDS, LOGITS, NUM_LOGITS, PAST_POSITIONS, POSITIONS, SPIKE_VALUES, SPIKE_ZEROS } from '../io-names.ts';
 import { detectGkLayout, EMBEDDINGS, FINAL_NORM, LM_HEAD, layerTensorNames } from '../tensor-names.ts';
 import { checkW8ASpike, fakeQuantizedWeights, isW8ASpike } from '../w8aspike.ts';
 import { attentionMixer, ropeTables } from './attention-layer.ts';
@@ -50,6 +50,7 @@ export function buildModelGraph(source: Checkpoint, options: GraphOptions): Buil
     config,
     options,
     spiking,
+    spikeCounts: [],
     ...dims,
     positions,
     shapeCache: new Map(),
@@ -132,6 +133,13 @@ export function buildModelGraph(source: Checkpoint, options: GraphOptions): Buil
     return reshape(ctx, y, [ctx.B, -1, V]);
   });
   g.output(LOGITS, logits, DataType.FLOAT, ['batch', 'num_logits', V]);
+  if (ctx.spikeCounts.length > 0) {
+    // Sparsity of the spike-coded linear inputs of this run (int64: a long chunk of 7B counts billions).
+    const total = (pick: 'zeros' | 'values'): string =>
+      ctx.spikeCounts.map((c) => c[pick]).reduce((a, b) => g.op('Add', [a, b], {}, { name: `spike_${pick}_sum` }));
+    g.output(SPIKE_ZEROS, total('zeros'), DataType.INT64, []);
+    g.output(SPIKE_VALUES, total('values'), DataType.INT64, []);
+  }
 
   // The fused graph uses ONNX Attention (opset 23, IR 10) and com.microsoft contrib ops.
   const opsets = new Map<string, number>([['', options.fusedOps ? 23 : 17]]);

@@ -6,6 +6,7 @@
 import { SCALE_MAX, SCALE_MIN, SPIKE_K } from '../w8aspike.ts';
 import { reshape, type GraphContext } from './context.ts';
 import { ints, int } from './graph-builder.ts';
+import { DataType } from './proto.ts';
 
 /** A reduction over the last axis, kept: `axes` is an attribute up to opset 17 (plain graph), an input from 18 (fused). */
 function reduceLast(ctx: GraphContext, op: 'ReduceMean' | 'ReduceMax', x: string): string {
@@ -16,13 +17,21 @@ function clip(ctx: GraphContext, x: string, lo: number, hi: number): string {
   return ctx.g.op('Clip', [x, ctx.g.f32([lo], []), ctx.g.f32([hi], [])]);
 }
 
-/** Spike coding of x [..., n] per row of the last axis. */
-export function spikeCode(ctx: GraphContext, x: string, name = 'spike'): string {
+/**
+ * Spike coding of x [..., n] per row of the last axis. With `count`, the number of zero spikes and of
+ * all spikes is added to ctx.spikeCounts (the graph's sparsity outputs).
+ */
+export function spikeCode(ctx: GraphContext, x: string, name = 'spike', count = false): string {
   const { g } = ctx;
   return g.scope(name, () => {
     const mean = reduceLast(ctx, 'ReduceMean', g.op('Abs', [x]));
     const vth = clip(ctx, g.op('Div', [mean, g.f32([SPIKE_K], [])]), SCALE_MIN, SCALE_MAX);
-    return g.op('Mul', [g.op('Round', [g.op('Div', [x, vth])]), vth]);
+    const spikes = g.op('Round', [g.op('Div', [x, vth])]);
+    if (count) {
+      const isZero = g.op('Cast', [g.op('Equal', [spikes, g.f32([0], [])])], { to: int(DataType.INT64) });
+      ctx.spikeCounts.push({ zeros: g.op('ReduceSum', [isZero], { keepdims: int(0) }), values: g.op('Size', [spikes]) });
+    }
+    return g.op('Mul', [spikes, vth]);
   });
 }
 
@@ -46,7 +55,7 @@ export function perHead(ctx: GraphContext, x: string, heads: number, f: (x4: str
   return reshape(ctx, f(reshape(ctx, x, [0, 0, heads, d])), [0, 0, heads * d]);
 }
 
-/** A QuantLinear's input: spike-coded on a W8ASpike model, as it is otherwise. */
+/** A QuantLinear's input: spike-coded (and counted for sparsity) on a W8ASpike model, as it is otherwise. */
 export function linearInput(ctx: GraphContext, x: string): string {
-  return ctx.spiking ? spikeCode(ctx, x, 'spike_in') : x;
+  return ctx.spiking ? spikeCode(ctx, x, 'spike_in', true) : x;
 }
