@@ -56,6 +56,7 @@ describe('parseServerConfig', () => {
     [['--device', 'tpu'], /--device must be one of cpu, webgpu, cuda/],
     [['--weights', 'bf16'], /--weights must be one of float32, float16, int8, int4/],
     [['--prefix-cache-dir', '/tmp/x', '--prefix-cache-bytes', '0'], /--prefix-cache-dir needs the prefix cache/],
+    [['--device', 'webgpu', '--decode-threads', '1'], /--decode-threads is for --device cpu/],
     [['--max-num-seqs', '0'], /--max-num-seqs must be ≥ 1/],
     [['--nope', '1'], /unknown flag --nope/],
     [['--port'], /--port needs a value/],

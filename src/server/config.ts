@@ -177,6 +177,9 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     logLevel: (str('log-level') ?? 'info') as LogLevel,
     keepaliveSeconds: num('keepalive-seconds') ?? 5,
   };
+  if (config.device !== 'cpu' && num('decode-threads') !== undefined) {
+    throw new ConfigError(`--decode-threads is for --device cpu (a second GPU session would hold a second copy of the weights on the device)`);
+  }
   const prefixCacheDir = str('prefix-cache-dir');
   if (prefixCacheDir !== undefined) {
     if (num('prefix-cache-bytes') === 0) throw new ConfigError('--prefix-cache-dir needs the prefix cache: --prefix-cache-bytes is 0');
