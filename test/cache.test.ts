@@ -1,12 +1,19 @@
 // Cache pools without onnxruntime: BlockPool, PagedKvManager, StateSlots, CacheManager.
 // Property tests drive random workloads of admit / advance / free and check the invariants of DESIGN.md §4.
-import { describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { BlockPool } from '../src/cache/block-pool.ts';
 import { PagedKvManager } from '../src/cache/paged-kv.ts';
 import { StateSlots } from '../src/cache/state-slots.ts';
 import { CacheManager, type CacheSpec } from '../src/cache/cache-manager.ts';
 import { prefixKeys } from '../src/cache/prefix-cache.ts';
+import { SnapshotStore } from '../src/cache/snapshot-store.ts';
+
+const diskRoot = mkdtempSync(join(tmpdir(), 'spikeserve-cache-test-'));
+afterAll(() => rmSync(diskRoot, { recursive: true, force: true }));
 
 type Op =
   | { kind: 'admit'; totalTokens: number }
@@ -236,84 +243,123 @@ describe('prefix snapshots', () => {
   const stateValue = (f: number, n: number): number => n + 1000 * f;
   const keyValue = (f: number, p: number): number => p + 1e6 * f;
 
-  for (const windowTokens of [24, null]) {
-    it(`share pages by reference count, restore exactly what was stored, and free everything (W = ${windowTokens})`, () => {
-      let totalHits = 0;
-      fc.assert(
-        fc.property(fc.integer({ min: 2, max: 8 }), fc.integer({ min: 8, max: 60 }), fc.array(prefixOpArb, { maxLength: 80 }), (P, kvPages, ops) => {
-          const spec: CacheSpec = { numAttnLayers: 1, numGlaLayers: 1, numKvHeads: 1, headDim: 1, windowTokens };
-          const C = 24;
-          const cache = new CacheManager(spec, { kvPages, pageTokens: P, maxNumSeqs: 3, maxChunkTokens: C, prefixCacheBytes: 40 * 4 * P });
-          const prefix = cache.prefix!;
-          const live = new Map<string, { family: number; tokens: number[]; keys: string[]; next: number; total: number }>();
-          let nextId = 0;
-          let hits = 0;
-          for (const op of ops) {
-            const ids = [...live.keys()];
-            if (op.kind === 'admit') {
-              const id = `s${nextId++}`;
-              const tokens = familyTokens(op.family, op.length);
-              const keys = prefixKeys(tokens, P);
-              const total = op.length + op.extra;
-              const restored = cache.admit(id, total, keys);
-              if (restored === null) continue;
-              expect(restored % P).toBe(0);
-              expect(restored).toBeLessThan(op.length);
-              live.set(id, { family: op.family, tokens, keys, next: restored, total });
-              if (restored > 0) {
-                hits++;
-                // States and window keys are exactly those of the stored prefix.
-                expect(cache.slots.state(0, cache.slotOf(id))[0]).toBe(stateValue(op.family, restored));
-                const table = cache.tableOf(id)!;
-                for (let p = Math.max(0, restored - (windowTokens ?? restored)); p < restored; p++) {
-                  const page = table.pages[Math.floor(p / P) - table.firstPage]!;
-                  expect(cache.pool.slab(page, 0, 0, 0)[p % P]).toBe(keyValue(op.family, p));
-                }
-              }
-            } else if (ids.length > 0) {
-              const id = ids[op.who % ids.length]!;
-              const seq = live.get(id)!;
-              if (op.kind === 'free') {
-                cache.free(id);
-                live.delete(id);
-              } else {
-                // Chunks stop at page boundaries inside the prompt, where snapshots may be taken.
-                let n = Math.min(op.tokens, seq.total - seq.next);
-                const boundary = (Math.floor(seq.next / P) + 1) * P;
-                if (boundary <= seq.keys.length * P) n = Math.min(n, boundary - seq.next);
-                if (n <= 0) continue;
-                cache.append(id, seq.next, n);
-                const table = cache.tableOf(id)!;
-                for (let p = seq.next; p < seq.next + n; p++) {
-                  const page = table.pages[Math.floor(p / P) - table.firstPage]!;
-                  cache.pool.slab(page, 0, 0, 0)[p % P] = keyValue(seq.family, p);
-                }
-                seq.next += n;
-                cache.slots.state(0, cache.slotOf(id)).fill(stateValue(seq.family, seq.next));
-                if (seq.next % P === 0 && seq.next <= seq.keys.length * P) cache.snapshot(id, seq.keys[seq.next / P - 1]!, seq.next);
-                if (windowTokens !== null) expect(table.pages.length).toBeLessThanOrEqual(PagedKvManager.maxPagesSwa(windowTokens, C, P));
-              }
-            }
-            // Every page in use is referenced exactly by its holders: tables plus snapshots.
-            const holders = new Map<number, number>();
-            for (const id of live.keys()) for (const page of cache.tableOf(id)?.pages ?? []) holders.set(page, (holders.get(page) ?? 0) + 1);
-            for (let page = 0; page < cache.pool.numPages; page++) {
-              expect(cache.pool.refCount(page)).toBe((holders.get(page) ?? 0) + prefix.refsOf(page));
-            }
-            expect(cache.usage().pagesReserved + prefix.numPages).toBeLessThanOrEqual(cache.pool.numPages);
-            expect(prefix.bytes).toBeLessThanOrEqual(prefix.maxBytes);
+  /**
+   * Runs one random workload of admits, advances (with snapshots at page boundaries) and frees, checking
+   * after every op that each page in use is referenced exactly by its holders and that restored states
+   * and window keys are what was stored. With a disk store, memory holds few snapshots, so most are
+   * spilled and many admissions restore from disk. Returns how many admissions resumed, and how many
+   * of those from a prefix that only the disk held.
+   */
+  async function prefixWorkload(windowTokens: number | null, P: number, kvPages: number, ops: readonly PrefixOp[], store?: SnapshotStore): Promise<{ hits: number; diskHits: number }> {
+    const spec: CacheSpec = { numAttnLayers: 1, numGlaLayers: 1, numKvHeads: 1, headDim: 1, windowTokens };
+    const C = 24;
+    // The largest snapshot: one float of state and the pages of a window (or of a whole 200-token prompt).
+    const snapshotBytes = 4 + ((windowTokens ?? 200) / P + 2) * 2 * P * 4;
+    const cache = new CacheManager(spec, {
+      kvPages,
+      pageTokens: P,
+      maxNumSeqs: 3,
+      maxChunkTokens: C,
+      prefixCacheBytes: store === undefined ? 40 * 4 * P : 2 * snapshotBytes, // with a disk: room for ~2, the rest spill
+      ...(store !== undefined ? { snapshotStore: store } : {}),
+    });
+    const prefix = cache.prefix!;
+    const live = new Map<string, { family: number; tokens: number[]; keys: string[]; next: number; total: number }>();
+    let nextId = 0;
+    let hits = 0;
+    let diskHits = 0;
+    for (const op of ops) {
+      const ids = [...live.keys()];
+      if (op.kind === 'admit') {
+        const id = `s${nextId++}`;
+        const tokens = familyTokens(op.family, op.length);
+        const keys = prefixKeys(tokens, P);
+        const total = op.length + op.extra;
+        const longestInMemory = keys.reduce((best, k, i) => (prefix.has(k) ? (i + 1) * P : best), 0);
+        const restored = cache.admit(id, total, keys);
+        if (restored === null) continue;
+        expect(restored % P).toBe(0);
+        expect(restored).toBeLessThan(op.length);
+        live.set(id, { family: op.family, tokens, keys, next: restored, total });
+        if (restored > 0) {
+          hits++;
+          if (restored > longestInMemory) diskHits++;
+          // States and window keys are exactly those of the stored prefix.
+          expect(cache.slots.state(0, cache.slotOf(id))[0]).toBe(stateValue(op.family, restored));
+          const table = cache.tableOf(id)!;
+          for (let p = Math.max(0, restored - (windowTokens ?? restored)); p < restored; p++) {
+            const page = table.pages[Math.floor(p / P) - table.firstPage]!;
+            expect(cache.pool.slab(page, 0, 0, 0)[p % P]).toBe(keyValue(op.family, p));
           }
-          for (const id of [...live.keys()]) cache.free(id);
-          expect(cache.usage().pagesUsed).toBe(0);
-          expect(cache.usage().slotsUsed).toBe(0);
-          prefix.clear();
-          expect(cache.pool.numFree).toBe(cache.pool.numPages);
-          expect(prefix.bytes).toBe(0);
-          totalHits += hits;
+        }
+      } else if (ids.length > 0) {
+        const id = ids[op.who % ids.length]!;
+        const seq = live.get(id)!;
+        if (op.kind === 'free') {
+          cache.free(id);
+          live.delete(id);
+        } else {
+          // Chunks stop at page boundaries inside the prompt, where snapshots may be taken.
+          let n = Math.min(op.tokens, seq.total - seq.next);
+          const boundary = (Math.floor(seq.next / P) + 1) * P;
+          if (boundary <= seq.keys.length * P) n = Math.min(n, boundary - seq.next);
+          if (n <= 0) continue;
+          cache.append(id, seq.next, n);
+          const table = cache.tableOf(id)!;
+          for (let p = seq.next; p < seq.next + n; p++) {
+            const page = table.pages[Math.floor(p / P) - table.firstPage]!;
+            cache.pool.slab(page, 0, 0, 0)[p % P] = keyValue(seq.family, p);
+          }
+          seq.next += n;
+          cache.slots.state(0, cache.slotOf(id)).fill(stateValue(seq.family, seq.next));
+          if (seq.next % P === 0 && seq.next <= seq.keys.length * P) cache.snapshot(id, seq.keys[seq.next / P - 1]!, seq.next);
+          if (windowTokens !== null) expect(table.pages.length).toBeLessThanOrEqual(PagedKvManager.maxPagesSwa(windowTokens, C, P));
+        }
+      }
+      await store?.flush(); // spilled snapshots are on disk before the next admission looks
+      // Every page in use is referenced exactly by its holders: tables plus snapshots.
+      const holders = new Map<number, number>();
+      for (const id of live.keys()) for (const page of cache.tableOf(id)?.pages ?? []) holders.set(page, (holders.get(page) ?? 0) + 1);
+      for (let page = 0; page < cache.pool.numPages; page++) {
+        expect(cache.pool.refCount(page)).toBe((holders.get(page) ?? 0) + prefix.refsOf(page));
+      }
+      expect(cache.usage().pagesReserved + prefix.numPages).toBeLessThanOrEqual(cache.pool.numPages);
+      expect(prefix.bytes).toBeLessThanOrEqual(prefix.maxBytes);
+    }
+    for (const id of [...live.keys()]) cache.free(id);
+    expect(cache.usage().pagesUsed).toBe(0);
+    expect(cache.usage().slotsUsed).toBe(0);
+    prefix.clear();
+    await store?.flush();
+    expect(cache.pool.numFree).toBe(cache.pool.numPages);
+    expect(prefix.bytes).toBe(0);
+    return { hits, diskHits };
+  }
+
+  for (const windowTokens of [24, null]) {
+    it(`share pages by reference count, restore exactly what was stored, and free everything (W = ${windowTokens})`, async () => {
+      let totalHits = 0;
+      await fc.assert(
+        fc.asyncProperty(fc.integer({ min: 2, max: 8 }), fc.integer({ min: 8, max: 60 }), fc.array(prefixOpArb, { maxLength: 80 }), async (P, kvPages, ops) => {
+          totalHits += (await prefixWorkload(windowTokens, P, kvPages, ops)).hits;
         }),
         { numRuns: 200 },
       );
       expect(totalHits).toBeGreaterThan(0); // the workloads did resume from snapshots
+    });
+
+    it(`with snapshots spilled to disk and restored from it, the same holds (W = ${windowTokens})`, async () => {
+      let diskHits = 0;
+      let run = 0;
+      await fc.assert(
+        // A pool large enough for restores beside two running sequences, and long workloads.
+        fc.asyncProperty(fc.integer({ min: 2, max: 8 }), fc.integer({ min: 40, max: 120 }), fc.array(prefixOpArb, { minLength: 40, maxLength: 120 }), async (P, kvPages, ops) => {
+          const store = new SnapshotStore(join(diskRoot, `w${windowTokens}-${run++}`), 1 << 20, { stateLengths: [1], floatsPerPage: 2 * P });
+          diskHits += (await prefixWorkload(windowTokens, P, kvPages, ops, store)).diskHits;
+        }),
+        { numRuns: 60 },
+      );
+      expect(diskHits).toBeGreaterThan(0); // the workloads did resume from snapshots only the disk held
     });
   }
 
