@@ -163,7 +163,8 @@ export class CacheManager {
       // A longer prefix on disk than in memory: bring it into the memory cache first.
       const memoryIndex = hit === null ? -1 : hit.numTokens / this.pageTokens - 1;
       const diskIndex = this.store.longest(prefixKeys, memoryIndex);
-      if (diskIndex >= 0) hit = this.restoreFromDisk(prefixKeys[diskIndex] as string) ?? hit;
+      // A failed restore may have evicted the memory hit to make room: look it up again.
+      if (diskIndex >= 0) hit = this.restoreFromDisk(prefixKeys[diskIndex] as string) ?? this.prefix?.lookup(prefixKeys) ?? null;
     }
     if (hit !== null) {
       hit.glaStates.forEach((state, g) => this.slots.state(g, slot).set(state));
@@ -183,6 +184,8 @@ export class CacheManager {
     const stored = this.store?.read(key) ?? null;
     if (prefix === null || stored === null) return null;
     if (stored.numPages > 0 && this.spec.numAttnLayers === 0) return null;
+    const bytes = stored.glaStates.reduce((n, s) => n + s.byteLength, 0) + stored.numPages * this.pool.bytesPerPage;
+    if (bytes > prefix.maxBytes) return null; // written by a server with a larger --prefix-cache-bytes
     // Fresh pages count in full against the pool: evict LRU snapshots until they fit.
     while (this.reservedPages + prefix.numPages + stored.numPages > this.pool.numPages) {
       if (!prefix.evictOldest()) return null;
