@@ -40,6 +40,26 @@ describe('SnapshotStore', () => {
     expect(errors).toEqual([]);
   });
 
+  it('readAsync gives what read gives, and drops a damaged file', async () => {
+    const dir = freshDir();
+    const errors: string[] = [];
+    const store = new SnapshotStore(dir, 1 << 20, LAYOUT, (m) => errors.push(m));
+    await store.write('k', 8, 1, [ramp(4, 1), ramp(4, 2)], ramp(6, 3));
+    const a = await store.readAsync('k');
+    const b = store.read('k');
+    expect(a).not.toBeNull();
+    expect({ ...a, glaStates: a?.glaStates.map((s) => Array.from(s)), pageData: Array.from(a?.pageData ?? []) }).toEqual({
+      ...b,
+      glaStates: b?.glaStates.map((s) => Array.from(s)),
+      pageData: Array.from(b?.pageData ?? []),
+    });
+    expect(await store.readAsync('missing')).toBeNull();
+    truncateSync(join(dir, 'k.snap'), 20);
+    expect(await store.readAsync('k')).toBeNull();
+    expect(store.has('k')).toBe(false);
+    expect(errors).toHaveLength(1);
+  });
+
   it('keeps within its byte bound, dropping the least recently used (a read is a use)', async () => {
     const dir = freshDir();
     const probe = new SnapshotStore(join(dir, 'probe'), 1 << 20, LAYOUT);

@@ -14,7 +14,13 @@
 import { BlockPool, bytesPerPage, type PageSpec } from './block-pool.ts';
 import { PagedKvManager, type BlockTable } from './paged-kv.ts';
 import { PrefixStateCache, type PrefixSnapshot } from './prefix-cache.ts';
-import type { SnapshotStore } from './snapshot-store.ts';
+import type { SnapshotStore, StoredSnapshot } from './snapshot-store.ts';
+
+/** A snapshot read from disk before admission (Scheduler), or null when the read failed. */
+export interface PrefetchedSnapshot {
+  readonly key: string;
+  readonly snapshot: StoredSnapshot | null;
+}
 import { StateSlots } from './state-slots.ts';
 
 export interface CacheSpec {
@@ -148,7 +154,7 @@ export class CacheManager {
    * are copied into the slot and its pages shared. Returns the number of restored tokens (0 = none),
    * or null when the sequence does not fit now.
    */
-  admit(seqId: string, totalTokens: number, prefixKeys?: readonly string[]): number | null {
+  admit(seqId: string, totalTokens: number, prefixKeys?: readonly string[], prefetched?: PrefetchedSnapshot): number | null {
     if (this.sequences.has(seqId)) throw new Error(`sequence ${seqId} already admitted`);
     if (!this.canAdmit(totalTokens)) return null;
     // A slot is taken even without GLA layers (then it is empty): slots bound the running sequences.
@@ -160,11 +166,19 @@ export class CacheManager {
     let restored = 0;
     let hit = this.prefix !== null && prefixKeys !== undefined ? this.prefix.lookup(prefixKeys) : null;
     if (this.store !== null && prefixKeys !== undefined) {
-      // A longer prefix on disk than in memory: bring it into the memory cache first.
-      const memoryIndex = hit === null ? -1 : hit.numTokens / this.pageTokens - 1;
-      const diskIndex = this.store.longest(prefixKeys, memoryIndex);
-      // A failed restore may have evicted the memory hit to make room: look it up again.
-      if (diskIndex >= 0) hit = this.restoreFromDisk(prefixKeys[diskIndex] as string) ?? this.prefix?.lookup(prefixKeys) ?? null;
+      // A longer prefix on disk than in memory: bring it into the memory cache first (from what the
+      // scheduler prefetched, or read now). A failed restore may have evicted the memory hit to make
+      // room: look it up again.
+      const memoryTokens = hit?.numTokens ?? 0;
+      let restoredHit: PrefixSnapshot | null = null;
+      if (prefetched !== undefined) {
+        if (prefetched.snapshot !== null && prefetched.snapshot.numTokens > memoryTokens) restoredHit = this.restore(prefetched.key, prefetched.snapshot);
+      } else {
+        const diskIndex = this.store.longest(prefixKeys, memoryTokens / this.pageTokens - 1);
+        if (diskIndex >= 0) restoredHit = this.restoreFromDisk(prefixKeys[diskIndex] as string);
+      }
+      if (restoredHit !== null) hit = restoredHit;
+      else if (hit !== null && !this.prefix?.has(hit.key)) hit = this.prefix?.lookup(prefixKeys) ?? null;
     }
     if (hit !== null) {
       hit.glaStates.forEach((state, g) => this.slots.state(g, slot).set(state));
@@ -180,9 +194,29 @@ export class CacheManager {
    * or its pages do not fit beside the reservations (then nothing changes).
    */
   private restoreFromDisk(key: string): PrefixSnapshot | null {
-    const prefix = this.prefix;
     const stored = this.store?.read(key) ?? null;
-    if (prefix === null || stored === null) return null;
+    return stored === null ? null : this.restore(key, stored);
+  }
+
+  /** The prefix key (of `keys`) the disk holds longer than memory, for the scheduler to prefetch; null if none. */
+  diskPrefixToPrefetch(keys: readonly string[]): string | null {
+    if (this.store === null || this.prefix === null) return null;
+    let memoryIndex = -1;
+    for (let i = keys.length - 1; i >= 0; i--) {
+      if (this.prefix.has(keys[i] as string)) {
+        memoryIndex = i;
+        break;
+      }
+    }
+    const diskIndex = this.store.longest(keys, memoryIndex);
+    return diskIndex < 0 ? null : (keys[diskIndex] as string);
+  }
+
+  /** Puts a snapshot read from disk into fresh pool pages and the memory cache (see restoreFromDisk). */
+  private restore(key: string, stored: StoredSnapshot): PrefixSnapshot | null {
+    const prefix = this.prefix;
+    if (prefix === null) return null;
+    if (prefix.has(key)) return prefix.lookup([key]); // meanwhile snapshotted or restored again
     if (stored.numPages > 0 && this.spec.numAttnLayers === 0) return null;
     const bytes = stored.glaStates.reduce((n, s) => n + s.byteLength, 0) + stored.numPages * this.pool.bytesPerPage;
     if (bytes > prefix.maxBytes) return null; // written by a server with a larger --prefix-cache-bytes

@@ -10,10 +10,10 @@
 //   (BlockPool's page layout). Writes go to a temporary file renamed into place, so a crash never
 //   leaves half a snapshot; a file that does not match this model's layout is deleted on read.
 //
-// Writes are asynchronous (the step loop never waits for the disk); reads are synchronous, at
-// admission, because a restored request starts computing from them at once.
+// Writes are asynchronous (the step loop never waits for the disk). The scheduler reads asynchronously
+// too (readAsync, started when a request is queued); read() is the synchronous form.
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, utimesSync } from 'node:fs';
-import { rename, unlink, writeFile } from 'node:fs/promises';
+import { readFile, rename, unlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 const MAGIC = 'SPKSNAP1';
@@ -111,6 +111,29 @@ export class SnapshotStore {
       const bytes = this.files.get(name) ?? buf.length;
       this.files.delete(name);
       this.files.set(name, bytes);
+      return snapshot;
+    } catch (err) {
+      this.onError(`prefix snapshot ${name} dropped: ${(err as Error).message}`);
+      this.remove(name);
+      return null;
+    }
+  }
+
+  /** read(), without blocking the thread: the scheduler starts it when a request is queued. */
+  async readAsync(key: string): Promise<StoredSnapshot | null> {
+    const name = fileNameOf(key);
+    if (!this.files.has(name)) return null;
+    const path = join(this.dir, name);
+    try {
+      const snapshot = this.decode(await readFile(path));
+      if (snapshot === null) throw new Error('its layout is not this model’s');
+      const now = new Date();
+      await utimes(path, now, now);
+      const bytes = this.files.get(name);
+      if (bytes !== undefined) {
+        this.files.delete(name);
+        this.files.set(name, bytes);
+      }
       return snapshot;
     } catch (err) {
       this.onError(`prefix snapshot ${name} dropped: ${(err as Error).message}`);

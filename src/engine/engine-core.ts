@@ -44,6 +44,8 @@ export interface EngineCoreEnv {
   /** Names the model build (e.g. its built-model folder); prefix snapshots on disk are kept per tag. */
   readonly modelTag: string;
   readonly log: (message: string) => void;
+  /** Called when work that was waiting (a prefix read from disk) can go on: run steps again. */
+  readonly wake?: () => void;
 }
 
 export const ENGINE_DEFAULTS = Object.freeze({
@@ -127,6 +129,7 @@ export class EngineCore {
         vocabSize: config.vocabSize,
       },
       this.cache,
+      env.wake,
     );
     this.runner = new StepRunner(model, config, this.cache);
   }

@@ -12,6 +12,7 @@
 //                                                                              sampled token already ends it)
 //
 // FINISHED and ABORTED are terminal: the request's slot, pages and reservation are freed on entry.
+import type { PrefetchedSnapshot } from '../cache/cache-manager.ts';
 import type { FinishReason, GenerateRequest, PromptLogprobEntry, SamplingParams } from './types.ts';
 
 export type RequestStatus = 'waiting' | 'prefilling' | 'decoding' | 'finished' | 'aborted';
@@ -28,6 +29,10 @@ export class RequestState {
   numCachedTokens = 0;
   /** prefixKeys() of the prompt while WAITING, when prefix caching applies; dropped on admission (O(n/P)). */
   prefixKeys: readonly string[] | null = null;
+  /** A prefix snapshot read from disk for this request while it waits (null: none, or not read yet). */
+  prefetched: PrefetchedSnapshot | null = null;
+  /** That read is still in flight: the request is not admitted before it ends. */
+  prefetching = false;
   /** Hint: this many leading prompt tokens are likely shared by later prompts (GenerateRequest). */
   readonly sharedPrefixTokens: number;
   /** Prefix lengths (ascending, page multiples) at which the state is snapshotted for later requests; chunks end there. */

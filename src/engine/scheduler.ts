@@ -46,8 +46,10 @@ export class Scheduler {
   /** Admitted requests in admission order (prefilling or decoding). */
   private readonly running: RequestState[] = [];
   private readonly byId = new Map<string, RequestState>();
+  /** Called when a prefix read from disk ends: a request that waited for it may now be admitted. */
+  private readonly onPrefetched: () => void;
 
-  constructor(config: SchedulerConfig, cache: CacheManager) {
+  constructor(config: SchedulerConfig, cache: CacheManager, onPrefetched: () => void = () => {}) {
     if (config.prefillChunkTokens > config.maxBatchedTokens) {
       throw new RangeError(`prefillChunkTokens (${config.prefillChunkTokens}) must be ≤ maxBatchedTokens (${config.maxBatchedTokens})`);
     }
@@ -56,6 +58,7 @@ export class Scheduler {
     }
     this.config = Object.freeze({ ...config });
     this.cache = cache;
+    this.onPrefetched = onPrefetched;
   }
 
   get numWaiting(): number {
@@ -118,6 +121,16 @@ export class Scheduler {
     if (this.cache.prefix !== null && req.sampling.promptLogprobs === null) {
       // Requests that want prompt logprobs compute every position, so they neither resume nor snapshot.
       req.prefixKeys = prefixKeys(req.promptTokenIds, this.cache.pageTokens);
+      // A longer prefix on disk than in memory is read now, off the step loop; admission waits for it.
+      const key = this.cache.diskPrefixToPrefetch(req.prefixKeys);
+      if (key !== null && this.cache.store !== null) {
+        req.prefetching = true;
+        void this.cache.store.readAsync(key).then((snapshot) => {
+          req.prefetched = { key, snapshot };
+          req.prefetching = false;
+          this.onPrefetched();
+        });
+      }
     }
     req.status = 'waiting';
     this.waiting.push(req);
@@ -146,7 +159,10 @@ export class Scheduler {
     }
     while (this.waiting.length > 0 && this.running.length < this.config.maxNumSeqs) {
       const req = this.waiting[0]!;
-      const restored = this.cache.admit(req.requestId, req.maxTotalTokens, req.prefixKeys ?? undefined);
+      if (req.prefetching) break; // FCFS: its prefix is still being read from disk
+      // With prefix keys the cache never reads the disk itself here: only what was prefetched counts.
+      const prefetched = req.prefetched ?? (req.prefixKeys !== null ? { key: '', snapshot: null } : undefined);
+      const restored = this.cache.admit(req.requestId, req.maxTotalTokens, req.prefixKeys ?? undefined, prefetched);
       if (restored === null) break;
       this.waiting.shift();
       req.numComputedTokens = restored;
@@ -159,6 +175,7 @@ export class Scheduler {
       req.snapshotAt = [...pages].filter((n) => n > 0 && n * P > restored).sort((a, b) => a - b).map((n) => n * P);
       req.snapshotKeys = req.snapshotAt.map((at) => keys[at / P - 1]!);
       req.prefixKeys = null;
+      req.prefetched = null;
       req.status = 'prefilling';
       req.admittedMs = nowMs;
       req.lastProgressMs = nowMs;

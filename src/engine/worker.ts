@@ -126,6 +126,9 @@ try {
     // The built-model folder names checkpoint, builder version and graph variant: disk snapshots are per build.
     modelTag: basename(dirname(model.modelPath)),
     log: (message) => post({ type: 'log', message }),
+    wake: () => {
+      if (!looping) currentLoop = loop().catch(fatal);
+    },
   });
   port.on('message', onMessage);
   post({ type: 'ready', config: model.config, maxModelLen: core.maxModelLen, stats: core.stats() });
