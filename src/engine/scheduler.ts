@@ -142,7 +142,8 @@ export class Scheduler {
     //  1. Every DECODING request gets one token (decodes first, so streams keep flowing).
     //  2. WAITING requests are admitted in FCFS order while the CacheManager can reserve a state slot
     //     and their worst-case pages; the first one that does not fit stops admission (no overtaking,
-    //     so a big request is not starved by small ones). Admission needs memory, not budget.
+    //     so a big request is not starved by small ones). Admission needs memory, not budget. A request
+    //     whose prefix snapshot is being read from disk (started at submit) waits at the head until it is in.
     //  3. The budget left is shared among PREFILLING requests by water-filling: smallest need first,
     //     each gets min(prompt left, prefillChunkTokens, an equal share of what is left). A long prompt
     //     thus advances by a chunk per step, but a short prompt arriving meanwhile still gets its whole
