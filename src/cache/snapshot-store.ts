@@ -103,19 +103,12 @@ export class SnapshotStore {
     if (!this.files.has(name)) return null;
     const path = join(this.dir, name);
     try {
-      const buf = readFileSync(path);
-      const snapshot = this.decode(buf);
-      if (snapshot === null) throw new Error('its layout is not this model’s');
+      const snapshot = this.accept(name, readFileSync(path));
       const now = new Date();
       utimesSync(path, now, now);
-      const bytes = this.files.get(name) ?? buf.length;
-      this.files.delete(name);
-      this.files.set(name, bytes);
       return snapshot;
     } catch (err) {
-      this.onError(`prefix snapshot ${name} dropped: ${(err as Error).message}`);
-      this.remove(name);
-      return null;
+      return this.drop(name, err);
     }
   }
 
@@ -125,21 +118,32 @@ export class SnapshotStore {
     if (!this.files.has(name)) return null;
     const path = join(this.dir, name);
     try {
-      const snapshot = this.decode(await readFile(path));
-      if (snapshot === null) throw new Error('its layout is not this model’s');
+      const snapshot = this.accept(name, await readFile(path));
       const now = new Date();
       await utimes(path, now, now);
-      const bytes = this.files.get(name);
-      if (bytes !== undefined) {
-        this.files.delete(name);
-        this.files.set(name, bytes);
-      }
       return snapshot;
     } catch (err) {
-      this.onError(`prefix snapshot ${name} dropped: ${(err as Error).message}`);
-      this.remove(name);
-      return null;
+      return this.drop(name, err);
     }
+  }
+
+  /** The snapshot in a file's bytes, marked most recently used; throws when it is not this model's. */
+  private accept(name: string, buf: Buffer): StoredSnapshot {
+    const snapshot = this.decode(buf);
+    if (snapshot === null) throw new Error('its layout is not this model’s');
+    const bytes = this.files.get(name);
+    if (bytes !== undefined) {
+      this.files.delete(name);
+      this.files.set(name, bytes);
+    }
+    return snapshot;
+  }
+
+  /** A file that could not be read: reported and deleted. */
+  private drop(name: string, err: unknown): null {
+    this.onError(`prefix snapshot ${name} dropped: ${(err as Error).message}`);
+    this.remove(name);
+    return null;
   }
 
   /**
