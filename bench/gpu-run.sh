@@ -34,7 +34,7 @@ pack)
   node_modules/esbuild/bin/esbuild bench/gpu.ts --bundle --platform=node --format=esm --target=node20 \
     --external:onnxruntime-node --outfile=.device-carry/gpu.mjs --log-level=warning \
     --banner:js="import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);"
-  cp ../shared/spec/spikingbrain-7b/config.json .device-carry/spikingbrain-7b.config.json
+  cp test/fixtures/spikingbrain-7b/config.json .device-carry/spikingbrain-7b.config.json
   du -sh .device-carry .device-node
   ;;
 next)

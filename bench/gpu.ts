@@ -20,7 +20,7 @@
 // actually attended; GLA: 2·(H+Hkv)·d² per token), also as a share of the MatMul rate of step 1.
 //
 //   node --import tsx bench/gpu.ts --device webgpu                         (steps 1–4)
-//   node --import tsx bench/gpu.ts --config ../shared/spec/spikingbrain-7b/config.json --random-weights \
+//   node --import tsx bench/gpu.ts --config test/fixtures/spikingbrain-7b/config.json --random-weights \
 //        --lengths 4096,32768,131072 --max-seconds-per-length 60,150,90 --deadline 500   (steps 1–5)
 // Flags: --device webgpu|cuda|cpu (default webgpu), --lengths a,b,c (default 4096), --chunk N (prefill
 // tokens per step, default 4096), --decode-steps N (default 32), --ref-tokens N (default 8192),
@@ -373,7 +373,7 @@ async function stage(name: string, body: () => Promise<void>, minSecondsLeft = 0
 /** The --config file's raw config.json (first --layers layers) and a short name for it. */
 function configModel(file: string): { name: string; raw: Record<string, unknown> } {
   let raw = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
-  // ../shared/spec/spikingbrain-7b/config.json → spikingbrain-7b; x/spikingbrain-7b.config.json → spikingbrain-7b
+  // test/fixtures/spikingbrain-7b/config.json → spikingbrain-7b; x/spikingbrain-7b.config.json → spikingbrain-7b
   const parts = file.split('/');
   const base = parts[parts.length - 1] ?? 'config.json';
   let name = base === 'config.json' ? (parts[parts.length - 2] ?? 'config') : base.replace(/(\.config)?\.json$/, '');

@@ -7,7 +7,7 @@
 // minus 1 ms, "total" the wall time of the step. Steps:
 //   (a) encode of the whole text: default model models/spikingbrain-tiny (tokenizer.json, ByteLevel
 //       pre-tokenizer: not split-safe, so one encode of the whole text) and the official Qwen2
-//       tokenizer of ../shared/spec/spikingbrain-7b (vocab.json + merges.txt, piecewise).
+//       tokenizer of test/fixtures/spikingbrain-7b (vocab.json + merges.txt, piecewise).
 //   (b) handing the ids to the engine worker: postMessage({type:'submit', request}) to a worker that
 //       only answers the length (the engine's worker does the same structured clone on receipt).
 //
@@ -49,7 +49,7 @@ const mbArg = args.indexOf('--mb');
 const targetMb = mbArg >= 0 ? Number(args[mbArg + 1]) : 13;
 const root = resolve(import.meta.dirname, '..');
 const TINY_DIR = resolve(root, 'models/spikingbrain-tiny');
-const QWEN2_DIR = resolve(root, '../shared/spec/spikingbrain-7b');
+const QWEN2_DIR = resolve(root, 'test/fixtures/spikingbrain-7b');
 
 /** ~targetMb of varied English prose in paragraphs (deterministic), a little unicode mixed in. */
 function buildText(bytes: number): string {

@@ -10,7 +10,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { ChatTemplateError, loadChatTemplate, renderChat, selectChatTemplate } from '../src/routes/chat-template.ts';
 import { ApiError } from '../src/server/errors.ts';
 
-const SPEC_DIR = resolve(import.meta.dirname, '../../shared/spec/spikingbrain-7b');
+const SPEC_DIR = resolve(import.meta.dirname, 'fixtures/spikingbrain-7b');
 let template: string;
 
 beforeAll(async () => {

@@ -7,7 +7,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { IncrementalDetokenizer, StopStringMatcher } from '../src/engine/detokenizer.ts';
 import { TextTokenizer } from '../src/engine/tokenizer.ts';
 
-const SPEC_DIR = resolve(import.meta.dirname, '../../shared/spec/spikingbrain-7b');
+const SPEC_DIR = resolve(import.meta.dirname, 'fixtures/spikingbrain-7b');
 let tok: TextTokenizer;
 
 beforeAll(async () => {

@@ -1,6 +1,6 @@
 // `inspect`: layer plan, parameter count and per-sequence memory, for the official SpikingBrain-7B
 // config (no weights) and for tiny random checkpoints (with weights).
-import { existsSync, mkdtempSync, rmSync, unlinkSync } from 'node:fs';
+import { mkdtempSync, rmSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -12,14 +12,12 @@ import { countParameters, layerTensorNames } from '../src/engine/model/tensor-na
 import { makeRandomTinyCheckpoint, tinyRawConfig, writeCheckpoint } from './helpers/checkpoint-writer.ts';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const specDir = resolve(repoRoot, '../shared/spec/spikingbrain-7b');
-const haveSpec = existsSync(join(specDir, 'config.json'));
-if (!haveSpec) console.warn(`inspect.test: ${specDir} not found; skipping the SpikingBrain-7B checks`);
+const specDir = resolve(repoRoot, 'test/fixtures/spikingbrain-7b');
 
 const root = mkdtempSync(join(tmpdir(), 'spikeserve-inspect-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
-describe.skipIf(!haveSpec)('inspect: official SpikingBrain-7B config', () => {
+describe('inspect: official SpikingBrain-7B config', () => {
   const report = describeModel(specDir);
 
   it('shows GLA at even and SWA at odd layers', () => {

@@ -13,7 +13,7 @@ import type { SubmitRequest } from '../src/engine/types.ts';
 import { makeRandomTinyCheckpoint } from './helpers/checkpoint-writer.ts';
 import { greedy } from './helpers/sampling.ts';
 
-const QWEN2_DIR = resolve(import.meta.dirname, '../../shared/spec/spikingbrain-7b');
+const QWEN2_DIR = resolve(import.meta.dirname, 'fixtures/spikingbrain-7b');
 const TINY_DIR = resolve(import.meta.dirname, '../models/spikingbrain-tiny');
 
 const SNIPPETS = [

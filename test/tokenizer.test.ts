@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QWEN2_SPLIT_REGEX, TextTokenizer, splitAtSafeBoundaries } from '../src/engine/tokenizer.ts';
 
-const SPEC_DIR = resolve(import.meta.dirname, '../../shared/spec/spikingbrain-7b');
+const SPEC_DIR = resolve(import.meta.dirname, 'fixtures/spikingbrain-7b');
 
 let tok: TextTokenizer;
 let vocabById: Map<number, string>;

@@ -16,7 +16,7 @@ import type { EnginePort } from '../../src/server/ports.ts';
 import { makeRandomTinyCheckpoint } from './checkpoint-writer.ts';
 
 export const CACHE_DIR = join(PACKAGE_ROOT, '.cache', 'test-onnx');
-const SPEC_DIR = join(PACKAGE_ROOT, '..', 'shared', 'spec', 'spikingbrain-7b');
+const SPEC_DIR = join(PACKAGE_ROOT, 'test', 'fixtures', 'spikingbrain-7b');
 
 /** GPT-2's byte → printable-character map used by byte-level BPE vocabularies. */
 function byteAlphabet(): string[] {
@@ -51,11 +51,7 @@ function writeByteTokenizer(dir: string): void {
     model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: '', end_of_word_suffix: '', fuse_unk: false, byte_fallback: false, vocab, merges: [] },
   };
   writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(tokenizerJson));
-  let template =
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
-  if (existsSync(join(SPEC_DIR, 'tokenizer_config.json'))) {
-    template = (JSON.parse(readFileSync(join(SPEC_DIR, 'tokenizer_config.json'), 'utf8')) as { chat_template: string }).chat_template;
-  }
+  const template = (JSON.parse(readFileSync(join(SPEC_DIR, 'tokenizer_config.json'), 'utf8')) as { chat_template: string }).chat_template;
   writeFileSync(
     join(dir, 'tokenizer_config.json'),
     JSON.stringify({ bos_token: '<|im_start|>', eos_token: '<|endoftext|>', chat_template: template, added_tokens_decoder: {} }),
