@@ -100,7 +100,7 @@ async function matmulGflops(dir: string): Promise<{ wall: number; cpu: number }>
 function cloneSequence(model: Model, s: Sequence): Sequence {
   const c = newSequence(model);
   c.numTokens = s.numTokens;
-  c.glaStates = s.glaStates.map((x) => x.slice());
+  c.states = s.states.map((x) => x.slice());
   c.keys = s.keys.map((x) => x.slice());
   c.values = s.values.map((x) => x.slice());
   c.keptPositions = s.keptPositions.slice();

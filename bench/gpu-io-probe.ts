@@ -22,7 +22,7 @@ import { performance } from 'node:perf_hooks';
 import * as ort from 'onnxruntime-node';
 import { parseModelConfig } from '../src/engine/model/config.ts';
 import { resolveExecutionProviders, type Device } from '../src/engine/model/device.ts';
-import { INPUT_IDS, LOGITS, NUM_LOGITS, PAST_POSITIONS, POSITIONS, pastKey, pastValue, presentKey, presentValue, stateIn, stateOut } from '../src/engine/model/io-names.ts';
+import { INPUT_IDS, LOGITS, NUM_LOGITS, PAST_POSITIONS, POSITIONS, pastKey, pastValue, presentKey, presentValue } from '../src/engine/model/io-names.ts';
 import { Model } from '../src/engine/model/model.ts';
 import { GraphBuilder, type WeightDtype } from '../src/engine/model/onnx/graph-builder.ts';
 import { DataType, encodeModel } from '../src/engine/model/onnx/proto.ts';
@@ -198,10 +198,10 @@ function decodeFeeds(model: Model, seq: Sequence, token: number, states: readonl
     [PAST_POSITIONS]: new ort.Tensor('int32', seq.keptPositions, [1, P]),
     [NUM_LOGITS]: new ort.Tensor('int64', BigInt64Array.of(1n), [1]),
   };
-  model.glaLayers.forEach((layer, i) => {
+  model.stateSpecs.forEach((spec, i) => {
     const s = states[i];
-    if (s === undefined) throw new Error(`io probe: no state for layer ${layer}`);
-    feeds[stateIn(layer)] = s;
+    if (s === undefined) throw new Error(`io probe: no state for ${spec.inputName}`);
+    feeds[spec.inputName] = s;
   });
   model.attentionLayers.forEach((layer, i) => {
     feeds[pastKey(layer)] = new ort.Tensor('float32', seq.keys[i] ?? new Float32Array(0), [1, Hkv, P, d]);
@@ -224,7 +224,7 @@ async function modelStage(args: IoProbeArgs): Promise<ModelProbe> {
   // Every new_state.* on the device; logits and present_* to the host. (On cpu: all on the host, which
   // runs the same loop as a dry run of the probe itself.)
   const where: Record<string, 'cpu' | 'gpu-buffer'> = { [LOGITS]: 'cpu' };
-  for (const l of model.glaLayers) where[stateOut(l)] = onGpu ? 'gpu-buffer' : 'cpu';
+  for (const spec of model.stateSpecs) where[spec.outputName] = onGpu ? 'gpu-buffer' : 'cpu';
   for (const l of model.attentionLayers) {
     where[presentKey(l)] = 'cpu';
     where[presentValue(l)] = 'cpu';
@@ -237,7 +237,7 @@ async function modelStage(args: IoProbeArgs): Promise<ModelProbe> {
     const prompt = Array.from({ length: args.promptTokens }, () => (token = (token * 31 + 7) % V));
     await prefill(model, seq, prompt, { chunkTokens: 4096 });
     // Step 0 feeds the host states of the prefilled sequence; later steps the previous step's outputs.
-    let states: ort.Tensor[] = seq.glaStates.map((s) => new ort.Tensor('float32', s, [1, Hkv, d, d]));
+    let states: ort.Tensor[] = seq.states.map((s, i) => new ort.Tensor('float32', s, [1, ...(model.stateSpecs[i]?.dims ?? [])]));
     let maxAbsDiff = 0;
     let maxAbsLogit = 0;
     let stateLocation = '';
@@ -259,9 +259,9 @@ async function modelStage(args: IoProbeArgs): Promise<ModelProbe> {
         maxAbsLogit = Math.max(maxAbsLogit, Math.abs(host[i] as number));
       }
       for (const s of states) if (s.location === 'gpu-buffer') s.dispose(); // consumed by the run above
-      states = model.glaLayers.map((l) => {
-        const s = out[stateOut(l)];
-        if (s === undefined) throw new Error(`io probe: ${stateOut(l)} missing`);
+      states = model.stateSpecs.map((spec) => {
+        const s = out[spec.outputName];
+        if (s === undefined) throw new Error(`io probe: ${spec.outputName} missing`);
         return s;
       });
       stateLocation = states[0]?.location ?? 'none';

@@ -136,7 +136,7 @@ describe('BlockPool', () => {
 
 describe('StateSlots', () => {
   it('zeroes a slot when it is handed out again', () => {
-    const slots = new StateSlots({ numGlaLayers: 2, numKvHeads: 2, headDim: 3 }, 2);
+    const slots = new StateSlots({ stateFloats: [18, 18] }, 2);
     const a = slots.allocate()!;
     slots.state(1, a).fill(7);
     slots.release(a);
@@ -149,7 +149,7 @@ describe('StateSlots', () => {
 });
 
 describe('CacheManager under random workloads', () => {
-  const swa: CacheSpec = { numAttnLayers: 2, numGlaLayers: 2, numKvHeads: 1, headDim: 2, windowTokens: 40 };
+  const swa: CacheSpec = { numAttnLayers: 2, stateFloats: [4, 4], numKvHeads: 1, headDim: 2, windowTokens: 40 };
   const full: CacheSpec = { ...swa, windowTokens: null };
 
   it('SWA: no page owned twice, a sequence holds ≤ ⌈(W+C)/P⌉+1 pages, everything free at the end', () => {
@@ -193,7 +193,7 @@ describe('CacheManager under random workloads', () => {
 });
 
 describe('full attention refusal', () => {
-  const spec: CacheSpec = { numAttnLayers: 1, numGlaLayers: 0, numKvHeads: 1, headDim: 2, windowTokens: null };
+  const spec: CacheSpec = { numAttnLayers: 1, stateFloats: [], numKvHeads: 1, headDim: 2, windowTokens: null };
 
   it('refuses a sequence longer than the whole pool, and a second one while the pool is reserved', () => {
     const cache = new CacheManager(spec, { kvPages: 4, pageTokens: 8, maxNumSeqs: 4, maxChunkTokens: 8 });
@@ -251,7 +251,7 @@ describe('prefix snapshots', () => {
    * of those from a prefix that only the disk held.
    */
   async function prefixWorkload(windowTokens: number | null, P: number, kvPages: number, ops: readonly PrefixOp[], store?: SnapshotStore): Promise<{ hits: number; diskHits: number }> {
-    const spec: CacheSpec = { numAttnLayers: 1, numGlaLayers: 1, numKvHeads: 1, headDim: 1, windowTokens };
+    const spec: CacheSpec = { numAttnLayers: 1, stateFloats: [1], numKvHeads: 1, headDim: 1, windowTokens };
     const C = 24;
     // The largest snapshot: one float of state and the pages of a window (or of a whole 200-token prompt).
     const snapshotBytes = 4 + ((windowTokens ?? 200) / P + 2) * 2 * P * 4;
@@ -364,7 +364,7 @@ describe('prefix snapshots', () => {
   }
 
   it('a resumed prefix is found again after more tokens, and evicted LRU under byte pressure', () => {
-    const spec: CacheSpec = { numAttnLayers: 1, numGlaLayers: 1, numKvHeads: 1, headDim: 1, windowTokens: 4 };
+    const spec: CacheSpec = { numAttnLayers: 1, stateFloats: [1], numKvHeads: 1, headDim: 1, windowTokens: 4 };
     const P = 4;
     const cache = new CacheManager(spec, { kvPages: 40, pageTokens: P, maxNumSeqs: 2, maxChunkTokens: 4, prefixCacheBytes: 3 * (4 + 2 * 4 * P) }); // 3 snapshots of 1 state + 1 page
     const run = (id: string, tokens: number[]): number => {

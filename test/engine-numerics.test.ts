@@ -164,7 +164,7 @@ describe.each([
       const alone = [];
       for (let b = 0; b < 2; b++) {
         const copy = newSequence(model);
-        Object.assign(copy, { numTokens: seqs[b]!.numTokens, glaStates: seqs[b]!.glaStates.map((x) => x.slice()) });
+        Object.assign(copy, { numTokens: seqs[b]!.numTokens, states: seqs[b]!.states.map((x) => x.slice()) });
         copy.keys = seqs[b]!.keys.map((x) => x.slice());
         copy.values = seqs[b]!.values.map((x) => x.slice());
         copy.keptPositions = seqs[b]!.keptPositions.slice();
@@ -185,13 +185,12 @@ describe.each([
   it('rejects inputs whose sizes do not match B, T and P', async () => {
     const { model } = await loadCase({ numLayers: 2, seed: 9 }, fusedOps);
     try {
-      const { numKvHeads: Hkv, headDim: d } = model.config;
       const ok = {
         batchSize: 1,
         chunkTokens: 2,
         tokenIds: Int32Array.of(1, 2),
         positions: Int32Array.of(0, 1),
-        glaStates: model.glaLayers.map(() => new Float32Array(Hkv * d * d)),
+        states: model.stateSpecs.map((s) => new Float32Array(s.floats)),
         pastTokens: 0,
         pastPositions: new Int32Array(0),
         pastKeys: model.attentionLayers.map(() => new Float32Array(0)),
@@ -201,7 +200,7 @@ describe.each([
       await expect(model.run(ok)).resolves.toBeDefined();
       await expect(model.run({ ...ok, tokenIds: Int32Array.of(1) })).rejects.toThrow(/tokenIds/);
       await expect(model.run({ ...ok, pastTokens: 1 })).rejects.toThrow(/pastPositions/);
-      await expect(model.run({ ...ok, glaStates: [] })).rejects.toThrow(/glaStates/);
+      await expect(model.run({ ...ok, states: [] })).rejects.toThrow(/states/);
     } finally {
       await model.close();
     }
@@ -222,7 +221,7 @@ describe('RoPE at large absolute positions', () => {
             chunkTokens: n,
             tokenIds: Int32Array.from(prompt(n, 96, 7)),
             positions: Int32Array.from({ length: n }, (_, t) => offset + t),
-            glaStates: [],
+            states: [],
             pastTokens: 0,
             pastPositions: new Int32Array(0),
             pastKeys: model.attentionLayers.map(() => new Float32Array(0)),

@@ -8,7 +8,7 @@ import { RequestState } from '../src/engine/request-state.ts';
 import { QueueFullError, RequestRejectedError } from '../src/engine/errors.ts';
 import { samplingParams } from './helpers/sampling.ts';
 
-const SWA: CacheSpec = { numAttnLayers: 2, numGlaLayers: 2, numKvHeads: 1, headDim: 2, windowTokens: 64 };
+const SWA: CacheSpec = { numAttnLayers: 2, stateFloats: [4, 4], numKvHeads: 1, headDim: 2, windowTokens: 64 };
 const FULL: CacheSpec = { ...SWA, windowTokens: null };
 
 let nextId = 0;

@@ -95,7 +95,7 @@ describe('SnapshotStore', () => {
 });
 
 describe('CacheManager with a SnapshotStore', () => {
-  const spec: CacheSpec = { numAttnLayers: 1, numGlaLayers: 1, numKvHeads: 1, headDim: 2, windowTokens: 8 };
+  const spec: CacheSpec = { numAttnLayers: 1, stateFloats: [4], numKvHeads: 1, headDim: 2, windowTokens: 8 };
   const P = 4;
   const layout = { stateLengths: [1 * 2 * 2], floatsPerPage: 1 * 2 * 1 * P * 2 };
 

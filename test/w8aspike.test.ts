@@ -115,7 +115,7 @@ describe('W8ASpike spike sparsity', () => {
         chunkTokens: n,
         tokenIds: Int32Array.from(ids.slice(0, n)),
         positions: Int32Array.from({ length: n }, (_, i) => i),
-        glaStates: Array.from({ length: glaLayers }, () => new Float32Array(c.numKvHeads * c.headDim * c.headDim)),
+        states: model.stateSpecs.map((s) => new Float32Array(s.floats)),
         pastTokens: 0,
         pastPositions: new Int32Array(0),
         pastKeys: Array.from({ length: c.numLayers - glaLayers }, () => new Float32Array(0)),

@@ -1,6 +1,6 @@
 // CacheManager: the one object the scheduler asks "does this fit?". It coordinates the two kinds of
 // per-sequence memory of a hybrid model — KV pages (SWA / full-attention layers, PagedKvManager over
-// a BlockPool) and a GLA state slot (StateSlots) — and reports usage.
+// a BlockPool) and a slot of recurrent state (StateSlots: GLA states …) — and reports usage.
 //
 // Admission reserves, per sequence, the most pages it can ever hold:
 //   SWA:  min(⌈(W+C)/P⌉+1, ⌈N/P⌉)   (C = max chunk, N = prompt + max new tokens)
@@ -25,7 +25,8 @@ import { StateSlots } from './state-slots.ts';
 
 export interface CacheSpec {
   readonly numAttnLayers: number;
-  readonly numGlaLayers: number;
+  /** Floats of each recurrent state tensor of one sequence (the model's layer plan; GLA: Hkv·d·d). */
+  readonly stateFloats: readonly number[];
   readonly numKvHeads: number; // Hkv
   readonly headDim: number; // d
   /** W of the attention layers; null = full attention. */
@@ -39,11 +40,11 @@ export interface CacheOptions {
   readonly kvPages?: number;
   /** KV pool size in bytes (rounded down to whole pages). */
   readonly kvCacheBytes?: number;
-  /** Number of GLA state slots = most sequences admitted at once. */
+  /** Number of state slots = most sequences admitted at once. */
   readonly maxNumSeqs: number;
   /** Largest chunk the scheduler will ever ask for (prefill chunk; decode is 1). */
   readonly maxChunkTokens: number;
-  /** Byte bound of prefix snapshots (GLA states + window pages); 0 or absent = no prefix caching. */
+  /** Byte bound of prefix snapshots (recurrent states + window pages); 0 or absent = no prefix caching. */
   readonly prefixCacheBytes?: number;
   /**
    * Prefix snapshots on disk as well (needs prefixCacheBytes > 0): a snapshot evicted from memory is
@@ -102,7 +103,7 @@ export class CacheManager {
     this.pool = new BlockPool(pageSpec, CacheManager.numPagesFor(spec, opts));
     this.kv = new PagedKvManager(this.pool, spec.windowTokens);
     this.slots = new StateSlots(
-      { numGlaLayers: spec.numGlaLayers, numKvHeads: spec.numKvHeads, headDim: spec.headDim },
+      { stateFloats: spec.stateFloats },
       opts.maxNumSeqs,
     );
     const prefixBytes = opts.prefixCacheBytes ?? 0;
@@ -157,7 +158,7 @@ export class CacheManager {
   admit(seqId: string, totalTokens: number, prefixKeys?: readonly string[], prefetched?: PrefetchedSnapshot): number | null {
     if (this.sequences.has(seqId)) throw new Error(`sequence ${seqId} already admitted`);
     if (!this.canAdmit(totalTokens)) return null;
-    // A slot is taken even without GLA layers (then it is empty): slots bound the running sequences.
+    // A slot is taken even without recurrent layers (then it is empty): slots bound the running sequences.
     const slot = this.slots.allocate();
     if (slot === null) return null; // unreachable: canAdmit checked numFree
     const reservedPages = this.pagesToReserve(totalTokens);
@@ -181,7 +182,7 @@ export class CacheManager {
       else if (hit !== null && !this.prefix?.has(hit.key)) hit = this.prefix?.lookup(prefixKeys) ?? null;
     }
     if (hit !== null) {
-      hit.glaStates.forEach((state, g) => this.slots.state(g, slot).set(state));
+      hit.states.forEach((state, i) => this.slots.state(i, slot).set(state));
       if (this.spec.numAttnLayers > 0) this.kv.adopt(seqId, hit.firstPage, hit.pages, hit.numTokens);
       restored = hit.numTokens;
     }
@@ -269,7 +270,7 @@ export class CacheManager {
     }
     // The snapshot's pages count against the pool only where no snapshot holds them yet.
     if (!this.evictSnapshotsToFit(pages)) return false;
-    const states = Array.from({ length: this.spec.numGlaLayers }, (_, g) => this.slots.state(g, slot));
+    const states = Array.from({ length: this.slots.numTensors }, (_, i) => this.slots.state(i, slot));
     return this.prefix.insert(key, numTokens, states, firstPage, pages);
   }
 
@@ -278,7 +279,7 @@ export class CacheManager {
     if (this.store === null || this.store.has(entry.key)) return;
     const pageData = new Float32Array(entry.pages.length * this.pool.floatsPerPage);
     entry.pages.forEach((page, i) => pageData.set(this.pool.pageView(page), i * this.pool.floatsPerPage));
-    void this.store.write(entry.key, entry.numTokens, entry.firstPage, entry.glaStates, pageData);
+    void this.store.write(entry.key, entry.numTokens, entry.firstPage, entry.states, pageData);
   }
 
   /** Writes every snapshot held in memory to the disk store and waits for the writes (shutdown). */
@@ -328,7 +329,7 @@ export class CacheManager {
     this.sequences.delete(seqId);
   }
 
-  /** GLA state slot of an admitted sequence. */
+  /** State slot of an admitted sequence. */
   slotOf(seqId: string): number {
     const entry = this.sequences.get(seqId);
     if (entry === undefined) throw new Error(`sequence ${seqId} is not admitted`);

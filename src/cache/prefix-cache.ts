@@ -1,4 +1,4 @@
-// PrefixStateCache: snapshots of a sequence at a page boundary s — the GLA states after s tokens (copied)
+// PrefixStateCache: snapshots of a sequence at a page boundary s — the recurrent states after s tokens (copied)
 // and the KV pages the next token needs (shared with the pool by reference count): positions
 // [s − W, s) for SWA, [0, s) for full attention. Keyed by a hash chain over the token ids of whole pages:
 //   key_0 = "", key_{i+1} = sha256(key_i ‖ tokens[i·P, (i+1)·P))
@@ -14,8 +14,8 @@ export interface PrefixSnapshot {
   readonly key: string;
   /** Prefix length s (a multiple of P). */
   readonly numTokens: number;
-  /** Per GLA layer: [Hkv, d, d] state after s tokens. */
-  readonly glaStates: readonly Float32Array[];
+  /** Per recurrent state tensor (StateSlots order): the state after s tokens. */
+  readonly states: readonly Float32Array[];
   /** Logical index of pages[0] and the retained pages covering the window before s. */
   readonly firstPage: number;
   readonly pages: readonly number[];
@@ -112,16 +112,16 @@ export class PrefixStateCache {
    * Stores a snapshot: copies the states and retains the pages. Evicts older entries to stay within
    * maxBytes; returns false (storing nothing) when the snapshot alone is larger than maxBytes.
    */
-  insert(key: string, numTokens: number, glaStates: readonly Float32Array[], firstPage: number, pages: readonly number[]): boolean {
+  insert(key: string, numTokens: number, states: readonly Float32Array[], firstPage: number, pages: readonly number[]): boolean {
     if (this.entries.has(key)) return true;
-    const bytes = glaStates.reduce((n, s) => n + s.byteLength, 0) + pages.length * this.pool.bytesPerPage;
+    const bytes = states.reduce((n, s) => n + s.byteLength, 0) + pages.length * this.pool.bytesPerPage;
     if (bytes > this.maxBytes) return false;
     while (this.totalBytes + bytes > this.maxBytes && this.evictOldest());
     for (const p of pages) {
       this.pool.retain(p);
       this.pageRefs.set(p, (this.pageRefs.get(p) ?? 0) + 1);
     }
-    this.entries.set(key, { key, numTokens, glaStates: glaStates.map((s) => s.slice()), firstPage, pages: [...pages], bytes });
+    this.entries.set(key, { key, numTokens, states: states.map((s) => s.slice()), firstPage, pages: [...pages], bytes });
     this.totalBytes += bytes;
     return true;
   }

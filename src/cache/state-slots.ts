@@ -1,41 +1,48 @@
-// StateSlots: preallocated, fixed-size slots of recurrent GLA state, one slot per running sequence.
-// A slot holds the state of ALL GLA layers of one sequence; per layer the state is [Hkv, d, d] fp32.
-// Storage is one array per GLA layer, [numSlots, Hkv, d, d], so gathering a batch is one copy per
-// (layer, sequence).
+// StateSlots: preallocated, fixed-size slots of recurrent state, one slot per running sequence.
+// A slot holds every recurrent state tensor of one sequence (GLA: one [Hkv, d, d] per GLA layer; the
+// model's layer plan says which tensors there are — the cache only knows their sizes). Storage is one
+// array per state tensor, [numSlots, floats], so gathering a batch is one copy per (tensor, sequence).
 
 export interface StateSpec {
-  readonly numGlaLayers: number;
-  readonly numKvHeads: number; // Hkv
-  readonly headDim: number; // d
+  /** Floats of each state tensor of one sequence (fp32), in the model's state order. */
+  readonly stateFloats: readonly number[];
 }
 
 export class StateSlots {
   readonly spec: StateSpec;
   readonly numSlots: number;
-  /** Floats of one layer's state of one sequence: Hkv · d · d. */
-  readonly floatsPerLayer: number;
-  private readonly layers: Float32Array[];
-  /** views[layer][slot]: [Hkv, d, d] view, created once. */
+  private readonly tensors: Float32Array[];
+  /** views[tensor][slot]: that tensor's state of one slot, created once. */
   private readonly views: Float32Array[][];
   private readonly freeList: number[];
   private readonly inUse: Uint8Array;
 
   constructor(spec: StateSpec, numSlots: number) {
     if (!Number.isInteger(numSlots) || numSlots < 1) throw new RangeError(`numSlots must be an integer ≥ 1, got ${numSlots}`);
-    this.spec = Object.freeze({ ...spec });
+    this.spec = Object.freeze({ stateFloats: Object.freeze([...spec.stateFloats]) });
     this.numSlots = numSlots;
-    this.floatsPerLayer = spec.numKvHeads * spec.headDim * spec.headDim;
-    this.layers = Array.from({ length: spec.numGlaLayers }, () => new Float32Array(numSlots * this.floatsPerLayer));
-    this.views = this.layers.map((layer) =>
-      Array.from({ length: numSlots }, (_, slot) => layer.subarray(slot * this.floatsPerLayer, (slot + 1) * this.floatsPerLayer)),
-    );
+    this.tensors = spec.stateFloats.map((floats) => new Float32Array(numSlots * floats));
+    this.views = this.tensors.map((tensor, i) => {
+      const floats = spec.stateFloats[i] ?? 0;
+      return Array.from({ length: numSlots }, (_, slot) => tensor.subarray(slot * floats, (slot + 1) * floats));
+    });
     this.freeList = Array.from({ length: numSlots }, (_, i) => numSlots - 1 - i);
     this.inUse = new Uint8Array(numSlots);
   }
 
-  /** Bytes of state one sequence holds (all GLA layers). */
+  /** Number of state tensors per sequence. */
+  get numTensors(): number {
+    return this.tensors.length;
+  }
+
+  /** Floats of state tensor `tensor` of one sequence. */
+  floatsOf(tensor: number): number {
+    return this.spec.stateFloats[tensor] ?? 0;
+  }
+
+  /** Bytes of state one sequence holds (every state tensor). */
   get bytesPerSlot(): number {
-    return this.spec.numGlaLayers * this.floatsPerLayer * 4;
+    return this.spec.stateFloats.reduce((n, f) => n + f, 0) * 4;
   }
 
   get numFree(): number {
@@ -46,12 +53,12 @@ export class StateSlots {
     return this.numSlots - this.freeList.length;
   }
 
-  /** Takes a free slot with every layer's state zeroed (S = 0 at the start of a sequence), or null. */
+  /** Takes a free slot with every state zeroed (the state at the start of a sequence), or null. */
   allocate(): number | null {
     const slot = this.freeList.pop();
     if (slot === undefined) return null;
     this.inUse[slot] = 1;
-    for (let layer = 0; layer < this.layers.length; layer++) this.state(layer, slot).fill(0);
+    for (let tensor = 0; tensor < this.tensors.length; tensor++) this.state(tensor, slot).fill(0);
     return slot;
   }
 
@@ -61,10 +68,10 @@ export class StateSlots {
     this.freeList.push(slot);
   }
 
-  /** View of one GLA layer's state of one slot: [Hkv, d, d]. */
-  state(glaLayer: number, slot: number): Float32Array {
-    const view = this.views[glaLayer]?.[slot];
-    if (view === undefined) throw new RangeError(`state (GLA layer ${glaLayer}, slot ${slot}) out of range`);
+  /** View of one state tensor of one slot. */
+  state(tensor: number, slot: number): Float32Array {
+    const view = this.views[tensor]?.[slot];
+    if (view === undefined) throw new RangeError(`state (tensor ${tensor}, slot ${slot}) out of range`);
     return view;
   }
 }

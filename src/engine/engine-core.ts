@@ -5,13 +5,14 @@ import { join } from 'node:path';
 import { CacheManager, type CacheSpec } from '../cache/cache-manager.ts';
 import { SnapshotStore } from '../cache/snapshot-store.ts';
 import type { ModelConfig } from './model/config.ts';
+import { attentionLayerIndices, stateTensorSpecs } from './model/layer-plan.ts';
 import { RequestState } from './request-state.ts';
 import { Scheduler } from './scheduler.ts';
 import { StepRunner, type ForwardModel, type SampledResult } from './step-runner.ts';
 import type { EngineStats, FinishReason, GenerateRequest, TokenEvent } from './types.ts';
 
 export interface EngineCoreOptions {
-  /** GLA state slots = most requests running at once (default 64). */
+  /** State slots (recurrent state of every layer) = most requests running at once (default 64). */
   readonly maxNumSeqs?: number;
   /** KV page pool size in bytes (default: enough for maxNumSeqs SWA sequences; 1 GiB for full attention). */
   readonly kvCacheBytes?: number;
@@ -27,7 +28,7 @@ export interface EngineCoreOptions {
   readonly maxQueue?: number;
   /** prompt + max_tokens limit (default 2^24 for SWA/GLA models; the pool's capacity for full attention). */
   readonly maxModelLen?: number;
-  /** Byte bound of prefix snapshots (GLA state + window pages), LRU; 0 = off (default 512 MiB). */
+  /** Byte bound of prefix snapshots (recurrent states + window pages), LRU; 0 = off (default 512 MiB). */
   readonly prefixCacheBytes?: number;
   /**
    * Folder for prefix snapshots on disk (../cache/snapshot-store.ts); unset = memory only. Each model
@@ -66,7 +67,7 @@ export const ENGINE_DEFAULTS = Object.freeze({
 function snapshotStore(spec: CacheSpec, opts: EngineCoreOptions, dir: string, env: EngineCoreEnv): SnapshotStore {
   const pageTokens = opts.pageTokens ?? ENGINE_DEFAULTS.pageTokens;
   const layout = {
-    stateLengths: Array.from({ length: spec.numGlaLayers }, () => spec.numKvHeads * spec.headDim * spec.headDim),
+    stateLengths: spec.stateFloats,
     floatsPerPage: spec.numAttnLayers * 2 * spec.numKvHeads * pageTokens * spec.headDim,
   };
   const store = new SnapshotStore(join(dir, `${env.modelTag}-p${pageTokens}`), opts.prefixCacheDiskBytes ?? ENGINE_DEFAULTS.prefixCacheDiskBytes, layout, env.log);
@@ -96,10 +97,9 @@ export class EngineCore {
     const maxNumSeqs = opts.maxNumSeqs ?? ENGINE_DEFAULTS.maxNumSeqs;
     const maxBatchedTokens = opts.maxBatchedTokens ?? ENGINE_DEFAULTS.maxBatchedTokens;
     const prefillChunkTokens = Math.min(opts.prefillChunkTokens ?? ENGINE_DEFAULTS.prefillChunkTokens, maxBatchedTokens);
-    const numGlaLayers = config.layerKinds.filter((k) => k === 'gla').length;
     const spec: CacheSpec = {
-      numAttnLayers: config.layerKinds.length - numGlaLayers,
-      numGlaLayers,
+      numAttnLayers: attentionLayerIndices(config).length,
+      stateFloats: stateTensorSpecs(config).map((s) => s.floats),
       numKvHeads: config.numKvHeads,
       headDim: config.headDim,
       windowTokens: config.slidingWindow,

@@ -1,5 +1,5 @@
 // StepRunner: executes one SchedulerOutput on the model. For each run it gathers a ForwardInput from
-// the cache pools, calls model.run, scatters the new GLA states and the chunk's keys/values back, and
+// the cache pools, calls model.run, scatters the new recurrent states and the chunk's keys/values back, and
 // samples the next token of every sequence that has consumed its whole prompt.
 //
 //   decodes:  one run, B = #decodes, T = 1 (full attention: grouped by context length, see decodeGroups)
@@ -14,6 +14,7 @@
 // the context length (except for full attention, where the past is the context).
 import type { CacheManager } from '../cache/cache-manager.ts';
 import type { ModelConfig } from './model/config.ts';
+import { attentionLayerIndices } from './model/layer-plan.ts';
 import type { ForwardInput, ForwardOutput } from './model/forward.ts';
 import type { RequestState } from './request-state.ts';
 import type { ScheduledChunk, SchedulerOutput } from './scheduler.ts';
@@ -66,7 +67,6 @@ export class StepRunner {
   private readonly model: ForwardModel;
   private readonly config: ModelConfig;
   private readonly cache: CacheManager;
-  private readonly numGlaLayers: number;
   private readonly numAttnLayers: number;
   private readonly samplers = new Map<string, SequenceSampler>();
   private readonly tokenBuf = new GrowableI32();
@@ -83,9 +83,8 @@ export class StepRunner {
     this.model = model;
     this.config = config;
     this.cache = cache;
-    this.numGlaLayers = config.layerKinds.filter((k) => k === 'gla').length;
-    this.numAttnLayers = config.layerKinds.length - this.numGlaLayers;
-    this.stateBufs = Array.from({ length: this.numGlaLayers }, () => new GrowableF32());
+    this.numAttnLayers = attentionLayerIndices(config).length;
+    this.stateBufs = Array.from({ length: cache.slots.numTensors }, () => new GrowableF32());
     this.keyBufs = Array.from({ length: this.numAttnLayers }, () => new GrowableF32());
     this.valueBufs = Array.from({ length: this.numAttnLayers }, () => new GrowableF32());
   }
@@ -184,7 +183,6 @@ export class StepRunner {
     const B = rows.length;
     const { numKvHeads: Hkv, headDim: d } = this.config;
     const slots = this.cache.slots;
-    const stateFloats = slots.floatsPerLayer;
 
     const tokenIds = this.tokenBuf.view(B * T);
     const positions = this.positionBuf.view(B * T);
@@ -196,17 +194,18 @@ export class StepRunner {
       }
     }
 
-    // GLA states [B, Hkv, d, d]: a single sequence reads its slot in place.
+    // Recurrent states [B, ...dims] per state tensor: a single sequence reads its slot in place.
     const slotIds = rows.map((r) => this.cache.slotOf(r.request.requestId));
-    const glaStates: Float32Array[] = [];
-    for (let g = 0; g < this.numGlaLayers; g++) {
+    const states: Float32Array[] = [];
+    for (let i = 0; i < slots.numTensors; i++) {
       if (B === 1) {
-        glaStates.push(slots.state(g, slotIds[0]!));
+        states.push(slots.state(i, slotIds[0]!));
         continue;
       }
-      const buf = this.stateBufs[g]!.view(B * stateFloats);
-      for (let b = 0; b < B; b++) buf.set(slots.state(g, slotIds[b]!), b * stateFloats);
-      glaStates.push(buf);
+      const floats = slots.floatsOf(i);
+      const buf = this.stateBufs[i]!.view(B * floats);
+      for (let b = 0; b < B; b++) buf.set(slots.state(i, slotIds[b]!), b * floats);
+      states.push(buf);
     }
 
     const past = this.gatherPast(rows);
@@ -215,7 +214,7 @@ export class StepRunner {
       chunkTokens: T,
       tokenIds,
       positions,
-      glaStates,
+      states,
       pastTokens: past.pastTokens,
       pastPositions: past.pastPositions,
       pastKeys: past.keys,
@@ -228,9 +227,10 @@ export class StepRunner {
       this.spikeValues += output.spikes.values;
     }
 
-    for (let g = 0; g < this.numGlaLayers; g++) {
-      const out = output.glaStates[g]!;
-      for (let b = 0; b < B; b++) slots.state(g, slotIds[b]!).set(out.subarray(b * stateFloats, (b + 1) * stateFloats));
+    for (let i = 0; i < slots.numTensors; i++) {
+      const out = output.states[i]!;
+      const floats = slots.floatsOf(i);
+      for (let b = 0; b < B; b++) slots.state(i, slotIds[b]!).set(out.subarray(b * floats, (b + 1) * floats));
     }
     if (this.numAttnLayers > 0) this.scatterPresent(rows, T, output, Hkv, d);
     return output;

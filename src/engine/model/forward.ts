@@ -11,8 +11,11 @@ export interface ForwardInput {
   readonly tokenIds: Int32Array;
   /** [B, T] absolute positions of the new tokens. */
   readonly positions: Int32Array;
-  /** Per GLA layer (in layer order): [B, Hkv, d, d] recurrent state before this chunk. */
-  readonly glaStates: readonly Float32Array[];
+  /**
+   * Per recurrent state tensor (Model.stateSpecs, i.e. stateTensorSpecs(config) of ./layer-plan.ts, in
+   * that order): [B, ...dims] state before this chunk (GLA: [B, Hkv, d, d]).
+   */
+  readonly states: readonly Float32Array[];
   /** Number of past key/value slots P given to attention layers (may be 0). */
   readonly pastTokens: number;
   /**
@@ -30,8 +33,8 @@ export interface ForwardInput {
 export interface ForwardOutput {
   /** [B, V] (last position) or [B, T, V] when allLogits. */
   readonly logits: Float32Array;
-  /** Per GLA layer: [B, Hkv, d, d] state after the chunk. */
-  readonly glaStates: Float32Array[];
+  /** Per recurrent state tensor, in the same order: [B, ...dims] state after the chunk. */
+  readonly states: Float32Array[];
   /** Per attention layer: [B, Hkv, T, d] keys (post-RoPE) and values of the chunk's tokens. */
   readonly presentKeys: Float32Array[];
   readonly presentValues: Float32Array[];

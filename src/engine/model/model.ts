@@ -7,7 +7,8 @@ import { basename, dirname, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { EngineError } from '../errors.ts';
 import type { Checkpoint } from './checkpoint.ts';
-import { glaStateBytesPerSequence, kvBytesPerToken, layersOfKind, type ModelConfig } from './config.ts';
+import { kvBytesPerToken, type ModelConfig } from './config.ts';
+import { attentionLayerIndices, stateBytesPerSequence, stateTensorSpecs, type StateTensorSpec } from './layer-plan.ts';
 import type { ForwardInput, ForwardOutput } from './forward.ts';
 import {
   INPUT_IDS,
@@ -21,8 +22,6 @@ import {
   pastValue,
   presentKey,
   presentValue,
-  stateIn,
-  stateOut,
 } from './io-names.ts';
 import { probeDevice, resolveExecutionProviders, type Device } from './device.ts';
 import { ensureBuiltModel, type BuildProgress } from './onnx/build-cache.ts';
@@ -78,10 +77,11 @@ export interface ModelLoadOptions {
 export const DECODE_MAX_TOKENS = 4;
 
 export class Model {
-  /** Layer indices of GLA layers and of attention (SWA or full) layers, in order. */
-  readonly glaLayers: readonly number[];
+  /** Recurrent state tensors (GLA states …), in the order of ForwardInput.states. */
+  readonly stateSpecs: readonly StateTensorSpec[];
+  /** Layer indices of attention (SWA or full) layers, in order. */
   readonly attentionLayers: readonly number[];
-  /** Bytes of GLA state per sequence (fp32, all GLA layers); independent of its length. */
+  /** Bytes of recurrent state per sequence (fp32, every state tensor); independent of its length. */
   readonly stateBytesPerSequence: number;
   /** Bytes of keys + values per kept token (fp32, all attention layers). */
   readonly kvBytesPerToken: number;
@@ -96,9 +96,9 @@ export class Model {
     readonly modelPath: string,
     private readonly profileFilePrefix: string | undefined,
   ) {
-    this.glaLayers = layersOfKind(config, 'gla');
-    this.attentionLayers = config.layerKinds.flatMap((k, i) => (k === 'gla' ? [] : [i]));
-    this.stateBytesPerSequence = glaStateBytesPerSequence(config);
+    this.stateSpecs = stateTensorSpecs(config);
+    this.attentionLayers = attentionLayerIndices(config);
+    this.stateBytesPerSequence = stateBytesPerSequence(config);
     this.kvBytesPerToken = kvBytesPerToken(config);
     this.windowTokens = config.layerKinds.includes('full') ? null : config.slidingWindow;
   }
@@ -147,7 +147,7 @@ export class Model {
     check('tokenIds', input.tokenIds.length, B * T);
     check('positions', input.positions.length, B * T);
     check('pastPositions', input.pastPositions.length, B * P);
-    check('glaStates (count)', input.glaStates.length, this.glaLayers.length);
+    check('states (count)', input.states.length, this.stateSpecs.length);
     check('pastKeys (count)', input.pastKeys.length, this.attentionLayers.length);
     check('pastValues (count)', input.pastValues.length, this.attentionLayers.length);
 
@@ -157,10 +157,10 @@ export class Model {
       [PAST_POSITIONS]: new ort.Tensor('int32', input.pastPositions, [B, P]),
       [NUM_LOGITS]: new ort.Tensor('int64', BigInt64Array.of(BigInt(input.allLogits ? T : 1)), [1]),
     };
-    this.glaLayers.forEach((layer, i) => {
-      const s = input.glaStates[i] ?? new Float32Array(0);
-      check(`glaStates[${i}]`, s.length, B * Hkv * d * d);
-      feeds[stateIn(layer)] = new ort.Tensor('float32', s, [B, Hkv, d, d]);
+    this.stateSpecs.forEach((spec, i) => {
+      const s = input.states[i] ?? new Float32Array(0);
+      check(`states[${i}] (${spec.inputName})`, s.length, B * spec.floats);
+      feeds[spec.inputName] = new ort.Tensor('float32', s, [B, ...spec.dims]);
     });
     this.attentionLayers.forEach((layer, i) => {
       const k = input.pastKeys[i] ?? new Float32Array(0);
@@ -188,7 +188,7 @@ export class Model {
     const values = count(SPIKE_VALUES);
     return {
       logits,
-      glaStates: this.glaLayers.map((l) => f32(stateOut(l))),
+      states: this.stateSpecs.map((spec) => f32(spec.outputName)),
       presentKeys: this.attentionLayers.map((l) => f32(presentKey(l))),
       presentValues: this.attentionLayers.map((l) => f32(presentValue(l))),
       ...(zeros !== null && values !== null ? { spikes: { zeros, values } } : {}),

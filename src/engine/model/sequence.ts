@@ -1,5 +1,5 @@
 // A simple, non-paged per-sequence cache over Model.run, for tests, benchmarks and single-user use:
-// a Sequence holds its GLA states and, per attention layer, the keys/values it still needs — the last
+// a Sequence holds its recurrent states and, per attention layer, the keys/values it still needs — the last
 // W positions for sliding-window layers (older ones are dropped after every step), all of them for
 // full attention. With B = 1 the arrays are handed to onnxruntime as they are and updated in place
 // (no per-step copy of the window). The serving path uses the paged pools in src/cache instead.
@@ -9,8 +9,8 @@ import type { Model } from './model.ts';
 export class Sequence {
   /** Tokens processed so far; the next token's position. */
   numTokens = 0;
-  /** Per GLA layer: [Hkv, d, d]. */
-  glaStates: Float32Array[];
+  /** Per recurrent state tensor (Model.stateSpecs): one sequence's state (GLA: [Hkv, d, d]). */
+  states: Float32Array[];
   /** Per attention layer: [Hkv, kept, d] post-RoPE keys and values of the kept positions. */
   keys: Float32Array[];
   values: Float32Array[];
@@ -18,8 +18,7 @@ export class Sequence {
   keptPositions: Int32Array = new Int32Array(0);
 
   constructor(readonly model: Model) {
-    const { numKvHeads: Hkv, headDim: d } = model.config;
-    this.glaStates = model.glaLayers.map(() => new Float32Array(Hkv * d * d));
+    this.states = model.stateSpecs.map((spec) => new Float32Array(spec.floats));
     this.keys = model.attentionLayers.map(() => new Float32Array(0));
     this.values = model.attentionLayers.map(() => new Float32Array(0));
   }
@@ -28,9 +27,9 @@ export class Sequence {
     return this.keptPositions.length;
   }
 
-  /** Bytes of GLA state: constant in the sequence's length. */
+  /** Bytes of recurrent state: constant in the sequence's length. */
   get stateBytes(): number {
-    return this.glaStates.reduce((a, s) => a + s.byteLength, 0);
+    return this.states.reduce((a, s) => a + s.byteLength, 0);
   }
 
   /** Bytes of kept keys and values: ≤ W tokens' worth for sliding-window models. */
@@ -103,7 +102,13 @@ export async function stepSequences(model: Model, seqs: readonly Sequence[], tok
     chunkTokens: T,
     tokenIds: ids,
     positions,
-    glaStates: model.glaLayers.map((_, i) => gather((s) => s.glaStates[i] ?? new Float32Array(0), d, () => d)),
+    states: model.stateSpecs.map((spec, i) => {
+      const only = seqs[0];
+      if (B === 1 && only !== undefined) return only.states[i] ?? new Float32Array(0);
+      const out = new Float32Array(B * spec.floats);
+      seqs.forEach((s, b) => out.set(s.states[i] ?? new Float32Array(0), b * spec.floats));
+      return out;
+    }),
     pastTokens: P,
     pastPositions,
     pastKeys: model.attentionLayers.map((_, i) => gather((s) => s.keys[i] ?? new Float32Array(0), P, (s) => s.keptTokens)),
@@ -115,8 +120,10 @@ export async function stepSequences(model: Model, seqs: readonly Sequence[], tok
   const W = model.windowTokens;
   const slotOf = W === null ? (p: number): number => p : (p: number): number => p % W;
   seqs.forEach((s, b) => {
-    const stateSize = Hkv * d * d;
-    s.glaStates = out.glaStates.map((st) => (B === 1 ? st : st.slice(b * stateSize, (b + 1) * stateSize)));
+    s.states = out.states.map((st, i) => {
+      const floats = model.stateSpecs[i]?.floats ?? 0;
+      return B === 1 ? st : st.slice(b * floats, (b + 1) * floats);
+    });
     // Kept slots: min(W, tokens so far); the past a later step needs is the last W positions.
     const oldCap = s.keptTokens;
     const newEnd = s.numTokens + T;

@@ -1,0 +1,55 @@
+// The layer-kind table on the model side: what per-sequence memory each kind of token mixer keeps
+// between steps, so the step runner, the cache and the graph agree on one list instead of branching
+// on kinds in each place.
+//
+//   kind   recurrent state tensors (per sequence, fp32)          keys/values
+//   gla    state.{i}   [Hkv, d, d]                                —
+//   swa    —                                                      the last W positions (windowed pages)
+//   full   —                                                      every position (growing pages)
+//
+// A layer's state tensors are graph inputs (before the chunk) and outputs (after it), batched as
+// [B, ...dims]. The cache stores each one in fixed slots (src/cache/state-slots.ts) without knowing
+// which kind it belongs to; prefix snapshots copy them as they are.
+import type { ModelConfig } from './config.ts';
+import { stateIn, stateOut } from './io-names.ts';
+
+/** One recurrent state tensor of one layer. */
+export interface StateTensorSpec {
+  /** Model layer index. */
+  readonly layer: number;
+  /** Graph input (state before the chunk) and output (after it). */
+  readonly inputName: string;
+  readonly outputName: string;
+  /** Shape of one sequence's state; the graph's is [B, ...dims]. */
+  readonly dims: readonly number[];
+  /** Π dims. */
+  readonly floats: number;
+}
+
+function spec(layer: number, inputName: string, outputName: string, dims: readonly number[]): StateTensorSpec {
+  return Object.freeze({ layer, inputName, outputName, dims: Object.freeze([...dims]), floats: dims.reduce((a, b) => a * b, 1) });
+}
+
+/** Every recurrent state tensor of the model, in layer order (and, within a layer, in a fixed order). */
+export function stateTensorSpecs(config: ModelConfig): StateTensorSpec[] {
+  const { numKvHeads: Hkv, headDim: d } = config;
+  return config.layerKinds.flatMap((kind, layer) => {
+    switch (kind) {
+      case 'gla':
+        return [spec(layer, stateIn(layer), stateOut(layer), [Hkv, d, d])];
+      case 'swa':
+      case 'full':
+        return [];
+    }
+  });
+}
+
+/** Layers that read and write keys/values (SWA or full attention), in order. */
+export function attentionLayerIndices(config: ModelConfig): number[] {
+  return config.layerKinds.flatMap((kind, layer) => (kind === 'swa' || kind === 'full' ? [layer] : []));
+}
+
+/** Bytes of recurrent state one sequence holds (all state tensors, fp32): independent of its length. */
+export function stateBytesPerSequence(config: ModelConfig): number {
+  return stateTensorSpecs(config).reduce((n, s) => n + s.floats * 4, 0);
+}
