@@ -9,7 +9,7 @@ import { BlockPool } from '../src/cache/block-pool.ts';
 import { PagedKvManager } from '../src/cache/paged-kv.ts';
 import { StateSlots } from '../src/cache/state-slots.ts';
 import { CacheManager, type CacheSpec } from '../src/cache/cache-manager.ts';
-import { prefixKeys } from '../src/cache/prefix-cache.ts';
+import { exactKey, prefixKeys } from '../src/cache/prefix-keys.ts';
 import { SnapshotStore } from '../src/cache/snapshot-store.ts';
 
 const diskRoot = mkdtempSync(join(tmpdir(), 'spikeserve-cache-test-'));
@@ -28,8 +28,21 @@ const opArb = (maxTotal: number, maxChunk: number): fc.Arbitrary<Op> =>
     fc.record({ kind: fc.constant('free' as const), who: fc.nat(20) }),
   );
 
+/** A cache spec with one KV group of `numLayers` attention layers (window W, or full attention for null). */
+function kvSpec(windowTokens: number | null, o: { numLayers?: number; numKvHeads?: number; headDim?: number; stateFloats?: number[] } = {}): CacheSpec {
+  const numLayers = o.numLayers ?? 1;
+  return {
+    stateFloats: o.stateFloats ?? [1],
+    kvGroups:
+      numLayers === 0
+        ? []
+        : [{ kind: windowTokens === null ? 'full' : 'window', numLayers, numKvHeads: o.numKvHeads ?? 1, headDim: o.headDim ?? 1, windowTokens }],
+  };
+}
+
 /** Every page in use belongs to exactly one sequence, once; held pages = pool's used count. */
 function checkOwnership(cache: CacheManager, live: Iterable<string>): void {
+  const pool = cache.groups[0]!.pool;
   const owner = new Map<number, string>();
   let held = 0;
   for (const id of live) {
@@ -38,16 +51,22 @@ function checkOwnership(cache: CacheManager, live: Iterable<string>): void {
     for (const page of table.pages) {
       expect(owner.has(page), `page ${page} owned by ${owner.get(page)} and ${id}`).toBe(false);
       owner.set(page, id);
-      expect(cache.pool.refCount(page)).toBe(1);
+      expect(pool.refCount(page)).toBe(1);
       held++;
     }
   }
-  expect(cache.pool.numUsed).toBe(held);
+  expect(pool.numUsed).toBe(held);
 }
 
-/** Runs a workload; returns the largest number of pages any sequence held. */
+/**
+ * Runs a workload; returns the largest number of pages any sequence held. Window groups: an admitted
+ * sequence always gets its chunk. Full attention: a chunk is refused (append false, nothing changed)
+ * exactly when the pool has too few free pages for it.
+ */
 function runWorkload(spec: CacheSpec, opts: { kvPages: number; pageTokens: number; maxNumSeqs: number; maxChunkTokens: number }, ops: Op[]): number {
   const cache = new CacheManager(spec, opts);
+  const group = spec.kvGroups[0]!;
+  const pool = cache.groups[0]!.pool;
   const live = new Map<string, { next: number; total: number }>();
   let nextId = 0;
   let maxHeld = 0;
@@ -55,9 +74,7 @@ function runWorkload(spec: CacheSpec, opts: { kvPages: number; pageTokens: numbe
     const ids = [...live.keys()];
     if (op.kind === 'admit') {
       const id = `s${nextId++}`;
-      const could = cache.canAdmit(op.totalTokens);
-      expect(cache.admit(id, op.totalTokens) !== null).toBe(could);
-      if (could) live.set(id, { next: 0, total: op.totalTokens });
+      if (cache.admit(id, { totalTokens: op.totalTokens, firstChunkTokens: Math.min(op.totalTokens, opts.maxChunkTokens) }) !== null) live.set(id, { next: 0, total: op.totalTokens });
     } else if (ids.length > 0) {
       const id = ids[op.who % ids.length]!;
       const seq = live.get(id)!;
@@ -67,16 +84,23 @@ function runWorkload(spec: CacheSpec, opts: { kvPages: number; pageTokens: numbe
       } else {
         const tokens = Math.min(op.tokens, seq.total - seq.next);
         if (tokens > 0) {
-          // Within its reservation an admitted sequence always gets its chunk.
-          expect(cache.canAppend(id, seq.next, tokens)).toBe(true);
-          cache.append(id, seq.next, tokens);
+          const P = opts.pageTokens;
+          const free = pool.numFree;
+          const held = cache.tableOf(id)?.pages.length ?? 0;
+          const fits = cache.canAppend(id, seq.next, tokens);
+          if (group.kind === 'window') expect(fits).toBe(true); // within its reservation
+          expect(cache.append(id, seq.next, tokens)).toBe(fits);
+          if (!fits) {
+            expect(pool.numFree).toBe(free);
+            expect(cache.tableOf(id)?.pages.length ?? 0).toBe(held);
+            continue;
+          }
           seq.next += tokens;
           const table = cache.tableOf(id)!;
           // The table covers the chunk's last position and the window before its first.
-          const P = opts.pageTokens;
           expect((table.firstPage + table.pages.length) * P).toBeGreaterThanOrEqual(seq.next);
-          if (spec.windowTokens !== null) {
-            expect(table.firstPage * P).toBeLessThanOrEqual(Math.max(0, seq.next - tokens - spec.windowTokens));
+          if (group.windowTokens !== null) {
+            expect(table.firstPage * P).toBeLessThanOrEqual(Math.max(0, seq.next - tokens - group.windowTokens));
           } else {
             expect(table.firstPage).toBe(0);
           }
@@ -86,14 +110,14 @@ function runWorkload(spec: CacheSpec, opts: { kvPages: number; pageTokens: numbe
     }
     checkOwnership(cache, live.keys());
     expect(cache.usage().slotsUsed).toBe(live.size);
-    expect(cache.usage().pagesReserved).toBeLessThanOrEqual(cache.pool.numPages);
+    expect(cache.usage().pagesReserved).toBeLessThanOrEqual(pool.numPages);
   }
   for (const id of [...live.keys()]) cache.free(id);
   const usage = cache.usage();
   expect(usage.pagesUsed).toBe(0);
   expect(usage.slotsUsed).toBe(0);
   expect(usage.pagesReserved).toBe(0);
-  expect(cache.pool.numFree).toBe(cache.pool.numPages);
+  expect(pool.numFree).toBe(pool.numPages);
   expect(cache.slots.numFree).toBe(cache.slots.numSlots);
   return maxHeld;
 }
@@ -149,8 +173,8 @@ describe('StateSlots', () => {
 });
 
 describe('CacheManager under random workloads', () => {
-  const swa: CacheSpec = { numAttnLayers: 2, stateFloats: [4, 4], numKvHeads: 1, headDim: 2, windowTokens: 40 };
-  const full: CacheSpec = { ...swa, windowTokens: null };
+  const swa: CacheSpec = kvSpec(40, { numLayers: 2, headDim: 2, stateFloats: [4, 4] });
+  const full: CacheSpec = kvSpec(null, { numLayers: 2, headDim: 2, stateFloats: [4, 4] });
 
   it('SWA: no page owned twice, a sequence holds ≤ ⌈(W+C)/P⌉+1 pages, everything free at the end', () => {
     fc.assert(
@@ -170,7 +194,7 @@ describe('CacheManager under random workloads', () => {
     );
   });
 
-  it('full attention: tables grow, admission stops when reservations would exceed the pool', () => {
+  it('full attention: tables grow lazily; a chunk the pool cannot hold is refused and changes nothing', () => {
     fc.assert(
       fc.property(fc.integer({ min: 1, max: 16 }), fc.array(opArb(200, 32), { maxLength: 120 }), (P, ops) => {
         runWorkload(full, { kvPages: 24, pageTokens: P, maxNumSeqs: 6, maxChunkTokens: 32 }, ops);
@@ -180,37 +204,91 @@ describe('CacheManager under random workloads', () => {
   });
 
   it('pure GLA models need no pages', () => {
-    const cache = new CacheManager({ ...swa, numAttnLayers: 0 }, { maxNumSeqs: 2, maxChunkTokens: 8 });
-    expect(cache.pool.numPages).toBe(0);
-    expect(cache.admit('a', 1_000_000)).toBe(0);
-    cache.append('a', 0, 8);
-    expect(cache.admit('b', 5)).toBe(0);
-    expect(cache.admit('c', 5)).toBeNull(); // slots exhausted
+    const cache = new CacheManager(kvSpec(null, { numLayers: 0, stateFloats: [4, 4] }), { maxNumSeqs: 2, maxChunkTokens: 8 });
+    expect(cache.groups).toHaveLength(0);
+    const admit = (id: string, totalTokens: number): number | null => cache.admit(id, { totalTokens, firstChunkTokens: 8 });
+    expect(admit('a', 1_000_000)).toBe(0);
+    expect(cache.append('a', 0, 8)).toBe(true);
+    expect(admit('b', 5)).toBe(0);
+    expect(admit('c', 5)).toBeNull(); // slots exhausted
     cache.free('a');
     cache.free('b');
     expect(cache.usage().slotsUsed).toBe(0);
   });
 });
 
-describe('full attention refusal', () => {
-  const spec: CacheSpec = { numAttnLayers: 1, stateFloats: [], numKvHeads: 1, headDim: 2, windowTokens: null };
+describe('full attention: lazy pages', () => {
+  const spec: CacheSpec = kvSpec(null, { headDim: 2, stateFloats: [] });
 
-  it('refuses a sequence longer than the whole pool, and a second one while the pool is reserved', () => {
-    const cache = new CacheManager(spec, { kvPages: 4, pageTokens: 8, maxNumSeqs: 4, maxChunkTokens: 8 });
-    expect(cache.maxTokensPerSequence).toBe(32);
-    expect(cache.canEverFit(33)).toBe(false);
-    expect(cache.canEverFit(32)).toBe(true);
-    expect(cache.admit('a', 24)).toBe(0);
-    expect(cache.canAdmit(9)).toBe(false);
-    expect(cache.admit('b', 8)).toBe(0);
-    expect(cache.admit('c', 1)).toBeNull();
-    for (let p = 0; p < 24; p += 8) cache.append('a', p, 8);
-    // Growing past the reservation is refused.
-    expect(cache.canAppend('a', 24, 1)).toBe(false);
-    expect(() => cache.append('a', 24, 1)).toThrow(/reservation/);
+  it('refuses a sequence longer than the whole pool; admits on the first chunk\'s pages, not on max_tokens', () => {
+    const cache = new CacheManager(spec, { kvPages: 8, pageTokens: 8, maxNumSeqs: 4, maxChunkTokens: 8 });
+    const pool = cache.groups[0]!.pool;
+    expect(cache.maxTokensPerSequence).toBe(64);
+    expect(cache.canEverFit(65)).toBe(false);
+    expect(cache.canEverFit(64)).toBe(true);
+    // A sequence that may grow to the whole pool is admitted; so is a second one (nothing is reserved).
+    expect(cache.admit('a', { totalTokens: 64, firstChunkTokens: 8 })).toBe(0);
+    expect(cache.admit('b', { totalTokens: 64, firstChunkTokens: 8 })).toBe(0);
+    expect(cache.usage().pagesReserved).toBe(0);
+    for (let p = 0; p < 40; p += 8) expect(cache.append('a', p, 8)).toBe(true);
+    expect(cache.append('b', 0, 8)).toBe(true);
+    // 6 of 8 pages used: a third sequence needs its first chunk (1 page) + 1 + watermark (1) free.
+    expect(cache.admit('c', { totalTokens: 8, firstChunkTokens: 8 })).toBeNull();
+    expect(cache.append('a', 40, 8)).toBe(true);
+    expect(cache.append('b', 8, 8)).toBe(true);
+    // The pool is full: the next chunk is refused and nothing changes.
+    expect(pool.numFree).toBe(0);
+    expect(cache.canAppend('a', 48, 1)).toBe(false);
+    expect(cache.append('a', 48, 1)).toBe(false);
+    expect(cache.tableOf('a')?.numTokens).toBe(48);
+    cache.free('b'); // what the scheduler does: preempt
+    expect(cache.append('a', 48, 8)).toBe(true);
     cache.free('a');
+    expect(pool.numFree).toBe(8);
+  });
+
+  it('evicts prefix snapshots (LRU) before refusing a chunk', () => {
+    const P = 4;
+    const cache = new CacheManager(spec, { kvPages: 6, pageTokens: P, maxNumSeqs: 2, maxChunkTokens: 8, prefixCacheBytes: 1 << 20 });
+    const pool = cache.groups[0]!.pool;
+    const tokens = Array.from({ length: 17 }, (_, i) => i + 1);
+    const keys = prefixKeys(tokens, P);
+    expect(cache.admit('a', { totalTokens: 17, firstChunkTokens: 8, prefix: { keys, tokens, maxTokens: 16 } })).toBe(0);
+    for (let p = 0; p < 16; p += 8) {
+      expect(cache.append('a', p, 8)).toBe(true);
+      expect(cache.snapshot('a', keys[(p + 8) / P - 1]!, p + 8)).toBe(true);
+    }
+    cache.free('a');
+    expect(pool.numFree).toBe(2); // the 4 pages of [0, 16) are held by the snapshots
+    expect(cache.admit('b', { totalTokens: 24, firstChunkTokens: 8 })).toBe(0);
+    expect(cache.append('b', 0, 8)).toBe(true);
+    expect(cache.append('b', 8, 8)).toBe(true); // evicted the snapshots for room
+    expect(cache.prefix!.size).toBe(0);
     cache.free('b');
-    expect(cache.pool.numFree).toBe(4);
+    expect(pool.numFree).toBe(6);
+  });
+
+  it('PagedKvManager counts the pages a window chunk releases before it allocates', () => {
+    const pool = new BlockPool({ numAttnLayers: 1, numKvHeads: 1, headDim: 1, pageTokens: 4 }, 4);
+    const kv = new PagedKvManager(pool, 4);
+    expect(kv.ensure('a', 0, 16)).toBe(true); // all 4 pages
+    expect(pool.numFree).toBe(0);
+    // A chunk at 16..19 needs one new page; pages 0–2 (positions < 12) left the window and free it.
+    expect(kv.fits('a', 16, 4)).toBe(true);
+    expect(kv.ensure('a', 16, 4)).toBe(true);
+    expect(kv.table('a')).toMatchObject({ firstPage: 3 });
+    // A page that a snapshot still holds is not freed by the release: then it does not fit.
+    pool.retain(kv.table('a')!.pages[0]!);
+    const held = kv.table('a')!.pages[0]!;
+    expect(kv.ensure('a', 20, 4)).toBe(true); // logical page 3 released but still held: a free page is used
+    expect(pool.numFree).toBe(1);
+    expect(kv.fits('a', 24, 8)).toBe(true); // 2 new pages: 1 free + logical page 4, which it releases
+    expect(kv.fits('a', 24, 12)).toBe(false); // 3 new pages
+    expect(kv.ensure('a', 24, 12)).toBe(false);
+    expect(kv.table('a')).toMatchObject({ firstPage: 4, numTokens: 24 });
+    pool.release(held);
+    kv.free('a');
+    expect(pool.numFree).toBe(4);
   });
 
   it('PagedKvManager alone grows until the pool is exhausted, then changes nothing', () => {
@@ -232,10 +310,12 @@ describe('prefix snapshots', () => {
     | { kind: 'admit'; family: number; length: number; extra: number }
     | { kind: 'advance'; who: number; tokens: number }
     | { kind: 'free'; who: number };
+  // Mostly advances, so that sequences reach their snapshot points; some lengths recur, so that an
+  // identical prompt resumes from the exact snapshot one token before its end.
   const prefixOpArb: fc.Arbitrary<PrefixOp> = fc.oneof(
-    fc.record({ kind: fc.constant('admit' as const), family: fc.nat(2), length: fc.integer({ min: 1, max: 200 }), extra: fc.integer({ min: 1, max: 20 }) }),
-    fc.record({ kind: fc.constant('advance' as const), who: fc.nat(20), tokens: fc.integer({ min: 1, max: 24 }) }),
-    fc.record({ kind: fc.constant('free' as const), who: fc.nat(20) }),
+    { arbitrary: fc.record({ kind: fc.constant('admit' as const), family: fc.nat(2), length: fc.oneof(fc.integer({ min: 1, max: 200 }), fc.constantFrom(19, 37)), extra: fc.integer({ min: 1, max: 20 }) }), weight: 2 },
+    { arbitrary: fc.record({ kind: fc.constant('advance' as const), who: fc.nat(20), tokens: fc.integer({ min: 1, max: 24 }) }), weight: 6 },
+    { arbitrary: fc.record({ kind: fc.constant('free' as const), who: fc.nat(20) }), weight: 2 },
   );
   // Token ids of family f: the first token is f, so families never share a prefix.
   const familyTokens = (f: number, n: number): number[] => Array.from({ length: n }, (_, i) => (i === 0 ? f : (f * 7919 + i * 104729) % 1000));
@@ -244,14 +324,15 @@ describe('prefix snapshots', () => {
   const keyValue = (f: number, p: number): number => p + 1e6 * f;
 
   /**
-   * Runs one random workload of admits, advances (with snapshots at page boundaries) and frees, checking
+   * Runs one random workload of admits, advances (with snapshots at page boundaries and an exact one a
+   * token before the prompt's end, as the scheduler takes them) and frees, checking
    * after every op that each page in use is referenced exactly by its holders and that restored states
    * and window keys are what was stored. With a disk store, memory holds few snapshots, so most are
    * spilled and many admissions restore from disk. Returns how many admissions resumed, and how many
    * of those from a prefix that only the disk held.
    */
   async function prefixWorkload(windowTokens: number | null, P: number, kvPages: number, ops: readonly PrefixOp[], store?: SnapshotStore): Promise<{ hits: number; diskHits: number }> {
-    const spec: CacheSpec = { numAttnLayers: 1, stateFloats: [1], numKvHeads: 1, headDim: 1, windowTokens };
+    const spec: CacheSpec = kvSpec(windowTokens);
     const C = 24;
     // The largest snapshot: one float of state and the pages of a window (or of a whole 200-token prompt).
     const snapshotBytes = 4 + ((windowTokens ?? 200) / P + 2) * 2 * P * 4;
@@ -260,10 +341,11 @@ describe('prefix snapshots', () => {
       pageTokens: P,
       maxNumSeqs: 3,
       maxChunkTokens: C,
-      prefixCacheBytes: store === undefined ? 40 * 4 * P : 2 * snapshotBytes, // with a disk: room for ~2, the rest spill
+      prefixCacheBytes: store === undefined ? 8 * snapshotBytes : 2 * snapshotBytes, // with a disk: room for ~2, the rest spill
       ...(store !== undefined ? { snapshotStore: store } : {}),
     });
     const prefix = cache.prefix!;
+    const pool = cache.groups[0]!.pool;
     const live = new Map<string, { family: number; tokens: number[]; keys: string[]; next: number; total: number }>();
     let nextId = 0;
     let hits = 0;
@@ -276,21 +358,23 @@ describe('prefix snapshots', () => {
         const keys = prefixKeys(tokens, P);
         const total = op.length + op.extra;
         const longestInMemory = keys.reduce((best, k, i) => (prefix.has(k) ? (i + 1) * P : best), 0);
-        const restored = cache.admit(id, total, keys);
+        const restored = cache.admit(id, { totalTokens: total, firstChunkTokens: Math.min(C, op.length), prefix: { keys, tokens, maxTokens: op.length - 1 } });
         if (restored === null) continue;
-        expect(restored % P).toBe(0);
+        // Page-aligned, or an exact snapshot one token before the end of a prompt this one extends.
         expect(restored).toBeLessThan(op.length);
         live.set(id, { family: op.family, tokens, keys, next: restored, total });
         if (restored > 0) {
           hits++;
-          if (restored > longestInMemory) diskHits++;
+          if (restored > longestInMemory && restored % P === 0) diskHits++;
           // States and window keys are exactly those of the stored prefix.
           expect(cache.slots.state(0, cache.slotOf(id))[0]).toBe(stateValue(op.family, restored));
           const table = cache.tableOf(id)!;
           for (let p = Math.max(0, restored - (windowTokens ?? restored)); p < restored; p++) {
             const page = table.pages[Math.floor(p / P) - table.firstPage]!;
-            expect(cache.pool.slab(page, 0, 0, 0)[p % P]).toBe(keyValue(op.family, p));
+            expect(pool.slab(page, 0, 0, 0)[p % P]).toBe(keyValue(op.family, p));
           }
+          // A partly written last page was copied: this sequence owns the page it writes next.
+          if (restored % P !== 0) expect(pool.refCount(table.pages[Math.floor(restored / P) - table.firstPage]!)).toBe(1);
         }
       } else if (ids.length > 0) {
         const id = ids[op.who % ids.length]!;
@@ -299,20 +383,35 @@ describe('prefix snapshots', () => {
           cache.free(id);
           live.delete(id);
         } else {
-          // Chunks stop at page boundaries inside the prompt, where snapshots may be taken.
+          // Chunks stop at page boundaries inside the prompt and a token before its end, where snapshots are taken.
+          const last = seq.tokens.length - 1;
           let n = Math.min(op.tokens, seq.total - seq.next);
           const boundary = (Math.floor(seq.next / P) + 1) * P;
           if (boundary <= seq.keys.length * P) n = Math.min(n, boundary - seq.next);
+          if (seq.next < last) n = Math.min(n, last - seq.next);
           if (n <= 0) continue;
-          cache.append(id, seq.next, n);
+          if (!cache.append(id, seq.next, n)) {
+            // Full attention out of pages: the scheduler would preempt; here the sequence just ends.
+            expect(windowTokens).toBeNull();
+            cache.free(id);
+            live.delete(id);
+            continue;
+          }
           const table = cache.tableOf(id)!;
           for (let p = seq.next; p < seq.next + n; p++) {
             const page = table.pages[Math.floor(p / P) - table.firstPage]!;
-            cache.pool.slab(page, 0, 0, 0)[p % P] = keyValue(seq.family, p);
+            expect(pool.refCount(page) - prefix.refsOf(0, page)).toBe(1); // never written where another sequence reads
+            pool.slab(page, 0, 0, 0)[p % P] = keyValue(seq.family, p);
           }
           seq.next += n;
           cache.slots.state(0, cache.slotOf(id)).fill(stateValue(seq.family, seq.next));
           if (seq.next % P === 0 && seq.next <= seq.keys.length * P) cache.snapshot(id, seq.keys[seq.next / P - 1]!, seq.next);
+          if (seq.next === last && last % P !== 0) {
+            const q = Math.floor(last / P);
+            const baseKey = q === 0 ? '' : seq.keys[q - 1]!;
+            const tail = seq.tokens.slice(q * P, last);
+            cache.snapshot(id, exactKey(baseKey, tail), last, { baseKey, tail });
+          }
           if (windowTokens !== null) expect(table.pages.length).toBeLessThanOrEqual(PagedKvManager.maxPagesSwa(windowTokens, C, P));
         }
       }
@@ -320,10 +419,10 @@ describe('prefix snapshots', () => {
       // Every page in use is referenced exactly by its holders: tables plus snapshots.
       const holders = new Map<number, number>();
       for (const id of live.keys()) for (const page of cache.tableOf(id)?.pages ?? []) holders.set(page, (holders.get(page) ?? 0) + 1);
-      for (let page = 0; page < cache.pool.numPages; page++) {
-        expect(cache.pool.refCount(page)).toBe((holders.get(page) ?? 0) + prefix.refsOf(page));
+      for (let page = 0; page < pool.numPages; page++) {
+        expect(pool.refCount(page)).toBe((holders.get(page) ?? 0) + prefix.refsOf(0, page));
       }
-      expect(cache.usage().pagesReserved + prefix.numPages).toBeLessThanOrEqual(cache.pool.numPages);
+      expect(cache.usage().pagesReserved + prefix.numPages(0)).toBeLessThanOrEqual(pool.numPages);
       expect(prefix.bytes).toBeLessThanOrEqual(prefix.maxBytes);
     }
     for (const id of [...live.keys()]) cache.free(id);
@@ -331,7 +430,7 @@ describe('prefix snapshots', () => {
     expect(cache.usage().slotsUsed).toBe(0);
     prefix.clear();
     await store?.flush();
-    expect(cache.pool.numFree).toBe(cache.pool.numPages);
+    expect(pool.numFree).toBe(pool.numPages);
     expect(prefix.bytes).toBe(0);
     return { hits, diskHits };
   }
@@ -345,7 +444,7 @@ describe('prefix snapshots', () => {
         }),
         { numRuns: 200 },
       );
-      expect(totalHits).toBeGreaterThan(0); // the workloads did resume from snapshots
+      expect(totalHits).toBeGreaterThan(0); // the workloads did resume from snapshots (exact ones: see below)
     });
 
     it(`with snapshots spilled to disk and restored from it, the same holds (W = ${windowTokens})`, async () => {
@@ -364,12 +463,12 @@ describe('prefix snapshots', () => {
   }
 
   it('a resumed prefix is found again after more tokens, and evicted LRU under byte pressure', () => {
-    const spec: CacheSpec = { numAttnLayers: 1, stateFloats: [1], numKvHeads: 1, headDim: 1, windowTokens: 4 };
+    const spec: CacheSpec = kvSpec(4);
     const P = 4;
     const cache = new CacheManager(spec, { kvPages: 40, pageTokens: P, maxNumSeqs: 2, maxChunkTokens: 4, prefixCacheBytes: 3 * (4 + 2 * 4 * P) }); // 3 snapshots of 1 state + 1 page
     const run = (id: string, tokens: number[]): number => {
       const keys = prefixKeys(tokens, P);
-      let next = cache.admit(id, tokens.length + 1, keys)!;
+      let next = cache.admit(id, { totalTokens: tokens.length + 1, firstChunkTokens: 4, prefix: { keys, tokens, maxTokens: tokens.length - 1 } })!;
       const restored = next;
       while (next < tokens.length) {
         const n = Math.min(4, tokens.length - next);
@@ -386,5 +485,91 @@ describe('prefix snapshots', () => {
     expect(run('b', doc)).toBe(20);
     expect(run('c', [...doc, 99, 98, 97, 96])).toBe(20);
     expect(run('d', [...doc.slice(0, 5), 50, 51])).toBe(0); // 4 tokens: its snapshot was evicted
+  });
+
+  describe('exact snapshots (not page-aligned)', () => {
+    const P = 4;
+    /** Computes `tokens` from `from` on, writing state = position and key = token id of each position. */
+    function compute(cache: CacheManager, id: string, tokens: readonly number[], from: number, to: number): void {
+      const pool = cache.groups[0]!.pool;
+      for (let p = from; p < to; ) {
+        const n = Math.min(4, to - p);
+        expect(cache.append(id, p, n)).toBe(true);
+        const table = cache.tableOf(id)!;
+        for (let i = p; i < p + n; i++) pool.slab(table.pages[Math.floor(i / P) - table.firstPage]!, 0, 0, 0)[i % P] = tokens[i]!;
+        p += n;
+      }
+      cache.slots.state(0, cache.slotOf(id))[0] = to;
+    }
+    const exact = (tokens: readonly number[], s: number): { key: string; exact: { baseKey: string; tail: number[] } } => {
+      const q = Math.floor(s / P);
+      const baseKey = q === 0 ? '' : prefixKeys(tokens.slice(0, q * P + 1), P)[q - 1]!;
+      const tail = tokens.slice(q * P, s);
+      return { key: exactKey(baseKey, tail), exact: { baseKey, tail } };
+    };
+
+    for (const windowTokens of [6, null]) {
+      it(`a conversation's next turn resumes at the previous turn's exact end; the shared page is copied (W = ${windowTokens})`, () => {
+        const cache = new CacheManager(kvSpec(windowTokens), { kvPages: 40, pageTokens: P, maxNumSeqs: 4, maxChunkTokens: 4, prefixCacheBytes: 1 << 20 });
+        const pool = cache.groups[0]!.pool;
+        const turn1 = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]; // prompt + completion: 11 tokens
+        const admit = (id: string, tokens: number[]): number =>
+          cache.admit(id, { totalTokens: tokens.length + 4, firstChunkTokens: 4, prefix: { keys: prefixKeys(tokens, P), tokens, maxTokens: tokens.length - 1 } })!;
+        expect(admit('a', turn1)).toBe(0);
+        compute(cache, 'a', turn1, 0, 8);
+        expect(cache.snapshot('a', prefixKeys(turn1, P)[1]!, 8)).toBe(true);
+        compute(cache, 'a', turn1, 8, 11);
+        const e = exact(turn1, 11);
+        expect(cache.snapshot('a', e.key, 11, e.exact)).toBe(true);
+        cache.free('a');
+        // The next turn extends the whole exchange: it resumes at 11, not at the last whole page (8).
+        const turn2 = [...turn1, 16, 17, 18];
+        expect(admit('b', turn2)).toBe(11);
+        expect(cache.slots.state(0, cache.slotOf('b'))[0]).toBe(11);
+        const table = cache.tableOf('b')!;
+        const page = (p: number): number => table.pages[Math.floor(p / P) - table.firstPage]!;
+        for (let p = Math.max(0, 11 - (windowTokens ?? 11)); p < 11; p++) expect(pool.slab(page(p), 0, 0, 0)[p % P]).toBe(turn1[p]);
+        // Position 11 lives in logical page 2, which the snapshot shares: b got its own copy.
+        expect(pool.refCount(page(11))).toBe(1);
+        compute(cache, 'b', turn2, 11, 14);
+        // The snapshot's page still holds what it stored.
+        const c = admit('c', turn1.concat([99]));
+        expect(c).toBe(11);
+        const tc = cache.tableOf('c')!;
+        expect(pool.slab(tc.pages[2 - tc.firstPage]!, 0, 0, 0)[10 % P]).toBe(15);
+        // A prompt that differs in the tail does not match; one that is shorter than s + 1 neither.
+        expect(admit('d', [...turn1.slice(0, 10), 77, 16])).toBe(8);
+        cache.free('b');
+        cache.free('c');
+        cache.free('d');
+        expect(admit('e', turn1)).toBe(8); // 11 tokens: at most 10 may be restored; the page-aligned one at 8
+        cache.free('e');
+        cache.prefix!.clear();
+        expect(pool.numFree).toBe(pool.numPages);
+      });
+    }
+
+    it('finds the longest match among several exact snapshots of one page, and the same prompt again resumes one token before its end', () => {
+      const cache = new CacheManager(kvSpec(null), { kvPages: 40, pageTokens: P, maxNumSeqs: 1, maxChunkTokens: 4, prefixCacheBytes: 1 << 20 });
+      const tokens = [1, 2, 3, 4, 5, 6, 7, 8, 9];
+      const run = (id: string, toks: number[], snapshotAt: number[]): number => {
+        const r = cache.admit(id, { totalTokens: toks.length + 1, firstChunkTokens: 4, prefix: { keys: prefixKeys(toks, P), tokens: toks, maxTokens: toks.length - 1 } })!;
+        let at = r;
+        for (const s of snapshotAt) {
+          compute(cache, id, toks, at, s);
+          at = s;
+          const e = exact(toks, s);
+          cache.snapshot(id, e.key, s, s % P === 0 ? null : e.exact);
+        }
+        cache.free(id);
+        return r;
+      };
+      expect(run('a', tokens, [5, 6, 7])).toBe(0);
+      expect(run('b', tokens, [])).toBe(7);
+      expect(run('c', [1, 2, 3, 4, 5, 6, 0, 0], [])).toBe(6);
+      expect(run('d', [1, 2, 3, 4, 5, 6], [])).toBe(5); // at most 5 of its 6
+      expect(run('e', [1, 2, 3], [2])).toBe(0);
+      expect(run('f', [1, 2, 3], [])).toBe(2);
+    });
   });
 });

@@ -45,9 +45,14 @@ function expectIdle(stats: EngineStats): void {
   expect([stats.numRunning, stats.numWaiting, stats.kvPagesUsed, stats.stateSlotsUsed, stats.stateBytesInUse]).toEqual([0, 0, 0, 0, 0]);
 }
 
-/** Liveness: an abort posted by a stream's early exit is applied by the worker shortly after. */
+/**
+ * Liveness: an abort posted by a stream's early exit is applied by the worker shortly after, and a request
+ * that ended normally frees its memory one step after its `done` (it folds its last token into an exact
+ * prefix snapshot first).
+ */
 async function waitIdle(engine: Engine): Promise<void> {
-  for (let i = 0; i < 200 && engine.stats().numRunning + engine.stats().numWaiting > 0; i++) await new Promise((r) => setTimeout(r, 25));
+  const busy = (s: EngineStats): boolean => s.numRunning + s.numWaiting + s.kvPagesUsed + s.stateSlotsUsed > 0;
+  for (let i = 0; i < 200 && busy(engine.stats()); i++) await new Promise((r) => setTimeout(r, 25));
   expectIdle(engine.stats());
 }
 
@@ -68,7 +73,7 @@ describe('Engine on a tiny hybrid model (W = 8, pages of 4 tokens)', () => {
     }));
   });
   afterAll(async () => engine.shutdown());
-  afterEach(() => expectIdle(engine.stats()));
+  afterEach(async () => waitIdle(engine));
 
   it('generates the float64 reference model\'s greedy tokens (chunked prefill, paged window)', async () => {
     const p = prompt(45, 1, V);
@@ -100,12 +105,12 @@ describe('Engine on a tiny hybrid model (W = 8, pages of 4 tokens)', () => {
     const first = await collect(engine, request(doc, greedy(6)));
     expect(lastDone(first.events).cachedTokens).toBe(0);
     const again = await collect(engine, request(doc, greedy(6)));
-    expect(lastDone(again.events).cachedTokens).toBe(148); // last whole page before the final token
+    expect(lastDone(again.events).cachedTokens).toBe(149); // an exact snapshot one token before the end
     expect(again.tokens).toEqual(first.tokens);
-    // A longer conversation over the same document resumes from it too.
+    // The next turn of the conversation resumes where the previous one ended: the document and all 6 tokens.
     const turn = [...doc, ...first.tokens, ...prompt(37, 51, V)];
     const next = await collect(engine, request(turn, greedy(8)));
-    expect(lastDone(next.events).cachedTokens).toBe(148);
+    expect(lastDone(next.events).cachedTokens).toBe(156);
     const ref = new ReferenceSession(openCheckpoint(ckpt.dir));
     let logits = new Float64Array(0);
     for (const t of turn) logits = ref.step(t);
@@ -272,6 +277,56 @@ describe('Engine on a full-attention model', () => {
   });
 });
 
+describe('Engine on a full-attention model without max_tokens (lazy pages, preemption)', () => {
+  const V = 64;
+  const chatPrompts = Array.from({ length: 8 }, (_, i) => prompt(10 + i, 70 + i, V));
+
+  it('8 chats that may each grow to the whole context all start at once', async () => {
+    const { engine } = await startEngine('full-lazy', { numLayers: 2, slidingWindow: null, vocabSize: V, headDim: 8, numHeads: 2, seed: 5 }, {
+      pageTokens: 4, kvPages: 200, prefillChunkTokens: 16, maxBatchedTokens: 128, maxNumSeqs: 8,
+    });
+    try {
+      const order: string[] = [];
+      const runs = chatPrompts.map(async (p, i) => {
+        let first = true;
+        // max_tokens: the rest of the context, as a chat without max_tokens gets.
+        for await (const e of engine.generate(request(p, greedy(engine.maxModelLen - p.length)))) {
+          if (e.type === 'token' && first) {
+            order.push(`first-${i}`);
+            first = false;
+          }
+          if (e.type === 'token' && order.filter((x) => x.startsWith('first')).length === 8) break; // enough: all started
+          if (e.type === 'done') order.push(`done-${i}`);
+        }
+      });
+      await Promise.all(runs);
+      // Every chat got its first token before any chat ended: none waited for another's reservation.
+      expect(order.slice(0, 8).every((x) => x.startsWith('first-'))).toBe(true);
+      await waitIdle(engine);
+    } finally {
+      await engine.shutdown();
+    }
+  });
+
+  it('a pool too small for all of them preempts, and every chat still gets its greedy tokens as alone', async () => {
+    // 24 pages × 4 tokens = 96 tokens of KV; 8 chats of 10–17 + 24 tokens need ~300.
+    const { engine } = await startEngine('full-small', { numLayers: 2, slidingWindow: null, vocabSize: V, headDim: 8, numHeads: 2, seed: 5 }, {
+      pageTokens: 4, kvPages: 24, prefillChunkTokens: 16, maxBatchedTokens: 64, maxNumSeqs: 8, prefixCacheBytes: 0,
+    });
+    try {
+      const alone: number[][] = [];
+      for (const p of chatPrompts) alone.push((await collect(engine, request(p, greedy(24)))).tokens);
+      expect(engine.stats().numPreemptions).toBe(0);
+      const together = await Promise.all(chatPrompts.map((p) => collect(engine, request(p, greedy(24)))));
+      expect(together.map((r) => r.tokens)).toEqual(alone);
+      expect(engine.stats().numPreemptions).toBeGreaterThan(0);
+      await waitIdle(engine);
+    } finally {
+      await engine.shutdown();
+    }
+  });
+});
+
 describe('Engine lifecycle', () => {
   it('rejects start with ModelLoadError for a directory without a checkpoint', async () => {
     await expect(Engine.start({ modelDir: join(tmp, 'nothing-here'), cacheDir: join(tmp, 'built') })).rejects.toBeInstanceOf(ModelLoadError);
@@ -343,7 +398,7 @@ describe('Engine during a ≥256K-token prefill', () => {
       expect(done).toMatchObject({ finishReason: 'length', promptTokens: LONG, completionTokens: 1 });
       const progress = longEvents.filter((e) => e.type === 'progress');
       expect(progress.length).toBeGreaterThan(0);
-      expectIdle(engine.stats());
+      await waitIdle(engine);
     } finally {
       await engine.shutdown();
     }

@@ -187,14 +187,15 @@ describe('ServerMetrics', () => {
     expect(await histCount(m, 'e2e_request_latency_seconds')).toBe(3);
   });
 
-  it('spike counters follow the engine\'s cumulative counts, also across an engine restart', async () => {
+  it('spike and preemption counters follow the engine\'s cumulative counts, also across an engine restart', async () => {
     const { m } = make();
-    const base: EngineStats = { numRunning: 0, numWaiting: 0, kvPagesUsed: 0, kvPagesTotal: 1, stateSlotsUsed: 0, stateSlotsTotal: 1, stateBytesInUse: 0, prefixCacheBytes: 0, spikeZeros: 0, spikeValues: 0 };
-    m.updateEngineStats({ ...base, spikeZeros: 690, spikeValues: 1000 });
-    m.updateEngineStats({ ...base, spikeZeros: 700, spikeValues: 1010 });
-    m.updateEngineStats({ ...base, spikeZeros: 50, spikeValues: 100 }); // a new engine counts from 0
+    const base: EngineStats = { numRunning: 0, numWaiting: 0, kvPagesUsed: 0, kvPagesTotal: 1, stateSlotsUsed: 0, stateSlotsTotal: 1, stateBytesInUse: 0, prefixCacheBytes: 0, spikeZeros: 0, spikeValues: 0, numPreemptions: 0 };
+    m.updateEngineStats({ ...base, spikeZeros: 690, spikeValues: 1000, numPreemptions: 2 });
+    m.updateEngineStats({ ...base, spikeZeros: 700, spikeValues: 1010, numPreemptions: 5 });
+    m.updateEngineStats({ ...base, spikeZeros: 50, spikeValues: 100, numPreemptions: 1 }); // a new engine counts from 0
     expect(await value(m, 'spike_zeros_total')).toBe(750);
     expect(await value(m, 'spike_values_total')).toBe(1110);
+    expect(await value(m, 'num_preemptions_total')).toBe(6);
   });
 
   it('gauges follow updateEngineStats', async () => {
@@ -210,6 +211,7 @@ describe('ServerMetrics', () => {
       prefixCacheBytes: 0,
       spikeZeros: 0,
       spikeValues: 0,
+      numPreemptions: 0,
     };
     m.updateEngineStats(stats);
     expect(await value(m, 'num_requests_running')).toBe(3);

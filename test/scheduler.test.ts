@@ -8,8 +8,8 @@ import { RequestState } from '../src/engine/request-state.ts';
 import { QueueFullError, RequestRejectedError } from '../src/engine/errors.ts';
 import { samplingParams } from './helpers/sampling.ts';
 
-const SWA: CacheSpec = { numAttnLayers: 2, stateFloats: [4, 4], numKvHeads: 1, headDim: 2, windowTokens: 64 };
-const FULL: CacheSpec = { ...SWA, windowTokens: null };
+const SWA: CacheSpec = { stateFloats: [4, 4], kvGroups: [{ kind: 'window', numLayers: 2, numKvHeads: 1, headDim: 2, windowTokens: 64 }] };
+const FULL: CacheSpec = { stateFloats: [4, 4], kvGroups: [{ kind: 'full', numLayers: 2, numKvHeads: 1, headDim: 2, windowTokens: null }] };
 
 let nextId = 0;
 function request(promptTokens: number, maxTokens: number): RequestState {
@@ -17,35 +17,53 @@ function request(promptTokens: number, maxTokens: number): RequestState {
   return new RequestState({ requestId: `r${nextId++}`, promptTokenIds: prompt, sampling: samplingParams({ maxTokens }), reportProgress: false }, 0);
 }
 
-function make(cfg: Partial<SchedulerConfig> = {}, spec: CacheSpec = SWA, kvPages?: number): { s: Scheduler; cache: CacheManager } {
+function make(cfg: Partial<SchedulerConfig> = {}, spec: CacheSpec = SWA, kvPages?: number, prefixCacheBytes?: number): { s: Scheduler; cache: CacheManager } {
   const config: SchedulerConfig = {
     maxNumSeqs: 8, maxBatchedTokens: 64, prefillChunkTokens: 32, maxQueue: 16, maxModelLen: 100_000, vocabSize: 100, ...cfg,
   };
   const cache = new CacheManager(spec, {
-    maxNumSeqs: config.maxNumSeqs, maxChunkTokens: config.prefillChunkTokens, pageTokens: 16, ...(kvPages !== undefined ? { kvPages } : {}),
+    maxNumSeqs: config.maxNumSeqs,
+    maxChunkTokens: config.prefillChunkTokens,
+    pageTokens: 16,
+    ...(kvPages !== undefined ? { kvPages } : {}),
+    ...(prefixCacheBytes !== undefined ? { prefixCacheBytes } : {}),
   });
   return { s: new Scheduler(config, cache), cache };
 }
 
-/** Plays the model: completes every scheduled chunk and samples token 1; finishes at max_tokens. */
-function completeStep(s: Scheduler, out: SchedulerOutput): void {
+/**
+ * Plays the model: completes every scheduled chunk and "samples" a token — `next(req)`, default 1 — after
+ * each decode and after a prefill that ends the prompt (not after a recompute); finishes at max_tokens.
+ */
+function completeStep(s: Scheduler, out: SchedulerOutput, next: (req: RequestState) => number = () => 1): void {
   for (const req of out.decodes) {
+    const folding = req.status === 'folding';
     s.completeDecode(req);
-    req.outputTokenIds.push(1);
+    if (folding) continue;
+    req.outputTokenIds.push(next(req));
     if (req.outputTokenIds.length >= req.sampling.maxTokens) s.finish(req, 'length');
   }
   for (const chunk of out.prefills) {
-    s.completePrefill(chunk);
     const req = chunk.request;
-    if (req.status === 'decoding') {
-      req.outputTokenIds.push(1);
+    const samples = chunk.startPos + chunk.numTokens === req.prefillTarget && req.samplesAfterPrefill;
+    s.completePrefill(chunk);
+    if (samples) {
+      req.outputTokenIds.push(next(req));
       if (req.outputTokenIds.length >= req.sampling.maxTokens) s.finish(req, 'length');
     }
   }
 }
 
 describe('Scheduler', () => {
-  it('respects the budget, serves decodes before prefills, and frees everything (random workloads)', () => {
+  // Window attention with and without prefix caching; full attention in a pool that holds ~2 of the
+  // longest requests, so that requests are preempted, recomputed, and resume from snapshots.
+  const workloads: { name: string; spec: CacheSpec; kvPages?: number; prefixCacheBytes?: number }[] = [
+    { name: 'window', spec: SWA },
+    { name: 'window + prefix cache', spec: SWA, prefixCacheBytes: 1 << 20 },
+    { name: 'full attention, small pool + prefix cache', spec: FULL, kvPages: 48, prefixCacheBytes: 1 << 16 },
+  ];
+  it.each(workloads)('respects the budget, serves decodes before prefills, and frees everything (random workloads: $name)', ({ spec, kvPages, prefixCacheBytes }) => {
+    let preemptions = 0;
     fc.assert(
       fc.property(
         fc.array(fc.record({ prompt: fc.integer({ min: 1, max: 300 }), max: fc.integer({ min: 1, max: 20 }), at: fc.nat(30) }), { minLength: 1, maxLength: 30 }),
@@ -53,7 +71,7 @@ describe('Scheduler', () => {
         fc.integer({ min: 1, max: 8 }),
         (reqs, budget, chunkDiv) => {
           const chunk = Math.max(1, Math.floor(budget / chunkDiv));
-          const { s, cache } = make({ maxBatchedTokens: budget, prefillChunkTokens: chunk, maxNumSeqs: 6, maxQueue: 100 });
+          const { s, cache } = make({ maxBatchedTokens: budget, prefillChunkTokens: chunk, maxNumSeqs: 6, maxQueue: 100 }, spec, kvPages, prefixCacheBytes);
           const all = reqs.map((r) => ({ ...r, state: request(r.prompt, r.max) }));
           for (let step = 0; step < 5000 && (s.hasWork || all.some((r) => r.state.status === 'waiting' && r.at >= step)); step++) {
             for (const r of all) if (r.at === step) s.submit(r.state);
@@ -67,8 +85,9 @@ describe('Scheduler', () => {
               expect(c.numTokens).toBeLessThanOrEqual(chunk);
               expect(c.startPos).toBe(c.request.numComputedTokens);
             }
-            // Decodes first: a decoding request is skipped only when decodes alone used the budget.
-            if (out.decodes.length < decodingBefore.length) {
+            // Decodes first: a decoding request (not preempted) is skipped only when one-token rows used the budget.
+            const stillDecoding = decodingBefore.filter((r) => r.status === 'decoding');
+            if (out.decodes.filter((r) => r.status === 'decoding').length < stillDecoding.length) {
               expect(out.decodes.length).toBe(budget);
               expect(out.prefills).toHaveLength(0);
             }
@@ -82,10 +101,12 @@ describe('Scheduler', () => {
           }
           const u = cache.usage();
           expect([u.pagesUsed, u.slotsUsed, u.pagesReserved]).toEqual([0, 0, 0]);
+          preemptions += s.numPreemptions;
         },
       ),
       { numRuns: 100 },
     );
+    if (kvPages !== undefined) expect(preemptions).toBeGreaterThan(0); // the small pool did preempt
   });
 
   it('chunks a long prompt while short requests keep decoding every step', () => {
@@ -126,11 +147,9 @@ describe('Scheduler', () => {
     expect(next.prefills).toEqual([{ request: long, startPos: 118, numTokens: 63 }]);
   });
 
-  it('cuts chunks at the prompt\'s last whole page, snapshots there, and resumes the next request from it', () => {
-    const config: SchedulerConfig = { maxNumSeqs: 4, maxBatchedTokens: 64, prefillChunkTokens: 32, maxQueue: 16, maxModelLen: 100_000, vocabSize: 100 };
-    const cache = new CacheManager(SWA, { maxNumSeqs: 4, maxChunkTokens: 32, pageTokens: 16, prefixCacheBytes: 1 << 20 });
-    const s = new Scheduler(config, cache);
-    const a = request(100, 2); // whole pages before the last token: 6 → snapshot at 96
+  it('cuts chunks at the prompt\'s last whole page and a token before its end, snapshots there, and resumes the next request from it', () => {
+    const { s, cache } = make({ maxNumSeqs: 4, maxBatchedTokens: 64, prefillChunkTokens: 32 }, SWA, undefined, 1 << 20);
+    const a = request(100, 2); // whole pages before the last token: 6 → snapshots at 96 and (exact) 99
     s.submit(a);
     const chunks: number[] = [];
     while (a.status === 'prefilling' || a.status === 'waiting') {
@@ -138,16 +157,25 @@ describe('Scheduler', () => {
       chunks.push(...out.prefills.map((c) => c.numTokens));
       completeStep(s, out);
     }
-    expect(chunks).toEqual([32, 32, 32, 4]);
-    expect(cache.prefix!.size).toBe(1);
+    expect(chunks).toEqual([32, 32, 32, 3, 1]);
+    expect(cache.prefix!.size).toBe(2);
     const b = request(100, 2); // same tokens
     s.submit(b);
     const out = s.schedule();
-    expect(b.numCachedTokens).toBe(96);
-    expect(out.prefills.find((c) => c.request === b)).toMatchObject({ startPos: 96, numTokens: 4 });
+    expect(b.numCachedTokens).toBe(99);
+    expect(out.prefills.find((c) => c.request === b)).toMatchObject({ startPos: 99, numTokens: 1 });
     completeStep(s, out);
     while (s.hasWork) completeStep(s, s.schedule());
+    // a ended after 2 tokens; its last token was folded in: an exact snapshot of all 102 tokens.
+    expect(a.status).toBe('finished');
+    expect(a.numComputedTokens).toBe(102);
+    const next = new RequestState({ requestId: 'turn2', promptTokenIds: [...a.promptTokenIds, ...a.outputTokenIds, 5, 6], sampling: samplingParams({ maxTokens: 1 }), reportProgress: false }, 0);
+    s.submit(next);
+    while (next.status === 'waiting') completeStep(s, s.schedule());
+    expect(next.numCachedTokens).toBe(102);
+    while (s.hasWork) completeStep(s, s.schedule());
     expect(cache.usage().pagesUsed).toBe(0);
+    expect(cache.usage().slotsUsed).toBe(0);
   });
 
   it('throws QueueFullError when the waiting queue is full', () => {
@@ -191,27 +219,49 @@ describe('Scheduler', () => {
     expect(() => f.submit(request(100, 28))).not.toThrow();
   });
 
-  it('keeps a request that does not fit now waiting (FCFS) until memory frees', () => {
-    const { s, cache } = make({ maxModelLen: 100_000 }, FULL, 8); // 128 tokens of KV in all
-    const a = request(80, 10);
-    const b = request(60, 10); // 70 tokens: 5 pages, only 2 left while a holds 6
-    const c = request(5, 5);
-    s.submit(a);
-    s.submit(b);
-    s.submit(c);
-    let out = s.schedule();
-    expect(out.prefills.map((p) => p.request)).toEqual([a]);
-    expect(b.status).toBe('waiting');
-    expect(c.status).toBe('waiting'); // no overtaking
-    while (a.status !== 'finished') {
-      completeStep(s, out);
-      out = s.schedule();
+  it('full attention: requests that together exceed the pool run at once; the newest is preempted, recomputes and gives the same tokens', () => {
+    // 10 pages of 16 tokens; each request may grow to 70 tokens (5 pages): three do not fit together.
+    const { s, cache } = make({ maxModelLen: 100_000, maxBatchedTokens: 32, prefillChunkTokens: 16 }, FULL, 10);
+    // The "model": the next token is a function of the request's tokens so far (as greedy decoding is).
+    const next = (req: RequestState): number => {
+      let h = 7;
+      for (let i = 0; i < req.numPromptTokens; i++) h = (h * 31 + req.promptTokenIds[i]!) % 97;
+      for (const t of req.outputTokenIds) h = (h * 31 + t) % 97;
+      return h;
+    };
+    const alone = [40, 41, 42].map((n) => {
+      const r = request(n, 30);
+      const solo = make({ maxModelLen: 100_000, maxBatchedTokens: 32, prefillChunkTokens: 16 }, FULL, 10).s;
+      solo.submit(r);
+      while (solo.hasWork) completeStep(solo, solo.schedule(), next);
+      return r.outputTokenIds;
+    });
+    const reqs = [40, 41, 42].map((n) => request(n, 30));
+    for (const r of reqs) s.submit(r);
+    let concurrent = 0;
+    for (let step = 0; s.hasWork && step < 10_000; step++) {
+      const out = s.schedule();
+      concurrent = Math.max(concurrent, new Set([...out.decodes, ...out.prefills.map((c) => c.request)]).size);
+      // Every scheduled position has its page, and no page is held twice.
+      const pages = reqs.flatMap((r) => cache.tableOf(r.seqId)?.pages ?? []);
+      expect(new Set(pages).size).toBe(pages.length);
+      completeStep(s, out, next);
     }
-    expect(out.prefills.map((p) => p.request)).toContain(b);
-    s.abort(b.requestId);
-    s.abort(c.requestId);
-    expect(cache.usage().pagesUsed).toBe(0);
-    expect(cache.usage().slotsUsed).toBe(0);
+    expect(concurrent).toBe(3); // all three ran in one step at some point (no reservation of prompt + max_tokens)
+    expect(s.numPreemptions).toBeGreaterThan(0);
+    expect(reqs.some((r) => r.numPreemptions > 0)).toBe(true);
+    expect(reqs.map((r) => r.status)).toEqual(['finished', 'finished', 'finished']);
+    expect(reqs.map((r) => r.outputTokenIds)).toEqual(alone);
+    const u = cache.usage();
+    expect([u.pagesUsed, u.slotsUsed, u.pagesReserved]).toEqual([0, 0, 0]);
+  });
+
+  it('full attention: 8 chats without max_tokens (up to the context) are admitted together', () => {
+    const { s } = make({ maxModelLen: 1024, maxNumSeqs: 8 }, FULL, 64); // 1,024 tokens of KV in all
+    const chats = Array.from({ length: 8 }, () => request(20, 1024 - 20));
+    for (const r of chats) s.submit(r);
+    const out = s.schedule();
+    expect(new Set(out.prefills.map((c) => c.request)).size).toBe(8);
   });
 
   it('abort frees a request in any state', () => {

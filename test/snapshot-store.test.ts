@@ -6,8 +6,8 @@ import { mkdtempSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CacheManager, type CacheSpec } from '../src/cache/cache-manager.ts';
-import { prefixKeys } from '../src/cache/prefix-cache.ts';
+import { CacheManager, type AdmitRequest, type CacheSpec } from '../src/cache/cache-manager.ts';
+import { prefixKeys } from '../src/cache/prefix-keys.ts';
 import { SnapshotStore } from '../src/cache/snapshot-store.ts';
 import { Engine } from '../src/engine/engine.ts';
 import type { GenerateRequest, TokenEvent } from '../src/engine/types.ts';
@@ -95,14 +95,16 @@ describe('SnapshotStore', () => {
 });
 
 describe('CacheManager with a SnapshotStore', () => {
-  const spec: CacheSpec = { numAttnLayers: 1, stateFloats: [4], numKvHeads: 1, headDim: 2, windowTokens: 8 };
+  const spec: CacheSpec = { stateFloats: [4], kvGroups: [{ kind: 'window', numLayers: 1, numKvHeads: 1, headDim: 2, windowTokens: 8 }] };
   const P = 4;
   const layout = { stateLengths: [1 * 2 * 2], floatsPerPage: 1 * 2 * 1 * P * 2 };
+
+  const admitDoc = (keys: string[], tokens: number[]): AdmitRequest => ({ totalTokens: tokens.length + 1, firstChunkTokens: P, prefix: { keys, tokens, maxTokens: tokens.length - 1 } });
 
   /** Runs a 21-token prompt through a cache (snapshots at page boundaries), writing recognisable KV and states. */
   function fill(cache: CacheManager, id: string, tokens: number[]): number {
     const keys = prefixKeys(tokens, P);
-    let next = cache.admit(id, tokens.length + 1, keys) ?? -1;
+    let next = cache.admit(id, admitDoc(keys, tokens)) ?? -1;
     const restored = next;
     while (next < tokens.length) {
       const n = Math.min(P, tokens.length - next);
@@ -110,7 +112,7 @@ describe('CacheManager with a SnapshotStore', () => {
       const table = cache.tableOf(id);
       for (let p = next; p < next + n; p++) {
         const page = table?.pages[Math.floor(p / P) - (table?.firstPage ?? 0)] ?? -1;
-        cache.pool.pageView(page).fill(p + 0.5, (p % P) * 2, (p % P) * 2 + 2); // keys of position p
+        cache.groups[0]!.pool.pageView(page).fill(p + 0.5, (p % P) * 2, (p % P) * 2 + 2); // keys of position p
       }
       next += n;
       cache.slots.state(0, cache.slotOf(id)).fill(next * 10);
@@ -126,7 +128,7 @@ describe('CacheManager with a SnapshotStore', () => {
     expect(fill(first, 'a', doc)).toBe(0);
     const firstTable = first.tableOf('a');
     // The snapshot at 20 holds the window before position 20: positions 12…19, logical pages 3 and 4.
-    const expectedPages = [3, 4].map((l) => Array.from(first.pool.pageView(firstTable?.pages[l - (firstTable?.firstPage ?? 0)] ?? -1)));
+    const expectedPages = [3, 4].map((l) => Array.from(first.groups[0]!.pool.pageView(firstTable?.pages[l - (firstTable?.firstPage ?? 0)] ?? -1)));
     expect(expectedPages[0]?.slice(0, 2)).toEqual([12.5, 12.5]);
     first.free('a');
     // Snapshots reach the disk when evicted from memory, or all at once at shutdown.
@@ -137,11 +139,11 @@ describe('CacheManager with a SnapshotStore', () => {
     const second = new CacheManager(spec, { kvPages: 20, pageTokens: P, maxNumSeqs: 2, maxChunkTokens: P, prefixCacheBytes: 1 << 20, snapshotStore: new SnapshotStore(dir, 1 << 20, layout) });
     expect(second.prefix?.size).toBe(0);
     const keys = prefixKeys(doc, P);
-    expect(second.admit('b', doc.length + 1, keys)).toBe(20);
+    expect(second.admit('b', admitDoc(keys, doc))).toBe(20);
     expect(Array.from(second.slots.state(0, second.slotOf('b')))).toEqual([200, 200, 200, 200]);
     const table = second.tableOf('b');
     expect(table?.firstPage).toBe(3);
-    const restoredPages = table?.pages.map((p) => Array.from(second.pool.pageView(p)));
+    const restoredPages = table?.pages.map((p) => Array.from(second.groups[0]!.pool.pageView(p)));
     expect(restoredPages).toEqual(expectedPages);
     // Its pages are shared with the memory snapshot it became; freeing the sequence leaves only the snapshot's.
     second.free('b');
@@ -177,10 +179,10 @@ describe('CacheManager with a SnapshotStore', () => {
     await big.persistSnapshots();
     // 4 pages: one sequence's reservation (⌈(8+4)/4⌉+1 = 4) leaves no room for a restored window.
     const small = new CacheManager(spec, { kvPages: 4, pageTokens: P, maxNumSeqs: 1, maxChunkTokens: P, prefixCacheBytes: 1 << 20, snapshotStore: new SnapshotStore(dir, 1 << 20, layout) });
-    expect(small.admit('b', doc.length + 1, prefixKeys(doc, P))).toBe(0);
+    expect(small.admit('b', admitDoc(prefixKeys(doc, P), doc))).toBe(0);
     small.free('b');
     expect(small.usage().pagesUsed).toBe(0);
-    expect(small.pool.numFree).toBe(4);
+    expect(small.groups[0]!.pool.numFree).toBe(4);
   });
 });
 

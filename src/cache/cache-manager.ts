@@ -1,61 +1,74 @@
-// CacheManager: the one object the scheduler asks "does this fit?". It coordinates the two kinds of
-// per-sequence memory of a hybrid model — KV pages (SWA / full-attention layers, PagedKvManager over
-// a BlockPool) and a slot of recurrent state (StateSlots: GLA states …) — and reports usage.
+// CacheManager: the one object the scheduler asks "does this fit?". It coordinates the per-sequence
+// memory of a hybrid model — a slot of recurrent state (StateSlots: every GLA/… state tensor) and, per
+// KV group (./kv-group.ts: window or full attention), a block table over that group's page pool — and
+// the prefix snapshots that share those pages.
 //
-// Admission reserves, per sequence, the most pages it can ever hold:
-//   SWA:  min(⌈(W+C)/P⌉+1, ⌈N/P⌉)   (C = max chunk, N = prompt + max new tokens)
-//   full: ⌈N/P⌉
-// and admits only while Σ reservations ≤ pool size. An admitted sequence therefore always gets its
-// next chunk's pages: no preemption is ever needed, and a step never fails half-way for lack of memory.
-// Prefix snapshots (PrefixStateCache) hold pages too; admission keeps
-//   Σ reservations + (pages held by snapshots) ≤ pool size
-// by evicting least recently used snapshots, so snapshots only ever use memory nobody reserved.
+// Pages are allotted per group kind:
+//   window  admission reserves the most pages the sequence can hold, min(⌈(W+C)/P⌉+1, ⌈N/P⌉), and admits
+//           only while Σ reservations + pages held by snapshots ≤ pool size (evicting LRU snapshots): an
+//           admitted sequence always gets its next chunk's pages.
+//   full    nothing is reserved. Admission needs the first chunk's pages free (plus a 1% watermark);
+//           later chunks and decode steps take pages as they go (evicting snapshots that hold pages
+//           nobody else does). When append() finds no page, the scheduler preempts a sequence (frees
+//           it and requeues it) and tries again.
 // The cache gets plain numbers; it imports nothing from the engine.
-import { BlockPool, bytesPerPage, type PageSpec } from './block-pool.ts';
-import { PagedKvManager, type BlockTable } from './paged-kv.ts';
-import { PrefixStateCache, type PrefixSnapshot } from './prefix-cache.ts';
+import type { BlockTable } from './paged-kv.ts';
+import { DEFAULT_FULL_ATTENTION_BYTES, KvGroup, type KvGroupSpec } from './kv-group.ts';
+import { PrefixStateCache, type PrefixSnapshot, type SnapshotPages } from './prefix-cache.ts';
 import type { SnapshotStore, StoredSnapshot } from './snapshot-store.ts';
+import { StateSlots } from './state-slots.ts';
 
 /** A snapshot read from disk before admission (Scheduler), or null when the read failed. */
 export interface PrefetchedSnapshot {
   readonly key: string;
   readonly snapshot: StoredSnapshot | null;
 }
-import { StateSlots } from './state-slots.ts';
 
 export interface CacheSpec {
-  readonly numAttnLayers: number;
   /** Floats of each recurrent state tensor of one sequence (the model's layer plan; GLA: Hkv·d·d). */
   readonly stateFloats: readonly number[];
-  readonly numKvHeads: number; // Hkv
-  readonly headDim: number; // d
-  /** W of the attention layers; null = full attention. */
-  readonly windowTokens: number | null;
+  /** Attention layers by kind (window / full); empty for a model of recurrent layers only. */
+  readonly kvGroups: readonly KvGroupSpec[];
 }
 
 export interface CacheOptions {
   /** Tokens per KV page (P). Default 64. */
   readonly pageTokens?: number;
-  /** Number of KV pages; wins over kvCacheBytes. */
-  readonly kvPages?: number;
-  /** KV pool size in bytes (rounded down to whole pages). */
+  /** Pages of each KV group's pool (by group); wins over kvCacheBytes. */
+  readonly kvPages?: number | readonly number[];
+  /**
+   * KV bytes (rounded down to whole pages). Window groups take what maxNumSeqs sequences can hold (or
+   * their share of this); full groups take the rest (default 1 GiB).
+   */
   readonly kvCacheBytes?: number;
   /** Number of state slots = most sequences admitted at once. */
   readonly maxNumSeqs: number;
   /** Largest chunk the scheduler will ever ask for (prefill chunk; decode is 1). */
   readonly maxChunkTokens: number;
-  /** Byte bound of prefix snapshots (recurrent states + window pages); 0 or absent = no prefix caching. */
+  /** Byte bound of prefix snapshots (recurrent states + pages); 0 or absent = no prefix caching. */
   readonly prefixCacheBytes?: number;
   /**
-   * Prefix snapshots on disk as well (needs prefixCacheBytes > 0): a snapshot evicted from memory is
-   * written there (spilled), persistSnapshots() writes the rest (at shutdown), and admission restores
-   * the longest prefix found on disk when memory has no longer one.
+   * Prefix snapshots on disk as well (needs prefixCacheBytes > 0; models with at most one KV group): a
+   * snapshot evicted from memory is written there (spilled), persistSnapshots() writes the rest (at
+   * shutdown), and admission restores the longest prefix found on disk when memory has no longer one.
    */
   readonly snapshotStore?: SnapshotStore;
 }
 
+/** What admit() needs to know about a sequence. */
+export interface AdmitRequest {
+  /** Most positions it will ever hold (prompt + max new tokens). */
+  readonly totalTokens: number;
+  /** Positions of its first chunk: full-attention groups need those pages free now. */
+  readonly firstChunkTokens: number;
+  /** Resume from the longest cached prefix of `tokens` with at most `maxTokens` tokens (keys: prefix-keys.ts). */
+  readonly prefix?: { readonly keys: readonly string[]; readonly tokens: ArrayLike<number>; readonly maxTokens: number };
+  /** A snapshot the scheduler read from disk for this sequence (then the disk is not read here). */
+  readonly prefetched?: PrefetchedSnapshot;
+}
+
 export interface CacheUsage {
-  /** Pages held by sequences (pages that only prefix snapshots hold are in prefixCachePages). */
+  /** Pages held by sequences, all groups (pages that only prefix snapshots hold are in prefixCachePages). */
   readonly pagesUsed: number;
   readonly pagesTotal: number;
   readonly pagesReserved: number;
@@ -67,127 +80,168 @@ export interface CacheUsage {
   readonly prefixCachePages: number;
 }
 
-/** Full-attention pool size when neither kvPages nor kvCacheBytes is given. */
-const DEFAULT_FULL_ATTENTION_BYTES = 1 << 30;
-
 interface SequenceEntry {
   readonly slot: number;
-  readonly reservedPages: number;
+  /** Reserved pages per group (0 for lazy groups). */
+  readonly reserved: readonly number[];
 }
 
 export class CacheManager {
   readonly spec: CacheSpec;
   readonly pageTokens: number;
   readonly maxChunkTokens: number;
-  readonly pool: BlockPool;
-  readonly kv: PagedKvManager;
+  readonly groups: readonly KvGroup[];
   readonly slots: StateSlots;
   /** null when prefix caching is off. */
   readonly prefix: PrefixStateCache | null;
   /** null when snapshots stay in memory only. */
   readonly store: SnapshotStore | null;
   private readonly sequences = new Map<string, SequenceEntry>();
-  private reservedPages = 0;
 
   constructor(spec: CacheSpec, opts: CacheOptions) {
-    this.spec = Object.freeze({ ...spec });
+    this.spec = Object.freeze({ stateFloats: Object.freeze([...spec.stateFloats]), kvGroups: Object.freeze(spec.kvGroups.map((g) => Object.freeze({ ...g }))) });
     this.pageTokens = opts.pageTokens ?? 64;
     this.maxChunkTokens = opts.maxChunkTokens;
     if (!Number.isInteger(this.maxChunkTokens) || this.maxChunkTokens < 1) throw new RangeError('maxChunkTokens must be ≥ 1');
-    const pageSpec: PageSpec = {
-      numAttnLayers: spec.numAttnLayers,
-      numKvHeads: spec.numKvHeads,
-      headDim: spec.headDim,
-      pageTokens: this.pageTokens,
-    };
-    this.pool = new BlockPool(pageSpec, CacheManager.numPagesFor(spec, opts));
-    this.kv = new PagedKvManager(this.pool, spec.windowTokens);
-    this.slots = new StateSlots(
-      { stateFloats: spec.stateFloats },
-      opts.maxNumSeqs,
-    );
+    const pages = CacheManager.numPagesFor(spec, opts);
+    this.groups = spec.kvGroups.map((g, i) => new KvGroup(g, pages[i] ?? 0, this.pageTokens));
+    this.slots = new StateSlots({ stateFloats: spec.stateFloats }, opts.maxNumSeqs);
     const prefixBytes = opts.prefixCacheBytes ?? 0;
-    const store = prefixBytes > 0 ? (opts.snapshotStore ?? null) : null;
+    const store = prefixBytes > 0 && this.groups.length <= 1 ? (opts.snapshotStore ?? null) : null;
     this.store = store;
-    this.prefix = prefixBytes > 0 ? new PrefixStateCache(this.pool, prefixBytes, store === null ? undefined : (e) => this.spill(e)) : null;
+    this.prefix =
+      prefixBytes > 0
+        ? new PrefixStateCache(
+            this.groups.map((g) => g.pool),
+            this.pageTokens,
+            prefixBytes,
+            store === null ? undefined : (e) => this.spill(e),
+          )
+        : null;
   }
 
-  /** Pool size in pages from the options (see CacheOptions); 0 when the model has no attention layer. */
-  static numPagesFor(spec: CacheSpec, opts: CacheOptions): number {
-    if (spec.numAttnLayers === 0) return 0;
-    const pageTokens = opts.pageTokens ?? 64;
-    const pageBytes = bytesPerPage({ ...spec, pageTokens });
-    if (opts.kvPages !== undefined) return opts.kvPages;
-    if (opts.kvCacheBytes !== undefined) return Math.floor(opts.kvCacheBytes / pageBytes);
-    if (spec.windowTokens !== null) {
-      return opts.maxNumSeqs * PagedKvManager.maxPagesSwa(spec.windowTokens, opts.maxChunkTokens, pageTokens);
+  /** Pool size in pages of each KV group from the options (see CacheOptions). */
+  static numPagesFor(spec: CacheSpec, opts: CacheOptions): number[] {
+    const P = opts.pageTokens ?? 64;
+    const { kvPages, kvCacheBytes } = opts;
+    if (kvPages !== undefined) return spec.kvGroups.map((_, i) => (typeof kvPages === 'number' ? kvPages : (kvPages[i] ?? 0)));
+    const pageBytes = (g: KvGroupSpec): number => g.numLayers * 2 * g.numKvHeads * g.headDim * P * 4;
+    const windowPages = spec.kvGroups.map((g) => (g.kind === 'window' ? KvGroup.defaultPages(g, opts.maxNumSeqs, opts.maxChunkTokens, P) : 0));
+    const fullGroups = spec.kvGroups.filter((g) => g.kind === 'full');
+    if (kvCacheBytes === undefined) {
+      const bytesPerFull = DEFAULT_FULL_ATTENTION_BYTES / Math.max(1, fullGroups.length);
+      return spec.kvGroups.map((g, i) => (g.kind === 'window' ? (windowPages[i] ?? 0) : KvGroup.defaultPages(g, opts.maxNumSeqs, opts.maxChunkTokens, P, bytesPerFull)));
     }
-    return Math.floor(DEFAULT_FULL_ATTENTION_BYTES / pageBytes);
-  }
-
-  /** Pages a sequence of at most `totalTokens` positions may ever hold (its reservation). */
-  pagesToReserve(totalTokens: number): number {
-    if (this.spec.numAttnLayers === 0) return 0;
-    const all = Math.ceil(totalTokens / this.pageTokens);
-    if (this.spec.windowTokens === null) return all;
-    return Math.min(all, PagedKvManager.maxPagesSwa(this.spec.windowTokens, this.maxChunkTokens, this.pageTokens));
+    if (fullGroups.length === 0) {
+      // Only window groups: the bytes are shared in proportion to their default sizes.
+      const wanted = spec.kvGroups.reduce((n, g, i) => n + (windowPages[i] ?? 0) * pageBytes(g), 0);
+      return spec.kvGroups.map((g, i) => Math.floor(((windowPages[i] ?? 0) * kvCacheBytes) / Math.max(1, wanted)));
+    }
+    // Window groups keep their default; full groups share what is left equally.
+    const windowBytes = spec.kvGroups.reduce((n, g, i) => n + (windowPages[i] ?? 0) * pageBytes(g), 0);
+    const perFull = Math.max(0, kvCacheBytes - windowBytes) / fullGroups.length;
+    return spec.kvGroups.map((g, i) => (g.kind === 'window' ? (windowPages[i] ?? 0) : Math.floor(perFull / pageBytes(g))));
   }
 
   /** Could a sequence of `totalTokens` positions run if it were alone? (false: refuse it for good) */
   canEverFit(totalTokens: number): boolean {
-    return this.pagesToReserve(totalTokens) <= this.pool.numPages;
+    return this.groups.every((g) => g.peakPages(totalTokens, this.maxChunkTokens) <= g.pool.numPages);
   }
 
-  /** Tokens one sequence can hold when alone (full attention); Infinity for SWA / pure GLA. */
+  /** Tokens one sequence can hold when alone (full attention); Infinity without full-attention groups. */
   get maxTokensPerSequence(): number {
-    if (this.spec.numAttnLayers === 0 || this.spec.windowTokens !== null) return Infinity;
-    return this.pool.numPages * this.pageTokens;
+    let tokens = Infinity;
+    for (const g of this.groups) if (g.spec.kind === 'full') tokens = Math.min(tokens, g.pool.numPages * this.pageTokens);
+    return tokens;
   }
 
-  /** Can a new sequence of at most `totalTokens` positions be admitted now (evicting prefix snapshots if need be)? */
-  canAdmit(totalTokens: number): boolean {
-    return this.slots.numFree > 0 && this.reservedPages + this.pagesToReserve(totalTokens) <= this.pool.numPages;
+  /** Pages of a full-attention pool kept free at admission, so running sequences can still grow. */
+  private watermark(g: KvGroup): number {
+    return Math.max(1, Math.floor(g.pool.numPages / 100));
   }
 
   /**
-   * Admits a sequence: takes a zeroed state slot and reserves its pages. With `prefixKeys`
-   * (prefixKeys() of its prompt) it resumes from the longest cached prefix: the snapshot's states
-   * are copied into the slot and its pages shared. Returns the number of restored tokens (0 = none),
-   * or null when the sequence does not fit now.
+   * Can a new sequence be admitted now? Window groups: its reservation fits beside the others (snapshot
+   * pages are evicted as needed). Full groups: its first chunk's pages (+ watermark) are free or can be
+   * freed by evicting snapshots.
    */
-  admit(seqId: string, totalTokens: number, prefixKeys?: readonly string[], prefetched?: PrefetchedSnapshot): number | null {
+  private makeRoomToAdmit(req: AdmitRequest): boolean {
+    if (this.slots.numFree === 0) return false;
+    for (const g of this.groups) {
+      if (g.isLazy) {
+        const need = Math.ceil(Math.min(req.totalTokens, req.firstChunkTokens) / this.pageTokens) + 1 + this.watermark(g);
+        if (!this.freePages(g, need)) return false;
+      } else if (g.reservedPages + g.reservePages(req.totalTokens, this.maxChunkTokens) > g.pool.numPages) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  /**
+   * Admits a sequence: takes a zeroed state slot and reserves its window pages. With `req.prefix` it
+   * resumes from the longest cached prefix: the snapshot's states are copied into the slot and its
+   * pages shared (a partly written last page is copied). Returns the number of restored tokens
+   * (0 = none), or null when the sequence does not fit now.
+   */
+  admit(seqId: string, req: AdmitRequest): number | null {
     if (this.sequences.has(seqId)) throw new Error(`sequence ${seqId} already admitted`);
-    if (!this.canAdmit(totalTokens)) return null;
+    if (!this.makeRoomToAdmit(req)) return null;
     // A slot is taken even without recurrent layers (then it is empty): slots bound the running sequences.
     const slot = this.slots.allocate();
-    if (slot === null) return null; // unreachable: canAdmit checked numFree
-    const reservedPages = this.pagesToReserve(totalTokens);
-    this.reservedPages += reservedPages;
-    this.sequences.set(seqId, { slot, reservedPages });
+    if (slot === null) return null; // unreachable: makeRoomToAdmit checked numFree
+    const reserved = this.groups.map((g) => (g.isLazy ? 0 : g.reservePages(req.totalTokens, this.maxChunkTokens)));
+    this.groups.forEach((g, i) => (g.reservedPages += reserved[i] ?? 0));
+    this.sequences.set(seqId, { slot, reserved });
     let restored = 0;
-    let hit = this.prefix !== null && prefixKeys !== undefined ? this.prefix.lookup(prefixKeys) : null;
-    if (this.store !== null && prefixKeys !== undefined) {
-      // A longer prefix on disk than in memory: bring it into the memory cache first (from what the
-      // scheduler prefetched, or read now). A failed restore may have evicted the memory hit to make
-      // room: look it up again.
-      const memoryTokens = hit?.numTokens ?? 0;
-      let restoredHit: PrefixSnapshot | null = null;
-      if (prefetched !== undefined) {
-        if (prefetched.snapshot !== null && prefetched.snapshot.numTokens > memoryTokens) restoredHit = this.restore(prefetched.key, prefetched.snapshot);
-      } else {
-        const diskIndex = this.store.longest(prefixKeys, memoryTokens / this.pageTokens - 1);
-        if (diskIndex >= 0) restoredHit = this.restoreFromDisk(prefixKeys[diskIndex] as string);
-      }
-      if (restoredHit !== null) hit = restoredHit;
-      else if (hit !== null && !this.prefix?.has(hit.key)) hit = this.prefix?.lookup(prefixKeys) ?? null;
+    if (req.prefix !== undefined) {
+      const hit = this.findPrefix(req.prefix, req.prefetched);
+      if (hit !== null && this.adoptSnapshot(seqId, slot, hit)) restored = hit.numTokens;
     }
-    if (hit !== null) {
-      hit.states.forEach((state, i) => this.slots.state(i, slot).set(state));
-      if (this.spec.numAttnLayers > 0) this.kv.adopt(seqId, hit.firstPage, hit.pages, hit.numTokens);
-      restored = hit.numTokens;
-    }
-    this.evictSnapshotsToFit([]);
+    this.evictSnapshotsToFit();
     return restored;
+  }
+
+  /** The longest prefix snapshot for `prefix`, from memory or (when longer there) from disk. */
+  private findPrefix(prefix: NonNullable<AdmitRequest['prefix']>, prefetched: PrefetchedSnapshot | undefined): PrefixSnapshot | null {
+    if (this.prefix === null) return null;
+    const lookup = (): PrefixSnapshot | null => this.prefix?.lookup(prefix.keys, prefix.tokens, prefix.maxTokens) ?? null;
+    let hit = lookup();
+    if (this.store === null) return hit;
+    // A longer prefix on disk than in memory: bring it into the memory cache first (from what the
+    // scheduler prefetched, or read now). A failed restore may have evicted the memory hit to make
+    // room: look it up again.
+    const memoryTokens = hit?.numTokens ?? 0;
+    let fromDisk: PrefixSnapshot | null = null;
+    if (prefetched !== undefined) {
+      if (prefetched.snapshot !== null && prefetched.snapshot.numTokens > memoryTokens) fromDisk = this.restore(prefetched.key, prefetched.snapshot);
+    } else {
+      const diskIndex = this.store.longest(prefix.keys, Math.floor(memoryTokens / this.pageTokens) - 1);
+      if (diskIndex >= 0) fromDisk = this.restoreFromDisk(prefix.keys[diskIndex] as string);
+    }
+    if (fromDisk !== null) hit = fromDisk;
+    else if (hit !== null && !this.prefix.has(hit.key)) hit = lookup();
+    return hit;
+  }
+
+  /**
+   * Starts a just admitted sequence from a snapshot: states copied, pages shared, the page that will
+   * receive the next position copied if the snapshot ends inside it. False (nothing adopted) when a
+   * full-attention pool has no page for that copy.
+   */
+  private adoptSnapshot(seqId: string, slot: number, hit: PrefixSnapshot): boolean {
+    const s = hit.numTokens;
+    const partial = s % this.pageTokens !== 0;
+    if (partial && !this.groups.every((g) => !g.isLazy || this.freePages(g, 1))) return false;
+    hit.states.forEach((state, i) => this.slots.state(i, slot).set(state));
+    this.groups.forEach((g, i) => {
+      const pages = hit.groups[i] ?? { firstPage: 0, pages: [] };
+      g.kv.adopt(seqId, pages.firstPage, pages.pages, s);
+      // Window groups: the copy replaces a held page, within the reservation; there is a free page
+      // because the shared one is counted both by the sequence and by the snapshot.
+      if (partial && !g.kv.copyOnWrite(seqId, s)) throw new Error('no page for a copy-on-write'); // unreachable
+    });
+    return true;
   }
 
   /**
@@ -217,69 +271,91 @@ export class CacheManager {
   private restore(key: string, stored: StoredSnapshot): PrefixSnapshot | null {
     const prefix = this.prefix;
     if (prefix === null) return null;
-    if (prefix.has(key)) return prefix.lookup([key]); // meanwhile snapshotted or restored again
-    if (stored.numPages > 0 && this.spec.numAttnLayers === 0) return null;
-    const bytes = stored.glaStates.reduce((n, s) => n + s.byteLength, 0) + stored.numPages * this.pool.bytesPerPage;
+    if (prefix.has(key)) return prefix.get(key); // meanwhile snapshotted or restored again
+    const g = this.groups[0];
+    if (stored.numPages > 0 && g === undefined) return null;
+    const bytes = stored.glaStates.reduce((n, s) => n + s.byteLength, 0) + stored.numPages * (g?.pool.bytesPerPage ?? 0);
     if (bytes > prefix.maxBytes) return null; // written by a server with a larger --prefix-cache-bytes
-    // Fresh pages count in full against the pool: evict LRU snapshots until they fit.
-    while (this.reservedPages + prefix.numPages + stored.numPages > this.pool.numPages) {
-      if (!prefix.evictOldest()) return null;
-    }
     const pages: number[] = [];
-    for (let i = 0; i < stored.numPages; i++) {
-      const page = this.pool.allocate();
-      if (page === null) break; // unreachable: the loop above made room
-      this.pool.pageView(page).set(stored.pageData.subarray(i * this.pool.floatsPerPage, (i + 1) * this.pool.floatsPerPage));
-      pages.push(page);
+    if (g !== undefined && stored.numPages > 0) {
+      // Fresh pages count in full against the pool: evict LRU snapshots until they fit.
+      if (g.isLazy) {
+        if (!this.freePages(g, stored.numPages)) return null;
+      } else {
+        while (g.reservedPages + prefix.numPages(0) + stored.numPages > g.pool.numPages) {
+          if (!prefix.evictOldest()) return null;
+        }
+      }
+      for (let i = 0; i < stored.numPages; i++) {
+        const page = g.pool.allocate();
+        if (page === null) break; // unreachable: room was made above
+        g.pool.pageView(page).set(stored.pageData.subarray(i * g.pool.floatsPerPage, (i + 1) * g.pool.floatsPerPage));
+        pages.push(page);
+      }
     }
-    const inserted = pages.length === stored.numPages && prefix.insert(key, stored.numTokens, stored.glaStates, stored.firstPage, pages);
-    for (const page of pages) this.pool.release(page); // the snapshot holds them now (or nobody)
-    return inserted ? prefix.lookup([key]) : null;
+    const groups: SnapshotPages[] = g === undefined ? [] : [{ firstPage: stored.firstPage, pages }];
+    const inserted = pages.length === stored.numPages && prefix.insert(key, stored.numTokens, stored.glaStates, groups);
+    for (const page of pages) g?.pool.release(page); // the snapshot holds them now (or nobody)
+    return inserted ? prefix.get(key) : null;
   }
 
   /**
-   * Evicts LRU snapshots until Σ reservations + snapshot pages (+ the pages of `adding` that no
-   * snapshot holds yet) ≤ pool size; false if even an empty cache would not do.
+   * Window groups: evicts LRU snapshots until Σ reservations + snapshot pages (+ the pages of
+   * `adding[g]` that no snapshot holds yet) ≤ pool size; false if even an empty cache would not do.
    */
-  private evictSnapshotsToFit(adding: readonly number[]): boolean {
-    if (this.prefix === null) return this.reservedPages <= this.pool.numPages;
-    while (this.reservedPages + this.prefix.numPages + this.prefix.newPages(adding) > this.pool.numPages) {
-      if (!this.prefix.evictOldest()) return false;
+  private evictSnapshotsToFit(adding: readonly (readonly number[])[] = []): boolean {
+    for (let i = 0; i < this.groups.length; i++) {
+      const g = this.groups[i]!;
+      if (g.isLazy) continue;
+      const extra = (): number => (this.prefix === null ? 0 : this.prefix.numPages(i) + this.prefix.newPages(i, adding[i] ?? []));
+      while (g.reservedPages + extra() > g.pool.numPages) {
+        if (this.prefix === null || !this.prefix.evictOldest()) return false;
+      }
+    }
+    return true;
+  }
+
+  /** Full groups: evicts LRU snapshots until `numPages` pages are free; false if even that does not do. */
+  private freePages(g: KvGroup, numPages: number): boolean {
+    while (g.pool.numFree < numPages) {
+      if (this.prefix === null || !this.prefix.evictOldest()) return false;
     }
     return true;
   }
 
   /**
-   * Snapshots an admitted sequence whose first `numTokens` positions (a multiple of P) are computed
-   * and whose state slot holds the state after exactly those tokens. Returns whether it was stored.
+   * Snapshots an admitted sequence whose first `numTokens` positions are computed and whose state slot
+   * holds the state after exactly those tokens. Page-aligned snapshots are keyed by `key` alone; others
+   * pass `exact` (their whole pages' key and the tokens after them). Returns whether it was stored.
    */
-  snapshot(seqId: string, key: string, numTokens: number): boolean {
+  snapshot(seqId: string, key: string, numTokens: number, exact: { readonly baseKey: string; readonly tail: ArrayLike<number> } | null = null): boolean {
     if (this.prefix === null || this.prefix.has(key)) return false;
-    if (numTokens % this.pageTokens !== 0 || numTokens <= 0) throw new RangeError(`snapshot at ${numTokens}: not a positive multiple of ${this.pageTokens}`);
+    if (numTokens <= 0 || (exact === null && numTokens % this.pageTokens !== 0)) throw new RangeError(`snapshot at ${numTokens}: not a positive multiple of ${this.pageTokens}`);
     const slot = this.slotOf(seqId);
-    let firstPage = 0;
-    let pages: number[] = [];
-    if (this.spec.numAttnLayers > 0) {
-      const table = this.kv.table(seqId);
-      const range = this.kv.snapshotRange(numTokens);
+    const groups: SnapshotPages[] = [];
+    for (const g of this.groups) {
+      const table = g.kv.table(seqId);
+      const range = g.kv.snapshotRange(numTokens);
       if (table === undefined || table.firstPage > range.firstPage || table.firstPage + table.pages.length < range.endPage) {
         throw new Error(`sequence ${seqId} no longer holds the pages of its first ${numTokens} tokens`);
       }
-      firstPage = range.firstPage;
-      pages = table.pages.slice(range.firstPage - table.firstPage, range.endPage - table.firstPage);
+      groups.push({ firstPage: range.firstPage, pages: table.pages.slice(range.firstPage - table.firstPage, range.endPage - table.firstPage) });
     }
-    // The snapshot's pages count against the pool only where no snapshot holds them yet.
-    if (!this.evictSnapshotsToFit(pages)) return false;
+    // Window groups: the snapshot's pages count against the pool only where no snapshot holds them yet.
+    if (!this.evictSnapshotsToFit(groups.map((g) => g.pages))) return false;
     const states = Array.from({ length: this.slots.numTensors }, (_, i) => this.slots.state(i, slot));
-    return this.prefix.insert(key, numTokens, states, firstPage, pages);
+    return this.prefix.insert(key, numTokens, states, groups, exact);
   }
 
-  /** Writes a snapshot to the disk store (in the background) unless it is there already. */
+  /** Writes a snapshot to the disk store (in the background) unless it is there already. Page-aligned, one group. */
   private spill(entry: PrefixSnapshot): void {
-    if (this.store === null || this.store.has(entry.key)) return;
-    const pageData = new Float32Array(entry.pages.length * this.pool.floatsPerPage);
-    entry.pages.forEach((page, i) => pageData.set(this.pool.pageView(page), i * this.pool.floatsPerPage));
-    void this.store.write(entry.key, entry.numTokens, entry.firstPage, entry.states, pageData);
+    if (this.store === null || entry.exact !== null || this.store.has(entry.key)) return;
+    const g = this.groups[0];
+    const pages = entry.groups[0]?.pages ?? [];
+    const floatsPerPage = g?.pool.floatsPerPage ?? 0;
+    const pageData = new Float32Array(pages.length * floatsPerPage);
+    if (g !== undefined) pages.forEach((page, i) => pageData.set(g.pool.pageView(page), i * floatsPerPage));
+    void this.store.write(entry.key, entry.numTokens, entry.groups[0]?.firstPage ?? 0, entry.states, pageData);
   }
 
   /** Writes every snapshot held in memory to the disk store and waits for the writes (shutdown). */
@@ -289,44 +365,64 @@ export class CacheManager {
     await this.store.flush();
   }
 
-  /** Can an admitted sequence write positions [startPos, startPos+numTokens) now? */
+  /** Can an admitted sequence write positions [startPos, startPos+numTokens) now (without evicting anything)? */
   canAppend(seqId: string, startPos: number, numTokens: number): boolean {
     const entry = this.sequences.get(seqId);
     if (entry === undefined || numTokens > this.maxChunkTokens) return false;
-    if (this.spec.numAttnLayers === 0) return true;
-    const needed = this.kv.newPagesNeeded(seqId, startPos, numTokens);
-    return needed <= this.pool.numFree && this.kv.pagesHeld(seqId) + needed <= entry.reservedPages + this.releasable(seqId, startPos);
+    return this.groups.every((g, i) => {
+      if (!g.kv.fits(seqId, startPos, numTokens)) return false;
+      return g.isLazy || g.kv.pagesHeld(seqId) + g.kv.newPagesNeeded(seqId, startPos, numTokens) <= (entry.reserved[i] ?? 0) + this.releasable(g, seqId, startPos);
+    });
   }
 
   /** Pages ensure() would release before a chunk at startPos (they fell out of the window). */
-  private releasable(seqId: string, startPos: number): number {
-    const table = this.kv.table(seqId);
-    if (table === undefined || this.spec.windowTokens === null) return 0;
-    const oldest = startPos - this.spec.windowTokens;
+  private releasable(g: KvGroup, seqId: string, startPos: number): number {
+    const table = g.kv.table(seqId);
+    if (table === undefined || g.spec.windowTokens === null) return 0;
+    const oldest = startPos - g.spec.windowTokens;
     const firstNeeded = oldest <= 0 ? 0 : Math.floor(oldest / this.pageTokens);
     return Math.max(0, Math.min(table.pages.length, firstNeeded - table.firstPage));
   }
 
   /**
    * Allocates pages for positions [startPos, startPos+numTokens) of an admitted sequence (releasing
-   * pages that left the window). Within the reservation this always succeeds; otherwise it throws.
+   * pages that left a window). Full-attention groups evict snapshots for room; returns false, changing
+   * nothing, when a full-attention pool still has too few pages (the scheduler then preempts). Window
+   * groups always succeed within the reservation; beyond it this throws.
    */
-  append(seqId: string, startPos: number, numTokens: number): void {
-    if (!this.canAppend(seqId, startPos, numTokens)) {
-      throw new Error(`sequence ${seqId}: ${numTokens} tokens at ${startPos} exceed its reservation or the chunk limit`);
+  append(seqId: string, startPos: number, numTokens: number): boolean {
+    const entry = this.sequences.get(seqId);
+    if (entry === undefined) throw new Error(`sequence ${seqId} is not admitted`);
+    if (numTokens > this.maxChunkTokens) throw new Error(`sequence ${seqId}: a chunk of ${numTokens} tokens exceeds the chunk limit ${this.maxChunkTokens}`);
+    for (const [i, g] of this.groups.entries()) {
+      const needed = g.kv.newPagesNeeded(seqId, startPos, numTokens);
+      if (g.isLazy) {
+        if (!this.freePages(g, needed - g.kv.freeableBefore(seqId, startPos))) return false;
+      } else if (g.kv.pagesHeld(seqId) + needed > (entry.reserved[i] ?? 0) + this.releasable(g, seqId, startPos)) {
+        throw new Error(`sequence ${seqId}: ${numTokens} tokens at ${startPos} exceed its reservation`);
+      }
     }
-    if (this.spec.numAttnLayers === 0) return;
-    if (!this.kv.ensure(seqId, startPos, numTokens)) throw new Error('KV pool exhausted inside a reservation'); // unreachable
+    for (const g of this.groups) {
+      if (!g.kv.ensure(seqId, startPos, numTokens)) throw new Error('KV pool exhausted after a successful capacity check'); // unreachable
+    }
+    return true;
   }
 
-  /** Frees the slot, the pages and the reservation of a sequence (finish or abort). Unknown ids are ignored. */
+  /** Frees the slot, the pages and the reservations of a sequence (finish, abort, preemption). Unknown ids are ignored. */
   free(seqId: string): void {
     const entry = this.sequences.get(seqId);
     if (entry === undefined) return;
-    this.kv.free(seqId);
+    this.groups.forEach((g, i) => {
+      g.kv.free(seqId);
+      g.reservedPages -= entry.reserved[i] ?? 0;
+    });
     this.slots.release(entry.slot);
-    this.reservedPages -= entry.reservedPages;
     this.sequences.delete(seqId);
+  }
+
+  /** Pages sequence `seqId` holds in all groups (the scheduler picks preemption victims by it). */
+  pagesHeld(seqId: string): number {
+    return this.groups.reduce((n, g) => n + g.kv.pagesHeld(seqId), 0);
   }
 
   /** State slot of an admitted sequence. */
@@ -336,22 +432,35 @@ export class CacheManager {
     return entry.slot;
   }
 
-  tableOf(seqId: string): BlockTable | undefined {
-    return this.kv.table(seqId);
+  /** Block table of a sequence in KV group `group` (default the first). */
+  tableOf(seqId: string, group = 0): BlockTable | undefined {
+    return this.groups[group]?.kv.table(seqId);
   }
 
   usage(): CacheUsage {
-    const cacheOnly = this.prefix?.pagesHeldOnlyHere() ?? 0;
+    let pagesUsed = 0;
+    let pagesTotal = 0;
+    let pagesReserved = 0;
+    let kvBytesInUse = 0;
+    let prefixCachePages = 0;
+    this.groups.forEach((g, i) => {
+      const used = g.pool.numUsed - (this.prefix?.pagesHeldOnlyHere(i) ?? 0);
+      pagesUsed += used;
+      pagesTotal += g.pool.numPages;
+      pagesReserved += g.reservedPages;
+      kvBytesInUse += used * g.pool.bytesPerPage;
+      prefixCachePages += this.prefix?.numPages(i) ?? 0;
+    });
     return {
-      pagesUsed: this.pool.numUsed - cacheOnly,
-      pagesTotal: this.pool.numPages,
-      pagesReserved: this.reservedPages,
+      pagesUsed,
+      pagesTotal,
+      pagesReserved,
       slotsUsed: this.sequences.size,
       slotsTotal: this.slots.numSlots,
-      kvBytesInUse: (this.pool.numUsed - cacheOnly) * this.pool.bytesPerPage,
+      kvBytesInUse,
       stateBytesInUse: this.slots.numUsed * this.slots.bytesPerSlot,
       prefixCacheBytes: this.prefix?.bytes ?? 0,
-      prefixCachePages: this.prefix?.numPages ?? 0,
+      prefixCachePages,
     };
   }
 }

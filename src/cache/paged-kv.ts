@@ -62,6 +62,24 @@ export class PagedKvManager {
   }
 
   /**
+   * Pages the sequence holds that fall out of the window before a chunk at `startPos` and that nobody
+   * else holds: releasing them (ensure does) returns them to the pool.
+   */
+  freeableBefore(seqId: string, startPos: number): number {
+    const table = this.tables.get(seqId);
+    if (table === undefined) return 0;
+    const firstNeeded = this.firstNeededPage(startPos);
+    let n = 0;
+    for (let i = 0; i < table.pages.length && table.firstPage + i < firstNeeded; i++) if (this.pool.refCount(table.pages[i]!) === 1) n++;
+    return n;
+  }
+
+  /** Can ensure() allocate the chunk now (counting the pages it releases first)? */
+  fits(seqId: string, startPos: number, numTokens: number): boolean {
+    return this.newPagesNeeded(seqId, startPos, numTokens) <= this.pool.numFree + this.freeableBefore(seqId, startPos);
+  }
+
+  /**
    * Makes positions [startPos, startPos+numTokens) writable and releases pages that the chunk no
    * longer needs. Returns false, changing nothing, when the pool lacks free pages.
    * Chunks of one sequence must be contiguous: startPos equals the previous end.
@@ -72,8 +90,7 @@ export class PagedKvManager {
     if (table !== undefined && startPos !== table.numTokens) {
       throw new Error(`sequence ${seqId}: chunk starts at ${startPos}, expected ${table.numTokens}`);
     }
-    const needed = this.newPagesNeeded(seqId, startPos, numTokens);
-    if (needed > this.pool.numFree) return false;
+    if (!this.fits(seqId, startPos, numTokens)) return false;
     if (table === undefined) {
       table = { firstPage: this.firstNeededPage(startPos), pages: [], numTokens: startPos };
       this.tables.set(seqId, table);
@@ -110,9 +127,28 @@ export class PagedKvManager {
     this.tables.set(seqId, { firstPage, pages: [...pages], numTokens });
   }
 
-  /** Logical pages a snapshot at prefix length s (a multiple of P) must keep: the window before s. */
+  /** Logical pages a snapshot at prefix length s must keep: those of positions [s − W, s) (or [0, s)). */
   snapshotRange(numTokens: number): { firstPage: number; endPage: number } {
-    return { firstPage: this.firstNeededPage(numTokens), endPage: numTokens / this.pageTokens };
+    return { firstPage: this.firstNeededPage(numTokens), endPage: Math.ceil(numTokens / this.pageTokens) };
+  }
+
+  /**
+   * Gives the sequence a private copy of the page that holds position `pos` when others share it (a
+   * snapshot taken mid-page): positions from `pos` on are about to be written there. Returns false,
+   * changing nothing, when the pool has no free page.
+   */
+  copyOnWrite(seqId: string, pos: number): boolean {
+    const table = this.tables.get(seqId);
+    if (table === undefined) return true;
+    const i = Math.floor(pos / this.pageTokens) - table.firstPage;
+    const shared = table.pages[i];
+    if (shared === undefined || this.pool.refCount(shared) === 1) return true;
+    const fresh = this.pool.allocate();
+    if (fresh === null) return false;
+    this.pool.pageView(fresh).set(this.pool.pageView(shared));
+    this.pool.release(shared);
+    table.pages[i] = fresh;
+    return true;
   }
 
   table(seqId: string): BlockTable | undefined {

@@ -1,57 +1,58 @@
-// PrefixStateCache: snapshots of a sequence at a page boundary s — the recurrent states after s tokens (copied)
-// and the KV pages the next token needs (shared with the pool by reference count): positions
-// [s − W, s) for SWA, [0, s) for full attention. Keyed by a hash chain over the token ids of whole pages:
-//   key_0 = "", key_{i+1} = sha256(key_i ‖ tokens[i·P, (i+1)·P))
-// so a request resumes from its longest cached prefix. A snapshot costs Σ state + ⌈W/P⌉+1 pages,
-// independent of s: a 4M-token document costs the same to cache as a 4K one (SWA).
-// Bounded by bytes; least recently used entries are evicted first (also on demand by CacheManager
-// when admission needs the pages). An eviction hook sees each entry while its pages are still held
-// (CacheManager spills it to disk there).
-import { createHash } from 'node:crypto';
+// PrefixStateCache: snapshots of a sequence after its first s tokens — the recurrent states (copied) and,
+// per KV group, the pages the next token needs (shared with the pools by reference count): positions
+// [s − W, s) for a sliding window, [0, s) for full attention. A request resumes from the longest
+// snapshot of one of its prefixes (keys: ./prefix-keys.ts).
+//
+// Two kinds of snapshot:
+//   page-aligned  s = q·P, keyed by the hash chain of its q pages (taken at page boundaries of prompts)
+//   exact         any s, keyed by its whole pages' key and its tail tokens (taken where a request ends,
+//                 and one token before a prompt's end, so that the next turn of a conversation, or the
+//                 same prompt again, resumes from there). The tail tokens are kept and compared on lookup.
+// A snapshot whose s is not a multiple of P shares a partly written last page; whoever resumes from it
+// copies that page before writing (CacheManager).
+//
+// Bounded by bytes; least recently used entries are evicted first (also on demand by CacheManager when a
+// pool needs the pages). An eviction hook sees each entry while its pages are still held (CacheManager
+// spills it to disk there).
 import type { BlockPool } from './block-pool.ts';
+
+/** The pages of one KV group a snapshot holds: logical pages firstPage, firstPage+1, … */
+export interface SnapshotPages {
+  readonly firstPage: number;
+  readonly pages: readonly number[];
+}
 
 export interface PrefixSnapshot {
   readonly key: string;
-  /** Prefix length s (a multiple of P). */
+  /** Prefix length s. */
   readonly numTokens: number;
   /** Per recurrent state tensor (StateSlots order): the state after s tokens. */
   readonly states: readonly Float32Array[];
-  /** Logical index of pages[0] and the retained pages covering the window before s. */
-  readonly firstPage: number;
-  readonly pages: readonly number[];
+  /** Per KV group (CacheManager order). */
+  readonly groups: readonly SnapshotPages[];
   readonly bytes: number;
-}
-
-/**
- * key[i] identifies the first (i+1)·P tokens, for every whole page that leaves at least one token
- * after it (a resumed request must compute ≥ 1 token to get logits): i+1 ≤ ⌊(n−1)/P⌋.
- */
-export function prefixKeys(tokenIds: readonly number[], pageTokens: number): string[] {
-  const numPages = Math.floor((tokenIds.length - 1) / pageTokens);
-  const keys: string[] = [];
-  const page = new Int32Array(pageTokens);
-  let prev = '';
-  for (let i = 0; i < numPages; i++) {
-    for (let j = 0; j < pageTokens; j++) page[j] = tokenIds[i * pageTokens + j]!;
-    prev = createHash('sha256').update(prev).update(new Uint8Array(page.buffer)).digest('base64');
-    keys.push(prev);
-  }
-  return keys;
+  /** Exact snapshots: the key of the whole pages before s ("" for none) and the tokens after them. */
+  readonly exact: { readonly baseKey: string; readonly tail: Int32Array } | null;
 }
 
 export class PrefixStateCache {
   readonly maxBytes: number;
-  private readonly pool: BlockPool;
+  private readonly pools: readonly BlockPool[];
+  readonly pageTokens: number;
   /** Insertion order = LRU order (oldest first). */
   private readonly entries = new Map<string, PrefixSnapshot>();
-  /** page → number of snapshots holding it. */
-  private readonly pageRefs = new Map<number, number>();
+  /** Exact snapshots by the key of their whole pages. */
+  private readonly exactByBase = new Map<string, Set<PrefixSnapshot>>();
+  /** Per group: page → number of snapshots holding it. */
+  private readonly pageRefs: Map<number, number>[];
   private totalBytes = 0;
   private readonly onEvict: ((entry: PrefixSnapshot) => void) | null;
 
-  constructor(pool: BlockPool, maxBytes: number, onEvict?: (entry: PrefixSnapshot) => void) {
-    this.pool = pool;
+  constructor(pools: readonly BlockPool[], pageTokens: number, maxBytes: number, onEvict?: (entry: PrefixSnapshot) => void) {
+    this.pools = pools;
+    this.pageTokens = pageTokens;
     this.maxBytes = maxBytes;
+    this.pageRefs = pools.map(() => new Map());
     this.onEvict = onEvict ?? null;
   }
 
@@ -68,60 +69,106 @@ export class PrefixStateCache {
     return this.entries.size;
   }
 
-  /** Distinct pool pages held by snapshots. */
-  get numPages(): number {
-    return this.pageRefs.size;
+  /** Distinct pages of group g held by snapshots. */
+  numPages(group: number): number {
+    return this.pageRefs[group]?.size ?? 0;
   }
 
-  /** Number of snapshots holding `page`. */
-  refsOf(page: number): number {
-    return this.pageRefs.get(page) ?? 0;
+  /** Number of snapshots holding `page` of group g. */
+  refsOf(group: number, page: number): number {
+    return this.pageRefs[group]?.get(page) ?? 0;
   }
 
-  /** Pages that only snapshots hold (no sequence): what the cache alone keeps out of the pool. */
-  pagesHeldOnlyHere(): number {
+  /** Pages of group g that only snapshots hold (no sequence): what the cache alone keeps out of the pool. */
+  pagesHeldOnlyHere(group: number): number {
+    const pool = this.pools[group];
+    const refs = this.pageRefs[group];
+    if (pool === undefined || refs === undefined) return 0;
     let n = 0;
-    for (const [page, refs] of this.pageRefs) if (this.pool.refCount(page) === refs) n++;
+    for (const [page, count] of refs) if (pool.refCount(page) === count) n++;
     return n;
   }
 
-  /** Distinct pages that `pages` would add to numPages. */
-  newPages(pages: readonly number[]): number {
+  /** Distinct pages of `pages` (group g) that would add to numPages(g). */
+  newPages(group: number, pages: readonly number[]): number {
+    const refs = this.pageRefs[group];
     let n = 0;
-    for (const p of pages) if (!this.pageRefs.has(p)) n++;
+    for (const p of pages) if (refs?.has(p) !== true) n++;
     return n;
-  }
-
-  /** Longest cached prefix among keys (keys[i] ↔ (i+1)·P tokens); marks it recently used. */
-  lookup(keys: readonly string[]): PrefixSnapshot | null {
-    for (let i = keys.length - 1; i >= 0; i--) {
-      const entry = this.entries.get(keys[i]!);
-      if (entry === undefined) continue;
-      this.entries.delete(entry.key);
-      this.entries.set(entry.key, entry);
-      return entry;
-    }
-    return null;
   }
 
   has(key: string): boolean {
     return this.entries.has(key);
   }
 
+  /** The snapshot of `key`, marked recently used; null if absent. */
+  get(key: string): PrefixSnapshot | null {
+    const entry = this.entries.get(key);
+    if (entry === undefined) return null;
+    this.touch(entry);
+    return entry;
+  }
+
+  /**
+   * The longest snapshot of a prefix of `tokens` with at most `maxTokens` tokens; marks it recently used.
+   * `keys` are the whole-page keys of `tokens` (keys[i] ↔ (i+1)·P tokens).
+   */
+  lookup(keys: readonly string[], tokens: ArrayLike<number>, maxTokens: number): PrefixSnapshot | null {
+    const P = this.pageTokens;
+    for (let q = Math.min(keys.length, Math.floor(maxTokens / P)); q >= 0; q--) {
+      const base = q === 0 ? '' : (keys[q - 1] as string);
+      let best: PrefixSnapshot | null = null;
+      for (const e of this.exactByBase.get(base) ?? []) {
+        if (e.numTokens > maxTokens || (best !== null && e.numTokens <= best.numTokens)) continue;
+        if (tailMatches(e.exact!.tail, tokens, q * P)) best = e;
+      }
+      best ??= q > 0 ? (this.entries.get(base) ?? null) : null;
+      if (best !== null) {
+        this.touch(best);
+        return best;
+      }
+    }
+    return null;
+  }
+
   /**
    * Stores a snapshot: copies the states and retains the pages. Evicts older entries to stay within
    * maxBytes; returns false (storing nothing) when the snapshot alone is larger than maxBytes.
    */
-  insert(key: string, numTokens: number, states: readonly Float32Array[], firstPage: number, pages: readonly number[]): boolean {
+  insert(
+    key: string,
+    numTokens: number,
+    states: readonly Float32Array[],
+    groups: readonly SnapshotPages[],
+    exact: { readonly baseKey: string; readonly tail: ArrayLike<number> } | null = null,
+  ): boolean {
     if (this.entries.has(key)) return true;
-    const bytes = states.reduce((n, s) => n + s.byteLength, 0) + pages.length * this.pool.bytesPerPage;
+    let bytes = states.reduce((n, s) => n + s.byteLength, 0);
+    groups.forEach((g, i) => (bytes += g.pages.length * (this.pools[i]?.bytesPerPage ?? 0)));
     if (bytes > this.maxBytes) return false;
     while (this.totalBytes + bytes > this.maxBytes && this.evictOldest());
-    for (const p of pages) {
-      this.pool.retain(p);
-      this.pageRefs.set(p, (this.pageRefs.get(p) ?? 0) + 1);
+    groups.forEach((g, i) => {
+      const pool = this.pools[i]!;
+      const refs = this.pageRefs[i]!;
+      for (const p of g.pages) {
+        pool.retain(p);
+        refs.set(p, (refs.get(p) ?? 0) + 1);
+      }
+    });
+    const entry: PrefixSnapshot = {
+      key,
+      numTokens,
+      states: states.map((s) => s.slice()),
+      groups: groups.map((g) => ({ firstPage: g.firstPage, pages: [...g.pages] })),
+      bytes,
+      exact: exact === null ? null : { baseKey: exact.baseKey, tail: Int32Array.from(exact.tail) },
+    };
+    this.entries.set(key, entry);
+    if (entry.exact !== null) {
+      let set = this.exactByBase.get(entry.exact.baseKey);
+      if (set === undefined) this.exactByBase.set(entry.exact.baseKey, (set = new Set()));
+      set.add(entry);
     }
-    this.entries.set(key, { key, numTokens, states: states.map((s) => s.slice()), firstPage, pages: [...pages], bytes });
     this.totalBytes += bytes;
     return true;
   }
@@ -135,18 +182,47 @@ export class PrefixStateCache {
     return true;
   }
 
+  /** Drops the snapshot of `key`; false when absent. */
+  delete(key: string): boolean {
+    const entry = this.entries.get(key);
+    if (entry === undefined) return false;
+    this.remove(entry);
+    return true;
+  }
+
   clear(): void {
     while (this.evictOldest());
   }
 
+  private touch(entry: PrefixSnapshot): void {
+    this.entries.delete(entry.key);
+    this.entries.set(entry.key, entry);
+  }
+
   private remove(entry: PrefixSnapshot): void {
     this.entries.delete(entry.key);
-    for (const p of entry.pages) {
-      this.pool.release(p);
-      const left = (this.pageRefs.get(p) ?? 1) - 1;
-      if (left === 0) this.pageRefs.delete(p);
-      else this.pageRefs.set(p, left);
+    if (entry.exact !== null) {
+      const set = this.exactByBase.get(entry.exact.baseKey);
+      set?.delete(entry);
+      if (set?.size === 0) this.exactByBase.delete(entry.exact.baseKey);
     }
+    entry.groups.forEach((g, i) => {
+      const pool = this.pools[i]!;
+      const refs = this.pageRefs[i]!;
+      for (const p of g.pages) {
+        pool.release(p);
+        const left = (refs.get(p) ?? 1) - 1;
+        if (left === 0) refs.delete(p);
+        else refs.set(p, left);
+      }
+    });
     this.totalBytes -= entry.bytes;
   }
+}
+
+/** tokens[from, from + tail.length) equals tail. */
+function tailMatches(tail: Int32Array, tokens: ArrayLike<number>, from: number): boolean {
+  if (from + tail.length > tokens.length) return false;
+  for (let i = 0; i < tail.length; i++) if (tokens[from + i] !== tail[i]) return false;
+  return true;
 }

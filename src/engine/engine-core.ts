@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { CacheManager, type CacheSpec } from '../cache/cache-manager.ts';
 import { SnapshotStore } from '../cache/snapshot-store.ts';
 import type { ModelConfig } from './model/config.ts';
-import { attentionLayerIndices, stateTensorSpecs } from './model/layer-plan.ts';
+import { kvGroupSpecs, stateTensorSpecs } from './model/layer-plan.ts';
 import { RequestState } from './request-state.ts';
 import { Scheduler } from './scheduler.ts';
 import { StepRunner, type ForwardModel, type SampledResult } from './step-runner.ts';
@@ -66,9 +66,10 @@ export const ENGINE_DEFAULTS = Object.freeze({
 /** The on-disk snapshot folder of this model build and page size. */
 function snapshotStore(spec: CacheSpec, opts: EngineCoreOptions, dir: string, env: EngineCoreEnv): SnapshotStore {
   const pageTokens = opts.pageTokens ?? ENGINE_DEFAULTS.pageTokens;
+  const g = spec.kvGroups[0];
   const layout = {
     stateLengths: spec.stateFloats,
-    floatsPerPage: spec.numAttnLayers * 2 * spec.numKvHeads * pageTokens * spec.headDim,
+    floatsPerPage: g === undefined ? 0 : g.numLayers * 2 * g.numKvHeads * pageTokens * g.headDim,
   };
   const store = new SnapshotStore(join(dir, `${env.modelTag}-p${pageTokens}`), opts.prefixCacheDiskBytes ?? ENGINE_DEFAULTS.prefixCacheDiskBytes, layout, env.log);
   env.log(`prefix snapshots on disk: ${store.dir} (${store.size} found, ${(store.bytes / 2 ** 20).toFixed(0)} MiB)`);
@@ -98,11 +99,8 @@ export class EngineCore {
     const maxBatchedTokens = opts.maxBatchedTokens ?? ENGINE_DEFAULTS.maxBatchedTokens;
     const prefillChunkTokens = Math.min(opts.prefillChunkTokens ?? ENGINE_DEFAULTS.prefillChunkTokens, maxBatchedTokens);
     const spec: CacheSpec = {
-      numAttnLayers: attentionLayerIndices(config).length,
       stateFloats: stateTensorSpecs(config).map((s) => s.floats),
-      numKvHeads: config.numKvHeads,
-      headDim: config.headDim,
-      windowTokens: config.slidingWindow,
+      kvGroups: kvGroupSpecs(config),
     };
     this.cache = new CacheManager(spec, {
       maxNumSeqs,
@@ -111,9 +109,9 @@ export class EngineCore {
       ...(opts.kvPages !== undefined ? { kvPages: opts.kvPages } : {}),
       ...(opts.kvCacheBytes !== undefined ? { kvCacheBytes: opts.kvCacheBytes } : {}),
       prefixCacheBytes: opts.prefixCacheBytes ?? ENGINE_DEFAULTS.prefixCacheBytes,
-      ...(opts.prefixCacheDir !== undefined ? { snapshotStore: snapshotStore(spec, opts, opts.prefixCacheDir, env) } : {}),
+      ...(opts.prefixCacheDir !== undefined && spec.kvGroups.length <= 1 ? { snapshotStore: snapshotStore(spec, opts, opts.prefixCacheDir, env) } : {}),
     });
-    const fullAttention = spec.numAttnLayers > 0 && spec.windowTokens === null;
+    const fullAttention = spec.kvGroups.some((g) => g.kind === 'full');
     this.maxModelLen =
       opts.maxModelLen ??
       (fullAttention
@@ -136,6 +134,11 @@ export class EngineCore {
 
   get hasWork(): boolean {
     return this.scheduler.hasWork;
+  }
+
+  /** Preemptions since start (full-attention pool ran out; the request recomputed). */
+  get numPreemptions(): number {
+    return this.scheduler.numPreemptions;
   }
 
   /** Queues a request; throws RequestRejectedError / QueueFullError. */
@@ -162,11 +165,14 @@ export class EngineCore {
     for (const id of this.scheduler.requestIds()) this.abort(id);
   }
 
-  /** One scheduled step: schedule, run the model, turn sampled tokens into events. False = nothing to run. */
+  /**
+   * One scheduled step: schedule, run the model, turn sampled tokens into events. False = nothing to
+   * run and nothing to prepare (wait for a message or a disk read).
+   */
   async step(): Promise<boolean> {
     if (this.stepping) throw new Error('EngineCore.step is not reentrant');
     const out = this.scheduler.schedule(performance.now());
-    if (out.numScheduledTokens === 0) return false;
+    if (out.numScheduledTokens === 0) return this.scheduler.hasPreparation;
     this.stepping = true;
     let sampled: SampledResult[];
     try {
@@ -189,7 +195,7 @@ export class EngineCore {
         this.emit(req.requestId, {
           type: 'progress',
           processedTokens: req.numComputedTokens,
-          totalTokens: req.numPromptTokens,
+          totalTokens: req.prefillTarget,
           cachedTokens: req.numCachedTokens,
         });
       }
@@ -225,13 +231,14 @@ export class EngineCore {
   }
 
   private finish(req: RequestState, reason: FinishReason, errorMessage?: string): void {
+    const reported = req.status === 'folding'; // its client already has its `done`
     this.scheduler.finish(req, reason);
-    this.finished(req, errorMessage);
+    if (!reported) this.finished(req, errorMessage);
   }
 
   /** Emits `done` for a request that just left the scheduler (its memory is already free). */
   private finished(req: RequestState, errorMessage?: string): void {
-    this.runner.forget(req.requestId);
+    this.runner.forget(req.seqId);
     const end = req.finishedMs ?? performance.now();
     const admitted = req.admittedMs ?? end;
     const firstToken = req.firstTokenMs ?? end;
@@ -264,6 +271,7 @@ export class EngineCore {
       stateBytesInUse: u.stateBytesInUse,
       prefixCacheBytes: u.prefixCacheBytes,
       spikeZeros: this.runner.spikeZeros,
+      numPreemptions: this.scheduler.numPreemptions,
       spikeValues: this.runner.spikeValues,
     };
   }

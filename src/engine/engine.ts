@@ -42,6 +42,7 @@ const ZERO_STATS: EngineStats = Object.freeze({
   stateBytesInUse: 0,
   prefixCacheBytes: 0,
   spikeZeros: 0,
+  numPreemptions: 0,
   spikeValues: 0,
 });
 

@@ -12,6 +12,7 @@
 // Scatter: present*[a] [B, Hkv, T, d] → the pages holding positions p0 … p0+T−1 (runs of ≤ P tokens).
 // Buffers are reused between steps: their size is bounded by (max batch) × (window + chunk), never by
 // the context length (except for full attention, where the past is the context).
+import type { BlockPool } from '../cache/block-pool.ts';
 import type { CacheManager } from '../cache/cache-manager.ts';
 import type { ModelConfig } from './model/config.ts';
 import { attentionLayerIndices } from './model/layer-plan.ts';
@@ -56,6 +57,13 @@ function copyFloats(src: Float32Array, srcOff: number, dst: Float32Array, dstOff
   for (let i = 0; i < length; i++) dst[dstOff + i] = src[srcOff + i]!;
 }
 
+/** A one-token row of a step: a decode or fold (chunk null), or a prefill chunk of one token. */
+interface OneTokenRow {
+  readonly request: RequestState;
+  readonly startPos: number;
+  readonly chunk: ScheduledChunk | null;
+}
+
 /** One sequence of a run: its request, first new position, and new tokens. */
 interface RunRow {
   readonly request: RequestState;
@@ -68,6 +76,8 @@ export class StepRunner {
   private readonly config: ModelConfig;
   private readonly cache: CacheManager;
   private readonly numAttnLayers: number;
+  /** Pages of the model's attention layers (null without attention layers). */
+  private readonly pool: BlockPool | null;
   private readonly samplers = new Map<string, SequenceSampler>();
   private readonly tokenBuf = new GrowableI32();
   private readonly positionBuf = new GrowableI32();
@@ -84,55 +94,73 @@ export class StepRunner {
     this.config = config;
     this.cache = cache;
     this.numAttnLayers = attentionLayerIndices(config).length;
+    // One KV group at most (ForwardInput has one past per run); a model mixing window and full
+    // attention layers would need a past per group.
+    if (cache.groups.length > 1) throw new RangeError('StepRunner: models with more than one kind of attention layer are not supported yet');
+    this.pool = cache.groups[0]?.pool ?? null;
     this.stateBufs = Array.from({ length: cache.slots.numTensors }, () => new GrowableF32());
     this.keyBufs = Array.from({ length: this.numAttnLayers }, () => new GrowableF32());
     this.valueBufs = Array.from({ length: this.numAttnLayers }, () => new GrowableF32());
   }
 
-  /** Drops the sampler of a finished or aborted request. */
-  forget(requestId: string): void {
-    this.samplers.delete(requestId);
+  /** Drops the sampler of a finished or aborted request (by its seqId). */
+  forget(seqId: string): void {
+    this.samplers.delete(seqId);
   }
 
-  /** Runs the step's decodes (batched) and prefill chunks (one run each); returns the sampled tokens. */
+  /**
+   * Runs the step: one-token rows (decodes, folds, and prefill chunks of one token) batched, the other
+   * prefill chunks one run each. Returns the sampled tokens (decodes, and prefills that end the prompt).
+   */
   async execute(out: SchedulerOutput): Promise<SampledResult[]> {
     const results: SampledResult[] = [];
     const V = this.config.vocabSize;
-    for (const group of this.decodeGroups(out.decodes)) {
-      const rows = group.map((r) => ({ request: r, startPos: r.numComputedTokens, tokens: [r.lastTokenId] }));
+    const single: OneTokenRow[] = [
+      ...out.decodes.map((request) => ({ request, startPos: request.numComputedTokens, chunk: null })),
+      ...out.prefills.filter((c) => c.numTokens === 1).map((chunk) => ({ request: chunk.request, startPos: chunk.startPos, chunk })),
+    ];
+    for (const group of this.oneTokenGroups(single)) {
+      const rows = group.map((r) => ({ request: r.request, startPos: r.startPos, tokens: [r.request.tokenAt(r.startPos)] }));
       const output = await this.runRows(rows, 1, false);
-      for (let b = 0; b < rows.length; b++) {
-        const req = rows[b]!.request;
-        results.push({ request: req, token: this.samplerFor(req).sample(output.logits.subarray(b * V, (b + 1) * V)) });
-      }
+      group.forEach((row, b) => {
+        const logits = output.logits.subarray(b * V, (b + 1) * V);
+        const sampled = row.chunk === null ? this.afterDecode(row.request, logits) : this.afterPrefill(row.chunk, logits);
+        if (sampled !== null) results.push(sampled);
+      });
     }
     for (const chunk of out.prefills) {
+      if (chunk.numTokens === 1) continue;
       const sampled = await this.runPrefill(chunk);
       if (sampled !== null) results.push(sampled);
     }
     return results;
   }
 
+  /** A decoding row samples its next token; a folding row (a finished request extending its state) does not. */
+  private afterDecode(req: RequestState, logits: Float32Array): SampledResult | null {
+    return req.status === 'decoding' ? { request: req, token: this.samplerFor(req).sample(logits) } : null;
+  }
+
   /**
-   * Decode batches. A batch pads every row's past to the longest one (B · Pmax slots), which the window
+   * One-token batches. A batch pads every row's past to the longest one (B · Pmax slots), which the window
    * bounds for SWA: one batch. With full attention the past is the whole context, so rows are sorted
    * by context length and a batch takes rows only up to twice its shortest context (+ one page):
    * padding never more than doubles what is gathered.
    */
-  private decodeGroups(decodes: readonly RequestState[]): RequestState[][] {
-    if (decodes.length === 0) return [];
-    if (this.config.slidingWindow !== null || this.numAttnLayers === 0) return [[...decodes]];
-    const sorted = [...decodes].sort((a, b) => a.numComputedTokens - b.numComputedTokens);
-    const groups: RequestState[][] = [];
-    let group: RequestState[] = [];
+  private oneTokenGroups(rows: readonly OneTokenRow[]): OneTokenRow[][] {
+    if (rows.length === 0) return [];
+    if (this.config.slidingWindow !== null || this.numAttnLayers === 0) return [[...rows]];
+    const sorted = [...rows].sort((a, b) => a.startPos - b.startPos);
+    const groups: OneTokenRow[][] = [];
+    let group: OneTokenRow[] = [];
     let shortest = 0;
-    for (const req of sorted) {
-      if (group.length > 0 && req.numComputedTokens > 2 * shortest + this.cache.pageTokens) {
+    for (const row of sorted) {
+      if (group.length > 0 && row.startPos > 2 * shortest + this.cache.pageTokens) {
         groups.push(group);
         group = [];
       }
-      if (group.length === 0) shortest = req.numComputedTokens;
-      group.push(req);
+      if (group.length === 0) shortest = row.startPos;
+      group.push(row);
     }
     groups.push(group);
     return groups;
@@ -140,13 +168,27 @@ export class StepRunner {
 
   private async runPrefill(chunk: ScheduledChunk): Promise<SampledResult | null> {
     const { request: req, startPos, numTokens } = chunk;
+    const tokens = req.tokens(startPos, startPos + numTokens);
+    const output = await this.runRows([{ request: req, startPos, tokens }], numTokens, this.wantsPromptLogprobs(req));
+    return this.afterPrefill(chunk, output.logits);
+  }
+
+  /** Prompt logprobs are gathered on the first prefill only (a recompute after preemption has them already). */
+  private wantsPromptLogprobs(req: RequestState): boolean {
+    return req.sampling.promptLogprobs !== null && req.samplesAfterPrefill;
+  }
+
+  /**
+   * After a prefill chunk ran: gathers its prompt logprobs ([T, V] logits) when asked, and samples the
+   * first token when the chunk ends the prompt ([V] logits of its last position otherwise).
+   */
+  private afterPrefill(chunk: ScheduledChunk, logits: Float32Array): SampledResult | null {
+    const { request: req, startPos, numTokens } = chunk;
     const V = this.config.vocabSize;
-    const wantPromptLogprobs = req.sampling.promptLogprobs !== null;
-    const tokens = req.promptTokenIds.slice(startPos, startPos + numTokens);
-    const output = await this.runRows([{ request: req, startPos, tokens }], numTokens, wantPromptLogprobs);
-    if (wantPromptLogprobs) this.collectPromptLogprobs(req, startPos, numTokens, output.logits);
-    if (startPos + numTokens < req.numPromptTokens) return null;
-    const lastRow = wantPromptLogprobs ? output.logits.subarray((numTokens - 1) * V, numTokens * V) : output.logits.subarray(0, V);
+    const all = this.wantsPromptLogprobs(req);
+    if (all) this.collectPromptLogprobs(req, startPos, numTokens, logits);
+    if (startPos + numTokens < req.prefillTarget || !req.samplesAfterPrefill) return null;
+    const lastRow = all ? logits.subarray((numTokens - 1) * V, numTokens * V) : logits.subarray(0, V);
     return { request: req, token: this.samplerFor(req).sample(lastRow) };
   }
 
@@ -170,10 +212,10 @@ export class StepRunner {
   }
 
   private samplerFor(req: RequestState): SequenceSampler {
-    let s = this.samplers.get(req.requestId);
+    let s = this.samplers.get(req.seqId);
     if (s === undefined) {
       s = new SequenceSampler(req.sampling, req.promptTokenIds, this.config.eosTokenIds);
-      this.samplers.set(req.requestId, s);
+      this.samplers.set(req.seqId, s);
     }
     return s;
   }
@@ -195,7 +237,7 @@ export class StepRunner {
     }
 
     // Recurrent states [B, ...dims] per state tensor: a single sequence reads its slot in place.
-    const slotIds = rows.map((r) => this.cache.slotOf(r.request.requestId));
+    const slotIds = rows.map((r) => this.cache.slotOf(r.request.seqId));
     const states: Float32Array[] = [];
     for (let i = 0; i < slots.numTensors; i++) {
       if (B === 1) {
@@ -238,17 +280,17 @@ export class StepRunner {
 
   private gatherPast(rows: readonly RunRow[]): { pastTokens: number; pastPositions: Int32Array; keys: Float32Array[]; values: Float32Array[] } {
     const B = rows.length;
-    const pool = this.cache.pool;
+    const pool = this.pool;
     const P = this.cache.pageTokens;
     const W = this.config.slidingWindow;
     const { numKvHeads: Hkv, headDim: d } = this.config;
-    if (this.numAttnLayers === 0) return { pastTokens: 0, pastPositions: this.pastPositionBuf.view(0), keys: [], values: [] };
+    if (this.numAttnLayers === 0 || pool === null) return { pastTokens: 0, pastPositions: this.pastPositionBuf.view(0), keys: [], values: [] };
 
     // Past pages of each row: those that start before its first new position.
     const pastPages: number[] = [];
     let maxPages = 0;
     for (const row of rows) {
-      const table = this.cache.tableOf(row.request.requestId);
+      const table = this.cache.tableOf(row.request.seqId);
       const n = table === undefined ? 0 : Math.max(0, Math.min(table.pages.length, Math.ceil(row.startPos / P) - table.firstPage));
       pastPages.push(n);
       maxPages = Math.max(maxPages, n);
@@ -266,7 +308,7 @@ export class StepRunner {
       const row = rows[b]!;
       const n = pastPages[b]!;
       if (n === 0) continue;
-      const table = this.cache.tableOf(row.request.requestId)!;
+      const table = this.cache.tableOf(row.request.seqId)!;
       const lo = W === null ? 0 : row.startPos - W;
       for (let k = 0; k < n; k++) {
         const page = table.pages[k]!;
@@ -290,11 +332,12 @@ export class StepRunner {
   }
 
   private scatterPresent(rows: readonly RunRow[], T: number, output: ForwardOutput, Hkv: number, d: number): void {
-    const pool = this.cache.pool;
+    const pool = this.pool;
+    if (pool === null) return;
     const P = this.cache.pageTokens;
     for (let b = 0; b < rows.length; b++) {
       const row = rows[b]!;
-      const table = this.cache.tableOf(row.request.requestId)!;
+      const table = this.cache.tableOf(row.request.seqId)!;
       // Runs [s, e) of positions that share a page.
       for (let s = row.startPos; s < row.startPos + T; ) {
         const logical = Math.floor(s / P);

@@ -29,7 +29,7 @@ export interface SamplingParams {
 export interface GenerateRequest {
   /** Unique per engine; the server derives it from the HTTP request id (plus choice index for n > 1). */
   readonly requestId: string;
-  readonly promptTokenIds: readonly number[];
+  readonly promptTokenIds: PromptTokenIds;
   readonly sampling: SamplingParams;
   /** Send `progress` events while the prompt is prefilled. */
   readonly reportProgress: boolean;
@@ -42,16 +42,13 @@ export interface GenerateRequest {
 }
 
 /**
- * Prompt ids as the server hands them to Engine.generate. The tokenizer gives an Int32Array: it
- * crosses threads as one memcpy or transfer, where a number[] is cloned element by element on the
- * HTTP thread.
+ * Prompt ids. The tokenizer gives an Int32Array: it crosses threads as one memcpy where a number[] is
+ * cloned element by element on the HTTP thread, and the worker keeps it as it is (4 B a token).
  */
 export type PromptTokenIds = Int32Array | readonly number[];
 
-/** What Engine.generate takes; the worker turns the ids into the GenerateRequest the core holds. */
-export interface SubmitRequest extends Omit<GenerateRequest, 'promptTokenIds'> {
-  readonly promptTokenIds: PromptTokenIds;
-}
+/** What Engine.generate takes (the same as what the core holds). */
+export type SubmitRequest = GenerateRequest;
 
 export interface TopLogprob {
   readonly tokenId: number;
@@ -111,5 +108,7 @@ export interface EngineStats {
   readonly prefixCacheBytes: number;
   /** W8ASpike models: zero spikes and all spikes of the spike-coded linear inputs computed so far (0 otherwise). */
   readonly spikeZeros: number;
+  /** Requests preempted since start (a full-attention pool ran out; they recomputed). Cumulative. */
+  readonly numPreemptions: number;
   readonly spikeValues: number;
 }

@@ -87,9 +87,7 @@ function onMessage(msg: ToWorker): void {
   switch (msg.type) {
     case 'submit':
       try {
-        const ids = msg.request.promptTokenIds;
-        // The core indexes, slices and hashes a number[]; converting here costs this thread, not HTTP's.
-        core.submit({ ...msg.request, promptTokenIds: ids instanceof Int32Array ? Array.from(ids) : ids });
+        core.submit(msg.request);
       } catch (err) {
         post({ type: 'rejected', requestId: msg.request.requestId, error: wireError(err) });
         return;

@@ -85,6 +85,8 @@ export class ServerMetrics {
   private readonly spikeValues: Counter.Internal;
   /** The engine's cumulative spike counts at the last stats update (the counters advance by the difference). */
   private lastSpikes = { zeros: 0, values: 0 };
+  private readonly preemptions: Counter.Internal;
+  private lastPreemptions = 0;
   private readonly generationTokens: Counter.Internal;
   private readonly success: Counter<'model_name' | 'finished_reason'>;
 
@@ -149,6 +151,8 @@ export class ServerMetrics {
     this.spikeZeros = counter('spike_zeros_total', 'Spike-coded linear-layer inputs that were 0 spikes (W8ASpike models).');
     this.spikeValues = counter('spike_values_total', 'Spike-coded linear-layer inputs computed (W8ASpike models).');
     this.generationTokens = counter('generation_tokens_total', 'Generated tokens of finished requests.');
+    // vLLM's name: requests whose memory was taken back when a full-attention pool ran out (they recompute).
+    this.preemptions = counter('num_preemptions_total', 'Requests preempted (their KV pages freed, their tokens recomputed later).');
     this.success = new Counter({
       name: METRIC_PREFIX + 'request_success_total',
       help: 'Finished requests, by finish reason.',
@@ -241,6 +245,8 @@ export class ServerMetrics {
     this.spikeZeros.inc(zeros);
     this.spikeValues.inc(values);
     this.lastSpikes = { zeros: s.spikeZeros, values: s.spikeValues };
+    this.preemptions.inc(s.numPreemptions < this.lastPreemptions ? s.numPreemptions : s.numPreemptions - this.lastPreemptions);
+    this.lastPreemptions = s.numPreemptions;
   }
 
   render(): Promise<string> {

@@ -10,6 +10,7 @@
 // A layer's state tensors are graph inputs (before the chunk) and outputs (after it), batched as
 // [B, ...dims]. The cache stores each one in fixed slots (src/cache/state-slots.ts) without knowing
 // which kind it belongs to; prefix snapshots copy them as they are.
+import type { KvGroupSpec } from '../../cache/kv-group.ts';
 import type { ModelConfig } from './config.ts';
 import { stateIn, stateOut } from './io-names.ts';
 
@@ -52,4 +53,18 @@ export function attentionLayerIndices(config: ModelConfig): number[] {
 /** Bytes of recurrent state one sequence holds (all state tensors, fp32): independent of its length. */
 export function stateBytesPerSequence(config: ModelConfig): number {
   return stateTensorSpecs(config).reduce((n, s) => n + s.floats * 4, 0);
+}
+
+/**
+ * The attention layers grouped by kind, as the cache allots their pages: sliding-window layers form a
+ * 'window' group, full-attention layers a 'full' group (in that order when a model has both). Layers of
+ * a group share one page pool, so they share Hkv and d.
+ */
+export function kvGroupSpecs(config: ModelConfig): KvGroupSpec[] {
+  const count = (kind: 'swa' | 'full'): number => config.layerKinds.filter((k) => k === kind).length;
+  const groups: KvGroupSpec[] = [];
+  const { numKvHeads, headDim } = config;
+  if (count('swa') > 0) groups.push({ kind: 'window', numLayers: count('swa'), numKvHeads, headDim, windowTokens: config.slidingWindow });
+  if (count('full') > 0) groups.push({ kind: 'full', numLayers: count('full'), numKvHeads, headDim, windowTokens: null });
+  return groups;
 }
