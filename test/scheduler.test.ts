@@ -178,6 +178,31 @@ describe('Scheduler', () => {
     expect(cache.usage().slotsUsed).toBe(0);
   });
 
+  it('choices of one request (forkOf) wait for the first one\'s prompt and resume from its snapshot; they hold up nobody', () => {
+    const { s, cache } = make({ maxNumSeqs: 8, maxBatchedTokens: 64, prefillChunkTokens: 32 }, SWA, undefined, 1 << 20);
+    const tokens = Array.from({ length: 200 }, (_, i) => (i * 7) % 100);
+    const choice = (i: number): RequestState =>
+      new RequestState({ requestId: `n${i}`, promptTokenIds: tokens, sampling: samplingParams({ maxTokens: 3 }), reportProgress: false, ...(i > 0 ? { forkOf: 'n0' } : {}) }, 0);
+    const choices = [0, 1, 2, 3].map(choice);
+    for (const c of choices) s.submit(c);
+    const other = request(20, 2);
+    s.submit(other);
+    let computed = 0;
+    let otherAdmittedAtStep = -1;
+    for (let step = 0; s.hasWork; step++) {
+      const out = s.schedule();
+      if (other.status !== 'waiting' && otherAdmittedAtStep < 0) otherAdmittedAtStep = step;
+      computed += out.prefills.filter((c) => choices.includes(c.request)).reduce((n, c) => n + c.numTokens, 0);
+      if (choices[0]!.status === 'prefilling') expect(choices.slice(1).every((c) => c.status === 'waiting')).toBe(true);
+      completeStep(s, out);
+    }
+    expect(otherAdmittedAtStep).toBe(0); // not held up by the waiting choices
+    expect(choices.map((c) => c.numCachedTokens)).toEqual([0, 199, 199, 199]);
+    expect(computed).toBe(200 + 3); // the prompt once, then one token per other choice
+    expect(choices.every((c) => c.outputTokenIds.length === 3)).toBe(true);
+    expect(cache.usage().slotsUsed).toBe(0);
+  });
+
   it('throws QueueFullError when the waiting queue is full', () => {
     const { s } = make({ maxQueue: 3 });
     for (let i = 0; i < 3; i++) s.submit(request(10, 5));

@@ -59,6 +59,8 @@ export class RequestState {
   prefetching = false;
   /** Hint: this many leading prompt tokens are likely shared by later prompts (GenerateRequest). */
   readonly sharedPrefixTokens: number;
+  /** Another request with the same prompt whose prefill this one waits for (GenerateRequest.forkOf). */
+  readonly forkOf: string | null;
   /** Where this prefill snapshots the state for later requests (ascending); chunks end there. */
   snapshotPoints: SnapshotPoint[] = [];
   readonly outputTokenIds: number[] = [];
@@ -81,6 +83,7 @@ export class RequestState {
     this.sampling = req.sampling;
     this.reportProgress = req.reportProgress;
     this.sharedPrefixTokens = req.sharedPrefixTokens ?? 0;
+    this.forkOf = req.forkOf ?? null;
     this.arrivalMs = nowMs;
   }
 

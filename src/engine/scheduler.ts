@@ -228,10 +228,26 @@ export class Scheduler {
     return step.output();
   }
 
+  /**
+   * A choice of an `n > 1` request waits while the choice it forks from has not computed the prompt
+   * yet: then it resumes from that one's snapshot (a token before the prompt's end) instead of
+   * computing the prompt again. It does not hold up the requests behind it.
+   */
+  private waitsForFork(req: RequestState): boolean {
+    if (req.forkOf === null || !this.usesPrefixCache(req)) return false;
+    const leader = this.byId.get(req.forkOf);
+    return leader !== undefined && (leader.status === 'waiting' || leader.status === 'prefilling');
+  }
+
   /** WAITING → PREFILLING, FCFS, while memory allows (step 2 of schedule). */
   private admitWaiting(nowMs: number): void {
-    while (this.waiting.length > 0 && this.numAdmitted < this.config.maxNumSeqs) {
-      const req = this.waiting[0]!;
+    let i = 0;
+    while (i < this.waiting.length && this.numAdmitted < this.config.maxNumSeqs) {
+      const req = this.waiting[i]!;
+      if (this.waitsForFork(req)) {
+        i++;
+        continue;
+      }
       if (req.prefetching || (req.keyer !== null && !req.keyer.done)) break; // FCFS: it is still being prepared
       const keys = req.keyer?.keys ?? null;
       // With prefix keys the cache never reads the disk itself here: only what was prefetched counts.
@@ -243,7 +259,7 @@ export class Scheduler {
         ...(prefetched !== undefined ? { prefetched } : {}),
       });
       if (restored === null) break;
-      this.waiting.shift();
+      this.waiting.splice(i, 1);
       req.numComputedTokens = restored;
       if (req.numPreemptions === 0) req.numCachedTokens = restored;
       req.snapshotPoints = keys === null ? [] : this.snapshotPoints(req, keys, restored);

@@ -39,6 +39,12 @@ export interface GenerateRequest {
    * state is also snapshotted at the last page boundary within them, not only at the prompt's last one.
    */
   readonly sharedPrefixTokens?: number;
+  /**
+   * The request id of another request with the same prompt (another choice of the same `n > 1`
+   * request): this one waits until that one has computed the prompt, then resumes from its prefix
+   * snapshot, so the prompt is computed once for all choices.
+   */
+  readonly forkOf?: string;
 }
 
 /**

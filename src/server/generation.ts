@@ -138,6 +138,8 @@ export async function* runGeneration(deps: GenerationDeps, spec: GenerationSpec,
           sampling,
           reportProgress: spec.reportProgress && index === 0,
           ...(spec.sharedPrefixTokens !== undefined ? { sharedPrefixTokens: spec.sharedPrefixTokens } : {}),
+          // Choices after the first resume from the first one's prefill: the prompt is computed once.
+          ...(index > 0 ? { forkOf: ids[0]! } : {}),
         },
         choiceSignal,
       );
