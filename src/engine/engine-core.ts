@@ -7,6 +7,7 @@ import { SnapshotStore } from '../cache/snapshot-store.ts';
 import type { ModelConfig } from './model/config.ts';
 import { RequestState } from './request-state.ts';
 import { Scheduler } from './scheduler.ts';
+import type { TokenConstraint } from './grammar/token-constraint.ts';
 import { StepRunner, type ForwardModel, type SampledResult } from './step-runner.ts';
 import type { EngineStats, FinishReason, GenerateRequest, TokenEvent } from './types.ts';
 
@@ -46,6 +47,8 @@ export interface EngineCoreEnv {
   readonly log: (message: string) => void;
   /** Called when work that was waiting (a prefix read from disk) can go on: run steps again. */
   readonly wake?: () => void;
+  /** Grammar matchers alive in the grammar worker, null before it started (stats only). */
+  readonly grammarMatchers?: () => number | null;
 }
 
 export const ENGINE_DEFAULTS = Object.freeze({
@@ -89,10 +92,12 @@ export class EngineCore {
   private stepping = false;
   /** Aborts that arrived while a step was in flight; applied when it ends. */
   private readonly pendingAborts = new Set<string>();
+  private readonly grammarMatchers: () => number | null;
 
   constructor(model: ForwardModel, config: ModelConfig, opts: EngineCoreOptions, emit: EventSink, env: EngineCoreEnv = { modelTag: 'model', log: () => {} }) {
     this.config = config;
     this.emit = emit;
+    this.grammarMatchers = env.grammarMatchers ?? (() => null);
     const maxNumSeqs = opts.maxNumSeqs ?? ENGINE_DEFAULTS.maxNumSeqs;
     const maxBatchedTokens = opts.maxBatchedTokens ?? ENGINE_DEFAULTS.maxBatchedTokens;
     const prefillChunkTokens = Math.min(opts.prefillChunkTokens ?? ENGINE_DEFAULTS.prefillChunkTokens, maxBatchedTokens);
@@ -138,9 +143,23 @@ export class EngineCore {
     return this.scheduler.hasWork;
   }
 
-  /** Queues a request; throws RequestRejectedError / QueueFullError. */
-  submit(req: GenerateRequest): void {
-    this.scheduler.submit(new RequestState(req, performance.now()));
+  /**
+   * Queues a request; throws RequestRejectedError / QueueFullError. A constrained request brings its
+   * grammar matcher, which is closed when the request ends (or here, when it is refused).
+   */
+  submit(req: GenerateRequest, constraint?: TokenConstraint): void {
+    try {
+      this.scheduler.submit(new RequestState(req, performance.now()));
+    } catch (err) {
+      constraint?.close();
+      throw err;
+    }
+    if (constraint !== undefined) this.runner.constrain(req.requestId, constraint);
+  }
+
+  /** Constrained requests whose next token waits for the grammar worker (nothing else to run: wait for it). */
+  get numAwaitingGrammar(): number {
+    return this.runner.numAwaitingGrammar;
   }
 
   /** Aborts a request in any state (deferred to the end of a step in flight). Unknown ids are ignored. */
@@ -165,12 +184,13 @@ export class EngineCore {
   /** One scheduled step: schedule, run the model, turn sampled tokens into events. False = nothing to run. */
   async step(): Promise<boolean> {
     if (this.stepping) throw new Error('EngineCore.step is not reentrant');
+    const late = this.runner.sampleHeld(); // constrained tokens whose grammar mask arrived since
     const out = this.scheduler.schedule(performance.now());
-    if (out.numScheduledTokens === 0) return false;
+    if (out.numScheduledTokens === 0 && late.length === 0) return false;
     this.stepping = true;
     let sampled: SampledResult[];
     try {
-      sampled = await this.runner.execute(out);
+      sampled = [...late, ...(out.numScheduledTokens === 0 ? [] : await this.runner.execute(out))];
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       this.stepping = false;
@@ -194,12 +214,20 @@ export class EngineCore {
         });
       }
     }
-    for (const { request: req, token } of sampled) {
+    for (const result of sampled) {
+      const req = result.request;
       if (req.isFinished) continue;
       if (req.firstTokenMs === null) {
         req.firstTokenMs = now;
         if (req.sampling.promptLogprobs !== null) this.emit(req.requestId, { type: 'prompt_logprobs', entries: req.promptLogprobs });
       }
+      if ('grammarEnd' in result) {
+        // A complete grammar ends the text like a stop token would; one that cannot go on is an error.
+        if (result.grammarEnd === 'complete') this.finish(req, 'stop');
+        else this.finish(req, 'error', 'the grammar admits no further token');
+        continue;
+      }
+      const token = result.token;
       if (this.runner.isStopToken(req, token.tokenId)) {
         req.stopTokenId = token.tokenId;
         this.finish(req, 'stop');
@@ -254,6 +282,7 @@ export class EngineCore {
 
   stats(): EngineStats {
     const u = this.cache.usage();
+    const matchers = this.grammarMatchers();
     return {
       numRunning: this.scheduler.numRunning,
       numWaiting: this.scheduler.numWaiting,
@@ -265,6 +294,7 @@ export class EngineCore {
       prefixCacheBytes: u.prefixCacheBytes,
       spikeZeros: this.runner.spikeZeros,
       spikeValues: this.runner.spikeValues,
+      ...(matchers !== null ? { grammarMatchers: matchers } : {}),
     };
   }
 }

@@ -153,7 +153,7 @@ export class Scheduler {
     const decodes: RequestState[] = [];
     for (const req of this.running) {
       if (budget === 0) break;
-      if (req.status !== 'decoding') continue;
+      if (req.status !== 'decoding' || req.awaitingGrammar) continue;
       this.cache.append(req.requestId, req.numComputedTokens, 1);
       decodes.push(req);
       budget--;

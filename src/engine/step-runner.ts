@@ -12,6 +12,12 @@
 // Scatter: present*[a] [B, Hkv, T, d] → the pages holding positions p0 … p0+T−1 (runs of ≤ P tokens).
 // Buffers are reused between steps: their size is bounded by (max batch) × (window + chunk), never by
 // the context length (except for full attention, where the past is the context).
+//
+// Constrained sequences (structured outputs): the grammar worker computes each one's next-token mask
+// while the model runs; sampling waits for it at most MASK_WAIT_MS, and not at all while the grammar
+// worker compiles. A sequence whose mask is late keeps its logits row and waits (awaitingGrammar, the
+// scheduler skips it); sampleHeld() samples it once the mask is there. Unconstrained rows pay nothing.
+import type { TokenConstraint } from './grammar/token-constraint.ts';
 import type { CacheManager } from '../cache/cache-manager.ts';
 import type { ModelConfig } from './model/config.ts';
 import type { ForwardInput, ForwardOutput } from './model/forward.ts';
@@ -24,10 +30,13 @@ export interface ForwardModel {
   run(input: ForwardInput): Promise<ForwardOutput>;
 }
 
-export interface SampledResult {
-  readonly request: RequestState;
-  readonly token: SampledToken;
-}
+export type SampledResult =
+  | { readonly request: RequestState; readonly token: SampledToken }
+  /** Instead of a token: the grammar is complete (the text is done) or cannot go on. */
+  | { readonly request: RequestState; readonly grammarEnd: 'complete' | 'failed' };
+
+/** Longest wait for a grammar mask after the model ran (it is normally computed during the run). */
+const MASK_WAIT_MS = 100;
 
 /** A Float32Array / Int32Array that only grows; views of the requested length are handed out. */
 class GrowableF32 {
@@ -69,6 +78,10 @@ export class StepRunner {
   private readonly numGlaLayers: number;
   private readonly numAttnLayers: number;
   private readonly samplers = new Map<string, SequenceSampler>();
+  /** Grammars of requests whose sampler does not exist yet. */
+  private readonly constraints = new Map<string, TokenConstraint>();
+  /** Constrained requests holding logits until their mask is ready. */
+  private readonly held = new Set<RequestState>();
   private readonly tokenBuf = new GrowableI32();
   private readonly positionBuf = new GrowableI32();
   private readonly pastPositionBuf = new GrowableI32();
@@ -90,9 +103,60 @@ export class StepRunner {
     this.valueBufs = Array.from({ length: this.numAttnLayers }, () => new GrowableF32());
   }
 
-  /** Drops the sampler of a finished or aborted request. */
+  /** Drops the sampler of a finished or aborted request, and frees its grammar matcher. */
   forget(requestId: string): void {
+    this.constraints.get(requestId)?.close();
+    this.constraints.delete(requestId);
+    this.samplers.get(requestId)?.constraint?.close();
     this.samplers.delete(requestId);
+    for (const req of this.held) if (req.requestId === requestId) this.held.delete(req);
+  }
+
+  /** The grammar a request's tokens must follow (set before its first token is sampled). */
+  constrain(requestId: string, constraint: TokenConstraint): void {
+    this.constraints.set(requestId, constraint);
+  }
+
+  /** Constrained requests waiting for their grammar mask. */
+  get numAwaitingGrammar(): number {
+    return this.held.size;
+  }
+
+  /** Samples the held rows whose mask has arrived (no waiting). */
+  sampleHeld(): SampledResult[] {
+    const results: SampledResult[] = [];
+    for (const req of this.held) {
+      const sampler = this.samplerFor(req);
+      const logits = sampler.heldLogits;
+      if (logits === null) continue;
+      const result = this.sampleRow(req, logits, 0);
+      if (result === null) continue;
+      sampler.heldLogits = null;
+      this.held.delete(req);
+      req.awaitingGrammar = false;
+      results.push(result);
+    }
+    return results;
+  }
+
+  /**
+   * The token of one row, or null when its grammar mask is not ready yet (the row is copied and held).
+   * `logits` is one row [V] of the model's output (modified in place).
+   */
+  private sampleRow(req: RequestState, logits: Float32Array, waitMs: number): SampledResult | null {
+    const sampler = this.samplerFor(req);
+    const constraint = sampler.constraint;
+    if (constraint !== null) {
+      const state = constraint.poll(waitMs);
+      if (state === 'pending') {
+        if (sampler.heldLogits !== logits) sampler.heldLogits = Float32Array.from(logits);
+        this.held.add(req);
+        req.awaitingGrammar = true;
+        return null;
+      }
+      if (state !== 'ready') return { request: req, grammarEnd: state };
+    }
+    return { request: req, token: sampler.sample(logits) };
   }
 
   /** Runs the step's decodes (batched) and prefill chunks (one run each); returns the sampled tokens. */
@@ -103,8 +167,8 @@ export class StepRunner {
       const rows = group.map((r) => ({ request: r, startPos: r.numComputedTokens, tokens: [r.lastTokenId] }));
       const output = await this.runRows(rows, 1, false);
       for (let b = 0; b < rows.length; b++) {
-        const req = rows[b]!.request;
-        results.push({ request: req, token: this.samplerFor(req).sample(output.logits.subarray(b * V, (b + 1) * V)) });
+        const result = this.sampleRow(rows[b]!.request, output.logits.subarray(b * V, (b + 1) * V), MASK_WAIT_MS);
+        if (result !== null) results.push(result);
       }
     }
     for (const chunk of out.prefills) {
@@ -148,7 +212,7 @@ export class StepRunner {
     if (wantPromptLogprobs) this.collectPromptLogprobs(req, startPos, numTokens, output.logits);
     if (startPos + numTokens < req.numPromptTokens) return null;
     const lastRow = wantPromptLogprobs ? output.logits.subarray((numTokens - 1) * V, numTokens * V) : output.logits.subarray(0, V);
-    return { request: req, token: this.samplerFor(req).sample(lastRow) };
+    return this.sampleRow(req, lastRow, MASK_WAIT_MS);
   }
 
   /** Row t of the chunk's logits [T, V] predicts prompt token startPos + t + 1. */
@@ -173,7 +237,8 @@ export class StepRunner {
   private samplerFor(req: RequestState): SequenceSampler {
     let s = this.samplers.get(req.requestId);
     if (s === undefined) {
-      s = new SequenceSampler(req.sampling, req.promptTokenIds, this.config.eosTokenIds);
+      s = new SequenceSampler(req.sampling, req.promptTokenIds, this.config.eosTokenIds, this.constraints.get(req.requestId) ?? null);
+      this.constraints.delete(req.requestId);
       this.samplers.set(req.requestId, s);
     }
     return s;
