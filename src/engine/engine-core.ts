@@ -184,13 +184,16 @@ export class EngineCore {
   /** One scheduled step: schedule, run the model, turn sampled tokens into events. False = nothing to run. */
   async step(): Promise<boolean> {
     if (this.stepping) throw new Error('EngineCore.step is not reentrant');
-    const late = this.runner.sampleHeld(); // constrained tokens whose grammar mask arrived since
+    // Constrained tokens whose grammar mask arrived since the last step go first: their sequences
+    // decode in this step.
+    const late = this.runner.sampleHeld();
+    this.emitSampled(late, performance.now());
     const out = this.scheduler.schedule(performance.now());
-    if (out.numScheduledTokens === 0 && late.length === 0) return false;
+    if (out.numScheduledTokens === 0) return late.length > 0;
     this.stepping = true;
     let sampled: SampledResult[];
     try {
-      sampled = [...late, ...(out.numScheduledTokens === 0 ? [] : await this.runner.execute(out))];
+      sampled = await this.runner.execute(out);
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       this.stepping = false;
@@ -214,6 +217,13 @@ export class EngineCore {
         });
       }
     }
+    this.emitSampled(sampled, now);
+    this.applyPendingAborts();
+    return true;
+  }
+
+  /** Turns sampled tokens into events: stop tokens and a complete grammar finish, max_tokens too. */
+  private emitSampled(sampled: readonly SampledResult[], now: number): void {
     for (const result of sampled) {
       const req = result.request;
       if (req.isFinished) continue;
@@ -242,8 +252,6 @@ export class EngineCore {
       });
       if (req.outputTokenIds.length >= req.sampling.maxTokens) this.finish(req, 'length');
     }
-    this.applyPendingAborts();
-    return true;
   }
 
   private applyPendingAborts(): void {

@@ -1,9 +1,15 @@
 // GrammarConstraint → what XGrammar compiles (a "recipe"), and the key compiled grammars are cached
-// under. Every kind becomes one of three XGrammar inputs:
+// under. Every kind becomes one of two XGrammar inputs:
 //
-//   json_schema, json_object → compileJSONSchema(schema, compact one-line JSON, strict)
-//   regex                    → compileStructuralTag({format: {type: "regex", pattern}})
-//   choice, ebnf, tagged_json → compileGrammar(EBNF, root rule)
+//   regex                                   → compileStructuralTag({format: {type: "regex", pattern}})
+//   json_schema, json_object, tagged_json,  → compileGrammar(EBNF, root rule); a schema's EBNF is
+//   choice, ebnf                              XGrammar's own (its JSON Schema converter)
+//
+// Schemas go through EBNF, not compileJSONSchema, to fix one thing in XGrammar 0.1.27's converter:
+// a string with minLength/maxLength becomes `"\"" [^"\\\r\n]{0,n} "\""`, which admits raw control
+// characters (a tab, \x00) that JSON forbids inside strings (JSON.parse refuses the answer). Those
+// classes are narrowed to `[^"\\\0-\x1f]` (jsonSafeStrings; test/structured-grammar.test.ts checks
+// that the converter still writes them so).
 //
 // JSON is compact and on one line (`{"a": 1, "b": [2, 3]}`: separators ", " and ": ", no other
 // whitespace): a small model given "any whitespace" can spend its whole max_tokens on newlines. Strict
@@ -20,7 +26,6 @@ export const JSON_ONE_LINE_INDENT = -1;
 export const JSON_SEPARATORS: [string, string] = [', ', ': '];
 
 export type GrammarRecipe =
-  | { readonly method: 'json_schema'; readonly schema: string }
   | { readonly method: 'structural_tag'; readonly json: string }
   | { readonly method: 'ebnf'; readonly ebnf: string; readonly rootRule: string };
 
@@ -49,6 +54,15 @@ export function constraintKey(c: GrammarConstraint): string {
   }
 }
 
+/** The converter's character class of a length-bounded JSON string, and what it must be. */
+const BOUNDED_STRING_CHAR = String.raw`[^"\\\r\n]`;
+const JSON_STRING_CHAR = String.raw`[^"\\\0-\x1f]`;
+
+/** A schema's EBNF with every length-bounded string limited to the characters JSON allows unescaped. */
+export function jsonSafeStrings(ebnf: string): string {
+  return ebnf.replaceAll(BOUNDED_STRING_CHAR, JSON_STRING_CHAR);
+}
+
 /** A string literal of XGrammar's EBNF: `"…"` with `\"`, `\\` and control characters as `\xHH`. */
 export function ebnfLiteral(text: string): string {
   let out = '"';
@@ -61,13 +75,13 @@ export function ebnfLiteral(text: string): string {
   return `${out}"`;
 }
 
-/** The recipe of a constraint; `schemaToEbnf` is only called for tagged_json. */
+/** The recipe of a constraint; `schemaToEbnf` turns the JSON kinds' schemas into EBNF. */
 export async function recipeOf(c: GrammarConstraint, schemaToEbnf: SchemaToEbnf): Promise<GrammarRecipe> {
   switch (c.kind) {
     case 'json_schema':
-      return { method: 'json_schema', schema: c.schema };
+      return { method: 'ebnf', ebnf: jsonSafeStrings(await schemaToEbnf(c.schema)), rootRule: 'root' };
     case 'json_object':
-      return { method: 'json_schema', schema: OBJECT_SCHEMA };
+      return { method: 'ebnf', ebnf: jsonSafeStrings(await schemaToEbnf(OBJECT_SCHEMA)), rootRule: 'root' };
     case 'regex':
       return { method: 'structural_tag', json: JSON.stringify({ type: 'structural_tag', format: { type: 'regex', pattern: c.pattern } }) };
     case 'choice':
@@ -75,7 +89,7 @@ export async function recipeOf(c: GrammarConstraint, schemaToEbnf: SchemaToEbnf)
     case 'ebnf':
       return { method: 'ebnf', ebnf: c.grammar, rootRule: 'root' };
     case 'tagged_json': {
-      const schemaEbnf = await schemaToEbnf(c.schema);
+      const schemaEbnf = jsonSafeStrings(await schemaToEbnf(c.schema));
       const repeat = c.multiple ? ` (${ebnfLiteral(c.separator)} ${BLOCK_RULE})*` : '';
       const ebnf = `${schemaEbnf}\n${CALLS_RULE} ::= ${BLOCK_RULE}${repeat}\n${BLOCK_RULE} ::= ${ebnfLiteral(c.begin)} root ${ebnfLiteral(c.end)}\n`;
       return { method: 'ebnf', ebnf, rootRule: CALLS_RULE };

@@ -92,11 +92,7 @@ async function busy<T>(work: () => Promise<T>): Promise<T> {
 async function checkedRecipe(msg: Extract<ToGrammarWorker, { type: 'open' }>): Promise<GrammarRecipe> {
   try {
     const recipe = await recipeOf(msg.constraint, (schema) => checker.Testings._jsonSchemaToEBNF(schema, false, JSON_ONE_LINE_INDENT, JSON_SEPARATORS, true));
-    const g = await (recipe.method === 'json_schema'
-      ? checker.Grammar.fromJSONSchema(recipe.schema, false, JSON_ONE_LINE_INDENT, JSON_SEPARATORS, true)
-      : recipe.method === 'structural_tag'
-        ? checker.Grammar.fromStructuralTag(recipe.json)
-        : checker.Grammar.fromEBNF(recipe.ebnf, recipe.rootRule));
+    const g = await (recipe.method === 'structural_tag' ? checker.Grammar.fromStructuralTag(recipe.json) : checker.Grammar.fromEBNF(recipe.ebnf, recipe.rootRule));
     g.dispose();
     return recipe;
   } catch (err) {
@@ -108,8 +104,6 @@ async function checkedRecipe(msg: Extract<ToGrammarWorker, { type: 'open' }>): P
 
 function compile(recipe: GrammarRecipe): Promise<XgCompiledGrammar> {
   switch (recipe.method) {
-    case 'json_schema':
-      return compiler.compileJSONSchema(recipe.schema, false, JSON_ONE_LINE_INDENT, JSON_SEPARATORS, true);
     case 'structural_tag':
       return compiler.compileStructuralTag(recipe.json);
     case 'ebnf':
