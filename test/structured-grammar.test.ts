@@ -4,10 +4,15 @@
 // strings with the class jsonSafeStrings narrows, and after it no control character is allowed inside
 // such a string. (3) The sampler applies a constraint's mask before sampling and accepts the token;
 // logprobs stay those of the raw model; min_tokens yields when the grammar allows only stop tokens.
+// A dead grammar worker fails its matchers and is replaced; without a tokenizer, opens are 400s.
 // (4) The engine core with a fake model and a constraint whose masks are sometimes late: a held
 // sequence is not decoded until its token is sampled, every token is fed exactly once and in order,
 // and an unconstrained sequence in the same batch keeps decoding meanwhile.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { RequestRejectedError } from '../src/engine/errors.ts';
 import { EngineCore } from '../src/engine/engine-core.ts';
 import { GrammarClient } from '../src/engine/grammar/grammar-client.ts';
 import { jsonSafeStrings } from '../src/engine/grammar/grammar-recipe.ts';
@@ -89,6 +94,34 @@ describe('grammar worker masks (default model vocabulary)', () => {
       expect(m.poll(5000)).toBe('ready');
       expect(allowed(m)).toEqual([...EOS].sort((a, b) => a - b));
       m.close();
+    }
+  });
+
+  it('a grammar worker that dies fails its matchers; the next open starts a new one', async () => {
+    const m = await client.open({ param: 'p', kind: 'choice', choices: ['yes'] }, EOS);
+    expect(m.poll(5000)).toBe('ready');
+    await m.session.worker.terminate();
+    expect(m.poll(0)).toBe('failed');
+    const again = await client.open({ param: 'p', kind: 'choice', choices: ['yes'] }, EOS);
+    expect(again.session).not.toBe(m.session);
+    expect(again.poll(5000)).toBe('ready');
+    expect(client.numMatchers).toBe(1);
+    again.close();
+  });
+
+  it('without a tokenizer structured outputs are a 400 naming the field, every time', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'no-tokenizer-'));
+    const bare = new GrammarClient({ modelDir: dir, vocabSize: V, eosTokenIds: EOS, cacheEntries: 1, log: () => {} });
+    try {
+      for (let i = 0; i < 2; i++) {
+        const err = await bare.open({ param: 'response_format', kind: 'json_object' }, EOS).catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(RequestRejectedError);
+        expect((err as RequestRejectedError).param).toBe('response_format');
+        expect((err as Error).message).toMatch(/structured outputs are not available/);
+      }
+    } finally {
+      await bare.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

@@ -4,6 +4,9 @@
 // matcher, before the request is queued; a grammar that does not compile rejects with a
 // RequestRejectedError naming the request field (a 400 before any streaming).
 //
+// A grammar worker that dies (it should not) fails the matchers it held; the next open starts another.
+// Without a tokenizer in the model folder every open is refused (a 400: structured outputs unavailable).
+//
 // Per step the step loop only reads shared memory: after the model ran, poll() finds the mask the
 // grammar worker computed meanwhile (or waits for it, bounded). While the grammar worker compiles, a
 // mask may be late; poll() then answers 'pending' at once and the step runner holds that sequence's
@@ -50,51 +53,20 @@ interface PendingOpen {
   readonly reject: (err: Error) => void;
 }
 
-export class GrammarClient {
-  private readonly options: GrammarClientOptions;
-  private readonly control = new Int32Array(new SharedArrayBuffer(CONTROL_INTS * 4));
-  private worker: Worker | null = null;
-  private failure: string | null = null;
-  private nextId = 1;
-  private readonly pending = new Map<number, PendingOpen>();
+/**
+ * One grammar worker and its shared control words. A session that failed (the worker crashed) fails
+ * its matchers; the next open starts a new session.
+ */
+class Session {
+  readonly control = new Int32Array(new SharedArrayBuffer(CONTROL_INTS * 4));
+  readonly worker: Worker;
+  failure: string | null = null;
 
-  constructor(options: GrammarClientOptions) {
-    this.options = options;
+  constructor(init: Omit<GrammarWorkerInit, 'control'>) {
+    this.worker = spawnTsWorker(new URL('./grammar-worker.ts', import.meta.url), { workerData: { ...init, control: this.control.buffer as SharedArrayBuffer } });
   }
 
-  /** Matchers alive in the grammar worker; null before it started. */
-  get numMatchers(): number | null {
-    return this.worker === null ? null : Atomics.load(this.control, CONTROL_MATCHERS);
-  }
-
-  /** Compiles `constraint` (or takes it from the cache) and creates a matcher with the request's stop ids. */
-  open(constraint: GrammarConstraint, stopTokenIds: readonly number[]): Promise<RemoteMatcher> {
-    if (this.failure !== null) return Promise.reject(new EngineError(this.failure));
-    const id = this.nextId++;
-    const shared = new SharedArrayBuffer(matcherInts(this.options.vocabSize) * 4);
-    const matcher = new RemoteMatcher(this, id, new Int32Array(shared));
-    return new Promise<RemoteMatcher>((resolve, reject) => {
-      this.pending.set(id, { matcher, param: constraint.param, resolve, reject });
-      this.post({ type: 'open', id, constraint, stopTokenIds: [...stopTokenIds], shared });
-    });
-  }
-
-  /** Resolves when the grammar worker made progress (a mask, a compile started or ended), or after timeoutMs. */
-  async whenProgress(timeoutMs: number): Promise<void> {
-    const seen = Atomics.load(this.control, CONTROL_PROGRESS);
-    const wait = (Atomics as unknown as AtomicsWaitAsync).waitAsync(this.control, CONTROL_PROGRESS, seen, timeoutMs);
-    if (wait.async) await wait.value;
-  }
-
-  async close(): Promise<void> {
-    const worker = this.worker;
-    this.worker = null;
-    this.failure ??= 'the grammar worker was stopped';
-    this.failPending(this.failure);
-    await worker?.terminate();
-  }
-
-  /** @internal the state of one matcher's shared area (see RemoteMatcher.poll). */
+  /** The state of one matcher's shared area (see RemoteMatcher.poll). */
   poll(shared: Int32Array, expectedSeq: number, waitMs: number): ConstraintState {
     const deadline = performance.now() + waitMs;
     for (;;) {
@@ -110,36 +82,82 @@ export class GrammarClient {
     }
   }
 
-  /** @internal */
   post(msg: ToGrammarWorker): void {
-    if (this.failure !== null) return;
-    this.start().postMessage(msg);
+    if (this.failure === null) this.worker.postMessage(msg);
+  }
+}
+
+export class GrammarClient {
+  private readonly options: GrammarClientOptions;
+  private session: Session | null = null;
+  /** Set when structured outputs cannot work at all here (no tokenizer), or after close(). */
+  private unavailable: string | null = null;
+  private nextId = 1;
+  private readonly pending = new Map<number, PendingOpen>();
+
+  constructor(options: GrammarClientOptions) {
+    this.options = options;
   }
 
-  private start(): Worker {
-    if (this.worker !== null) return this.worker;
-    const init: GrammarWorkerInit = {
+  /** Matchers alive in the grammar worker; null before it started. */
+  get numMatchers(): number | null {
+    return this.session === null ? null : Atomics.load(this.session.control, CONTROL_MATCHERS);
+  }
+
+  /** Compiles `constraint` (or takes it from the cache) and creates a matcher with the request's stop ids. */
+  open(constraint: GrammarConstraint, stopTokenIds: readonly number[]): Promise<RemoteMatcher> {
+    if (this.unavailable !== null) {
+      return Promise.reject(new RequestRejectedError(`structured outputs are not available: ${this.unavailable}`, constraint.param));
+    }
+    const session = this.currentSession();
+    const id = this.nextId++;
+    const shared = new SharedArrayBuffer(matcherInts(this.options.vocabSize) * 4);
+    const matcher = new RemoteMatcher(session, id, new Int32Array(shared));
+    return new Promise<RemoteMatcher>((resolve, reject) => {
+      this.pending.set(id, { matcher, param: constraint.param, resolve, reject });
+      session.post({ type: 'open', id, constraint, stopTokenIds: [...stopTokenIds], shared });
+    });
+  }
+
+  /** Resolves when the grammar worker made progress (a mask, a compile started or ended), or after timeoutMs. */
+  async whenProgress(timeoutMs: number): Promise<void> {
+    if (this.session === null) return;
+    const control = this.session.control;
+    const seen = Atomics.load(control, CONTROL_PROGRESS);
+    const wait = (Atomics as unknown as AtomicsWaitAsync).waitAsync(control, CONTROL_PROGRESS, seen, timeoutMs);
+    if (wait.async) await wait.value;
+  }
+
+  async close(): Promise<void> {
+    this.unavailable = 'the engine is shutting down';
+    const session = this.session;
+    this.session = null;
+    if (session !== null) this.fail(session, this.unavailable);
+    await session?.worker.terminate();
+  }
+
+  private currentSession(): Session {
+    if (this.session !== null && this.session.failure === null) return this.session;
+    const session = new Session({
       modelDir: this.options.modelDir,
       vocabSize: this.options.vocabSize,
       eosTokenIds: this.options.eosTokenIds,
       cacheEntries: this.options.cacheEntries,
-      control: this.control.buffer as SharedArrayBuffer,
-    };
-    const worker = spawnTsWorker(new URL('./grammar-worker.ts', import.meta.url), { workerData: init });
-    worker.on('message', (msg: FromGrammarWorker) => this.onMessage(msg));
-    worker.on('error', (err) => this.fail(`the grammar worker failed: ${err.message}`));
-    worker.on('exit', (code) => this.fail(`the grammar worker exited (code ${code})`));
-    this.worker = worker;
-    return worker;
+    });
+    session.worker.on('message', (msg: FromGrammarWorker) => this.onMessage(session, msg));
+    session.worker.on('error', (err) => this.fail(session, `the grammar worker failed: ${err.message}`));
+    session.worker.on('exit', (code) => this.fail(session, `the grammar worker exited (code ${code})`));
+    this.session = session;
+    return session;
   }
 
-  private onMessage(msg: FromGrammarWorker): void {
+  private onMessage(session: Session, msg: FromGrammarWorker): void {
     switch (msg.type) {
       case 'opened': {
         const p = this.pending.get(msg.id);
         this.pending.delete(msg.id);
         p?.resolve(p.matcher);
-        if (p !== undefined) this.options.log(`grammar ready in ${msg.compileMs.toFixed(1)} ms${msg.cached ? ' (cached)' : ''}`);
+        if (p !== undefined && !msg.cached) this.options.log(`grammar for '${p.param}' compiled in ${msg.compileMs.toFixed(0)} ms`);
         return;
       }
       case 'open_failed': {
@@ -149,7 +167,9 @@ export class GrammarClient {
         return;
       }
       case 'init_failed':
-        this.fail(msg.message);
+        // The vocabulary cannot be read (e.g. a checkpoint without a tokenizer): no point in retrying.
+        this.unavailable = msg.message;
+        this.fail(session, msg.message);
         return;
       case 'log':
         this.options.log(msg.message);
@@ -157,38 +177,39 @@ export class GrammarClient {
     }
   }
 
-  private fail(message: string): void {
-    if (this.failure !== null) return;
-    this.failure = message;
+  /** The session's worker is gone: its pending opens and its matchers fail (a new open starts a new one). */
+  private fail(session: Session, message: string): void {
+    if (session.failure !== null) return;
+    session.failure = message;
     this.options.log(message);
-    this.failPending(message);
-    Atomics.add(this.control, CONTROL_PROGRESS, 1);
-    Atomics.notify(this.control, CONTROL_PROGRESS); // wake a step loop waiting for a mask
-  }
-
-  private failPending(message: string): void {
-    for (const p of this.pending.values()) p.reject(new EngineError(message));
-    this.pending.clear();
+    for (const [id, p] of this.pending) {
+      if (p.matcher.session !== session) continue;
+      this.pending.delete(id);
+      p.reject(this.unavailable !== null ? new RequestRejectedError(`structured outputs are not available: ${message}`, p.param) : new EngineError(message));
+    }
+    Atomics.add(session.control, CONTROL_PROGRESS, 1);
+    Atomics.notify(session.control, CONTROL_PROGRESS); // wake a step loop waiting for a mask
   }
 }
 
 /** One request's matcher, seen from the inference worker. */
 export class RemoteMatcher implements TokenConstraint {
-  private readonly client: GrammarClient;
+  /** @internal the grammar worker holding it */
+  readonly session: Session;
   private readonly id: number;
   private readonly shared: Int32Array;
   /** Tokens accepted so far = the SEQ of the mask the next token needs. */
   private numAccepted = 0;
   private closed = false;
 
-  constructor(client: GrammarClient, id: number, shared: Int32Array) {
-    this.client = client;
+  constructor(session: Session, id: number, shared: Int32Array) {
+    this.session = session;
     this.id = id;
     this.shared = shared;
   }
 
   poll(waitMs: number): ConstraintState {
-    return this.client.poll(this.shared, this.numAccepted, waitMs);
+    return this.session.poll(this.shared, this.numAccepted, waitMs);
   }
 
   /** logits[t] = −∞ where bit t of the mask is 0; whole words of allowed tokens are skipped. */
@@ -206,12 +227,12 @@ export class RemoteMatcher implements TokenConstraint {
 
   accept(tokenId: number): void {
     this.numAccepted++;
-    this.client.post({ type: 'accept', id: this.id, tokenId });
+    this.session.post({ type: 'accept', id: this.id, tokenId });
   }
 
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.client.post({ type: 'close', id: this.id });
+    this.session.post({ type: 'close', id: this.id });
   }
 }
