@@ -6,10 +6,12 @@
 // 2. Mask + accept round trip alone (no model): each step, every matcher's mask is read and applied to
 //    a logits row, and the sampled token accepted; wall time per step at 1 and 16 matchers.
 // 3. Through the engine, side by side: decode at 1 and 16 streams, unconstrained and constrained
-//    (the same number of tokens), wall and CPU time per step, and what the constraint adds.
+//    (the same number of tokens), alternating, medians of --repeats runs: wall and CPU time per step,
+//    and what the constraint adds.
 // Prints tables and ratios measured in this one run (no thresholds).
 //
-//   node --import tsx bench/structured.ts [--tokens 256] [--streams 1,16] [--weights int8] [--decode-threads 1]
+//   node --import tsx bench/structured.ts [--tokens 256] [--streams 1,16] [--repeats 3] [--weights int8]
+//        [--decode-threads 1] [--skip-7b]
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -28,9 +30,11 @@ const { values: args } = parseArgs({
     weights: { type: 'string', default: 'int8' },
     'decode-threads': { type: 'string', default: '1' },
     'skip-7b': { type: 'boolean', default: false },
+    repeats: { type: 'string', default: '3' },
   },
 });
 const TOKENS = Number(args.tokens);
+const REPEATS = Number(args.repeats);
 const STREAMS = args.streams.split(',').map(Number);
 const LOAD_AT_START = loadAverage();
 
@@ -172,17 +176,23 @@ const prompt = await tokenizer.encode('<|im_start|>user\nGive me the records as 
 await decodeRun(engine, prompt, 2, true); // warm up: sessions, grammar worker, the ENDLESS grammar compiled
 await decodeRun(engine, prompt, 2, false);
 const rows: string[][] = [];
+const median = (xs: readonly number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 for (const n of STREAMS) {
-  const free = await decodeRun(engine, prompt, n, false);
-  const held = await decodeRun(engine, prompt, n, true);
+  // Free and constrained runs alternate, REPEATS times each; medians per step (the load moves meanwhile).
+  const frees: Awaited<ReturnType<typeof decodeRun>>[] = [];
+  const helds: Awaited<ReturnType<typeof decodeRun>>[] = [];
+  for (let r = 0; r < REPEATS; r++) {
+    frees.push(await decodeRun(engine, prompt, n, false));
+    helds.push(await decodeRun(engine, prompt, n, true));
+  }
   const steps = TOKENS; // every stream decodes TOKENS tokens; a step decodes one token of each
-  const freeMs = (free.wallS * 1000) / steps;
-  const heldMs = (held.wallS * 1000) / steps;
-  const freeCpu = (free.cpuS * 1000) / steps;
-  const heldCpu = (held.cpuS * 1000) / steps;
+  const freeMs = median(frees.map((f) => f.wallS * 1000)) / steps;
+  const heldMs = median(helds.map((h) => h.wallS * 1000)) / steps;
+  const freeCpu = median(frees.map((f) => f.cpuS * 1000)) / steps;
+  const heldCpu = median(helds.map((h) => h.cpuS * 1000)) / steps;
   rows.push([
     String(n),
-    `${(free.tokens / free.wallS).toFixed(0)} / ${(held.tokens / held.wallS).toFixed(0)}`,
+    `${((n * 1000) / freeMs).toFixed(0)} / ${((n * 1000) / heldMs).toFixed(0)}`,
     `${freeMs.toFixed(2)} / ${heldMs.toFixed(2)} ms`,
     `${(((heldMs - freeMs) / heldMs) * 100).toFixed(1)}%`,
     `${freeCpu.toFixed(2)} / ${heldCpu.toFixed(2)} ms`,
