@@ -102,11 +102,16 @@ describe('grammar worker masks (default model vocabulary)', () => {
     expect(m.poll(5000)).toBe('ready');
     await m.session.worker.terminate();
     expect(m.poll(0)).toBe('failed');
+    m.close(); // as the engine does when the request fails
     const again = await client.open({ param: 'p', kind: 'choice', choices: ['yes'] }, EOS);
     expect(again.session).not.toBe(m.session);
     expect(again.poll(5000)).toBe('ready');
     expect(client.numMatchers).toBe(1);
     again.close();
+    expect(client.numMatchers).toBe(0);
+    // The grammar worker frees it when the close message arrives.
+    for (let i = 0; i < 200 && client.numWorkerMatchers !== 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(client.numWorkerMatchers).toBe(0);
   });
 
   it('without a tokenizer structured outputs are a 400 naming the field, every time', async () => {

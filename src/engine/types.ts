@@ -144,6 +144,6 @@ export interface EngineStats {
   /** W8ASpike models: zero spikes and all spikes of the spike-coded linear inputs computed so far (0 otherwise). */
   readonly spikeZeros: number;
   readonly spikeValues: number;
-  /** Grammar matchers alive (one per constrained request, compiling, waiting or running); absent before the first. */
+  /** Grammar matchers held (one per constrained request, queued or running); absent before the first. */
   readonly grammarMatchers?: number;
 }

@@ -94,13 +94,19 @@ export class GrammarClient {
   private unavailable: string | null = null;
   private nextId = 1;
   private readonly pending = new Map<number, PendingOpen>();
+  private numOpen = 0;
 
   constructor(options: GrammarClientOptions) {
     this.options = options;
   }
 
-  /** Matchers alive in the grammar worker; null before it started. */
+  /** Matchers opened and not yet closed (what the engine holds); null before the first open. */
   get numMatchers(): number | null {
+    return this.session === null ? null : this.numOpen;
+  }
+
+  /** Matchers the grammar worker holds right now (it frees a closed one shortly after); null before it started. */
+  get numWorkerMatchers(): number | null {
     return this.session === null ? null : Atomics.load(this.session.control, CONTROL_MATCHERS);
   }
 
@@ -112,7 +118,7 @@ export class GrammarClient {
     const session = this.currentSession();
     const id = this.nextId++;
     const shared = new SharedArrayBuffer(matcherInts(this.options.vocabSize) * 4);
-    const matcher = new RemoteMatcher(session, id, new Int32Array(shared));
+    const matcher = new RemoteMatcher(session, id, new Int32Array(shared), () => this.numOpen--);
     return new Promise<RemoteMatcher>((resolve, reject) => {
       this.pending.set(id, { matcher, param: constraint.param, resolve, reject });
       session.post({ type: 'open', id, constraint, stopTokenIds: [...stopTokenIds], shared });
@@ -156,6 +162,7 @@ export class GrammarClient {
       case 'opened': {
         const p = this.pending.get(msg.id);
         this.pending.delete(msg.id);
+        if (p !== undefined) this.numOpen++;
         p?.resolve(p.matcher);
         if (p !== undefined && !msg.cached) this.options.log(`grammar for '${p.param}' compiled in ${msg.compileMs.toFixed(0)} ms`);
         return;
@@ -201,11 +208,13 @@ export class RemoteMatcher implements TokenConstraint {
   /** Tokens accepted so far = the SEQ of the mask the next token needs. */
   private numAccepted = 0;
   private closed = false;
+  private readonly onClose: () => void;
 
-  constructor(session: Session, id: number, shared: Int32Array) {
+  constructor(session: Session, id: number, shared: Int32Array, onClose: () => void) {
     this.session = session;
     this.id = id;
     this.shared = shared;
+    this.onClose = onClose;
   }
 
   poll(waitMs: number): ConstraintState {
@@ -233,6 +242,7 @@ export class RemoteMatcher implements TokenConstraint {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.onClose();
     this.session.post({ type: 'close', id: this.id });
   }
 }

@@ -132,7 +132,8 @@ async function open(msg: Extract<ToGrammarWorker, { type: 'open' }>): Promise<vo
   let cached: boolean;
   try {
     const key = constraintKey(msg.constraint);
-    ({ grammar, cached } = await busy(() => cache.get(key, async () => compile(await checkedRecipe(msg)))));
+    // Only a miss is flagged as busy: a hit must not hold the running streams' masks.
+    ({ grammar, cached } = await cache.get(key, () => busy(async () => compile(await checkedRecipe(msg)))));
   } catch (err) {
     post({ type: 'open_failed', id: msg.id, message: err instanceof Error ? err.message : String(err) });
     return;
