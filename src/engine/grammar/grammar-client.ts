@@ -61,6 +61,8 @@ class Session {
   readonly control = new Int32Array(new SharedArrayBuffer(CONTROL_INTS * 4));
   readonly worker: Worker;
   failure: string | null = null;
+  /** Tokens accepted since the last message, as pairs (matcher id, token id): a step's go out in one message. */
+  private outbox: number[] = [];
 
   constructor(init: Omit<GrammarWorkerInit, 'control'>) {
     this.worker = spawnTsWorker(new URL('./grammar-worker.ts', import.meta.url), { workerData: { ...init, control: this.control.buffer as SharedArrayBuffer } });
@@ -68,6 +70,7 @@ class Session {
 
   /** The state of one matcher's shared area (see RemoteMatcher.poll). */
   poll(shared: Int32Array, expectedSeq: number, waitMs: number): ConstraintState {
+    this.flush(); // never wait for a mask whose token is still in the outbox
     const deadline = performance.now() + waitMs;
     for (;;) {
       if (this.failure !== null) return 'failed';
@@ -83,7 +86,21 @@ class Session {
   }
 
   post(msg: ToGrammarWorker): void {
+    this.flush(); // keep the order: accepts before a later close
     if (this.failure === null) this.worker.postMessage(msg);
+  }
+
+  /** Queues an accepted token; the queue is sent once the sampling code running now yields. */
+  accept(id: number, tokenId: number): void {
+    if (this.outbox.length === 0) queueMicrotask(() => this.flush());
+    this.outbox.push(id, tokenId);
+  }
+
+  private flush(): void {
+    if (this.outbox.length === 0) return;
+    const accepted = Int32Array.from(this.outbox);
+    this.outbox = [];
+    if (this.failure === null) this.worker.postMessage({ type: 'accept', accepted } satisfies ToGrammarWorker);
   }
 }
 
@@ -236,7 +253,7 @@ export class RemoteMatcher implements TokenConstraint {
 
   accept(tokenId: number): void {
     this.numAccepted++;
-    this.session.post({ type: 'accept', id: this.id, tokenId });
+    this.session.accept(this.id, tokenId);
   }
 
   close(): void {

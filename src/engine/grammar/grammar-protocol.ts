@@ -1,7 +1,7 @@
 // What the inference worker (grammar-client.ts) and the grammar worker (grammar-worker.ts) share.
 //
-// Commands go by postMessage; masks come back through shared memory, so the step loop reads them
-// without waiting for a message:
+// Commands go by postMessage (the tokens of one step in one message); masks come back through shared
+// memory, so the step loop reads them without waiting for a message:
 //
 //   control  Int32Array [3]:  PROGRESS  bumped (and notified) after every mask and when a compile starts
 //                             COMPILING 1 while the grammar worker checks or compiles a grammar
@@ -50,7 +50,8 @@ export type ToGrammarWorker =
       readonly stopTokenIds: readonly number[];
       readonly shared: SharedArrayBuffer;
     }
-  | { readonly type: 'accept'; readonly id: number; readonly tokenId: number }
+  /** The tokens sampled in one step, one per matcher (pairs id, tokenId), sent together. */
+  | { readonly type: 'accept'; readonly accepted: Int32Array }
   | { readonly type: 'close'; readonly id: number };
 
 export type FromGrammarWorker =

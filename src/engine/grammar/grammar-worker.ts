@@ -193,7 +193,8 @@ port.on('message', (msg: ToGrammarWorker) => {
       case 'open':
         return open(msg);
       case 'accept':
-        return accept(msg.id, msg.tokenId);
+        for (let i = 0; i < msg.accepted.length; i += 2) await accept(msg.accepted[i]!, msg.accepted[i + 1]!);
+        return;
       case 'close':
         return close(msg.id);
     }
