@@ -1,7 +1,9 @@
 // Tool calls in chat replies (src/routes/chat-completions/tool-calls.ts): the Hermes-style parser,
 // whole and split at every character; the chat formatter's non-streamed message and its streamed
-// chunks, the latter accumulated by the official openai SDK's own stream reader; and the route with
-// the real server: tools rendered into the prompt, tool_choice 'none' and the refused choices.
+// chunks, the latter accumulated by the official openai SDK's own stream reader, and
+// parallel_tool_calls: false keeping one call; and the route with the real server: tools rendered into
+// the prompt, tool_choice 'none', and 'required' / a named function without tools refused (forced calls
+// themselves: test/structured-outputs.test.ts).
 import OpenAI from 'openai';
 import { ChatCompletionStream } from 'openai/lib/ChatCompletionStream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -98,6 +100,20 @@ describe('chat formatter with tools', () => {
     expect(plain.choices[0]?.finish_reason).toBe('stop');
   });
 
+  it('parallel_tool_calls false: one call is kept, whole and streamed', async () => {
+    const two = [`${CALL_A}\n`, CALL_B];
+    const whole = await chatCompletion(events(two), { ...ctx(true), maxToolCalls: 1 });
+    expect(named(whole.choices[0]?.message.tool_calls ?? [])).toEqual([['get_weather', { city: 'Paris', unit: 'celsius' }]]);
+    const all = await chatCompletion(events(two), ctx(true));
+    expect(all.choices[0]?.message.tool_calls).toHaveLength(2);
+    const deltas: unknown[] = [];
+    for await (const c of chatChunks(events(two), { ...ctx(true), maxToolCalls: 1 }, { includeUsage: false, includeProgress: false })) {
+      const delta = (c as { choices: { delta: { tool_calls?: unknown[] } }[] }).choices[0]?.delta;
+      if (delta?.tool_calls !== undefined) deltas.push(...delta.tool_calls);
+    }
+    expect(deltas).toHaveLength(1);
+  });
+
   it('streamed: the openai SDK accumulates the same message from the chunks', async () => {
     const chunks: object[] = [];
     for await (const c of chatChunks(events(REPLY), ctx(true), { includeUsage: false, includeProgress: false })) chunks.push(c);
@@ -147,12 +163,12 @@ describe('chat route with tools (real server, openai SDK)', () => {
     }
   });
 
-  it.each([['required' as const], [{ type: 'function' as const, function: { name: 'get_weather' } }]])('refuses tool_choice %j with a 400 naming tool_choice', async (choice) => {
+  it.each([['required' as const], [{ type: 'function' as const, function: { name: 'get_weather' } }]])('tool_choice %j without tools is a 400 naming tool_choice', async (choice) => {
     const err = await client.chat.completions
-      .create({ model: server.config.servedModelName, messages: [{ role: 'user', content: 'hi' }], tools, tool_choice: choice, max_tokens: 2 })
+      .create({ model: server.config.servedModelName, messages: [{ role: 'user', content: 'hi' }], tool_choice: choice, max_tokens: 2 })
       .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(OpenAI.BadRequestError);
     expect((err as InstanceType<typeof OpenAI.BadRequestError>).param).toBe('tool_choice');
-    expect((err as Error).message).toMatch(/constrained decoding/);
+    expect((err as Error).message).toMatch(/needs at least one tool/);
   });
 });

@@ -8,6 +8,7 @@ import type { ModelConfig } from './model/config.ts';
 import { kvGroupSpecs, stateTensorSpecs } from './model/layer-plan.ts';
 import { RequestState } from './request-state.ts';
 import { Scheduler } from './scheduler.ts';
+import type { TokenConstraint } from './grammar/token-constraint.ts';
 import { StepRunner, type ForwardModel, type SampledResult } from './step-runner.ts';
 import type { EngineStats, FinishReason, GenerateRequest, TokenEvent } from './types.ts';
 
@@ -47,6 +48,8 @@ export interface EngineCoreEnv {
   readonly log: (message: string) => void;
   /** Called when work that was waiting (a prefix read from disk) can go on: run steps again. */
   readonly wake?: () => void;
+  /** Grammar matchers alive in the grammar worker, null before it started (stats only). */
+  readonly grammarMatchers?: () => number | null;
 }
 
 export const ENGINE_DEFAULTS = Object.freeze({
@@ -91,10 +94,12 @@ export class EngineCore {
   private stepping = false;
   /** Aborts that arrived while a step was in flight; applied when it ends. */
   private readonly pendingAborts = new Set<string>();
+  private readonly grammarMatchers: () => number | null;
 
   constructor(model: ForwardModel, config: ModelConfig, opts: EngineCoreOptions, emit: EventSink, env: EngineCoreEnv = { modelTag: 'model', log: () => {} }) {
     this.config = config;
     this.emit = emit;
+    this.grammarMatchers = env.grammarMatchers ?? (() => null);
     const maxNumSeqs = opts.maxNumSeqs ?? ENGINE_DEFAULTS.maxNumSeqs;
     const maxBatchedTokens = opts.maxBatchedTokens ?? ENGINE_DEFAULTS.maxBatchedTokens;
     const prefillChunkTokens = Math.min(opts.prefillChunkTokens ?? ENGINE_DEFAULTS.prefillChunkTokens, maxBatchedTokens);
@@ -141,9 +146,24 @@ export class EngineCore {
     return this.scheduler.numPreemptions;
   }
 
-  /** Queues a request; throws RequestRejectedError / QueueFullError. */
-  submit(req: GenerateRequest): void {
-    this.scheduler.submit(new RequestState(req, performance.now()));
+  /**
+   * Queues a request; throws RequestRejectedError / QueueFullError. A constrained request brings its
+   * grammar matcher, which is closed when the request ends (or here, when it is refused).
+   */
+  submit(req: GenerateRequest, constraint?: TokenConstraint): void {
+    const state = new RequestState(req, performance.now());
+    try {
+      this.scheduler.submit(state);
+    } catch (err) {
+      constraint?.close();
+      throw err;
+    }
+    if (constraint !== undefined) this.runner.constrain(state.seqId, constraint);
+  }
+
+  /** Constrained requests whose next token waits for the grammar worker (nothing else to run: wait for it). */
+  get numAwaitingGrammar(): number {
+    return this.runner.numAwaitingGrammar;
   }
 
   /** Aborts a request in any state (deferred to the end of a step in flight). Unknown ids are ignored. */
@@ -171,8 +191,12 @@ export class EngineCore {
    */
   async step(): Promise<boolean> {
     if (this.stepping) throw new Error('EngineCore.step is not reentrant');
+    // Constrained tokens whose grammar mask arrived since the last step go first: their sequences
+    // decode in this step.
+    const late = this.runner.sampleHeld();
+    this.emitSampled(late, performance.now());
     const out = this.scheduler.schedule(performance.now());
-    if (out.numScheduledTokens === 0) return this.scheduler.hasPreparation;
+    if (out.numScheduledTokens === 0) return late.length > 0 || this.scheduler.hasPreparation;
     this.stepping = true;
     let sampled: SampledResult[];
     try {
@@ -200,12 +224,27 @@ export class EngineCore {
         });
       }
     }
-    for (const { request: req, token } of sampled) {
+    this.emitSampled(sampled, now);
+    this.applyPendingAborts();
+    return true;
+  }
+
+  /** Turns sampled tokens into events: stop tokens and a complete grammar finish, max_tokens too. */
+  private emitSampled(sampled: readonly SampledResult[], now: number): void {
+    for (const result of sampled) {
+      const req = result.request;
       if (req.isFinished) continue;
       if (req.firstTokenMs === null) {
         req.firstTokenMs = now;
         if (req.sampling.promptLogprobs !== null) this.emit(req.requestId, { type: 'prompt_logprobs', entries: req.promptLogprobs });
       }
+      if ('grammarEnd' in result) {
+        // A complete grammar ends the text like a stop token would; one that cannot go on is an error.
+        if (result.grammarEnd === 'complete') this.finish(req, 'stop');
+        else this.finish(req, 'error', 'the grammar admits no further token');
+        continue;
+      }
+      const token = result.token;
       if (this.runner.isStopToken(req, token.tokenId)) {
         req.stopTokenId = token.tokenId;
         this.finish(req, 'stop');
@@ -220,8 +259,6 @@ export class EngineCore {
       });
       if (req.outputTokenIds.length >= req.sampling.maxTokens) this.finish(req, 'length');
     }
-    this.applyPendingAborts();
-    return true;
   }
 
   private applyPendingAborts(): void {
@@ -261,6 +298,7 @@ export class EngineCore {
 
   stats(): EngineStats {
     const u = this.cache.usage();
+    const matchers = this.grammarMatchers();
     return {
       numRunning: this.scheduler.numRunning,
       numWaiting: this.scheduler.numWaiting,
@@ -273,6 +311,7 @@ export class EngineCore {
       spikeZeros: this.runner.spikeZeros,
       numPreemptions: this.scheduler.numPreemptions,
       spikeValues: this.runner.spikeValues,
+      ...(matchers !== null ? { grammarMatchers: matchers } : {}),
     };
   }
 }

@@ -30,6 +30,8 @@ export interface EngineOptions extends EngineCoreOptions {
   readonly weightDtype?: WeightDtype;
   /** Random weights with this raw config.json object instead of reading modelDir (benchmarks). */
   readonly randomWeightsConfig?: Record<string, unknown>;
+  /** Compiled grammars the grammar worker keeps for structured outputs (LRU; default 64). */
+  readonly grammarCacheEntries?: number;
 }
 
 const ZERO_STATS: EngineStats = Object.freeze({
@@ -240,10 +242,14 @@ export class Engine {
       case 'log':
         onLog(msg.message);
         return;
-      case 'accepted':
+      case 'accepted': {
         this.latestStats = msg.stats;
-        this.streams.get(msg.requestId)?.accept();
+        const stream = this.streams.get(msg.requestId);
+        // Nobody waits any more (the caller left while the request's grammar compiled): stop it.
+        if (stream === undefined) this.abort(msg.requestId);
+        else stream.accept();
         return;
+      }
       case 'rejected':
         this.streams.get(msg.requestId)?.reject(toError(msg.error));
         return;

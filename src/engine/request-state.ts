@@ -64,6 +64,8 @@ export class RequestState {
   /** Where this prefill snapshots the state for later requests (ascending); chunks end there. */
   snapshotPoints: SnapshotPoint[] = [];
   readonly outputTokenIds: number[] = [];
+  /** DECODING, but its last logits wait for the grammar's mask (step-runner.ts): not scheduled meanwhile. */
+  awaitingGrammar = false;
   finishReason: FinishReason | null = null;
   stopTokenId: number | null = null;
   /** Prompt logprobs gathered chunk by chunk (entry 0 is null), when sampling.promptLogprobs !== null. */

@@ -5,10 +5,12 @@
 //
 // Order of operations on the logits l (as vLLM):
 //   1. logprobs/top from the RAW model distribution: log_softmax(l)          (before anything below)
+//   1b. with a grammar (structured outputs): l[t] = -inf for every t the grammar forbids next
 //   2. l[t] += bias[t]                                                         (logit_bias)
 //   3. t seen in prompt+output: l[t] = l[t] > 0 ? l[t]/r : l[t]*r             (repetition_penalty r)
 //   4. t in output, c = count: l[t] -= c·frequency + presence                  (OpenAI penalties)
-//   5. while fewer than minTokens generated: l[stop ids and eos] = -inf
+//   5. while fewer than minTokens generated: l[stop ids and eos] = -inf (unless the grammar allows
+//      nothing else: a complete grammar wins over min_tokens)
 //   6. temperature < 1e-5 → argmax (ties → lowest id); else l /= T, then keep:
 //        top-k  : the k largest logits (ties at the k-th value broken by lower id)
 //        top-p  : the smallest prefix of the sorted survivors whose mass is ≥ top_p (mass renormalised
@@ -22,8 +24,10 @@
 // (top-k), 64 (top-p without top-k, enough for a peaked distribution; otherwise a histogram of the
 // tokens' distance from the best logit finds the nucleus in O(V) and sorts only the bin where the mass
 // crosses top_p), or the logprobs count. The vocabulary is never fully sorted. Scratch of size V is
-// allocated on the first call and reused.
+// allocated on the first call and reused. The grammar's mask and accept are the constraint's
+// (./grammar/token-constraint.ts); whether its mask is ready is the step runner's concern.
 
+import type { TokenConstraint } from './grammar/token-constraint.ts';
 import type { SamplingParams, TopLogprob } from './types.ts';
 
 export interface SampledToken {
@@ -42,7 +46,18 @@ const TOP_P_FIRST_CANDIDATES = 64;
 const NUCLEUS_BINS = 2048;
 const NUCLEUS_KEY_RANGE = 40;
 
+/** The ids that end a sequence: stop_token_ids, plus eos unless ignoreEos. */
+export function stopTokenIdsOf(params: SamplingParams, eosTokenIds: readonly number[]): number[] {
+  const stops = new Set<number>(params.stopTokenIds);
+  if (!params.ignoreEos) for (const id of eosTokenIds) stops.add(id);
+  return [...stops];
+}
+
 export class SequenceSampler {
+  /** The grammar this sequence must follow (structured outputs), or null. */
+  readonly constraint: TokenConstraint | null;
+  /** Logits [V] kept while the grammar's mask for them was not ready (step-runner.ts). */
+  heldLogits: Float32Array | null = null;
   private readonly params: SamplingParams;
   private readonly promptTokenIds: Iterable<number>;
   private readonly stopIds: ReadonlySet<number>;
@@ -61,13 +76,12 @@ export class SequenceSampler {
   private indexScratch: Int32Array | null = null; // [V] candidate ids
   private binMassScratch: Float64Array | null = null; // [NUCLEUS_BINS]
 
-  constructor(params: SamplingParams, promptTokenIds: Iterable<number>, eosTokenIds: readonly number[]) {
+  constructor(params: SamplingParams, promptTokenIds: Iterable<number>, eosTokenIds: readonly number[], constraint: TokenConstraint | null = null) {
     this.params = params;
     this.promptTokenIds = promptTokenIds;
-    const stops = new Set<number>(params.stopTokenIds);
-    if (!params.ignoreEos) for (const id of eosTokenIds) stops.add(id);
-    this.stopIds = stops;
+    this.stopIds = new Set(stopTokenIdsOf(params, eosTokenIds));
     this.rng = new Xoshiro128(params.seed);
+    this.constraint = constraint;
   }
 
   /** Whether sampling this token ends the sequence: stop_token_ids, plus eos unless ignoreEos. */
@@ -75,7 +89,10 @@ export class SequenceSampler {
     return this.stopIds.has(tokenId);
   }
 
-  /** Picks the next token from `logits` [V] (modified in place) and records it as generated. */
+  /**
+   * Picks the next token from `logits` [V] (modified in place) and records it as generated. With a
+   * constraint, its mask must be ready (poll() gave 'ready'); the token is accepted by it.
+   */
   sample(logits: Float32Array): SampledToken {
     const vocabSize = logits.length;
     const p = this.params;
@@ -87,6 +104,7 @@ export class SequenceSampler {
       }
       rawLogprobs = logSoftmaxInto(logits, this.logprobScratch);
     }
+    this.constraint?.applyMask(logits);
 
     for (const [tokenId, bias] of p.logitBias) {
       if (tokenId >= 0 && tokenId < vocabSize) logits[tokenId] = (logits[tokenId] as number) + bias;
@@ -99,12 +117,13 @@ export class SequenceSampler {
         }
       }
     }
-    if (this.numGeneratedTokens < p.minTokens) {
+    if (this.numGeneratedTokens < p.minTokens && (this.constraint === null || this.allowsNonStopToken(logits))) {
       for (const tokenId of this.stopIds) if (tokenId < vocabSize) logits[tokenId] = -Infinity;
     }
 
     const tokenId = p.temperature < GREEDY_TEMPERATURE ? argmax(logits) : this.sampleRandom(logits);
     this.record(tokenId);
+    this.constraint?.accept(tokenId);
 
     if (rawLogprobs === null || p.logprobs === null) return { tokenId };
     return {
@@ -112,6 +131,12 @@ export class SequenceSampler {
       logprob: rawLogprobs[tokenId] as number,
       top: topLogprobs(rawLogprobs, p.logprobs),
     };
+  }
+
+  /** Whether some token other than a stop token is still possible (its logit is not −∞). */
+  private allowsNonStopToken(logits: Float32Array): boolean {
+    for (let t = 0; t < logits.length; t++) if ((logits[t] as number) !== -Infinity && !this.stopIds.has(t)) return true;
+    return false;
   }
 
   private record(tokenId: number): void {

@@ -203,7 +203,7 @@ export class Scheduler {
     const step = new StepPlan(this.config.maxBatchedTokens);
     for (const req of [...this.running]) {
       if (step.budget === 0) break;
-      if ((req.status !== 'decoding' && req.status !== 'folding') || !this.running.includes(req)) continue;
+      if ((req.status !== 'decoding' && req.status !== 'folding') || req.awaitingGrammar || !this.running.includes(req)) continue;
       if (this.allocate(req, req.numComputedTokens, 1, step) === 1) step.addDecode(req);
     }
     this.admitWaiting(nowMs);
@@ -323,12 +323,20 @@ export class Scheduler {
     }
   }
 
-  /** A folding request, else the newest running request admitted after `req`; null when `req` is the newest. */
+  /**
+   * A folding request, else the newest running request admitted after `req`; null when `req` is the
+   * newest. A request holding logits for its grammar mask (structured outputs) is not taken: its
+   * sampled-but-not-yet-chosen token lives in the step runner.
+   */
   private victimFor(req: RequestState): RequestState | null {
     const folding = this.running.find((r) => r.status === 'folding' && r !== req);
     if (folding !== undefined) return folding;
-    const last = this.running[this.running.length - 1];
-    return last === undefined || last === req ? null : last;
+    for (let i = this.running.length - 1; i >= 0; i--) {
+      const r = this.running[i]!;
+      if (r === req) return null;
+      if (!r.awaitingGrammar) return r;
+    }
+    return null;
   }
 
   /** Takes a running request's memory back: a folding one finishes now, others are preempted. */
@@ -418,13 +426,9 @@ export class Scheduler {
       return;
     }
     req.finishReason = reason;
-    const foldable =
-      (reason === 'stop' || reason === 'length') &&
-      this.usesPrefixCache(req) &&
-      (req.status === 'decoding' || req.status === 'prefilling') &&
-      this.running.includes(req) &&
-      req.numComputedTokens === req.numTokens - 1;
-    if (!foldable) {
+    const ended = (reason === 'stop' || reason === 'length') && this.usesPrefixCache(req) && (req.status === 'decoding' || req.status === 'prefilling') && this.running.includes(req);
+    if (ended && req.numComputedTokens === req.numTokens) this.snapshotEnd(req); // nothing left to feed (a grammar that completed)
+    if (!ended || req.numComputedTokens !== req.numTokens - 1) {
       this.retire(req, 'finished', nowMs);
       return;
     }

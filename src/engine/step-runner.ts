@@ -2,8 +2,9 @@
 // the cache pools, calls model.run, scatters the new recurrent states and the chunk's keys/values back, and
 // samples the next token of every sequence that has consumed its whole prompt.
 //
-//   decodes:  one run, B = #decodes, T = 1 (full attention: grouped by context length, see decodeGroups)
-//   prefills: one run per chunk, B = 1, T = chunk length (allLogits when prompt logprobs are asked)
+//   one-token rows (decodes, folds, one-token prefill chunks): one run, B = #rows, T = 1 (full attention:
+//              grouped by context length, see oneTokenGroups)
+//   prefills:  one run per chunk, B = 1, T = chunk length (allLogits when prompt logprobs are asked)
 //
 // Gather (per attention layer a, per sequence b with chunk start p0 and block table pages[k]):
 //   past slots of b = its pages that start before p0, page by page: slot k·P + j ↔ position
@@ -12,7 +13,13 @@
 // Scatter: present*[a] [B, Hkv, T, d] → the pages holding positions p0 … p0+T−1 (runs of ≤ P tokens).
 // Buffers are reused between steps: their size is bounded by (max batch) × (window + chunk), never by
 // the context length (except for full attention, where the past is the context).
+//
+// Constrained sequences (structured outputs): the grammar worker computes each one's next-token mask
+// while the model runs; sampling waits for it at most MASK_WAIT_MS, and not at all while the grammar
+// worker compiles. A sequence whose mask is late keeps its logits row and waits (awaitingGrammar, the
+// scheduler skips it); sampleHeld() samples it once the mask is there. Unconstrained rows pay nothing.
 import type { BlockPool } from '../cache/block-pool.ts';
+import type { TokenConstraint } from './grammar/token-constraint.ts';
 import type { CacheManager } from '../cache/cache-manager.ts';
 import type { ModelConfig } from './model/config.ts';
 import { attentionLayerIndices } from './model/layer-plan.ts';
@@ -26,10 +33,13 @@ export interface ForwardModel {
   run(input: ForwardInput): Promise<ForwardOutput>;
 }
 
-export interface SampledResult {
-  readonly request: RequestState;
-  readonly token: SampledToken;
-}
+export type SampledResult =
+  | { readonly request: RequestState; readonly token: SampledToken }
+  /** Instead of a token: the grammar is complete (the text is done) or cannot go on. */
+  | { readonly request: RequestState; readonly grammarEnd: 'complete' | 'failed' };
+
+/** Longest wait for a grammar mask after the model ran (it is normally computed during the run). */
+const MASK_WAIT_MS = 100;
 
 /** A Float32Array / Int32Array that only grows; views of the requested length are handed out. */
 class GrowableF32 {
@@ -79,6 +89,10 @@ export class StepRunner {
   /** Pages of the model's attention layers (null without attention layers). */
   private readonly pool: BlockPool | null;
   private readonly samplers = new Map<string, SequenceSampler>();
+  /** Grammars of requests whose sampler does not exist yet. */
+  private readonly constraints = new Map<string, TokenConstraint>();
+  /** Constrained requests holding logits until their mask is ready. */
+  private readonly held = new Set<RequestState>();
   private readonly tokenBuf = new GrowableI32();
   private readonly positionBuf = new GrowableI32();
   private readonly pastPositionBuf = new GrowableI32();
@@ -103,9 +117,60 @@ export class StepRunner {
     this.valueBufs = Array.from({ length: this.numAttnLayers }, () => new GrowableF32());
   }
 
-  /** Drops the sampler of a finished or aborted request (by its seqId). */
+  /** Drops the sampler of a finished or aborted request (by its seqId), and frees its grammar matcher. */
   forget(seqId: string): void {
+    this.constraints.get(seqId)?.close();
+    this.constraints.delete(seqId);
+    this.samplers.get(seqId)?.constraint?.close();
     this.samplers.delete(seqId);
+    for (const req of this.held) if (req.seqId === seqId) this.held.delete(req);
+  }
+
+  /** The grammar a request's tokens must follow (set before its first token is sampled; by its seqId). */
+  constrain(seqId: string, constraint: TokenConstraint): void {
+    this.constraints.set(seqId, constraint);
+  }
+
+  /** Constrained requests waiting for their grammar mask. */
+  get numAwaitingGrammar(): number {
+    return this.held.size;
+  }
+
+  /** Samples the held rows whose mask has arrived (no waiting). */
+  sampleHeld(): SampledResult[] {
+    const results: SampledResult[] = [];
+    for (const req of this.held) {
+      const sampler = this.samplerFor(req);
+      const logits = sampler.heldLogits;
+      if (logits === null) continue;
+      const result = this.sampleRow(req, logits, 0);
+      if (result === null) continue;
+      sampler.heldLogits = null;
+      this.held.delete(req);
+      req.awaitingGrammar = false;
+      results.push(result);
+    }
+    return results;
+  }
+
+  /**
+   * The token of one row, or null when its grammar mask is not ready yet (the row is copied and held).
+   * `logits` is one row [V] of the model's output (modified in place).
+   */
+  private sampleRow(req: RequestState, logits: Float32Array, waitMs: number): SampledResult | null {
+    const sampler = this.samplerFor(req);
+    const constraint = sampler.constraint;
+    if (constraint !== null) {
+      const state = constraint.poll(waitMs);
+      if (state === 'pending') {
+        if (sampler.heldLogits !== logits) sampler.heldLogits = Float32Array.from(logits);
+        this.held.add(req);
+        req.awaitingGrammar = true;
+        return null;
+      }
+      if (state !== 'ready') return { request: req, grammarEnd: state };
+    }
+    return { request: req, token: sampler.sample(logits) };
   }
 
   /**
@@ -138,7 +203,7 @@ export class StepRunner {
 
   /** A decoding row samples its next token; a folding row (a finished request extending its state) does not. */
   private afterDecode(req: RequestState, logits: Float32Array): SampledResult | null {
-    return req.status === 'decoding' ? { request: req, token: this.samplerFor(req).sample(logits) } : null;
+    return req.status === 'decoding' ? this.sampleRow(req, logits, MASK_WAIT_MS) : null;
   }
 
   /**
@@ -189,7 +254,7 @@ export class StepRunner {
     if (all) this.collectPromptLogprobs(req, startPos, numTokens, logits);
     if (startPos + numTokens < req.prefillTarget || !req.samplesAfterPrefill) return null;
     const lastRow = all ? logits.subarray((numTokens - 1) * V, numTokens * V) : logits.subarray(0, V);
-    return { request: req, token: this.samplerFor(req).sample(lastRow) };
+    return this.sampleRow(req, lastRow, MASK_WAIT_MS);
   }
 
   /** Row t of the chunk's logits [T, V] predicts prompt token startPos + t + 1. */
@@ -214,7 +279,8 @@ export class StepRunner {
   private samplerFor(req: RequestState): SequenceSampler {
     let s = this.samplers.get(req.seqId);
     if (s === undefined) {
-      s = new SequenceSampler(req.sampling, req.promptTokenIds, this.config.eosTokenIds);
+      s = new SequenceSampler(req.sampling, req.promptTokenIds, this.config.eosTokenIds, this.constraints.get(req.seqId) ?? null);
+      this.constraints.delete(req.seqId);
       this.samplers.set(req.seqId, s);
     }
     return s;

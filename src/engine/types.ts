@@ -26,6 +26,36 @@ export interface SamplingParams {
   readonly ignoreEos: boolean;
 }
 
+/**
+ * A constraint on the generated text (structured outputs), compiled by XGrammar in the grammar worker
+ * (./grammar/). Schemas and grammars travel as text, the form XGrammar reads. `param` names the
+ * request field it came from, for the error when it does not compile.
+ */
+export type GrammarConstraint = { readonly param: string } & (
+  /** JSON matching this JSON Schema (no properties or items beyond those the schema names). */
+  | { readonly kind: 'json_schema'; readonly schema: string }
+  /** Any JSON object. */
+  | { readonly kind: 'json_object' }
+  /** Text matching this regular expression (XGrammar's subset: no lookaround, no backreferences). */
+  | { readonly kind: 'regex'; readonly pattern: string }
+  /** Exactly one of these strings. */
+  | { readonly kind: 'choice'; readonly choices: readonly string[] }
+  /** Text of this EBNF grammar (XGrammar's dialect, root rule `root`). */
+  | { readonly kind: 'ebnf'; readonly grammar: string }
+  /**
+   * One or more blocks `begin + JSON + end` joined by `separator` (tool calls in the chat template's
+   * format), each JSON matching `schema`; at most one block unless `multiple`.
+   */
+  | {
+      readonly kind: 'tagged_json';
+      readonly begin: string;
+      readonly end: string;
+      readonly separator: string;
+      readonly schema: string;
+      readonly multiple: boolean;
+    }
+);
+
 export interface GenerateRequest {
   /** Unique per engine; the server derives it from the HTTP request id (plus choice index for n > 1). */
   readonly requestId: string;
@@ -45,6 +75,8 @@ export interface GenerateRequest {
    * snapshot, so the prompt is computed once for all choices.
    */
   readonly forkOf?: string;
+  /** Constrain the output to this grammar; the request waits (not yet queued) while it compiles. */
+  readonly constraint?: GrammarConstraint;
 }
 
 /**
@@ -117,4 +149,6 @@ export interface EngineStats {
   /** Requests preempted since start (a full-attention pool ran out; they recomputed). Cumulative. */
   readonly numPreemptions: number;
   readonly spikeValues: number;
+  /** Grammar matchers held (one per constrained request, queued or running); absent before the first. */
+  readonly grammarMatchers?: number;
 }

@@ -4,12 +4,15 @@
 import { basename, dirname } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { EngineCore } from './engine-core.ts';
-import { EngineError, RequestRejectedError } from './errors.ts';
+import { EngineError, EngineUnavailableError, RequestRejectedError } from './errors.ts';
+import { GrammarClient, type RemoteMatcher } from './grammar/grammar-client.ts';
 import { parseModelConfig } from './model/config.ts';
 import type { Checkpoint } from './model/checkpoint.ts';
 import { openCheckpoint } from './model/hf-checkpoint.ts';
 import { Model, type ModelLoadOptions } from './model/model.ts';
 import { randomCheckpoint } from './model/random-checkpoint.ts';
+import { stopTokenIdsOf } from './sampler.ts';
+import type { GenerateRequest } from './types.ts';
 import type { FromWorker, RoutedEvent, ToWorker, WireError, WorkerInit } from './worker-protocol.ts';
 
 const port = parentPort;
@@ -56,6 +59,13 @@ async function loadModel(): Promise<Model> {
 let pending: RoutedEvent[] = [];
 let model: Model;
 let core: EngineCore;
+let grammar: GrammarClient;
+let shuttingDown = false;
+
+/** Default bound of the grammar worker's compiled-grammar cache (EngineOptions.grammarCacheEntries). */
+const GRAMMAR_CACHE_ENTRIES = 64;
+/** How long a step loop with only grammar-held sequences sleeps before looking again. */
+const GRAMMAR_WAIT_MS = 1000;
 
 function flush(): void {
   const events = pending;
@@ -72,8 +82,15 @@ async function loop(): Promise<void> {
   looping = true;
   try {
     while (core.hasWork) {
-      // Nothing schedulable (cannot happen with reservations, but never spin): wait for a message.
-      if (!(await core.step())) break;
+      if (!(await core.step())) {
+        // Only sequences waiting for a grammar mask (the grammar worker compiles): wait for its progress.
+        if (core.numAwaitingGrammar > 0) {
+          await grammar.whenProgress(GRAMMAR_WAIT_MS);
+          continue;
+        }
+        // Nothing schedulable (cannot happen with reservations, but never spin): wait for a message.
+        break;
+      }
       flush();
       // Let submit/abort messages in between two steps.
       await new Promise<void>((resolve) => setImmediate(resolve));
@@ -83,23 +100,43 @@ async function loop(): Promise<void> {
   }
 }
 
+/** Queues a request (with its grammar matcher, when constrained) and answers accepted or rejected. */
+function submit(request: GenerateRequest, matcher?: RemoteMatcher): void {
+  try {
+    core.submit(request, matcher);
+  } catch (err) {
+    post({ type: 'rejected', requestId: request.requestId, error: wireError(err) });
+    return;
+  }
+  post({ type: 'accepted', requestId: request.requestId, stats: core.stats() });
+  if (!looping) currentLoop = loop().catch(fatal);
+}
+
 function onMessage(msg: ToWorker): void {
   switch (msg.type) {
-    case 'submit':
-      try {
-        core.submit(msg.request);
-      } catch (err) {
-        post({ type: 'rejected', requestId: msg.request.requestId, error: wireError(err) });
+    case 'submit': {
+      const request = msg.request;
+      if (request.constraint === undefined) {
+        submit(request);
         return;
       }
-      post({ type: 'accepted', requestId: msg.request.requestId, stats: core.stats() });
-      if (!looping) currentLoop = loop().catch(fatal);
+      // The grammar compiles in the grammar worker first (a bad one is rejected: a 400 before any event).
+      grammar.open(request.constraint, stopTokenIdsOf(request.sampling, model.config.eosTokenIds)).then(
+        (matcher) => {
+          if (!shuttingDown) return submit(request, matcher);
+          matcher.close();
+          post({ type: 'rejected', requestId: request.requestId, error: wireError(new EngineUnavailableError('the engine is shutting down')) });
+        },
+        (err: unknown) => post({ type: 'rejected', requestId: request.requestId, error: wireError(err) }),
+      );
       return;
+    }
     case 'abort':
       core.abort(msg.requestId); // deferred to the end of a step in flight
       flush();
       return;
     case 'shutdown':
+      shuttingDown = true;
       core.abortAll();
       flush();
       // A step may be in flight (Model.run yields before its native call): let it end and release the
@@ -108,6 +145,7 @@ function onMessage(msg: ToWorker): void {
         .catch(() => undefined)
         .then(() => core.flushSnapshots())
         .then(() => model.close())
+        .then(() => grammar.close())
         .finally(() => post({ type: 'closed' }));
       return;
   }
@@ -120,7 +158,15 @@ function fatal(err: unknown): void {
 
 try {
   model = await loadModel();
+  grammar = new GrammarClient({
+    modelDir: init.modelDir,
+    vocabSize: model.config.vocabSize,
+    eosTokenIds: model.config.eosTokenIds,
+    cacheEntries: init.grammarCacheEntries ?? GRAMMAR_CACHE_ENTRIES,
+    log: (message) => post({ type: 'log', message }),
+  });
   core = new EngineCore(model, model.config, init, (requestId, event) => pending.push({ requestId, event }), {
+    grammarMatchers: () => grammar.numMatchers,
     // The built-model folder names checkpoint, builder version and graph variant: disk snapshots are per build.
     modelTag: basename(dirname(model.modelPath)),
     log: (message) => post({ type: 'log', message }),

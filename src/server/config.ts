@@ -40,6 +40,7 @@ export interface ServerConfig {
   readonly cacheDir?: string;
   readonly threads?: number;
   readonly decodeThreads?: number;
+  readonly grammarCacheEntries?: number;
   readonly logLevel: LogLevel;
   /** Interval of SSE `: keep-alive` comments while nothing else is sent (≤ 10). */
   readonly keepaliveSeconds: number;
@@ -86,6 +87,7 @@ export const FLAGS: readonly FlagSpec[] = [
   { flag: 'cache-dir', kind: 'string', help: 'where built ONNX graphs are cached' },
   { flag: 'threads', kind: 'int', min: 1, help: 'onnxruntime intra-op threads' },
   { flag: 'decode-threads', kind: 'int', min: 1, help: 'threads of a second session for steps of ≤ 4 tokens (1 wins on small models; costs a second copy of the weights)', defaultText: 'unset: one session' },
+  { flag: 'grammar-cache-entries', kind: 'int', min: 1, help: 'compiled grammars kept for structured outputs (LRU)', defaultText: '64' },
   { flag: 'log-level', kind: 'enum', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], help: 'pino log level', defaultText: 'info' },
   { flag: 'keepalive-seconds', kind: 'number', min: 0.001, max: 10, help: 'SSE keep-alive comment interval while nothing else is sent', defaultText: '5' },
 ];
@@ -199,6 +201,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     ['max-queue', 'maxQueue'],
     ['threads', 'threads'],
     ['decode-threads', 'decodeThreads'],
+    ['grammar-cache-entries', 'grammarCacheEntries'],
   ] as const;
   for (const [flag, key] of optionalInts) {
     const v = num(flag);

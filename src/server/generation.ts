@@ -22,7 +22,7 @@
 // drain throws the drain's 503. Leaving the loop early (client gone) aborts every choice, and the
 // iterator's return() resolves only once every engine stream has ended, so its resources are free.
 import { IncrementalDetokenizer, StopStringMatcher } from '../engine/detokenizer.ts';
-import type { PromptLogprobEntry, PromptTokenIds, SamplingParams, TokenEvent, TopLogprob } from '../engine/types.ts';
+import type { GrammarConstraint, PromptLogprobEntry, PromptTokenIds, SamplingParams, TokenEvent, TopLogprob } from '../engine/types.ts';
 import { ApiError, UnavailableError } from './errors.ts';
 import type { EnginePort, MetricsPort, TokenizerPort } from './ports.ts';
 
@@ -37,6 +37,8 @@ export interface GenerationSpec {
   readonly reportProgress: boolean;
   /** Leading prompt tokens later prompts are likely to share (GenerateRequest.sharedPrefixTokens). */
   readonly sharedPrefixTokens?: number;
+  /** Structured outputs: every choice's text follows this grammar. */
+  readonly constraint?: GrammarConstraint;
 }
 
 export interface GeneratedToken {
@@ -140,6 +142,7 @@ export async function* runGeneration(deps: GenerationDeps, spec: GenerationSpec,
           ...(spec.sharedPrefixTokens !== undefined ? { sharedPrefixTokens: spec.sharedPrefixTokens } : {}),
           // Choices after the first resume from the first one's prefill: the prompt is computed once.
           ...(index > 0 ? { forkOf: ids[0]! } : {}),
+          ...(spec.constraint !== undefined ? { constraint: spec.constraint } : {}),
         },
         choiceSignal,
       );

@@ -20,6 +20,8 @@ export interface ChatFormatContext extends StreamIdentity {
   readonly tokenText: TokenText;
   /** The request offered tools (and tool_choice is not 'none'): parse replies for tool calls. */
   readonly parseToolCalls: boolean;
+  /** Most calls kept per reply (parallel_tool_calls: false → 1); later ones are dropped. Unset: all. */
+  readonly maxToolCalls?: number | null;
 }
 
 type ChatFinishReason = FinishReasonOut | 'tool_calls';
@@ -45,7 +47,8 @@ export async function chatCompletion(events: AsyncIterable<GenerationEvent>, ctx
     }
   }
   const choices = texts.map((text, index) => {
-    const { content, calls } = ctx.parseToolCalls ? parseToolCalls(text) : { content: text, calls: [] };
+    const { content, calls: all } = ctx.parseToolCalls ? parseToolCalls(text) : { content: text, calls: [] };
+    const calls = ctx.maxToolCalls === undefined || ctx.maxToolCalls === null ? all : all.slice(0, ctx.maxToolCalls);
     return {
       index,
       message: { role: 'assistant' as const, content, ...(calls.length > 0 ? { tool_calls: calls } : {}) },
@@ -85,6 +88,7 @@ export async function* chatChunks(events: AsyncIterable<GenerationEvent>, ctx: C
     }
     for (const call of calls) {
       const k = callsSent.get(index) ?? 0;
+      if (ctx.maxToolCalls !== undefined && ctx.maxToolCalls !== null && k >= ctx.maxToolCalls) break;
       callsSent.set(index, k + 1);
       yield chunk([{ index, delta: { tool_calls: [{ index: k, ...call }] }, logprobs: null, finish_reason: null }]);
     }

@@ -6,11 +6,13 @@ import { InvalidRequestError } from '../../server/errors.ts';
 import type { GenerationSpec } from '../../server/generation.ts';
 import type { EnginePort } from '../../server/ports.ts';
 import { prepareGeneration } from '../common/prepare-generation.ts';
+import { outputConstraint } from '../common/structured-output.ts';
 import { checkModel } from '../common/usage.ts';
 import type { StreamOptions } from '../common/stream-chunks.ts';
 import type { ChatFormatContext } from './format.ts';
 import { chatPromptTokens, endOfTurnTokenIds, sharedPrefixTokens } from './prompt.ts';
 import type { ChatCompletionRequest } from './schema.ts';
+import { planTools } from './tool-choice.ts';
 
 export interface PreparedChat {
   readonly engine: EnginePort;
@@ -26,14 +28,13 @@ export async function prepareChat(app: FastifyInstance, body: ChatCompletionRequ
   if (body.top_logprobs !== undefined && body.top_logprobs !== null && body.top_logprobs > 0 && body.logprobs !== true) {
     throw new InvalidRequestError("'top_logprobs' needs 'logprobs': true", 'top_logprobs');
   }
-  const choice = body.tool_choice ?? 'auto';
-  if (choice === 'required' || typeof choice === 'object') {
-    throw new InvalidRequestError(
-      "tool_choice 'required' or a named function needs constrained decoding, which this server does not do; use 'auto' (the model decides) or 'none'",
-      'tool_choice',
-    );
+  const toolPlan = planTools(body);
+  const formatConstraint = outputConstraint(body);
+  if (toolPlan.constraint !== undefined && formatConstraint !== undefined) {
+    throw new InvalidRequestError(`a forced tool call (tool_choice ${JSON.stringify(body.tool_choice)}) cannot be combined with '${formatConstraint.param}'`, 'tool_choice');
   }
-  const tools = choice === 'none' || body.tools === undefined || body.tools === null || body.tools.length === 0 ? null : body.tools;
+  const constraint = toolPlan.constraint ?? formatConstraint;
+  const tools = toolPlan.promptTools;
   const addGenerationPrompt = body.add_generation_prompt ?? true;
   const promptTokenIds = await chatPromptTokens(app, {
     messages: body.messages,
@@ -53,8 +54,14 @@ export async function prepareChat(app: FastifyInstance, body: ChatCompletionRequ
   const shared = sharedPrefixTokens(app, promptTokenIds, addGenerationPrompt);
   return {
     engine,
-    spec: shared === undefined ? spec : { ...spec, sharedPrefixTokens: shared },
-    format: { ...identity, promptTokens: promptTokenIds.length, withLogprobs: logprobs !== null, parseToolCalls: tools !== null },
+    spec: { ...spec, ...(shared !== undefined ? { sharedPrefixTokens: shared } : {}), ...(constraint !== undefined ? { constraint } : {}) },
+    format: {
+      ...identity,
+      promptTokens: promptTokenIds.length,
+      withLogprobs: logprobs !== null,
+      parseToolCalls: toolPlan.parseToolCalls,
+      maxToolCalls: toolPlan.maxToolCalls,
+    },
     streamOptions,
     stream,
   };

@@ -3,6 +3,7 @@
 // OpenAI clients send many (parallel_tool_calls, metadata, …).
 import { Type, type Static } from 'typebox';
 import { MAX_TOP_LOGPROBS, samplingFields } from '../common/sampling.ts';
+import { structuredOutputFields } from '../common/structured-output.ts';
 import { ChatLogprobsSchema, generationResponseSchema } from '../common/wire-schemas.ts';
 
 // Parts other than text are refused by the chat template with a 400 naming the message.
@@ -26,8 +27,8 @@ export const ChatCompletionRequest = Type.Object({
   tools: Type.Optional(Type.Union([Type.Array(Type.Record(Type.String(), Type.Unknown())), Type.Null()])),
   /**
    * 'auto' (the default with tools): replies are parsed for tool calls; 'none': tools are left out of
-   * the prompt and replies are plain text. 'required' and a named function need constrained decoding,
-   * which spikeserve does not do: refused with a 400.
+   * the prompt and replies are plain text; 'required' and a named function force calls through a
+   * grammar (tool-choice.ts).
    */
   tool_choice: Type.Optional(
     Type.Union([
@@ -36,9 +37,10 @@ export const ChatCompletionRequest = Type.Object({
       Type.Null(),
     ]),
   ),
+  /** false: at most one tool call per reply. */
+  parallel_tool_calls: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
   add_generation_prompt: Type.Optional(Type.Boolean()),
-  /** Only plain text: there is no constrained (JSON) decoding. */
-  response_format: Type.Optional(Type.Union([Type.Object({ type: Type.Literal('text') }), Type.Null()])),
+  ...structuredOutputFields,
   chat_template_kwargs: Type.Optional(Type.Union([Type.Record(Type.String(), Type.Unknown()), Type.Null()])),
 });
 export type ChatCompletionRequest = Static<typeof ChatCompletionRequest>;

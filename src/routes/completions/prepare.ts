@@ -7,6 +7,7 @@ import { InvalidRequestError } from '../../server/errors.ts';
 import type { GenerationSpec } from '../../server/generation.ts';
 import type { EnginePort } from '../../server/ports.ts';
 import { prepareGeneration } from '../common/prepare-generation.ts';
+import { outputConstraint } from '../common/structured-output.ts';
 import type { StreamOptions } from '../common/stream-chunks.ts';
 import { checkModel } from '../common/usage.ts';
 import type { CompletionFormatContext } from './format.ts';
@@ -54,6 +55,7 @@ export async function prepareCompletion(app: FastifyInstance, body: CompletionRe
   if (body.best_of !== undefined && body.best_of !== null && body.best_of !== n) {
     throw new InvalidRequestError("'best_of' is not supported (only best_of = n)", 'best_of');
   }
+  const constraint = outputConstraint(body);
   const { ids, text } = await promptTokens(app, body, engine.config.vocabSize);
   if (ids.length === 0) throw new InvalidRequestError('the prompt is empty', 'prompt');
   const echo = body.echo === true;
@@ -67,7 +69,7 @@ export async function prepareCompletion(app: FastifyInstance, body: CompletionRe
   });
   return {
     engine,
-    spec,
+    spec: constraint === undefined ? spec : { ...spec, constraint },
     format: { ...identity, promptTokenIds: ids, promptText: text, echo, logprobs },
     streamOptions,
     stream,

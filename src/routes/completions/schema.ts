@@ -2,6 +2,7 @@
 // of token ids, or a one-element list of either (batched prompts are not supported).
 import { Type, type Static } from 'typebox';
 import { MAX_TOP_LOGPROBS, samplingFields } from '../common/sampling.ts';
+import { structuredOutputFields } from '../common/structured-output.ts';
 import { generationResponseSchema, LegacyLogprobsSchema } from '../common/wire-schemas.ts';
 
 // A string or a non-empty list; the list's shape (token ids, or one string / one id list) is
@@ -17,6 +18,7 @@ export const CompletionRequest = Type.Object({
   suffix: Type.Optional(Type.Null()),
   best_of: Type.Optional(Type.Union([Type.Integer({ minimum: 1, maximum: 16 }), Type.Null()])),
   add_special_tokens: Type.Optional(Type.Boolean()),
+  ...structuredOutputFields,
 });
 export type CompletionRequest = Static<typeof CompletionRequest>;
 
