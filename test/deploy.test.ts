@@ -432,7 +432,7 @@ const HISTOGRAMS = [
   'request_queue_time_seconds', 'request_prefill_time_seconds', 'request_decode_time_seconds',
 ];
 const GAUGES = [
-  'num_requests_running', 'num_requests_waiting', 'kv_cache_usage_perc', 'kv_pages_used', 'kv_pages_total',
+  'num_requests_running', 'num_requests_waiting', 'kv_cache_usage_perc', 'kv_pages_used', 'kv_pages_capacity',
   'recurrent_state_bytes', 'prefill_tokens_per_second',
 ];
 const COUNTERS = ['prompt_tokens_total', 'generation_tokens_total', 'request_success_total', 'prefix_cache_queries_total', 'prefix_cache_hits_total', 'spike_zeros_total', 'spike_values_total'];

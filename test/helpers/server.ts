@@ -81,7 +81,7 @@ export interface TestServer {
   readonly tokenizer: TextTokenizer;
   readonly config: ServerConfig;
   readonly metrics: ServerMetrics;
-  /** Base URL once listen() was called. */
+  /** Base URL once listen() was called (a second call returns the same). */
   url: string;
   listen(): Promise<string>;
   close(): Promise<void>;
@@ -122,6 +122,7 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
     metrics,
     url: '',
     async listen() {
+      if (server.url !== '') return server.url;
       await app.listen({ host: '127.0.0.1', port: 0 });
       server.url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
       return server.url;
