@@ -100,7 +100,7 @@ describe('chat formatter with tools', () => {
 
   it('streamed: the openai SDK accumulates the same message from the chunks', async () => {
     const chunks: object[] = [];
-    for await (const c of chatChunks(events(REPLY), ctx(true), { includeUsage: false, includeProgress: false })) chunks.push(c);
+    for await (const c of chatChunks(events(REPLY), ctx(true), { includeUsage: false, includeProgress: false, returnProgress: false })) chunks.push(c);
     const body = new ReadableStream<Uint8Array>({
       start(controller) {
         for (const c of chunks) controller.enqueue(new TextEncoder().encode(`${JSON.stringify(c)}\n`));
