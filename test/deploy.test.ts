@@ -1,5 +1,6 @@
 // Static checks of the deployment files: Dockerfile, Helm chart, Grafana dashboard.
-// YAML is read with the yaml package. No docker, helm or Prometheus binary is needed: each check is a pure function over file text
+// YAML is read with the yaml package, PromQL with Prometheus's grammar (@prometheus-io/lezer-promql).
+// No docker, helm or Prometheus binary is needed: each check is a pure function over file text
 // that returns a list of problems, run once on the real files (expect none) and once on a
 // deliberately broken sample (expect the problem to be found), so a checker that can never fail
 // is itself caught.
@@ -7,6 +8,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { parser as promqlParser } from '@prometheus-io/lezer-promql';
 import { parse as parseYaml } from 'yaml';
 import { FLAGS, envName } from '../src/server/config.ts';
 import { METRIC_PREFIX, ServerMetrics } from '../src/server/metrics.ts';
@@ -450,6 +452,32 @@ interface Dashboard {
   templating?: { list?: { name?: string; type?: string; query?: unknown; definition?: string }[] };
 }
 
+/**
+ * One dashboard query through Prometheus's own PromQL grammar (@prometheus-io/lezer-promql): its
+ * syntax errors, the metric names it selects, and those a histogram_quantile reads. Grafana's
+ * interval variables become a duration first, and a variable's `label_values(selector, label)` (a
+ * Grafana function, not PromQL) is read as its selector.
+ */
+function promql(expr: string): { errors: string[]; names: string[]; quantileNames: string[] } {
+  const text = (/^\s*label_values\((.*),\s*\w+\s*\)\s*$/s.exec(expr)?.[1] ?? expr).replace(/\$__(rate_interval|interval|range)\b/g, '5m');
+  const errors: string[] = [];
+  const names: string[] = [];
+  const quantileNames: string[] = [];
+  const quantileCalls: { from: number; to: number }[] = [];
+  promqlParser.parse(text).iterate({
+    enter: (n) => {
+      if (n.type.isError) errors.push(`PromQL syntax error at ${JSON.stringify(text.slice(n.from, n.from + 24) || '(end)')}`);
+      else if (n.name === 'FunctionCall' && /^histogram_quantile\b/.test(text.slice(n.from, n.to))) quantileCalls.push({ from: n.from, to: n.to });
+      else if (n.name === 'Identifier' && n.node.parent?.name === 'VectorSelector') {
+        const name = text.slice(n.from, n.to);
+        names.push(name);
+        if (quantileCalls.some((c) => n.from >= c.from && n.to <= c.to)) quantileNames.push(name);
+      }
+    },
+  });
+  return { errors, names, quantileNames };
+}
+
 /** Metric names (base names, histogram suffixes removed) the dashboard's queries read, and problems. */
 function dashboardMetrics(dashboard: Dashboard): { used: Set<string>; errors: string[] } {
   const errors: string[] = [];
@@ -468,8 +496,13 @@ function dashboardMetrics(dashboard: Dashboard): { used: Set<string>; errors: st
   for (const v of variables) if (v.definition !== undefined) queries.push({ where: `variable ${v.name ?? '?'}`, expr: v.definition });
 
   for (const { where, expr } of queries) {
-    if (expr.trim() === '') errors.push(`${where}: empty query`);
-    for (const [name] of expr.matchAll(/\b[a-zA-Z_][a-zA-Z0-9_]*:[a-zA-Z0-9_:]+/g)) {
+    if (expr.trim() === '') {
+      errors.push(`${where}: empty query`);
+      continue;
+    }
+    const parsed = promql(expr);
+    for (const e of parsed.errors) errors.push(`${where}: ${e}`);
+    for (const name of parsed.names) {
       if (!name.startsWith('spikeserve:')) {
         errors.push(`${where}: ${name} is not a spikeserve: metric`);
         continue;
@@ -482,9 +515,7 @@ function dashboardMetrics(dashboard: Dashboard): { used: Set<string>; errors: st
       else if (GAUGES.includes(metric) || COUNTERS.includes(metric)) used.add(metric);
       else errors.push(`${where}: ${name} is not a spikeserve metric`);
     }
-    for (const m of expr.matchAll(/histogram_quantile\([^,]+,([^]*?)\)\s*$/g)) {
-      if (!/_bucket\b/.test(m[1] as string)) errors.push(`${where}: histogram_quantile over something other than _bucket`);
-    }
+    if (parsed.quantileNames.some((name) => !name.endsWith('_bucket'))) errors.push(`${where}: histogram_quantile over something other than _bucket`);
   }
   if (typeof dashboard.schemaVersion !== 'number' || dashboard.schemaVersion < 36) errors.push('schemaVersion missing or older than 36');
   return { used, errors };
@@ -522,6 +553,8 @@ describe('Grafana dashboard', () => {
         { type: 'row', title: 'row', panels: [{ type: 'timeseries', title: 'typo', datasource: { uid: '${datasource}' }, targets: [{ expr: 'rate(spikeserve:prompt_token_total[5m])' }] }] },
         { type: 'timeseries', title: 'raw histogram', datasource: { uid: '${datasource}' }, targets: [{ expr: 'spikeserve:time_to_first_token_seconds' }] },
         { type: 'timeseries', title: 'empty', datasource: { uid: '${datasource}' }, targets: [] },
+        { type: 'timeseries', title: 'unclosed', datasource: { uid: '${datasource}' }, targets: [{ expr: 'rate(spikeserve:prompt_tokens_total[$__rate_interval]' }] },
+        { type: 'timeseries', title: 'quantile', datasource: { uid: '${datasource}' }, targets: [{ expr: 'histogram_quantile(0.9, rate(spikeserve:time_to_first_token_seconds_sum[5m]))' }] },
       ],
     };
     expect(dashboardMetrics(broken).errors).toEqual([
@@ -532,6 +565,8 @@ describe('Grafana dashboard', () => {
       'panel "vllm": vllm:num_requests_waiting is not a spikeserve: metric',
       'panel "typo": spikeserve:prompt_token_total is not a spikeserve metric',
       'panel "raw histogram": spikeserve:time_to_first_token_seconds is a histogram; query _bucket, _sum or _count',
+      'panel "unclosed": PromQL syntax error at "(end)"',
+      'panel "quantile": histogram_quantile over something other than _bucket',
       'schemaVersion missing or older than 36',
     ]);
   });
