@@ -45,7 +45,7 @@ async function ask(page: Page, text: string): Promise<void> {
   const before = await page.locator('.msg.assistant').count();
   await page.fill('#input', text);
   await page.click('#send');
-  await page.waitForSelector(`.msg.assistant >> nth=${before}`);
+  await page.waitForSelector(`.msg.assistant >> nth=${before}`, { state: 'attached' }); // hidden while empty
 }
 
 /** Waits until the last answer has ended (done, stopped or error) and returns its state. */
