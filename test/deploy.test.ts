@@ -1,4 +1,5 @@
 // Static checks of the deployment files: Dockerfile, Helm chart, Grafana dashboard.
+// YAML is read with the yaml package, PromQL with Prometheus's grammar (@prometheus-io/lezer-promql).
 // No docker, helm or Prometheus binary is needed: each check is a pure function over file text
 // that returns a list of problems, run once on the real files (expect none) and once on a
 // deliberately broken sample (expect the problem to be found), so a checker that can never fail
@@ -7,18 +8,26 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { parser as promqlParser } from '@prometheus-io/lezer-promql';
+import { parse as parseYaml } from 'yaml';
 import { FLAGS, envName } from '../src/server/config.ts';
 import { METRIC_PREFIX, ServerMetrics } from '../src/server/metrics.ts';
 import { schemaErrors } from './helpers/json-schema.ts';
-import { parseYamlSubset, YamlSubsetError, type YamlValue } from './helpers/yaml-subset.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CHART = join(ROOT, 'deploy/helm/spikeserve');
 const read = (path: string): string => readFileSync(join(ROOT, path), 'utf8');
-const readYaml = (path: string): YamlValue => parseYamlSubset(read(path));
 
+type YamlValue = null | boolean | number | string | YamlValue[] | { [key: string]: YamlValue };
 type YamlMap = { [key: string]: YamlValue };
 const isMap = (v: YamlValue | undefined): v is YamlMap => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/**
+ * A values file as Helm reads it: Helm parses YAML with go-yaml, whose YAML 1.1 schema takes
+ * `yes`/`no`/`on`/`off` for booleans, so the yaml package reads 1.1 too; a duplicate key is an error.
+ */
+const parseValues = (text: string): YamlValue => parseYaml(text, { version: '1.1', strict: true, uniqueKeys: true }) as YamlValue;
+const readYaml = (path: string): YamlValue => parseValues(read(path));
 
 /** Helm's merge of user values over the chart's: maps merge key by key, null deletes a key. */
 function coalesce(defaults: YamlValue, overrides: YamlValue): YamlValue {
@@ -32,59 +41,10 @@ function coalesce(defaults: YamlValue, overrides: YamlValue): YamlValue {
 }
 
 // ---------------------------------------------------------------------------------------------
-describe('YAML subset parser', () => {
-  it('reads the constructs the values files use', () => {
-    const text = [
-      '# comment',
-      'a: 1',
-      'b: "two # not a comment"   # a comment',
-      "c: 'it''s'",
-      'd:',
-      '  e: [] ',
-      '  f: {}',
-      '  g: null',
-      '  h: -1.5e3',
-      'list:',
-      '  - plain --flag=x',
-      '  - name: x',
-      '    value: "y"',
-      '  - - nested',
-      'same-indent:',
-      '- true',
-      '- ~',
-      'url: http://host:9090/path',
-      'empty:',
-      'k8s.io/label: v',
-    ].join('\n');
-    expect(parseYamlSubset(text)).toEqual({
-      a: 1,
-      b: 'two # not a comment',
-      c: "it's",
-      d: { e: [], f: {}, g: null, h: -1500 },
-      list: ['plain --flag=x', { name: 'x', value: 'y' }, ['nested']],
-      'same-indent': [true, null],
-      url: 'http://host:9090/path',
-      empty: null,
-      'k8s.io/label': 'v',
-    });
-  });
-
-  it.each([
-    ['anchor', 'a: &x 1'],
-    ['alias', 'a: *x'],
-    ['block scalar', 'a: |\n  text'],
-    ['flow mapping', 'a: {b: 1}'],
-    ['flow sequence', 'a: [1, 2]'],
-    ['tab indentation', 'a:\n\tb: 1'],
-    ['duplicate key', 'a: 1\na: 2'],
-    ['YAML 1.1 boolean', 'a: yes'],
-    ['bad indentation', 'a:\n    b: 1\n  c: 2'],
-    ['key after a nested sequence', 'a:\n  - x\n  y: 1'],
-    ['nested colon', 'a: b: c'],
-    ['unterminated quote', 'a: "b'],
-    ['second document', 'a: 1\n---\nb: 2'],
-  ])('refuses %s', (_name, text) => {
-    expect(() => parseYamlSubset(text)).toThrow(YamlSubsetError);
+describe('values files are read as Helm reads them', () => {
+  it('YAML 1.1 scalars, flow collections and block scalars; a duplicate key is an error', () => {
+    expect(parseValues('a: yes\nb: off\nc: [x, {d: 1}]\ne: |\n  two\n  lines\nf: ~\n')).toEqual({ a: true, b: false, c: ['x', { d: 1 }], e: 'two\nlines\n', f: null });
+    expect(() => parseValues('a: 1\na: 2')).toThrow(/unique|duplicate/i);
   });
 });
 
@@ -474,7 +434,7 @@ const HISTOGRAMS = [
   'request_queue_time_seconds', 'request_prefill_time_seconds', 'request_decode_time_seconds',
 ];
 const GAUGES = [
-  'num_requests_running', 'num_requests_waiting', 'kv_cache_usage_perc', 'kv_pages_used', 'kv_pages_total',
+  'num_requests_running', 'num_requests_waiting', 'kv_cache_usage_perc', 'kv_pages_used', 'kv_pages_capacity',
   'recurrent_state_bytes', 'prefill_tokens_per_second',
 ];
 const COUNTERS = ['prompt_tokens_total', 'generation_tokens_total', 'request_success_total', 'prefix_cache_queries_total', 'prefix_cache_hits_total', 'spike_zeros_total', 'spike_values_total', 'num_preemptions_total'];
@@ -490,6 +450,32 @@ interface Dashboard {
   schemaVersion?: number;
   panels?: Panel[];
   templating?: { list?: { name?: string; type?: string; query?: unknown; definition?: string }[] };
+}
+
+/**
+ * One dashboard query through Prometheus's own PromQL grammar (@prometheus-io/lezer-promql): its
+ * syntax errors, the metric names it selects, and those a histogram_quantile reads. Grafana's
+ * interval variables become a duration first, and a variable's `label_values(selector, label)` (a
+ * Grafana function, not PromQL) is read as its selector.
+ */
+function promql(expr: string): { errors: string[]; names: string[]; quantileNames: string[] } {
+  const text = (/^\s*label_values\((.*),\s*\w+\s*\)\s*$/s.exec(expr)?.[1] ?? expr).replace(/\$__(rate_interval|interval|range)\b/g, '5m');
+  const errors: string[] = [];
+  const names: string[] = [];
+  const quantileNames: string[] = [];
+  const quantileCalls: { from: number; to: number }[] = [];
+  promqlParser.parse(text).iterate({
+    enter: (n) => {
+      if (n.type.isError) errors.push(`PromQL syntax error at ${JSON.stringify(text.slice(n.from, n.from + 24) || '(end)')}`);
+      else if (n.name === 'FunctionCall' && /^histogram_quantile\b/.test(text.slice(n.from, n.to))) quantileCalls.push({ from: n.from, to: n.to });
+      else if (n.name === 'Identifier' && n.node.parent?.name === 'VectorSelector') {
+        const name = text.slice(n.from, n.to);
+        names.push(name);
+        if (quantileCalls.some((c) => n.from >= c.from && n.to <= c.to)) quantileNames.push(name);
+      }
+    },
+  });
+  return { errors, names, quantileNames };
 }
 
 /** Metric names (base names, histogram suffixes removed) the dashboard's queries read, and problems. */
@@ -510,8 +496,13 @@ function dashboardMetrics(dashboard: Dashboard): { used: Set<string>; errors: st
   for (const v of variables) if (v.definition !== undefined) queries.push({ where: `variable ${v.name ?? '?'}`, expr: v.definition });
 
   for (const { where, expr } of queries) {
-    if (expr.trim() === '') errors.push(`${where}: empty query`);
-    for (const [name] of expr.matchAll(/\b[a-zA-Z_][a-zA-Z0-9_]*:[a-zA-Z0-9_:]+/g)) {
+    if (expr.trim() === '') {
+      errors.push(`${where}: empty query`);
+      continue;
+    }
+    const parsed = promql(expr);
+    for (const e of parsed.errors) errors.push(`${where}: ${e}`);
+    for (const name of parsed.names) {
       if (!name.startsWith('spikeserve:')) {
         errors.push(`${where}: ${name} is not a spikeserve: metric`);
         continue;
@@ -524,9 +515,7 @@ function dashboardMetrics(dashboard: Dashboard): { used: Set<string>; errors: st
       else if (GAUGES.includes(metric) || COUNTERS.includes(metric)) used.add(metric);
       else errors.push(`${where}: ${name} is not a spikeserve metric`);
     }
-    for (const m of expr.matchAll(/histogram_quantile\([^,]+,([^]*?)\)\s*$/g)) {
-      if (!/_bucket\b/.test(m[1] as string)) errors.push(`${where}: histogram_quantile over something other than _bucket`);
-    }
+    if (parsed.quantileNames.some((name) => !name.endsWith('_bucket'))) errors.push(`${where}: histogram_quantile over something other than _bucket`);
   }
   if (typeof dashboard.schemaVersion !== 'number' || dashboard.schemaVersion < 36) errors.push('schemaVersion missing or older than 36');
   return { used, errors };
@@ -564,6 +553,8 @@ describe('Grafana dashboard', () => {
         { type: 'row', title: 'row', panels: [{ type: 'timeseries', title: 'typo', datasource: { uid: '${datasource}' }, targets: [{ expr: 'rate(spikeserve:prompt_token_total[5m])' }] }] },
         { type: 'timeseries', title: 'raw histogram', datasource: { uid: '${datasource}' }, targets: [{ expr: 'spikeserve:time_to_first_token_seconds' }] },
         { type: 'timeseries', title: 'empty', datasource: { uid: '${datasource}' }, targets: [] },
+        { type: 'timeseries', title: 'unclosed', datasource: { uid: '${datasource}' }, targets: [{ expr: 'rate(spikeserve:prompt_tokens_total[$__rate_interval]' }] },
+        { type: 'timeseries', title: 'quantile', datasource: { uid: '${datasource}' }, targets: [{ expr: 'histogram_quantile(0.9, rate(spikeserve:time_to_first_token_seconds_sum[5m]))' }] },
       ],
     };
     expect(dashboardMetrics(broken).errors).toEqual([
@@ -574,6 +565,8 @@ describe('Grafana dashboard', () => {
       'panel "vllm": vllm:num_requests_waiting is not a spikeserve: metric',
       'panel "typo": spikeserve:prompt_token_total is not a spikeserve metric',
       'panel "raw histogram": spikeserve:time_to_first_token_seconds is a histogram; query _bucket, _sum or _count',
+      'panel "unclosed": PromQL syntax error at "(end)"',
+      'panel "quantile": histogram_quantile over something other than _bucket',
       'schemaVersion missing or older than 36',
     ]);
   });

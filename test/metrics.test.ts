@@ -70,6 +70,16 @@ function runRequest(m: ServerMetrics, clock: FakeClock, promptTokens: number, ga
 }
 
 describe('ServerMetrics', () => {
+  it('keeps the _total suffix for counters: no gauge or histogram ends in _total, Node defaults included', async () => {
+    const m = new ServerMetrics(MODEL);
+    const metrics = await m.registry.getMetricsAsJSON();
+    expect(metrics.some((x) => x.name.startsWith('nodejs_'))).toBe(true);
+    const wrong = metrics.filter((x) => x.name.endsWith('_total') !== (String(x.type) === 'counter')).map((x) => `${x.name} (${String(x.type)})`);
+    expect(wrong).toEqual([]);
+    // The per-type gauges that replace prom-client's nodejs_active_handles_total stay.
+    expect(metrics.map((x) => x.name)).toContain('nodejs_active_handles');
+  });
+
   it('uses the spikeserve: prefix and the model_name label on every series', async () => {
     const { m } = make();
     const text = await m.render();
@@ -84,7 +94,7 @@ describe('ServerMetrics', () => {
       'num_requests_waiting',
       'kv_cache_usage_perc',
       'kv_pages_used',
-      'kv_pages_total',
+      'kv_pages_capacity',
       'recurrent_state_bytes',
       'prefill_tokens_per_second',
       'prompt_tokens_total',
@@ -217,7 +227,7 @@ describe('ServerMetrics', () => {
     expect(await value(m, 'num_requests_running')).toBe(3);
     expect(await value(m, 'num_requests_waiting')).toBe(7);
     expect(await value(m, 'kv_pages_used')).toBe(48);
-    expect(await value(m, 'kv_pages_total')).toBe(64);
+    expect(await value(m, 'kv_pages_capacity')).toBe(64);
     expect(await value(m, 'kv_cache_usage_perc')).toBeCloseTo(0.75, 12);
     expect(await value(m, 'recurrent_state_bytes')).toBe(3 * 1835008);
     m.updateEngineStats({ ...stats, numRunning: 0, numWaiting: 0, kvPagesUsed: 0, kvPagesTotal: 0, stateBytesInUse: 0 });

@@ -107,7 +107,7 @@ describe('chat formatter with tools', () => {
     const all = await chatCompletion(events(two), ctx(true));
     expect(all.choices[0]?.message.tool_calls).toHaveLength(2);
     const deltas: unknown[] = [];
-    for await (const c of chatChunks(events(two), { ...ctx(true), maxToolCalls: 1 }, { includeUsage: false, includeProgress: false })) {
+    for await (const c of chatChunks(events(two), { ...ctx(true), maxToolCalls: 1 }, { includeUsage: false, includeProgress: false, returnProgress: false })) {
       const delta = (c as { choices: { delta: { tool_calls?: unknown[] } }[] }).choices[0]?.delta;
       if (delta?.tool_calls !== undefined) deltas.push(...delta.tool_calls);
     }
@@ -116,7 +116,7 @@ describe('chat formatter with tools', () => {
 
   it('streamed: the openai SDK accumulates the same message from the chunks', async () => {
     const chunks: object[] = [];
-    for await (const c of chatChunks(events(REPLY), ctx(true), { includeUsage: false, includeProgress: false })) chunks.push(c);
+    for await (const c of chatChunks(events(REPLY), ctx(true), { includeUsage: false, includeProgress: false, returnProgress: false })) chunks.push(c);
     const body = new ReadableStream<Uint8Array>({
       start(controller) {
         for (const c of chunks) controller.enqueue(new TextEncoder().encode(`${JSON.stringify(c)}\n`));

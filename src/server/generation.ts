@@ -25,6 +25,7 @@ import { IncrementalDetokenizer, StopStringMatcher } from '../engine/detokenizer
 import type { GrammarConstraint, PromptLogprobEntry, PromptTokenIds, SamplingParams, TokenEvent, TopLogprob } from '../engine/types.ts';
 import { ApiError, UnavailableError } from './errors.ts';
 import type { EnginePort, MetricsPort, TokenizerPort } from './ports.ts';
+import { PrefillEta } from './prefill-eta.ts';
 
 export interface GenerationSpec {
   readonly requestId: string;
@@ -55,7 +56,10 @@ export type GenerationEvent =
       readonly processedTokens: number;
       readonly totalTokens: number;
       readonly cachedTokens: number;
+      /** Since the request was submitted (queue wait included). */
       readonly elapsedSeconds: number;
+      /** Seconds the prefill still needs at the rate observed so far; null until there is a rate (PrefillEta). */
+      readonly etaSeconds: number | null;
     }
   | { readonly type: 'prompt_logprobs'; readonly index: number; readonly entries: readonly (PromptLogprobEntry | null)[] }
   /** New text of one choice, and the tokens that produced it (text may lag tokens near a stop string). */
@@ -127,6 +131,7 @@ export async function* runGeneration(deps: GenerationDeps, spec: GenerationSpec,
     const matcher = spec.stop.length > 0 ? new StopStringMatcher([...spec.stop]) : null;
     let stoppedByString = false;
     let numTokens = 0;
+    const eta = new PrefillEta();
     const seed = spec.sampling.seed;
     const sampling: SamplingParams = spec.n > 1 && seed !== null ? { ...spec.sampling, seed: seed + index } : spec.sampling;
     const emitText = (text: string, tokens: readonly GeneratedToken[]): void => {
@@ -197,6 +202,7 @@ export async function* runGeneration(deps: GenerationDeps, spec: GenerationSpec,
             ev.logprob === undefined ? { tokenId: ev.tokenId } : ev.top === undefined ? { tokenId: ev.tokenId, logprob: ev.logprob } : { tokenId: ev.tokenId, logprob: ev.logprob, top: ev.top };
           emitText(text, [token]);
         } else if (ev.type === 'progress') {
+          const elapsedSeconds = (performance.now() - startedAt) / 1000;
           queue.push({
             kind: 'event',
             event: {
@@ -204,7 +210,8 @@ export async function* runGeneration(deps: GenerationDeps, spec: GenerationSpec,
               processedTokens: ev.processedTokens,
               totalTokens: ev.totalTokens,
               cachedTokens: ev.cachedTokens,
-              elapsedSeconds: (performance.now() - startedAt) / 1000,
+              elapsedSeconds,
+              etaSeconds: eta.observe(ev.processedTokens, ev.totalTokens, elapsedSeconds),
             },
           });
         } else {

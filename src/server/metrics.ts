@@ -76,7 +76,7 @@ export class ServerMetrics {
   private readonly waiting: Gauge.Internal<string>;
   private readonly kvUsage: Gauge.Internal<string>;
   private readonly kvPagesUsed: Gauge.Internal<string>;
-  private readonly kvPagesTotal: Gauge.Internal<string>;
+  private readonly kvPagesCapacity: Gauge.Internal<string>;
   private readonly stateBytes: Gauge.Internal<string>;
   private readonly promptTokens: Counter.Internal;
   private readonly prefixQueries: Counter.Internal;
@@ -98,7 +98,15 @@ export class ServerMetrics {
     this.contentType = this.registry.contentType;
     this.now = opts.now ?? (() => performance.now() / 1000);
     this.windowSeconds = opts.prefillRateWindowSeconds ?? 10;
-    if (opts.collectDefault ?? true) collectDefaultMetrics({ register: this.registry });
+    if (opts.collectDefault ?? true) {
+      collectDefaultMetrics({ register: this.registry });
+      // Prometheus keeps the `_total` suffix for counters (`promtool check metrics` warns), but three
+      // of prom-client's default gauges carry it (nodejs_active_handles_total, …). Their per-type
+      // gauges (nodejs_active_handles{type}) hold the same counts, so those three go.
+      for (const m of this.registry.getMetricsAsArray()) {
+        if (m.name.endsWith('_total') && String(m.type) !== 'counter') this.registry.removeSingleMetric(m.name);
+      }
+    }
 
     const registers = [this.registry];
     const labels = { model_name: modelName };
@@ -130,7 +138,7 @@ export class ServerMetrics {
     this.waiting = gauge('num_requests_waiting', 'Requests waiting to be scheduled.');
     this.kvUsage = gauge('kv_cache_usage_perc', 'Share of KV cache pages in use, 0 to 1.');
     this.kvPagesUsed = gauge('kv_pages_used', 'KV cache pages in use.');
-    this.kvPagesTotal = gauge('kv_pages_total', 'KV cache pages in the pool.');
+    this.kvPagesCapacity = gauge('kv_pages_capacity', 'KV cache pages in the pool.');
     this.stateBytes = gauge('recurrent_state_bytes', 'Bytes of GLA recurrent state held by live sequences.');
     const prefillRate = (): number => this.prefillTokensPerSecond();
     new Gauge({
@@ -236,7 +244,7 @@ export class ServerMetrics {
     this.running.set(s.numRunning);
     this.waiting.set(s.numWaiting);
     this.kvPagesUsed.set(s.kvPagesUsed);
-    this.kvPagesTotal.set(s.kvPagesTotal);
+    this.kvPagesCapacity.set(s.kvPagesTotal);
     this.kvUsage.set(s.kvPagesTotal > 0 ? s.kvPagesUsed / s.kvPagesTotal : 0);
     this.stateBytes.set(s.stateBytesInUse);
     // Cumulative in the engine; a smaller value means a new engine (counting from 0 again).

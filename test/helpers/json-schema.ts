@@ -1,4 +1,4 @@
-// JSON Schema (draft-07) validation for the deploy tests, through ajv (installed with fastify).
+// JSON Schema (draft-07) validation for the deploy tests, through ajv (a devDependency).
 // Returns readable messages instead of throwing, so a test can assert on what failed.
 import { Ajv } from 'ajv';
 

@@ -30,11 +30,12 @@ function byteAlphabet(): string[] {
 }
 
 const SPECIALS = ['<|endoftext|>', '<|im_start|>', '<|im_end|>'];
-/** Token ids of the generated test model: bytes 0..255, then SPECIALS. */
+/** Token ids of a byte-level test model: bytes 0..255, then SPECIALS. */
 const TEST_EOS_ID = 256;
+export const BYTE_VOCAB_SIZE = 256 + SPECIALS.length;
 
 /** A byte-level tokenizer.json + tokenizer_config.json (ChatML template) + generation_config.json. */
-function writeByteTokenizer(dir: string): void {
+export function writeByteTokenizer(dir: string): void {
   const vocab: Record<string, number> = {};
   byteAlphabet().forEach((ch, id) => (vocab[ch] = id));
   const byteLevel = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false };
@@ -81,7 +82,7 @@ export interface TestServer {
   readonly tokenizer: TextTokenizer;
   readonly config: ServerConfig;
   readonly metrics: ServerMetrics;
-  /** Base URL once listen() was called. */
+  /** Base URL once listen() was called (a second call returns the same). */
   url: string;
   listen(): Promise<string>;
   close(): Promise<void>;
@@ -91,6 +92,8 @@ export interface TestServerOptions {
   /** Extra CLI flags, e.g. ['--api-key', 'k1']. */
   readonly flags?: readonly string[];
   readonly engine?: Partial<EngineOptions>;
+  /** Another checkpoint than testModelDir(). */
+  readonly modelDir?: string;
 }
 
 /** The app (not listening, silent) around an engine or its promise, serving the test model with these CLI flags. */
@@ -98,8 +101,8 @@ export async function buildTestApp(
   engine: EnginePort | Promise<EnginePort>,
   tokenizer: TextTokenizer,
   flags: readonly string[] = [],
+  modelDir: string = testModelDir(),
 ): Promise<{ app: FastifyInstance; config: ServerConfig; metrics: ServerMetrics }> {
-  const modelDir = testModelDir();
   const config = parseServerConfig(['--model', modelDir, '--port', '0', ...flags], {});
   const metrics = new ServerMetrics(config.servedModelName);
   const app = buildApp({ engine, tokenizer, chatAssets: await loadChatAssets(modelDir, tokenizer), config, metrics, version: 'test', logger: false });
@@ -108,11 +111,11 @@ export async function buildTestApp(
 
 /** Starts a real Engine and builds the app around it (not listening). */
 export async function startTestServer(opts: TestServerOptions = {}): Promise<TestServer> {
-  const modelDir = testModelDir();
+  const modelDir = opts.modelDir ?? testModelDir();
   const tokenizer = await TextTokenizer.load(modelDir);
   mkdirSync(CACHE_DIR, { recursive: true });
   const engine = await Engine.start({ modelDir, cacheDir: CACHE_DIR, intraOpThreads: 1, maxModelLen: 4096, ...opts.engine });
-  const { app, config, metrics } = await buildTestApp(engine, tokenizer, opts.flags);
+  const { app, config, metrics } = await buildTestApp(engine, tokenizer, opts.flags, modelDir);
   await app.ready();
   const server: TestServer = {
     app,
@@ -122,6 +125,7 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
     metrics,
     url: '',
     async listen() {
+      if (server.url !== '') return server.url;
       await app.listen({ host: '127.0.0.1', port: 0 });
       server.url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
       return server.url;

@@ -1,14 +1,14 @@
 // GenerationEvents → OpenAI chat wire format: one `chat.completion` object, or the stream of
 // `chat.completion.chunk`s (same id and created on each; a role chunk first per choice, content
 // chunks, a finish_reason chunk, and with include_usage a last chunk with empty choices and usage;
-// every other chunk then carries `usage: null`). With include_progress, `prefill.progress`
+// every other chunk then carries `usage: null`). With include_progress / return_progress, progress
 // objects precede the first token. When the request offered tools, reply text is parsed for tool
 // calls (./tool-calls.ts): calls go to `message.tool_calls` (streamed: one `delta.tool_calls` entry per
 // complete call), the rest stays content, and a reply that ended normally with calls finishes with
 // 'tool_calls'.
 import type { FinishReasonOut, GenerationEvent } from '../../server/generation.ts';
 import { chatLogprobEntries, type ChatLogprobEntry, type TokenText } from '../common/logprobs.ts';
-import { progressObject, responseObject, streamChunk, usageChunk, type StreamIdentity, type StreamOptions } from '../common/stream-chunks.ts';
+import { progressChunks, responseObject, streamChunk, usageChunk, type StreamIdentity, type StreamOptions } from '../common/stream-chunks.ts';
 import { UsageCounter } from '../common/usage.ts';
 import type { ChatCompletionResponse } from './schema.ts';
 import { parseToolCalls, ToolCallParser, type ToolCall } from './tool-calls.ts';
@@ -96,7 +96,7 @@ export async function* chatChunks(events: AsyncIterable<GenerationEvent>, ctx: C
   for await (const ev of events) {
     switch (ev.type) {
       case 'progress':
-        if (opts.includeProgress) yield progressObject(ctx, ev);
+        yield* progressChunks(ctx, 'chat.completion.chunk', ev, opts);
         break;
       case 'prompt_logprobs':
         break;

@@ -1,9 +1,11 @@
 // What both generation endpoints do once the prompt is tokenized: turn the body into SamplingParams
 // against this engine's limits (context length, vocabulary), name the request, and build the
-// GenerationSpec, the fields every wire object of the answer repeats, and the stream options.
+// GenerationSpec, the fields every wire object of the answer repeats, and the stream options
+// (refused without a stream).
 import { randomUUID } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import type { PromptTokenIds } from '../../engine/types.ts';
+import { InvalidRequestError } from '../../server/errors.ts';
 import type { GenerationSpec } from '../../server/generation.ts';
 import type { EnginePort } from '../../server/ports.ts';
 import { TokenText } from './logprobs.ts';
@@ -36,6 +38,12 @@ export function prepareGeneration(
   idPrefix: 'chatcmpl' | 'cmpl',
   endpointSampling: EndpointSampling,
 ): PreparedGenerationParts {
+  const stream = body.stream === true;
+  // OpenAI and vLLM refuse it too: the options describe a stream, and a client that sends them
+  // without one expects something it will not get.
+  if (!stream && body.stream_options !== undefined && body.stream_options !== null) {
+    throw new InvalidRequestError("'stream_options' is only allowed when 'stream' is true", 'stream_options');
+  }
   const sampling = toSamplingParams(body, {
     ...endpointSampling,
     promptTokens: promptTokenIds.length,
@@ -45,6 +53,8 @@ export function prepareGeneration(
   const id = `${idPrefix}-${randomUUID().replace(/-/g, '')}`;
   const n = body.n ?? 1;
   const includeProgress = body.stream_options?.include_progress === true;
+  // llama.cpp sends prompt_progress in streams only and ignores the flag otherwise; so does this.
+  const returnProgress = stream && body.return_progress === true;
   return {
     spec: {
       requestId: id,
@@ -53,7 +63,7 @@ export function prepareGeneration(
       n,
       stop: stopStrings(body.stop),
       skipSpecialTokens: body.skip_special_tokens ?? true,
-      reportProgress: includeProgress,
+      reportProgress: includeProgress || returnProgress,
     },
     identity: {
       id,
@@ -62,7 +72,7 @@ export function prepareGeneration(
       n,
       tokenText: new TokenText(app.tokenizer, body.return_tokens_as_token_ids === true),
     },
-    streamOptions: { includeUsage: body.stream_options?.include_usage === true, includeProgress },
-    stream: body.stream === true,
+    streamOptions: { includeUsage: body.stream_options?.include_usage === true, includeProgress, returnProgress },
+    stream,
   };
 }

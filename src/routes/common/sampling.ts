@@ -26,6 +26,8 @@ export const samplingFields = {
       Type.Null(),
     ]),
   ),
+  /** llama.cpp's extension: streamed chunks with `prompt_progress` while the prompt is prefilled (stream only). */
+  return_progress: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
   temperature: Type.Optional(Type.Union([Type.Number({ minimum: 0, maximum: 2 }), Type.Null()])),
   top_p: Type.Optional(Type.Union([Type.Number({ exclusiveMinimum: 0, maximum: 1 }), Type.Null()])),
   top_k: Type.Optional(Type.Union([Type.Integer({ minimum: -1 }), Type.Null()])),

@@ -5,7 +5,7 @@
 import type { PromptLogprobEntry, PromptTokenIds } from '../../engine/types.ts';
 import type { FinishReasonOut, GenerationEvent } from '../../server/generation.ts';
 import { appendLegacy, emptyLegacyLogprobs, type LegacyLogprobs, type TokenText } from '../common/logprobs.ts';
-import { progressObject, responseObject, streamChunk, usageChunk, type StreamIdentity, type StreamOptions } from '../common/stream-chunks.ts';
+import { progressChunks, responseObject, streamChunk, usageChunk, type StreamIdentity, type StreamOptions } from '../common/stream-chunks.ts';
 import { UsageCounter } from '../common/usage.ts';
 import type { CompletionResponse } from './schema.ts';
 
@@ -89,7 +89,7 @@ export async function* completionChunks(events: AsyncIterable<GenerationEvent>, 
   for await (const ev of events) {
     switch (ev.type) {
       case 'progress':
-        if (opts.includeProgress) yield progressObject(ctx, ev);
+        yield* progressChunks(ctx, 'text_completion', ev, opts);
         break;
       case 'prompt_logprobs':
         yield* echoChunk(ev.index, ev.entries);

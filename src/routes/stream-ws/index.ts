@@ -51,7 +51,8 @@ const streamWsRoute: FastifyPluginAsyncTypebox = async (app) => {
       const life = beginSocketLifetime(app, socket);
       void (async () => {
         try {
-          const prepared = await prepareChat(app, parseMessage(data));
+          // A socket always streams: `stream` is implied, so stream_options and return_progress apply.
+          const prepared = await prepareChat(app, { ...parseMessage(data), stream: true });
           const events = generationEvents(app, prepared, life.signal);
           for await (const chunk of chatChunks(events, prepared.format, prepared.streamOptions)) {
             if (socket.readyState !== socket.OPEN) break;
