@@ -8,12 +8,14 @@
 // stream). Prints one table for bench/README.md and writes bench/results/soak.json.
 //
 //   node --import tsx bench/soak.ts [--requests 10000] [--connections 32] [--abort-fraction 0.2]
-//        [--slow-readers 3] [--max-tokens 24] [--seed 1] [--url http://127.0.0.1:8000]
+//        [--slow-readers 3] [--slow-tokens 512] [--slow-bytes-per-second 1024] [--max-tokens 24]
+//        [--seed 1] [--url http://127.0.0.1:8000]
 //
 // Request mix of the fast clients (seeded): abort-fraction streamed and aborted after 1–4 chunks;
-// of the rest, half streamed to the end and half not streamed, alternating chat and text completions.
-// Slow readers ask for long streams (ignore_eos, 8 × max-tokens) and read one chunk every 20 ms,
-// so TCP backpressure reaches the server; they count in the total. Loopback targets only.
+// of the rest, half streamed to the end and half not streamed, chat or text completions at random.
+// Slow readers ask for long streams (ignore_eos, --slow-tokens, ~100 KB of SSE) and read them at
+// --slow-bytes-per-second, slower than the server writes, so their output waits in socket and server
+// buffers for a minute or more; they count in the total. Loopback targets only.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -30,6 +32,8 @@ const { values: args } = parseArgs({
     connections: { type: 'string', default: '32' },
     'abort-fraction': { type: 'string', default: '0.2' },
     'slow-readers': { type: 'string', default: '3' },
+    'slow-tokens': { type: 'string', default: '512' },
+    'slow-bytes-per-second': { type: 'string', default: '1024' },
     'max-tokens': { type: 'string', default: '24' },
     seed: { type: 'string', default: '1' },
     url: { type: 'string' },
@@ -40,6 +44,8 @@ const numRequests = Number(args.requests);
 const numConnections = Number(args.connections);
 const abortFraction = Number(args['abort-fraction']);
 const numSlowReaders = Number(args['slow-readers']);
+const slowTokens = Number(args['slow-tokens']);
+const slowBytesPerSecond = Number(args['slow-bytes-per-second']);
 const maxTokens = Number(args['max-tokens']);
 if (numSlowReaders >= numConnections) throw new Error('--slow-readers must be fewer than --connections');
 
@@ -167,8 +173,11 @@ async function post(base: URL, kind: 'chat' | 'text', payload: string, signal?: 
   });
 }
 
-/** Reads an SSE body; `everyChunk` may stop early (returns false). Resolves with the text read and whether it ended with [DONE]. */
-async function readSse(res: Response, everyChunk?: (n: number) => Promise<boolean> | boolean): Promise<{ text: string; done: boolean }> {
+/**
+ * Reads an SSE body; `everyChunk` (given the chunk count and size) may stop early by returning false.
+ * Resolves with the text read and whether it ended with [DONE].
+ */
+async function readSse(res: Response, everyChunk?: (n: number, bytes: number) => Promise<boolean> | boolean): Promise<{ text: string; done: boolean }> {
   const reader = res.body!.getReader();
   const decoder = new TextDecoder();
   let text = '';
@@ -178,7 +187,7 @@ async function readSse(res: Response, everyChunk?: (n: number) => Promise<boolea
     if (done) break;
     text += decoder.decode(value, { stream: true });
     n++;
-    if (everyChunk !== undefined && !(await everyChunk(n))) {
+    if (everyChunk !== undefined && !(await everyChunk(n, value.byteLength))) {
       await reader.cancel();
       return { text, done: false };
     }
@@ -218,10 +227,11 @@ async function fastRequest(base: URL): Promise<void> {
 async function slowRequest(base: URL): Promise<void> {
   const kind = random() < 0.5 ? 'chat' : 'text';
   try {
-    const res = await post(base, kind, body(kind, true, 8 * maxTokens, true));
+    const res = await post(base, kind, body(kind, true, slowTokens, true));
     if (res.status !== 200) return record(res.status === 429 || res.status === 503 ? 'rejected' : 'failed', `HTTP ${res.status}`);
-    const { text, done } = await readSse(res, async () => {
-      await new Promise((r) => setTimeout(r, 20));
+    // Throttled by bytes, not chunks: a chunk holds whatever the socket had, many events when behind.
+    const { text, done } = await readSse(res, async (_n, bytes) => {
+      await new Promise((r) => setTimeout(r, (1000 * bytes) / slowBytesPerSecond));
       return true;
     });
     if (done && !text.includes('"error"')) record('slow-completed');
@@ -305,7 +315,7 @@ async function main(): Promise<void> {
     mkdirSync(dirname(args.out), { recursive: true });
     writeFileSync(
       args.out,
-      JSON.stringify({ requests: total, connections: numConnections, slowReaders: numSlowReaders, abortFraction, maxTokens, seconds, outcomes: Object.fromEntries(outcomes), rssCurve, atStart, warm: warmSample, atEnd, settled, settleSeconds, loadBefore, loadAfter }, null, 2) + '\n',
+      JSON.stringify({ requests: total, connections: numConnections, slowReaders: numSlowReaders, slowTokens, slowBytesPerSecond, abortFraction, maxTokens, seconds, outcomes: Object.fromEntries(outcomes), rssCurve, atStart, warm: warmSample, atEnd, settled, settleSeconds, loadBefore, loadAfter }, null, 2) + '\n',
     );
     if (!isIdle(settled) || count('failed') > 0) process.exitCode = 1;
   } finally {
