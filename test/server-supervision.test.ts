@@ -111,7 +111,7 @@ describe('a lost inference worker', () => {
     const { s, client, model } = await start(kind === 'hang' ? { supervision: { stepTimeoutMs: 1000 } } : {});
     const before = await client.completions.create({ model, prompt: 'In the beginning', max_tokens: 6, temperature: 0 });
     const inflight = await endlessStream(s);
-    // (The helper the other tests end with does see a busy engine.)
+    // (waitEngineIdle, which other tests end with, does see a busy engine.)
     await expect(waitEngineIdle(s.engine, 100)).rejects.toThrow(/not idle after 0.1 s: \{"running":1/);
 
     const failed = await client.completions.create({ model, prompt: 'x', max_tokens: 4, seed: SEED[kind] }).catch((e: unknown) => e);
