@@ -278,7 +278,7 @@ describe('Helm chart templates', () => {
     for (const probe of ['startupProbe', 'readinessProbe']) {
       expect(deployment).toMatch(new RegExp(`${probe}:\\n\\s+httpGet:\\n\\s+path: /health`));
     }
-    expect(deployment).toContain('livenessProbe:');
+    expect(deployment).toMatch(/livenessProbe:\n\s+httpGet:\n\s+path: \/health\/live\n/);
     expect(deployment).toContain('terminationGracePeriodSeconds: {{ include "spikeserve.terminationGracePeriodSeconds" . }}');
     expect(template('_helpers.tpl')).toMatch(/fail \(printf "terminationGracePeriodSeconds/);
     const defaults = values as YamlMap;
@@ -437,7 +437,7 @@ const GAUGES = [
   'num_requests_running', 'num_requests_waiting', 'kv_cache_usage_perc', 'kv_pages_used', 'kv_pages_capacity',
   'recurrent_state_bytes', 'prefill_tokens_per_second',
 ];
-const COUNTERS = ['prompt_tokens_total', 'generation_tokens_total', 'request_success_total', 'prefix_cache_queries_total', 'prefix_cache_hits_total', 'spike_zeros_total', 'spike_values_total', 'num_preemptions_total'];
+const COUNTERS = ['prompt_tokens_total', 'generation_tokens_total', 'request_success_total', 'prefix_cache_queries_total', 'prefix_cache_hits_total', 'spike_zeros_total', 'spike_values_total', 'num_preemptions_total', 'engine_restarts_total'];
 
 interface Panel {
   type?: string;

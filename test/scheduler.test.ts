@@ -290,8 +290,7 @@ describe('Scheduler', () => {
   });
 
   it('abort frees a request in any state', () => {
-    const { s, cache } = make();
-    const waiting = request(10, 5);
+    const { s, cache } = make(); // 8 sequences at a time
     const prefilling = request(500, 5);
     const decoding = request(3, 50);
     s.submit(decoding);
@@ -300,12 +299,23 @@ describe('Scheduler', () => {
     completeStep(s, s.schedule());
     expect(prefilling.status).toBe('prefilling');
     expect(decoding.status).toBe('decoding');
-    for (let i = 0; i < 16; i++) s.submit(request(10, 5)); // fills running + queue
-    s.abort(waiting.requestId); // unknown: ignored
+    // Six more fill the 8 running sequences, so the next one has to wait.
+    for (let i = 0; i < 6; i++) s.submit(request(10, 5));
+    const waiting = request(10, 5);
+    s.submit(waiting);
+    completeStep(s, s.schedule());
+    expect([s.numRunning, s.numWaiting, waiting.status]).toEqual([8, 1, 'waiting']);
+
+    expect(s.abort(waiting.requestId)?.status).toBe('aborted');
+    expect(s.numWaiting).toBe(0);
     expect(s.abort(prefilling.requestId)?.status).toBe('aborted');
     expect(s.abort(decoding.requestId)?.finishReason).toBe('abort');
-    expect(s.abort(decoding.requestId)).toBeUndefined();
+    expect(s.abort(decoding.requestId)).toBeUndefined(); // already gone
+    expect(s.abort('no-such-request')).toBeUndefined();
+    expect(s.requestIds()).not.toContain(waiting.requestId);
     while (s.hasWork) completeStep(s, s.schedule());
+    // The aborted waiting request was never admitted, so it never ran.
+    expect([waiting.status, waiting.numComputedTokens, waiting.outputTokenIds.length]).toEqual(['aborted', 0, 0]);
     const u = cache.usage();
     expect([u.pagesUsed, u.slotsUsed, u.pagesReserved]).toEqual([0, 0, 0]);
   });

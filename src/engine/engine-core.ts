@@ -11,6 +11,7 @@ import { Scheduler } from './scheduler.ts';
 import type { TokenConstraint } from './grammar/token-constraint.ts';
 import { StepRunner, type ForwardModel, type SampledResult } from './step-runner.ts';
 import type { EngineStats, FinishReason, GenerateRequest, TokenEvent } from './types.ts';
+import type { FaultHook } from './faults.ts';
 
 export interface EngineCoreOptions {
   /** State slots (recurrent state of every layer) = most requests running at once (default 64). */
@@ -50,6 +51,8 @@ export interface EngineCoreEnv {
   readonly wake?: () => void;
   /** Grammar matchers alive in the grammar worker, null before it started (stats only). */
   readonly grammarMatchers?: () => number | null;
+  /** Tests only: plays injected faults at points of each step (faults.ts). */
+  readonly faultHook?: FaultHook;
 }
 
 export const ENGINE_DEFAULTS = Object.freeze({
@@ -81,6 +84,8 @@ function snapshotStore(spec: CacheSpec, opts: EngineCoreOptions, dir: string, en
 
 /** Minimum interval between two `progress` events of one request. */
 const PROGRESS_INTERVAL_MS = 250;
+/** Model runs that failed one after the other before the model itself is taken for broken (step() throws). */
+const MAX_CONSECUTIVE_FAILED_RUNS = 3;
 
 export type EventSink = (requestId: string, event: TokenEvent) => void;
 
@@ -91,7 +96,9 @@ export class EngineCore {
   private readonly scheduler: Scheduler;
   private readonly runner: StepRunner;
   private readonly emit: EventSink;
+  private readonly faultHook: FaultHook | undefined;
   private stepping = false;
+  private consecutiveFailedRuns = 0;
   /** Aborts that arrived while a step was in flight; applied when it ends. */
   private readonly pendingAborts = new Set<string>();
   private readonly grammarMatchers: () => number | null;
@@ -100,6 +107,7 @@ export class EngineCore {
     this.config = config;
     this.emit = emit;
     this.grammarMatchers = env.grammarMatchers ?? (() => null);
+    this.faultHook = env.faultHook;
     const maxNumSeqs = opts.maxNumSeqs ?? ENGINE_DEFAULTS.maxNumSeqs;
     const maxBatchedTokens = opts.maxBatchedTokens ?? ENGINE_DEFAULTS.maxBatchedTokens;
     const prefillChunkTokens = Math.min(opts.prefillChunkTokens ?? ENGINE_DEFAULTS.prefillChunkTokens, maxBatchedTokens);
@@ -188,6 +196,11 @@ export class EngineCore {
   /**
    * One scheduled step: schedule, run the model, turn sampled tokens into events. False = nothing to
    * run and nothing to prepare (wait for a message or a disk read).
+   * Failures are contained where their damage is known: a model run that throws fails the step's
+   * requests, completing one request's chunk that throws fails that request, and the step goes on.
+   * Anything else that throws escapes (scheduling, or failing and freeing a request): the queues and
+   * page tables may be half-updated, so the caller must fail every request and start a new core
+   * (worker.ts exits; the Engine restarts it). So does a model that fails MAX_CONSECUTIVE_FAILED_RUNS runs.
    */
   async step(): Promise<boolean> {
     if (this.stepping) throw new Error('EngineCore.step is not reentrant');
@@ -197,23 +210,36 @@ export class EngineCore {
     this.emitSampled(late, performance.now());
     const out = this.scheduler.schedule(performance.now());
     if (out.numScheduledTokens === 0) return late.length > 0 || this.scheduler.hasPreparation;
+    const stepRequests = [...out.decodes, ...out.prefills.map((c) => c.request)];
+    this.faultHook?.('schedule', stepRequests);
     this.stepping = true;
     let sampled: SampledResult[];
     try {
+      await this.faultHook?.('execute', stepRequests);
       sampled = await this.runner.execute(out);
+      this.consecutiveFailedRuns = 0;
     } catch (err) {
-      const message = err instanceof Error ? err.message : String(err);
+      const message = errorText(err);
       this.stepping = false;
-      for (const req of [...out.decodes, ...out.prefills.map((c) => c.request)]) this.finish(req, 'error', message);
+      for (const req of stepRequests) this.finish(req, 'error', message);
       this.applyPendingAborts();
+      if (++this.consecutiveFailedRuns >= MAX_CONSECUTIVE_FAILED_RUNS) {
+        throw new Error(`${this.consecutiveFailedRuns} model runs in a row failed; the last: ${message}`);
+      }
       return true;
     }
     this.stepping = false;
     const now = performance.now();
     for (const req of out.decodes) this.scheduler.completeDecode(req);
     for (const chunk of out.prefills) {
-      this.scheduler.completePrefill(chunk);
       const req = chunk.request;
+      try {
+        this.faultHook?.('complete', [req]);
+        this.scheduler.completePrefill(chunk);
+      } catch (err) {
+        this.finish(req, 'error', errorText(err));
+        continue;
+      }
       if (req.reportProgress && req.status === 'prefilling' && now - req.lastProgressMs >= PROGRESS_INTERVAL_MS) {
         req.lastProgressMs = now;
         this.emit(req.requestId, {
@@ -314,4 +340,8 @@ export class EngineCore {
       ...(matchers !== null ? { grammarMatchers: matchers } : {}),
     };
   }
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }

@@ -1,20 +1,42 @@
 // Engine: the main-thread face of the inference worker, used by the HTTP server. It starts the worker
-// (model load, step loop: worker.ts), turns each request's events into an AsyncIterable, and keeps the
-// latest stats. Nothing here blocks: every heavy thing happens in the worker.
+// (model load, step loop: worker.ts), turns each request's events into an AsyncIterable, keeps the
+// latest stats, and supervises the worker. Nothing here blocks: every heavy thing happens in the worker.
+//
+// Supervision. One Engine object lives as long as the server; workers come and go beneath it:
+//
+//   ready ──worker lost──▶ restarting ──new worker loaded──▶ ready
+//     │    (exit, crash,      │  └──load failed──▶ (counts as another loss)
+//     │     out of memory,    └──too many losses in the window──▶ failed   (liveness fails)
+//     │     fatal, hung step)
+//     └──shutdown()──▶ closing ──▶ closed
+//
+// A lost worker fails every request it held at once (streams end with an error, submissions not yet
+// accepted are refused as unavailable); while restarting, generate() refuses with
+// EngineUnavailableError. The new worker reloads the model from the built-graph cache. When to
+// restart and when to give up: restart-policy.ts. A step that runs longer than stepTimeoutMs is taken
+// for a hung worker (the worker writes the start of each step into shared memory, read here).
 import type { Worker } from 'node:worker_threads';
-import {
-  EngineError,
-  EngineUnavailableError,
-  ModelLoadError,
-  QueueFullError,
-  RequestRejectedError,
-} from './errors.ts';
+import { EngineUnavailableError, RequestRejectedError } from './errors.ts';
+import type { InjectedFault } from './faults.ts';
 import type { ModelConfig } from './model/config.ts';
 import type { WeightDtype } from './model/onnx/graph-builder.ts';
-import { spawnTsWorker } from './ts-worker.ts';
-import type { EngineStats, SubmitRequest, TokenEvent } from './types.ts';
+import { RestartPolicy, RESTART_DEFAULTS } from './restart-policy.ts';
+import type { EngineHealth, EngineStats, SubmitRequest, TokenEvent } from './types.ts';
 import type { EngineCoreOptions } from './engine-core.ts';
-import type { FromWorker, ToWorker, WireError, WorkerInit } from './worker-protocol.ts';
+import { launch, toError, type ReadyMessage, type WorkerRun } from './worker-launch.ts';
+import type { FromWorker, ToWorker } from './worker-protocol.ts';
+
+/** How the Engine reacts to a lost worker (see the diagram above). */
+export interface SupervisionOptions {
+  /** Restarts allowed within restartWindowMs before the engine gives up (default 5; 0 = never restart). */
+  readonly maxRestarts?: number;
+  /** Default 10 minutes. */
+  readonly restartWindowMs?: number;
+  /** Delay before the first restart in the window; doubles with each further failure (default 1 s, at most 30 s). */
+  readonly initialBackoffMs?: number;
+  /** A step running longer than this means the worker hangs: it is stopped and restarted (default 10 minutes; 0 = never). */
+  readonly stepTimeoutMs?: number;
+}
 
 export interface EngineOptions extends EngineCoreOptions {
   readonly modelDir: string;
@@ -32,7 +54,23 @@ export interface EngineOptions extends EngineCoreOptions {
   readonly randomWeightsConfig?: Record<string, unknown>;
   /** Compiled grammars the grammar worker keeps for structured outputs (LRU; default 64). */
   readonly grammarCacheEntries?: number;
+  readonly supervision?: SupervisionOptions;
+  /** TESTS ONLY: faults the worker plays (faults.ts). The CLI never sets this. */
+  readonly faults?: readonly InjectedFault[];
+  /** Bound of the worker's JS heap in MiB (Worker resourceLimits; default Node's). Tests set it small for the 'oom' fault. */
+  readonly workerHeapMb?: number;
 }
+
+export interface EngineShutdownOptions {
+  /**
+   * How long to wait for the step in flight to end (a 7B prefill chunk takes ~12 s on a CPU) before
+   * the worker is stopped regardless. Default 30 s. Writing prefix snapshots afterwards has its own allowance.
+   */
+  readonly stepTimeoutMs?: number;
+}
+
+export type EngineLogLevel = 'info' | 'warn' | 'error';
+export type EngineLog = (message: string, level?: EngineLogLevel) => void;
 
 const ZERO_STATS: EngineStats = Object.freeze({
   numRunning: 0,
@@ -48,25 +86,14 @@ const ZERO_STATS: EngineStats = Object.freeze({
   spikeValues: 0,
 });
 
-/** How long shutdown waits for the worker to abort everything before terminating it. */
-const SHUTDOWN_GRACE_MS = 5000;
+const DEFAULT_SHUTDOWN_STEP_MS = 30_000;
+/** After the last step: releasing the model. */
+const SHUTDOWN_CLOSE_MS = 5000;
 /** With prefix snapshots on disk, also the time to write the ones held in memory. */
 const SHUTDOWN_PERSIST_MS = 60_000;
-
-function toError(e: WireError): EngineError {
-  switch (e.name) {
-    case 'RequestRejectedError':
-      return new RequestRejectedError(e.message, e.param);
-    case 'QueueFullError':
-      return new QueueFullError(e.message);
-    case 'EngineUnavailableError':
-      return new EngineUnavailableError(e.message);
-    case 'ModelLoadError':
-      return new ModelLoadError(e.message);
-    default:
-      return new EngineError(e.message);
-  }
-}
+const DEFAULT_STEP_TIMEOUT_MS = 10 * 60_000;
+/** A lost worker's thread must end before a new one starts (its memory); one that does not is stuck in native code. */
+const RETIRE_TIMEOUT_MS = 10_000;
 
 /** Events of one request, buffered until the consumer pulls them. */
 class EventStream {
@@ -97,11 +124,6 @@ class EventStream {
   }
 }
 
-/** Starts worker.ts (a TypeScript entry: see ts-worker.ts). */
-function spawnWorker(init: WorkerInit): Worker {
-  return spawnTsWorker(new URL('./worker.ts', import.meta.url), { workerData: init });
-}
-
 function doneEvent(finishReason: 'abort' | 'error', errorMessage?: string): TokenEvent {
   return {
     type: 'done',
@@ -115,71 +137,90 @@ function doneEvent(finishReason: 'abort' | 'error', errorMessage?: string): Toke
   };
 }
 
+
+/** Resolves true when `p` settles within `ms`, false otherwise. */
+async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+    timer.unref();
+  });
+  try {
+    return await Promise.race([p.then(() => true, () => true), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A promise with its resolve function. */
+function signal(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+type State = 'ready' | 'restarting' | 'failed' | 'closing' | 'closed';
+
 export class Engine {
   readonly config: ModelConfig;
   readonly maxModelLen: number;
-  private readonly worker: Worker;
+  private readonly opts: EngineOptions;
+  private readonly onLog: EngineLog;
+  private readonly policy: RestartPolicy;
+  private readonly stepTimeoutMs: number;
+  /** The worker serving now, or the last one lost while restarting / failed. */
+  private current: WorkerRun;
+  /** A replacement worker still loading its model (shutdown stops it). */
+  private loading: Worker | null = null;
   private readonly streams = new Map<string, EventStream>();
   private latestStats: EngineStats;
-  private state: 'ready' | 'closing' | 'closed' | 'failed' = 'ready';
-  private failure: string | null = null;
-  private closedSignal: (() => void) | null = null;
-  /** Prefix snapshots go to disk on shutdown: give the worker time to write them. */
-  private readonly persistsSnapshots: boolean;
+  private state: State = 'ready';
+  private lastFailure: string | null = null;
+  private numRestarts = 0;
+  private restartTimer: NodeJS.Timeout | null = null;
+  private readonly watchdog: NodeJS.Timeout | null;
+  private shutdownDone: Promise<void> | null = null;
+  /** Worker replies during shutdown (also resolved when the worker is lost meanwhile). */
+  private stopped = signal();
+  private closed = signal();
 
-  private constructor(worker: Worker, ready: Extract<FromWorker, { type: 'ready' }>, onLog: (msg: string) => void, persistsSnapshots: boolean) {
-    this.worker = worker;
-    this.persistsSnapshots = persistsSnapshots;
+  private constructor(opts: EngineOptions, onLog: EngineLog, run: WorkerRun, ready: ReadyMessage) {
+    this.opts = opts;
+    this.onLog = onLog;
+    const sup = opts.supervision ?? {};
+    this.policy = new RestartPolicy({
+      ...(sup.maxRestarts !== undefined ? { maxRestarts: sup.maxRestarts } : {}),
+      ...(sup.restartWindowMs !== undefined ? { windowMs: sup.restartWindowMs } : {}),
+      ...(sup.initialBackoffMs !== undefined ? { initialBackoffMs: sup.initialBackoffMs, maxBackoffMs: Math.max(sup.initialBackoffMs, RESTART_DEFAULTS.maxBackoffMs) } : {}),
+    });
+    this.stepTimeoutMs = sup.stepTimeoutMs ?? DEFAULT_STEP_TIMEOUT_MS;
     this.config = ready.config;
     this.maxModelLen = ready.maxModelLen;
     this.latestStats = ready.stats;
-    worker.on('message', (msg: FromWorker) => this.onMessage(msg, onLog));
-    worker.on('error', (err) => this.fail(`inference worker crashed: ${err.message}`));
-    worker.on('exit', (code) => {
-      if (this.state === 'ready' || this.state === 'closing') this.fail(`inference worker exited (code ${code})`);
-      this.closedSignal?.();
-    });
+    this.current = run;
+    this.attach(run);
+    this.watchdog = this.stepTimeoutMs > 0 ? setInterval(() => this.checkStep(), Math.min(1000, this.stepTimeoutMs / 4)) : null;
+    this.watchdog?.unref();
   }
 
   /** Starts the worker; resolves when the model is loaded (rejects with ModelLoadError otherwise). */
-  static async start(opts: EngineOptions, onLog: (msg: string) => void = () => undefined): Promise<Engine> {
-    const init: WorkerInit = { ...opts };
-    const worker = spawnWorker(init);
-    const ready = await new Promise<Extract<FromWorker, { type: 'ready' }>>((resolve, reject) => {
-      const onMessage = (msg: FromWorker): void => {
-        if (msg.type === 'log') onLog(msg.message);
-        else if (msg.type === 'ready') done(() => resolve(msg));
-        else if (msg.type === 'load_error') done(() => reject(msg.error.name === 'ModelLoadError' ? toError(msg.error) : new ModelLoadError(msg.error.message)));
-      };
-      const onError = (err: Error): void => done(() => reject(new ModelLoadError(`inference worker failed to start: ${err.message}`)));
-      const onExit = (code: number): void => done(() => reject(new ModelLoadError(`inference worker exited during load (code ${code})`)));
-      const done = (settle: () => void): void => {
-        worker.off('message', onMessage);
-        worker.off('error', onError);
-        worker.off('exit', onExit);
-        settle();
-      };
-      worker.on('message', onMessage);
-      worker.on('error', onError);
-      worker.on('exit', onExit);
-    }).catch(async (err: unknown) => {
-      await worker.terminate();
-      throw err;
-    });
-    return new Engine(worker, ready, onLog, opts.prefixCacheDir !== undefined);
+  static async start(opts: EngineOptions, onLog: EngineLog = () => undefined): Promise<Engine> {
+    const { run, ready } = await launch(opts, onLog);
+    return new Engine(opts, onLog, run, ready);
   }
 
   /**
    * Streams the events of one request, ending with `done`. Throws (on the first pull, before any
    * event) RequestRejectedError, QueueFullError or EngineUnavailableError. Aborting `signal`, or
-   * leaving the loop early, aborts the request and frees everything it holds.
+   * leaving the loop early, aborts the request and frees everything it holds. A worker lost
+   * meanwhile ends the stream with `done` (finishReason 'error').
    *
    * Prompt ids given as an Int32Array cross to the worker as one memcpy (~3 ms for 3.5 M ids) instead
    * of element by element (a number[] of 3.5 M ids: 0.04-0.2 s of this thread, bench/tokenize.ts).
    * They are copied, not transferred: the caller still reads them (n > 1 choices, echo, usage).
    */
   async *generate(req: SubmitRequest, signal?: AbortSignal): AsyncGenerator<TokenEvent, void, undefined> {
-    if (this.state !== 'ready') throw new EngineUnavailableError(this.failure ?? 'the engine is shutting down');
+    if (this.state !== 'ready') throw new EngineUnavailableError(this.unavailableMessage());
     if (this.streams.has(req.requestId)) throw new RequestRejectedError(`request id ${req.requestId} is already in use`, null);
     const stream = new EventStream();
     this.streams.set(req.requestId, stream);
@@ -212,35 +253,70 @@ export class Engine {
     if (this.state === 'ready' || this.state === 'closing') this.post({ type: 'abort', requestId });
   }
 
-  /** Latest counters from the worker; updated before the events of each step are delivered. */
+  /** Latest counters from the worker; updated before the events of each step are delivered. Zero while no worker serves. */
   stats(): EngineStats {
     return this.latestStats;
   }
 
-  /** Aborts every request, waits for their `done` events, and terminates the worker. */
-  async shutdown(): Promise<void> {
-    if (this.state === 'closed') return;
-    if (this.state === 'ready') {
-      this.state = 'closing';
-      const closed = new Promise<void>((resolve) => (this.closedSignal = resolve));
+  health(): EngineHealth {
+    const condition = this.state === 'closing' ? 'closed' : this.state;
+    return { condition, restarts: this.numRestarts, lastFailure: this.lastFailure };
+  }
+
+  /**
+   * Aborts every request, waits for the step in flight to end (up to stepTimeoutMs) and for the worker
+   * to write its prefix snapshots and release the model, then ends the worker. Idempotent.
+   */
+  shutdown(opts: EngineShutdownOptions = {}): Promise<void> {
+    this.shutdownDone ??= this.close(opts.stepTimeoutMs ?? DEFAULT_SHUTDOWN_STEP_MS);
+    return this.shutdownDone;
+  }
+
+  private async close(stepTimeoutMs: number): Promise<void> {
+    const wasServing = this.state === 'ready';
+    this.state = 'closing';
+    if (this.watchdog !== null) clearInterval(this.watchdog);
+    if (this.restartTimer !== null) clearTimeout(this.restartTimer);
+    if (wasServing) {
       this.post({ type: 'shutdown' });
-      const graceMs = this.persistsSnapshots ? SHUTDOWN_GRACE_MS + SHUTDOWN_PERSIST_MS : SHUTDOWN_GRACE_MS;
-      await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, graceMs).unref())]);
+      if (!(await within(this.stopped.promise, stepTimeoutMs))) {
+        this.onLog(`shutdown: the step in flight did not end within ${stepTimeoutMs / 1000} s; stopping the inference worker`, 'warn');
+      } else {
+        const closeMs = this.opts.prefixCacheDir !== undefined ? SHUTDOWN_CLOSE_MS + SHUTDOWN_PERSIST_MS : SHUTDOWN_CLOSE_MS;
+        if (!(await within(this.closed.promise, closeMs))) {
+          this.onLog(`shutdown: the inference worker did not write its prefix snapshots and release the model within ${closeMs / 1000} s; stopping it`, 'warn');
+        }
+      }
     }
     this.state = 'closed';
     this.endAllStreams(doneEvent('abort'));
     this.latestStats = ZERO_STATS;
-    await this.worker.terminate();
+    await Promise.all([this.current.worker.terminate(), this.loading?.terminate()]);
   }
 
   private post(msg: ToWorker): void {
-    this.worker.postMessage(msg);
+    this.current.worker.postMessage(msg);
   }
 
-  private onMessage(msg: FromWorker, onLog: (msg: string) => void): void {
+  /** Routes a worker's messages and its end to this Engine while it is the current one. */
+  private attach(run: WorkerRun): void {
+    this.current = run;
+    run.worker.on('message', (msg: FromWorker) => {
+      // Once a worker is lost, only its log lines still count (its requests have been failed).
+      if (this.current === run && (msg.type === 'log' || this.state === 'ready' || this.state === 'closing')) this.onMessage(msg);
+    });
+    run.worker.on('error', (err: Error) => {
+      if (this.current === run) this.lost(`the inference worker crashed: ${err.stack ?? err.message}`);
+    });
+    run.worker.on('exit', (code: number) => {
+      if (this.current === run) this.lost(`the inference worker exited (code ${code})`);
+    });
+  }
+
+  private onMessage(msg: FromWorker): void {
     switch (msg.type) {
       case 'log':
-        onLog(msg.message);
+        this.onLog(msg.message);
         return;
       case 'accepted': {
         this.latestStats = msg.stats;
@@ -257,8 +333,14 @@ export class Engine {
         this.latestStats = msg.stats;
         for (const { requestId, event } of msg.events) this.streams.get(requestId)?.push(event);
         return;
+      case 'stopped':
+        this.stopped.resolve();
+        return;
       case 'closed':
-        this.closedSignal?.();
+        this.closed.resolve();
+        return;
+      case 'fatal':
+        this.lost(msg.message);
         return;
       case 'ready':
       case 'load_error':
@@ -266,14 +348,104 @@ export class Engine {
     }
   }
 
-  private fail(message: string): void {
-    if (this.state === 'closed' || this.state === 'failed') return;
-    this.state = 'failed';
-    this.failure = message;
-    const err = new EngineUnavailableError(message);
-    for (const s of this.streams.values()) s.reject(err);
-    this.endAllStreams(doneEvent('error', message));
+  /** Watchdog tick: a step that has run for longer than stepTimeoutMs means a hung worker. */
+  private checkStep(): void {
+    const startedMs = this.current.stepClock[0] ?? 0;
+    if (this.state !== 'ready' || startedMs === 0) return;
+    const runningMs = Date.now() - startedMs;
+    if (runningMs > this.stepTimeoutMs) {
+      this.lost(`a step has run for ${(runningMs / 1000).toFixed(1)} s, over the step timeout of ${this.stepTimeoutMs / 1000} s: the inference worker hangs`);
+    }
+  }
+
+  /**
+   * The current worker is gone or cannot be trusted: fail what it held, then restart it or give up.
+   * Called once per worker (later reports of the same worker find the state changed).
+   */
+  private lost(reason: string): void {
+    if (this.state === 'closed') return;
+    if (this.state === 'closing') {
+      // Shutdown waits for these replies; a worker that died meanwhile will not send them.
+      this.stopped.resolve();
+      this.closed.resolve();
+      this.endAllStreams(doneEvent('error', reason));
+      return;
+    }
+    if (this.state !== 'ready') return;
+    this.state = 'restarting';
+    this.lastFailure = reason;
+    this.onLog(reason, 'error');
+    this.failAllStreams(reason);
     this.latestStats = ZERO_STATS;
+    this.scheduleRestart();
+  }
+
+  /** Asks the policy what follows a failure: a restart after a backoff, or giving up. */
+  private scheduleRestart(): void {
+    const decision = this.policy.onFailure(Date.now());
+    const { maxRestarts, windowMs } = this.policy.options;
+    if (decision.action === 'give-up') {
+      this.giveUp(`the inference engine failed ${decision.failuresInWindow} times within ${windowMs / 1000} s (at most ${maxRestarts} restarts allowed); not restarting it, liveness now fails`);
+      return;
+    }
+    this.onLog(`restarting the inference worker in ${(decision.delayMs / 1000).toFixed(1)} s (failure ${decision.failuresInWindow} of at most ${maxRestarts + 1} within ${windowMs / 1000} s)`, 'warn');
+    this.restartTimer = setTimeout(() => {
+      this.restartTimer = null;
+      void this.restart();
+    }, decision.delayMs);
+  }
+
+  private giveUp(message: string): void {
+    this.state = 'failed';
+    this.onLog(message, 'error');
+    void this.current.worker.terminate();
+  }
+
+  private async restart(): Promise<void> {
+    // The old thread must be gone first: its onnxruntime sessions hold the model's memory. A thread
+    // blocked inside native code cannot be stopped; then only a new process helps.
+    if (!(await within(this.current.worker.terminate(), RETIRE_TIMEOUT_MS))) {
+      if (this.state === 'restarting') this.giveUp(`the lost inference worker did not stop within ${RETIRE_TIMEOUT_MS / 1000} s (blocked in native code?); liveness now fails`);
+      return;
+    }
+    if (this.state !== 'restarting') return;
+    this.numRestarts++;
+    try {
+      const { run, ready } = await launch(this.opts, this.onLog, (worker) => (this.loading = worker));
+      this.loading = null;
+      if (this.state !== 'restarting') {
+        await run.worker.terminate(); // shut down while it loaded
+        return;
+      }
+      this.latestStats = ready.stats;
+      this.attach(run);
+      this.state = 'ready';
+      this.onLog(`the inference worker was restarted (restart ${this.numRestarts}); ready`, 'warn');
+    } catch (err) {
+      this.loading = null;
+      if (this.state !== 'restarting') return;
+      this.lastFailure = `restart ${this.numRestarts} failed: ${(err as Error).message}`;
+      this.onLog(this.lastFailure, 'error');
+      this.scheduleRestart();
+    }
+  }
+
+  private unavailableMessage(): string {
+    switch (this.state) {
+      case 'restarting':
+        return 'the inference engine is restarting after a failure; retry shortly';
+      case 'failed':
+        return 'the inference engine failed and could not be restarted';
+      default:
+        return 'the engine is shutting down';
+    }
+  }
+
+  /** Submissions not yet accepted are refused as unavailable; accepted streams end with an error. */
+  private failAllStreams(reason: string): void {
+    const err = new EngineUnavailableError(this.unavailableMessage());
+    for (const s of this.streams.values()) s.reject(err);
+    this.endAllStreams(doneEvent('error', reason));
   }
 
   private endAllStreams(event: TokenEvent): void {

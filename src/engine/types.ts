@@ -152,3 +152,18 @@ export interface EngineStats {
   /** Grammar matchers held (one per constrained request, queued or running); absent before the first. */
   readonly grammarMatchers?: number;
 }
+
+/**
+ * The supervised engine's condition (engine.ts). `restarting`: the inference worker was lost and a new
+ * one is being started (requests get 503, readiness fails). `failed`: it failed too often to recover
+ * in this process (liveness fails, so the orchestrator restarts the process).
+ */
+export type EngineCondition = 'ready' | 'restarting' | 'failed' | 'closed';
+
+export interface EngineHealth {
+  readonly condition: EngineCondition;
+  /** Replacement workers started since the engine was created (the engine_restarts_total counter). */
+  readonly restarts: number;
+  /** Why the last worker was lost (for logs and operators), or null. */
+  readonly lastFailure: string | null;
+}

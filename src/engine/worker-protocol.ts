@@ -5,12 +5,15 @@ import type { ModelConfig } from './model/config.ts';
 import type { EngineStats, SubmitRequest, TokenEvent } from './types.ts';
 
 /** What the worker needs to start (the Engine's options); passed as `workerData`. */
-export type WorkerInit = EngineOptions;
+export interface WorkerInit extends EngineOptions {
+  /** A Float64Array[1] the worker sets to Date.now() while a step runs and to 0 between steps. */
+  readonly stepClock: SharedArrayBuffer;
+}
 
 export type ToWorker =
   | { readonly type: 'submit'; readonly request: SubmitRequest }
   | { readonly type: 'abort'; readonly requestId: string }
-  /** Abort everything, answer `closed`. */
+  /** Abort everything; answer `stopped` once no step runs, then `closed` once snapshots are written and the model released. */
   | { readonly type: 'shutdown' };
 
 /** A rejected submission: the error class name (errors.ts), its message and param. */
@@ -33,4 +36,7 @@ export type FromWorker =
   | { readonly type: 'rejected'; readonly requestId: string; readonly error: WireError }
   /** Events of one step (or of an abort), in order, with the stats right after them. */
   | { readonly type: 'events'; readonly events: readonly RoutedEvent[]; readonly stats: EngineStats }
-  | { readonly type: 'closed' };
+  | { readonly type: 'stopped' }
+  | { readonly type: 'closed' }
+  /** Something escaped a step (the core cannot be trusted): the worker exits right after this. */
+  | { readonly type: 'fatal'; readonly message: string };

@@ -1,10 +1,17 @@
 // The inference worker (worker_threads entry): loads the checkpoint and the Model, owns the EngineCore
 // and runs the step loop while there is work. onnxruntime's session.run blocks its thread for a whole
 // step, so it must not run on the HTTP thread. Protocol: worker-protocol.ts.
+//
+// Failures: EngineCore.step contains what it can (a failed model run fails its step's requests). What
+// escapes a step leaves the core in a state nobody can trust, so the worker reports `fatal` and exits;
+// the Engine on the main thread fails every request in flight and starts a new worker (engine.ts). The
+// start time of the step in flight is kept in shared memory (stepClock), so the main thread sees a
+// step that never returns even while this thread is blocked.
 import { basename, dirname } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { EngineCore } from './engine-core.ts';
 import { EngineError, EngineUnavailableError, RequestRejectedError } from './errors.ts';
+import { faultHook } from './faults.ts';
 import { GrammarClient, type RemoteMatcher } from './grammar/grammar-client.ts';
 import { parseModelConfig } from './model/config.ts';
 import type { Checkpoint } from './model/checkpoint.ts';
@@ -18,6 +25,8 @@ import type { FromWorker, RoutedEvent, ToWorker, WireError, WorkerInit } from '.
 const port = parentPort;
 if (port === null) throw new Error('worker.ts must run in a worker thread');
 const init = workerData as WorkerInit;
+/** [0]: Date.now() when the step in flight began; 0 between steps. Read by the Engine's step watchdog. */
+const stepClock = new Float64Array(init.stepClock);
 
 function post(msg: FromWorker): void {
   port!.postMessage(msg);
@@ -82,13 +91,20 @@ async function loop(): Promise<void> {
   looping = true;
   try {
     while (core.hasWork) {
-      if (!(await core.step())) {
+      let ran: boolean;
+      stepClock[0] = Date.now();
+      try {
+        ran = await core.step();
+      } finally {
+        stepClock[0] = 0;
+      }
+      if (!ran) {
         // Only sequences waiting for a grammar mask (the grammar worker compiles): wait for its progress.
         if (core.numAwaitingGrammar > 0) {
           await grammar.whenProgress(GRAMMAR_WAIT_MS);
           continue;
         }
-        // Nothing schedulable (cannot happen with reservations, but never spin): wait for a message.
+        // Nothing to run or prepare (a disk read is pending, or nothing is left): wait for a message.
         break;
       }
       flush();
@@ -109,7 +125,7 @@ function submit(request: GenerateRequest, matcher?: RemoteMatcher): void {
     return;
   }
   post({ type: 'accepted', requestId: request.requestId, stats: core.stats() });
-  if (!looping) currentLoop = loop().catch(fatal);
+  startLoop();
 }
 
 function onMessage(msg: ToWorker): void {
@@ -139,10 +155,12 @@ function onMessage(msg: ToWorker): void {
       shuttingDown = true;
       core.abortAll();
       flush();
-      // A step may be in flight (Model.run yields before its native call): let it end and release the
-      // session before reporting closed, so the thread is never terminated inside onnxruntime.
+      // A step may be in flight (Model.run yields before its native call): let it end, however long
+      // it takes (the Engine bounds the wait), and release the session before reporting closed, so the
+      // thread is never terminated inside onnxruntime.
       void currentLoop
         .catch(() => undefined)
+        .then(() => post({ type: 'stopped' }))
         .then(() => core.flushSnapshots())
         .then(() => model.close())
         .then(() => grammar.close())
@@ -151,9 +169,17 @@ function onMessage(msg: ToWorker): void {
   }
 }
 
+function startLoop(): void {
+  if (!looping) currentLoop = loop().catch(fatal);
+}
+
+/**
+ * Something escaped a step: report why and end this thread. The events of the broken step are not
+ * sent: the Engine fails every request of this worker with this message.
+ */
 function fatal(err: unknown): void {
-  post({ type: 'log', message: `engine loop failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}` });
-  throw err;
+  post({ type: 'fatal', message: `the engine loop failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}` });
+  process.exit(1);
 }
 
 try {
@@ -170,9 +196,8 @@ try {
     // The built-model folder names checkpoint, builder version and graph variant: disk snapshots are per build.
     modelTag: basename(dirname(model.modelPath)),
     log: (message) => post({ type: 'log', message }),
-    wake: () => {
-      if (!looping) currentLoop = loop().catch(fatal);
-    },
+    wake: startLoop,
+    ...(init.faults !== undefined && init.faults.length > 0 ? { faultHook: faultHook(init.faults, (message) => post({ type: 'log', message })) } : {}),
   });
   port.on('message', onMessage);
   post({ type: 'ready', config: model.config, maxModelLen: core.maxModelLen, stats: core.stats() });

@@ -5,7 +5,7 @@
 // Bad flags print a one-line error and exit 2; a model that fails to load exits 1.
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Engine, type EngineOptions } from '../engine/engine.ts';
+import { Engine, type EngineLogLevel, type EngineOptions } from '../engine/engine.ts';
 import { inspectModel } from '../engine/model/inspect.ts';
 import { TextTokenizer } from '../engine/tokenizer.ts';
 import { loadChatAssets } from '../routes/chat-template.ts';
@@ -23,7 +23,15 @@ function fail(message: string, code: number): never {
 }
 
 function engineOptions(config: ServerConfig): EngineOptions {
-  const opts: { -readonly [K in keyof EngineOptions]: EngineOptions[K] } = { modelDir: config.modelDir, device: config.device };
+  const opts: { -readonly [K in keyof EngineOptions]: EngineOptions[K] } = {
+    modelDir: config.modelDir,
+    device: config.device,
+    supervision: {
+      maxRestarts: config.engineMaxRestarts,
+      restartWindowMs: config.engineRestartWindowSeconds * 1000,
+      stepTimeoutMs: config.stepTimeoutSeconds * 1000,
+    },
+  };
   if (config.weights !== undefined) opts.weightDtype = config.weights;
   if (config.cacheDir !== undefined) opts.cacheDir = config.cacheDir;
   if (config.maxNumSeqs !== undefined) opts.maxNumSeqs = config.maxNumSeqs;
@@ -54,8 +62,8 @@ async function serve(argv: readonly string[]): Promise<void> {
 
   const tokenizer = await TextTokenizer.load(config.modelDir);
   const metrics = new ServerMetrics(config.servedModelName);
-  let log: ((msg: string) => void) | null = null;
-  const enginePromise: Promise<EnginePort> = Engine.start(engineOptions(config), (msg: string) => log?.(msg));
+  let log: ((msg: string, level: EngineLogLevel) => void) | null = null;
+  const enginePromise: Promise<EnginePort> = Engine.start(engineOptions(config), (msg, level = 'info') => log?.(msg, level));
   const app = buildApp({
     engine: enginePromise,
     tokenizer,
@@ -65,7 +73,7 @@ async function serve(argv: readonly string[]): Promise<void> {
     version: VERSION,
     logger: { level: config.logLevel },
   });
-  log = (msg) => app.log.info({ component: 'engine' }, msg);
+  log = (msg, level) => app.log[level]({ component: 'engine' }, msg);
   enginePromise.then(
     (engine) =>
       app.log.info(
@@ -81,7 +89,10 @@ async function serve(argv: readonly string[]): Promise<void> {
   installShutdownHandlers(app, {
     drainTimeoutSeconds: config.drainTimeoutSeconds,
     onClosed: async () => {
-      await app.serving.loadedEngine?.shutdown();
+      // A step in flight may outlast the HTTP drain (a 7B prefill chunk takes ~12 s on a CPU): wait for
+      // it with what is left of --drain-timeout-seconds, at least 5 s (the chart's grace period adds 15).
+      const drainedMs = performance.now() - (app.serving.drainStartedMs ?? performance.now());
+      await app.serving.loadedEngine?.shutdown({ stepTimeoutMs: Math.max(5000, config.drainTimeoutSeconds * 1000 - drainedMs) });
       await tokenizer.close(); // its encoding worker, if a long prompt started one
     },
     exit: (code) => process.exit(code),

@@ -6,7 +6,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { AuthenticationError } from './errors.ts';
 
-const OPEN_PATHS = new Set(['/', '/health', '/version', '/metrics', '/favicon.ico']);
+const OPEN_PATHS = new Set(['/', '/health', '/health/live', '/version', '/metrics', '/favicon.ico']);
 
 function digest(s: string): Buffer {
   return createHash('sha256').update(s).digest();

@@ -37,6 +37,11 @@ export interface ServerConfig {
   readonly maxQueue?: number;
   readonly bodyLimitBytes: number;
   readonly drainTimeoutSeconds: number;
+  /** Restarts of a lost inference worker allowed within engineRestartWindowSeconds; one more failure gives up. */
+  readonly engineMaxRestarts: number;
+  readonly engineRestartWindowSeconds: number;
+  /** A step running longer means a hung worker (restarted); 0 = no watchdog. */
+  readonly stepTimeoutSeconds: number;
   readonly cacheDir?: string;
   readonly threads?: number;
   readonly decodeThreads?: number;
@@ -84,6 +89,9 @@ export const FLAGS: readonly FlagSpec[] = [
   { flag: 'max-queue', kind: 'int', min: 0, help: 'waiting requests before 429' },
   { flag: 'body-limit-bytes', kind: 'int', min: 1024, help: 'largest request body accepted', defaultText: '67108864 (64 MiB)' },
   { flag: 'drain-timeout-seconds', kind: 'number', min: 0, help: 'on SIGTERM, how long in-flight requests may finish', defaultText: '30' },
+  { flag: 'engine-max-restarts', kind: 'int', min: 0, help: 'restarts of a lost inference worker within the window before /health/live fails', defaultText: '5' },
+  { flag: 'engine-restart-window-seconds', kind: 'number', min: 1, help: 'window in which engine restarts are counted', defaultText: '600' },
+  { flag: 'step-timeout-seconds', kind: 'number', min: 0, help: 'a step running longer means a hung inference worker: it is restarted (0 = never)', defaultText: '600' },
   { flag: 'cache-dir', kind: 'string', help: 'where built ONNX graphs are cached' },
   { flag: 'threads', kind: 'int', min: 1, help: 'onnxruntime intra-op threads' },
   { flag: 'decode-threads', kind: 'int', min: 1, help: 'threads of a second session for steps of ≤ 4 tokens (1 wins on small models; costs a second copy of the weights)', defaultText: 'unset: one session' },
@@ -176,6 +184,9 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     device: (str('device') ?? 'cpu') as Device,
     bodyLimitBytes: num('body-limit-bytes') ?? 64 * 1024 * 1024,
     drainTimeoutSeconds: num('drain-timeout-seconds') ?? 30,
+    engineMaxRestarts: num('engine-max-restarts') ?? 5,
+    engineRestartWindowSeconds: num('engine-restart-window-seconds') ?? 600,
+    stepTimeoutSeconds: num('step-timeout-seconds') ?? 600,
     logLevel: (str('log-level') ?? 'info') as LogLevel,
     keepaliveSeconds: num('keepalive-seconds') ?? 5,
   };

@@ -1,7 +1,8 @@
 // Prometheus metrics of the server: one registry, vLLM's metric suffixes under our prefix
 // `spikeserve:` (dashboards and the Gateway API inference extension port by a prefix swap), every
-// series labelled with `model_name`. Fed by two things only: the TokenEvent stream of each engine
-// request (trackRequest) and periodic EngineStats snapshots (updateEngineStats). No HTTP here.
+// series labelled with `model_name`. Fed by three things only: the TokenEvent stream of each engine
+// request (trackRequest), and EngineStats and EngineHealth snapshots taken at each scrape
+// (updateEngineStats, updateEngineHealth). No HTTP here.
 //
 // Per request (t0 = trackRequest(), times from the injected clock, seconds):
 //   TTFT   = t(first 'token') − t0                      observed once per request
@@ -12,7 +13,7 @@
 // last `prefillRateWindowSeconds`, divided by that window (or by the time since the first sample
 // when that is shorter); it is computed at scrape time and decays to 0 when the engine is idle.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { EngineStats, FinishReason, TokenEvent } from '../engine/types.ts';
+import type { EngineHealth, EngineStats, FinishReason, TokenEvent } from '../engine/types.ts';
 
 export const METRIC_PREFIX = 'spikeserve:';
 
@@ -88,6 +89,9 @@ export class ServerMetrics {
   private readonly preemptions: Counter.Internal;
   private lastPreemptions = 0;
   private readonly generationTokens: Counter.Internal;
+  private readonly engineRestarts: Counter.Internal;
+  /** The engine's restart count at the last health update (the counter advances by the difference). */
+  private lastRestarts = 0;
   private readonly success: Counter<'model_name' | 'finished_reason'>;
 
   constructor(
@@ -161,6 +165,7 @@ export class ServerMetrics {
     this.generationTokens = counter('generation_tokens_total', 'Generated tokens of finished requests.');
     // vLLM's name: requests whose memory was taken back when a full-attention pool ran out (they recompute).
     this.preemptions = counter('num_preemptions_total', 'Requests preempted (their KV pages freed, their tokens recomputed later).');
+    this.engineRestarts = counter('engine_restarts_total', 'Inference workers restarted after one was lost (crash, exit, out of memory, hung step).');
     this.success = new Counter({
       name: METRIC_PREFIX + 'request_success_total',
       help: 'Finished requests, by finish reason.',
@@ -255,6 +260,11 @@ export class ServerMetrics {
     this.lastSpikes = { zeros: s.spikeZeros, values: s.spikeValues };
     this.preemptions.inc(s.numPreemptions < this.lastPreemptions ? s.numPreemptions : s.numPreemptions - this.lastPreemptions);
     this.lastPreemptions = s.numPreemptions;
+  }
+
+  updateEngineHealth(h: EngineHealth): void {
+    if (h.restarts > this.lastRestarts) this.engineRestarts.inc(h.restarts - this.lastRestarts);
+    this.lastRestarts = h.restarts;
   }
 
   render(): Promise<string> {

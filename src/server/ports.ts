@@ -4,7 +4,7 @@
 // route test can build the app around the real parts without the CLI.
 import type { ModelConfig } from '../engine/model/config.ts';
 import type { TextTokenizer } from '../engine/tokenizer.ts';
-import type { EngineStats, SubmitRequest, TokenEvent } from '../engine/types.ts';
+import type { EngineHealth, EngineStats, SubmitRequest, TokenEvent } from '../engine/types.ts';
 
 export interface EnginePort {
   readonly config: ModelConfig;
@@ -14,7 +14,10 @@ export interface EnginePort {
   generate(req: SubmitRequest, signal?: AbortSignal): AsyncIterable<TokenEvent>;
   abort(requestId: string): void;
   stats(): EngineStats;
-  shutdown(): Promise<void>;
+  /** ready / restarting after a lost worker / failed for good (readiness and liveness follow it). */
+  health(): EngineHealth;
+  /** stepTimeoutMs: how long to wait for the step in flight (Engine.shutdown). */
+  shutdown(opts?: { readonly stepTimeoutMs?: number }): Promise<void>;
 }
 
 /** encodeToInt32 is the HTTP thread's encode (long text goes to a worker); tokenBytes gives a token's raw bytes. */
@@ -28,6 +31,7 @@ export interface RequestTracker {
 export interface MetricsPort {
   trackRequest(): RequestTracker;
   updateEngineStats(s: EngineStats): void;
+  updateEngineHealth(h: EngineHealth): void;
   readonly contentType: string;
   render(): Promise<string>;
 }

@@ -138,11 +138,20 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
   return server;
 }
 
-/** Polls until the engine holds nothing (an abort reaches the worker shortly after the client leaves). */
-export async function waitEngineIdle(engine: Engine): Promise<void> {
-  for (let i = 0; i < 400; i++) {
+/**
+ * Polls until the engine holds nothing (an abort reaches the worker shortly after the client leaves);
+ * throws with what it still holds when that does not happen within `timeoutMs` (a deadline that only
+ * stops a test that would otherwise pass while something leaked).
+ */
+export async function waitEngineIdle(engine: Engine, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
     const s = engine.stats();
-    if (s.numRunning + s.numWaiting + s.kvPagesUsed + s.stateSlotsUsed === 0) return;
+    if (s.numRunning + s.numWaiting + s.kvPagesUsed + s.stateSlotsUsed + s.stateBytesInUse === 0) return;
+    if (Date.now() > deadline) {
+      const held = { running: s.numRunning, waiting: s.numWaiting, kvPages: s.kvPagesUsed, stateSlots: s.stateSlotsUsed, stateBytes: s.stateBytesInUse };
+      throw new Error(`the engine is not idle after ${timeoutMs / 1000} s: ${JSON.stringify(held)}`);
+    }
     await new Promise((r) => setTimeout(r, 25));
   }
 }
