@@ -10,18 +10,56 @@
 // Prefix snapshots (PrefixStateCache) hold pages too; admission keeps
 //   Σ reservations + (pages held by snapshots) ≤ pool size
 // by evicting least recently used snapshots, so snapshots only ever use memory nobody reserved.
-// The cache gets plain numbers; it imports nothing from the engine.
+// With a snapshot folder (SnapshotStore, shared by every replica), snapshots of at least
+// shareMinTokens tokens are written through as soon as they are taken, the others when memory evicts
+// them and at shutdown; a waiting request's longer prefix on disk is read ahead (SnapshotReads) and
+// restored at admission. The cache gets plain numbers; it imports nothing from the engine.
 import { BlockPool, bytesPerPage, type PageSpec } from './block-pool.ts';
 import { PagedKvManager, type BlockTable } from './paged-kv.ts';
 import { PrefixStateCache, type PrefixSnapshot } from './prefix-cache.ts';
-import type { SnapshotStore, StoredSnapshot } from './snapshot-store.ts';
-
-/** A snapshot read from disk before admission (Scheduler), or null when the read failed. */
-export interface PrefetchedSnapshot {
-  readonly key: string;
-  readonly snapshot: StoredSnapshot | null;
-}
+import type { SnapshotData, SnapshotExpectation } from './snapshot-file.ts';
+import { SnapshotReads, type PrefetchedSnapshot } from './snapshot-reads.ts';
+import { SnapshotStore, type SnapshotStoreStats } from './snapshot-store.ts';
 import { StateSlots } from './state-slots.ts';
+
+export type { PrefetchedSnapshot } from './snapshot-reads.ts';
+
+/** The shared snapshot folder of this model build (CacheManager opens a SnapshotStore on it). */
+export interface SnapshotFolderOptions {
+  readonly dir: string;
+  /** Byte bound of the folder, shared by every process that writes to it. */
+  readonly maxBytes: number;
+  /** Names the model build; a file of another identity is never restored. */
+  readonly modelIdentity: string;
+  /** Snapshots of at least this many tokens are written as soon as they are taken. */
+  readonly shareMinTokens: number;
+  readonly readTimeoutMs: number;
+  readonly log?: (message: string) => void;
+  /** Called when a disk read or write ended (stats changed). */
+  readonly onActivity?: () => void;
+}
+
+/** One snapshot as the prefix-cache API lists it. */
+export interface PrefixCacheEntryInfo {
+  readonly key: string;
+  readonly numTokens: number;
+  readonly bytes: number;
+  readonly inMemory: boolean;
+  readonly onDisk: boolean;
+  /** Restores by this process since it started. */
+  readonly hits: number;
+  /** ms since the epoch (memory: last use here; disk: the file's mtime, any process). */
+  readonly lastUsedMs: number;
+}
+
+/** The snapshot folder's counters plus the read-ahead budget in use. */
+export interface SnapshotDiskStats extends SnapshotStoreStats {
+  readonly readBufferBytes: number;
+  readonly readsSkippedForBudget: number;
+}
+
+/** Most keys whose hit counts are remembered (memory entries and disk files used here). */
+const MAX_TRACKED_USES = 4096;
 
 export interface CacheSpec {
   readonly numAttnLayers: number;
@@ -43,14 +81,17 @@ export interface CacheOptions {
   readonly maxNumSeqs: number;
   /** Largest chunk the scheduler will ever ask for (prefill chunk; decode is 1). */
   readonly maxChunkTokens: number;
-  /** Byte bound of prefix snapshots (GLA states + window pages); 0 or absent = no prefix caching. */
+  /**
+   * Byte bound of prefix snapshots (GLA states + window pages); 0 or absent = no prefix caching.
+   * Disk reads in flight for waiting requests may hold as much again (SnapshotReads).
+   */
   readonly prefixCacheBytes?: number;
   /**
-   * Prefix snapshots on disk as well (needs prefixCacheBytes > 0): a snapshot evicted from memory is
-   * written there (spilled), persistSnapshots() writes the rest (at shutdown), and admission restores
-   * the longest prefix found on disk when memory has no longer one.
+   * Prefix snapshots on disk as well (needs prefixCacheBytes > 0): written through (≥ shareMinTokens)
+   * or when memory evicts them, all at persistSnapshots() (shutdown); admission restores the longest
+   * prefix found on disk (prefetchDiskPrefix) when memory has no longer one.
    */
-  readonly snapshotStore?: SnapshotStore;
+  readonly snapshotFolder?: SnapshotFolderOptions;
 }
 
 export interface CacheUsage {
@@ -85,6 +126,14 @@ export class CacheManager {
   readonly prefix: PrefixStateCache | null;
   /** null when snapshots stay in memory only. */
   readonly store: SnapshotStore | null;
+  private readonly reads: SnapshotReads | null;
+  private readonly shareMinTokens: number;
+  /** Memory snapshots known to have a file (written or restored here); dropped on eviction. */
+  private readonly onDisk = new Set<string>();
+  /** Writes in flight, by key. */
+  private readonly pendingWrites = new Map<string, Promise<unknown>>();
+  /** key → restores and last use here (insertion order = oldest first, bounded). */
+  private readonly uses = new Map<string, { hits: number; lastUsedMs: number }>();
   private readonly sequences = new Map<string, SequenceEntry>();
   private reservedPages = 0;
 
@@ -106,9 +155,38 @@ export class CacheManager {
       opts.maxNumSeqs,
     );
     const prefixBytes = opts.prefixCacheBytes ?? 0;
-    const store = prefixBytes > 0 ? (opts.snapshotStore ?? null) : null;
-    this.store = store;
-    this.prefix = prefixBytes > 0 ? new PrefixStateCache(this.pool, prefixBytes, store === null ? undefined : (e) => this.spill(e)) : null;
+    const folder = prefixBytes > 0 ? opts.snapshotFolder : undefined;
+    this.store =
+      folder === undefined
+        ? null
+        : new SnapshotStore({
+            dir: folder.dir,
+            maxBytes: folder.maxBytes,
+            expect: this.snapshotExpectation(folder.modelIdentity),
+            readTimeoutMs: folder.readTimeoutMs,
+            maxWriteBytesInFlight: prefixBytes,
+            ...(folder.log !== undefined ? { log: folder.log } : {}),
+            ...(folder.onActivity !== undefined ? { onActivity: folder.onActivity } : {}),
+          });
+    this.reads = this.store === null ? null : new SnapshotReads(this.store, prefixBytes);
+    this.shareMinTokens = folder?.shareMinTokens ?? Infinity;
+    this.prefix = prefixBytes > 0 ? new PrefixStateCache(this.pool, prefixBytes, (e) => this.evicted(e)) : null;
+  }
+
+  /** What a snapshot file of this model must hold: the GLA states, then the window's pages. */
+  snapshotExpectation(modelIdentity: string): SnapshotExpectation {
+    const hasPages = this.spec.numAttnLayers > 0;
+    return {
+      modelIdentity,
+      pageTokens: this.pageTokens,
+      arrays: Array.from({ length: this.spec.numGlaLayers }, () => this.slots.floatsPerLayer),
+      floatsPerPage: this.pool.floatsPerPage,
+      pagesFor: (numTokens) => {
+        if (!hasPages) return { firstPage: 0, numPages: 0 };
+        const { firstPage, endPage } = this.kv.snapshotRange(numTokens);
+        return { firstPage, numPages: endPage - firstPage };
+      },
+    };
   }
 
   /** Pool size in pages from the options (see CacheOptions); 0 when the model has no attention layer. */
@@ -154,7 +232,7 @@ export class CacheManager {
    * are copied into the slot and its pages shared. Returns the number of restored tokens (0 = none),
    * or null when the sequence does not fit now.
    */
-  admit(seqId: string, totalTokens: number, prefixKeys?: readonly string[], prefetched?: PrefetchedSnapshot): number | null {
+  admit(seqId: string, totalTokens: number, prefixKeys?: readonly string[], prefetched?: PrefetchedSnapshot | null): number | null {
     if (this.sequences.has(seqId)) throw new Error(`sequence ${seqId} already admitted`);
     if (!this.canAdmit(totalTokens)) return null;
     // A slot is taken even without GLA layers (then it is empty): slots bound the running sequences.
@@ -165,22 +243,16 @@ export class CacheManager {
     this.sequences.set(seqId, { slot, reservedPages });
     let restored = 0;
     let hit = this.prefix !== null && prefixKeys !== undefined ? this.prefix.lookup(prefixKeys) : null;
-    if (this.store !== null && prefixKeys !== undefined) {
-      // A longer prefix on disk than in memory: bring it into the memory cache first (from what the
-      // scheduler prefetched, or read now). A failed restore may have evicted the memory hit to make
-      // room: look it up again.
-      const memoryTokens = hit?.numTokens ?? 0;
-      let restoredHit: PrefixSnapshot | null = null;
-      if (prefetched !== undefined) {
-        if (prefetched.snapshot !== null && prefetched.snapshot.numTokens > memoryTokens) restoredHit = this.restore(prefetched.key, prefetched.snapshot);
-      } else {
-        const diskIndex = this.store.longest(prefixKeys, memoryTokens / this.pageTokens - 1);
-        if (diskIndex >= 0) restoredHit = this.restoreFromDisk(prefixKeys[diskIndex] as string);
-      }
+    const fromDisk = prefetched?.snapshot ?? null;
+    if (prefixKeys !== undefined && prefetched != null && fromDisk !== null && fromDisk.numTokens > (hit?.numTokens ?? 0)) {
+      // A longer prefix read from disk (prefetchDiskPrefix, before admission): bring it into the memory
+      // cache. A failed restore may have evicted the memory hit to make room: look it up again.
+      const restoredHit = this.restore(prefetched.key, fromDisk);
       if (restoredHit !== null) hit = restoredHit;
       else if (hit !== null && !this.prefix?.has(hit.key)) hit = this.prefix?.lookup(prefixKeys) ?? null;
     }
     if (hit !== null) {
+      this.used(hit.key, true);
       hit.glaStates.forEach((state, g) => this.slots.state(g, slot).set(state));
       if (this.spec.numAttnLayers > 0) this.kv.adopt(seqId, hit.firstPage, hit.pages, hit.numTokens);
       restored = hit.numTokens;
@@ -190,50 +262,50 @@ export class CacheManager {
   }
 
   /**
-   * Reads a snapshot from disk into fresh pool pages and the memory cache; null when it cannot be read
-   * or its pages do not fit beside the reservations (then nothing changes).
+   * Reads ahead, for a request about to wait for admission, the longest prefix of `keys` that the
+   * disk holds beyond memory's (one read per key, shared, within the read budget). null when there
+   * is no snapshot folder or memory already holds the longest key; the promise never rejects.
    */
-  private restoreFromDisk(key: string): PrefixSnapshot | null {
-    const stored = this.store?.read(key) ?? null;
-    return stored === null ? null : this.restore(key, stored);
-  }
-
-  /** The prefix key (of `keys`) the disk holds longer than memory, for the scheduler to prefetch; null if none. */
-  diskPrefixToPrefetch(keys: readonly string[]): string | null {
-    if (this.store === null || this.prefix === null) return null;
+  prefetchDiskPrefix(keys: readonly string[]): Promise<PrefetchedSnapshot | null> | null {
+    if (this.reads === null || this.prefix === null) return null;
     let memoryIndex = -1;
     for (let i = keys.length - 1; i >= 0; i--) {
-      if (this.prefix.has(keys[i] as string)) {
+      if (this.prefix.has(keys[i]!)) {
         memoryIndex = i;
         break;
       }
     }
-    const diskIndex = this.store.longest(keys, memoryIndex);
-    return diskIndex < 0 ? null : (keys[diskIndex] as string);
+    return memoryIndex >= keys.length - 1 ? null : this.reads.prefetch(keys, memoryIndex);
   }
 
-  /** Puts a snapshot read from disk into fresh pool pages and the memory cache (see restoreFromDisk). */
-  private restore(key: string, stored: StoredSnapshot): PrefixSnapshot | null {
+  /**
+   * Puts a snapshot read from disk into fresh pool pages and the memory cache; null when its pages do
+   * not fit beside the reservations (then nothing changes).
+   */
+  private restore(key: string, stored: SnapshotData): PrefixSnapshot | null {
     const prefix = this.prefix;
     if (prefix === null) return null;
     if (prefix.has(key)) return prefix.lookup([key]); // meanwhile snapshotted or restored again
-    if (stored.numPages > 0 && this.spec.numAttnLayers === 0) return null;
-    const bytes = stored.glaStates.reduce((n, s) => n + s.byteLength, 0) + stored.numPages * this.pool.bytesPerPage;
+    const numPages = stored.blocks.length;
+    if (numPages > 0 && this.spec.numAttnLayers === 0) return null;
+    const bytes = stored.arrays.reduce((n, s) => n + s.byteLength, 0) + numPages * this.pool.bytesPerPage;
     if (bytes > prefix.maxBytes) return null; // written by a server with a larger --prefix-cache-bytes
     // Fresh pages count in full against the pool: evict LRU snapshots until they fit.
-    while (this.reservedPages + prefix.numPages + stored.numPages > this.pool.numPages) {
+    while (this.reservedPages + prefix.numPages + numPages > this.pool.numPages) {
       if (!prefix.evictOldest()) return null;
     }
     const pages: number[] = [];
-    for (let i = 0; i < stored.numPages; i++) {
+    for (const block of stored.blocks) {
       const page = this.pool.allocate();
       if (page === null) break; // unreachable: the loop above made room
-      this.pool.pageView(page).set(stored.pageData.subarray(i * this.pool.floatsPerPage, (i + 1) * this.pool.floatsPerPage));
+      this.pool.pageView(page).set(block);
       pages.push(page);
     }
-    const inserted = pages.length === stored.numPages && prefix.insert(key, stored.numTokens, stored.glaStates, stored.firstPage, pages);
+    const inserted = pages.length === numPages && prefix.insert(key, stored.numTokens, stored.arrays, stored.firstPage, pages);
     for (const page of pages) this.pool.release(page); // the snapshot holds them now (or nobody)
-    return inserted ? prefix.lookup([key]) : null;
+    if (!inserted) return null;
+    this.onDisk.add(key);
+    return prefix.lookup([key]);
   }
 
   /**
@@ -251,8 +323,9 @@ export class CacheManager {
   /**
    * Snapshots an admitted sequence whose first `numTokens` positions (a multiple of P) are computed
    * and whose state slot holds the state after exactly those tokens. Returns whether it was stored.
+   * With a snapshot folder it is also written through when `numTokens` ≥ shareMinTokens or `share`.
    */
-  snapshot(seqId: string, key: string, numTokens: number): boolean {
+  snapshot(seqId: string, key: string, numTokens: number, share = false): boolean {
     if (this.prefix === null || this.prefix.has(key)) return false;
     if (numTokens % this.pageTokens !== 0 || numTokens <= 0) throw new RangeError(`snapshot at ${numTokens}: not a positive multiple of ${this.pageTokens}`);
     const slot = this.slotOf(seqId);
@@ -270,22 +343,92 @@ export class CacheManager {
     // The snapshot's pages count against the pool only where no snapshot holds them yet.
     if (!this.evictSnapshotsToFit(pages)) return false;
     const states = Array.from({ length: this.spec.numGlaLayers }, (_, g) => this.slots.state(g, slot));
-    return this.prefix.insert(key, numTokens, states, firstPage, pages);
+    if (!this.prefix.insert(key, numTokens, states, firstPage, pages)) return false;
+    this.used(key, false);
+    if (this.store !== null && (share || numTokens >= this.shareMinTokens)) {
+      const entry = this.prefix.lookup([key]);
+      if (entry !== null) this.persist(entry);
+    }
+    return true;
   }
 
-  /** Writes a snapshot to the disk store (in the background) unless it is there already. */
-  private spill(entry: PrefixSnapshot): void {
-    if (this.store === null || this.store.has(entry.key)) return;
-    const pageData = new Float32Array(entry.pages.length * this.pool.floatsPerPage);
-    entry.pages.forEach((page, i) => pageData.set(this.pool.pageView(page), i * this.pool.floatsPerPage));
-    void this.store.write(entry.key, entry.numTokens, entry.firstPage, entry.glaStates, pageData);
+  /**
+   * Writes a memory snapshot to the folder in the background unless it has a file or a write in
+   * flight. The states and pages are copied once, into the file's bytes, before this returns.
+   */
+  private persist(entry: PrefixSnapshot): void {
+    const store = this.store;
+    if (store === null || this.onDisk.has(entry.key) || this.pendingWrites.has(entry.key)) return;
+    const blocks = entry.pages.map((page) => this.pool.pageView(page));
+    const key = entry.key;
+    const write = store.write(key, entry.numTokens, entry.firstPage, entry.glaStates, blocks).then((outcome) => {
+      this.pendingWrites.delete(key);
+      if ((outcome === 'written' || outcome === 'exists') && this.prefix?.has(key) === true) this.onDisk.add(key);
+    });
+    this.pendingWrites.set(key, write);
+  }
+
+  /** Memory evicts a snapshot: spill it to the folder unless it has a file (its pages are still held here). */
+  private evicted(entry: PrefixSnapshot): void {
+    this.persist(entry);
+    this.onDisk.delete(entry.key);
+  }
+
+  /** Resolves when the write of `key` started so far has ended; null when none is in flight. */
+  whenWritten(key: string): Promise<void> | null {
+    const write = this.pendingWrites.get(key);
+    return write === undefined ? null : write.then(() => undefined);
   }
 
   /** Writes every snapshot held in memory to the disk store and waits for the writes (shutdown). */
   async persistSnapshots(): Promise<void> {
     if (this.prefix === null || this.store === null) return;
-    for (const entry of this.prefix.snapshots()) this.spill(entry);
+    for (const entry of this.prefix.snapshots()) this.persist(entry);
     await this.store.flush();
+  }
+
+  /** Counts a restore (hit) or a new snapshot of `key` (bounded history). */
+  private used(key: string, hit: boolean): void {
+    const prev = this.uses.get(key);
+    this.uses.delete(key);
+    this.uses.set(key, { hits: (prev?.hits ?? 0) + (hit ? 1 : 0), lastUsedMs: Date.now() });
+    if (this.uses.size > MAX_TRACKED_USES) this.uses.delete(this.uses.keys().next().value as string);
+  }
+
+  /** The `limit` most recently used snapshots, in memory and in the folder, newest first. */
+  async listSnapshots(limit: number): Promise<PrefixCacheEntryInfo[]> {
+    const byKey = new Map<string, PrefixCacheEntryInfo>();
+    for (const e of this.prefix?.snapshots() ?? []) {
+      const use = this.uses.get(e.key);
+      byKey.set(e.key, { key: e.key, numTokens: e.numTokens, bytes: e.bytes, inMemory: true, onDisk: this.onDisk.has(e.key), hits: use?.hits ?? 0, lastUsedMs: use?.lastUsedMs ?? 0 });
+    }
+    for (const f of (await this.store?.list(limit)) ?? []) {
+      const mem = byKey.get(f.key);
+      const use = this.uses.get(f.key);
+      byKey.set(
+        f.key,
+        mem !== undefined
+          ? { ...mem, onDisk: true, lastUsedMs: Math.max(mem.lastUsedMs, f.lastUsedMs) }
+          : { key: f.key, numTokens: f.numTokens, bytes: f.bytes, inMemory: false, onDisk: true, hits: use?.hits ?? 0, lastUsedMs: f.lastUsedMs },
+      );
+    }
+    return [...byKey.values()].sort((a, b) => b.lastUsedMs - a.lastUsedMs).slice(0, limit);
+  }
+
+  /** Deletes a snapshot from memory and from the folder; says where it was. */
+  async deleteSnapshot(key: string): Promise<{ readonly memory: boolean; readonly disk: boolean }> {
+    const memory = this.prefix?.delete(key) ?? false;
+    this.onDisk.delete(key);
+    await this.pendingWrites.get(key); // a write in flight would publish it again
+    const disk = (await this.store?.delete(key)) ?? false;
+    this.uses.delete(key);
+    return { memory, disk };
+  }
+
+  /** Counters of the snapshot folder; null without one. */
+  diskStats(): SnapshotDiskStats | null {
+    if (this.store === null || this.reads === null) return null;
+    return { ...this.store.stats(), readBufferBytes: this.reads.bytes, readsSkippedForBudget: this.reads.skippedForBudget };
   }
 
   /** Can an admitted sequence write positions [startPos, startPos+numTokens) now? */

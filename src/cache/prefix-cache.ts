@@ -24,10 +24,11 @@ export interface PrefixSnapshot {
 
 /**
  * key[i] identifies the first (i+1)·P tokens, for every whole page that leaves at least one token
- * after it (a resumed request must compute ≥ 1 token to get logits): i+1 ≤ ⌊(n−1)/P⌋.
+ * after it (a resumed request must compute ≥ 1 token to get logits): i+1 ≤ ⌊(n−1)/P⌋; with
+ * `allPages` for every whole page, i+1 ≤ ⌊n/P⌋ (a warm-up, which samples nothing).
  */
-export function prefixKeys(tokenIds: readonly number[], pageTokens: number): string[] {
-  const numPages = Math.floor((tokenIds.length - 1) / pageTokens);
+export function prefixKeys(tokenIds: readonly number[], pageTokens: number, allPages = false): string[] {
+  const numPages = Math.floor((allPages ? tokenIds.length : tokenIds.length - 1) / pageTokens);
   const keys: string[] = [];
   const page = new Int32Array(pageTokens);
   let prev = '';
@@ -137,6 +138,14 @@ export class PrefixStateCache {
 
   clear(): void {
     while (this.evictOldest());
+  }
+
+  /** Drops one snapshot without the eviction hook (an explicit delete); false when absent. */
+  delete(key: string): boolean {
+    const entry = this.entries.get(key);
+    if (entry === undefined) return false;
+    this.remove(entry);
+    return true;
   }
 
   private remove(entry: PrefixSnapshot): void {

@@ -12,9 +12,9 @@ import {
 import type { ModelConfig } from './model/config.ts';
 import type { WeightDtype } from './model/onnx/graph-builder.ts';
 import { spawnTsWorker } from './ts-worker.ts';
-import type { EngineStats, SubmitRequest, TokenEvent } from './types.ts';
+import type { EngineStats, PrefixCacheDeletion, PrefixCacheEntryInfo, SubmitRequest, TokenEvent } from './types.ts';
 import type { EngineCoreOptions } from './engine-core.ts';
-import type { FromWorker, ToWorker, WireError, WorkerInit } from './worker-protocol.ts';
+import type { FromWorker, PrefixCacheCall, PrefixCacheReply, ToWorker, WireError, WorkerInit } from './worker-protocol.ts';
 
 export interface EngineOptions extends EngineCoreOptions {
   readonly modelDir: string;
@@ -123,6 +123,9 @@ export class Engine {
   private closedSignal: (() => void) | null = null;
   /** Prefix snapshots go to disk on shutdown: give the worker time to write them. */
   private readonly persistsSnapshots: boolean;
+  /** Prefix-cache calls waiting for the worker's reply, by id. */
+  private readonly prefixCalls = new Map<number, { resolve: (r: PrefixCacheReply) => void; reject: (err: Error) => void }>();
+  private nextPrefixCallId = 1;
 
   private constructor(worker: Worker, ready: Extract<FromWorker, { type: 'ready' }>, onLog: (msg: string) => void, persistsSnapshots: boolean) {
     this.worker = worker;
@@ -209,6 +212,29 @@ export class Engine {
     if (this.state === 'ready' || this.state === 'closing') this.post({ type: 'abort', requestId });
   }
 
+  /** The `limit` most recently used prefix snapshots, in memory and in the snapshot folder. */
+  async listPrefixCache(limit: number): Promise<PrefixCacheEntryInfo[]> {
+    const r = await this.prefixCacheCall({ op: 'list', limit });
+    if (r.op !== 'list') throw new EngineError(r.op === 'error' ? r.message : 'unexpected reply');
+    return [...r.entries];
+  }
+
+  /** Deletes a prefix snapshot (by its key) from memory and from the snapshot folder. */
+  async deletePrefixCache(key: string): Promise<PrefixCacheDeletion> {
+    const r = await this.prefixCacheCall({ op: 'delete', key });
+    if (r.op !== 'delete') throw new EngineError(r.op === 'error' ? r.message : 'unexpected reply');
+    return r.deleted;
+  }
+
+  private prefixCacheCall(call: PrefixCacheCall): Promise<PrefixCacheReply> {
+    if (this.state !== 'ready') return Promise.reject(new EngineUnavailableError(this.failure ?? 'the engine is shutting down'));
+    const id = this.nextPrefixCallId++;
+    return new Promise((resolve, reject) => {
+      this.prefixCalls.set(id, { resolve, reject });
+      this.post({ type: 'prefix_cache', id, call });
+    });
+  }
+
   /** Latest counters from the worker; updated before the events of each step are delivered. */
   stats(): EngineStats {
     return this.latestStats;
@@ -225,6 +251,7 @@ export class Engine {
       await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, graceMs).unref())]);
     }
     this.state = 'closed';
+    this.rejectPrefixCalls('the engine is shutting down');
     this.endAllStreams(doneEvent('abort'));
     this.latestStats = ZERO_STATS;
     await this.worker.terminate();
@@ -253,6 +280,12 @@ export class Engine {
       case 'closed':
         this.closedSignal?.();
         return;
+      case 'prefix_cache_reply': {
+        const call = this.prefixCalls.get(msg.id);
+        this.prefixCalls.delete(msg.id);
+        call?.resolve(msg.reply);
+        return;
+      }
       case 'ready':
       case 'load_error':
         return;
@@ -265,8 +298,14 @@ export class Engine {
     this.failure = message;
     const err = new EngineUnavailableError(message);
     for (const s of this.streams.values()) s.reject(err);
+    this.rejectPrefixCalls(message);
     this.endAllStreams(doneEvent('error', message));
     this.latestStats = ZERO_STATS;
+  }
+
+  private rejectPrefixCalls(message: string): void {
+    for (const call of this.prefixCalls.values()) call.reject(new EngineUnavailableError(message));
+    this.prefixCalls.clear();
   }
 
   private endAllStreams(event: TokenEvent): void {

@@ -33,6 +33,10 @@ export class RequestState {
   prefetched: PrefetchedSnapshot | null = null;
   /** That read is still in flight: the request is not admitted before it ends. */
   prefetching = false;
+  /** Prefill the prompt and snapshot it, sample nothing (GenerateRequest.prefillOnly). */
+  readonly prefillOnly: boolean;
+  /** A prefillOnly request's snapshot key (its whole prompt), set at admission. */
+  warmKey: string | null = null;
   /** Hint: this many leading prompt tokens are likely shared by later prompts (GenerateRequest). */
   readonly sharedPrefixTokens: number;
   /** Prefix lengths (ascending, page multiples) at which the state is snapshotted for later requests; chunks end there. */
@@ -58,6 +62,7 @@ export class RequestState {
     this.sampling = req.sampling;
     this.reportProgress = req.reportProgress;
     this.sharedPrefixTokens = req.sharedPrefixTokens ?? 0;
+    this.prefillOnly = req.prefillOnly === true;
     this.arrivalMs = nowMs;
   }
 

@@ -120,16 +120,21 @@ export class Scheduler {
     }
     if (this.cache.prefix !== null && req.sampling.promptLogprobs === null) {
       // Requests that want prompt logprobs compute every position, so they neither resume nor snapshot.
-      req.prefixKeys = prefixKeys(req.promptTokenIds, this.cache.pageTokens);
+      // A warm-up (prefillOnly) snapshots its whole prompt, so its keys cover every whole page.
+      req.prefixKeys = prefixKeys(req.promptTokenIds, this.cache.pageTokens, req.prefillOnly);
       // A longer prefix on disk than in memory is read now, off the step loop; admission waits for it.
-      const key = this.cache.diskPrefixToPrefetch(req.prefixKeys);
-      if (key !== null && this.cache.store !== null) {
+      // A read that fails or times out is a miss (null): admission goes on either way.
+      const read = this.cache.prefetchDiskPrefix(this.lookupKeys(req));
+      if (read !== null) {
         req.prefetching = true;
-        void this.cache.store.readAsync(key).then((snapshot) => {
-          req.prefetched = { key, snapshot };
-          req.prefetching = false;
-          this.onPrefetched();
-        });
+        void read
+          .catch(() => null)
+          .then((prefetched) => {
+            req.prefetching = false;
+            if (req.isFinished) prefetched?.release(); // aborted while it waited
+            else req.prefetched = prefetched;
+            this.onPrefetched();
+          });
       }
     }
     req.status = 'waiting';
@@ -161,10 +166,10 @@ export class Scheduler {
     while (this.waiting.length > 0 && this.running.length < this.config.maxNumSeqs) {
       const req = this.waiting[0]!;
       if (req.prefetching) break; // FCFS: its prefix is still being read from disk
-      // With prefix keys the cache never reads the disk itself here: only what was prefetched counts.
-      const prefetched = req.prefetched ?? (req.prefixKeys !== null ? { key: '', snapshot: null } : undefined);
-      const restored = this.cache.admit(req.requestId, req.maxTotalTokens, req.prefixKeys ?? undefined, prefetched);
+      // The cache never reads the disk here: only what was prefetched (at submit) counts.
+      const restored = this.cache.admit(req.requestId, req.maxTotalTokens, req.prefixKeys === null ? undefined : this.lookupKeys(req), req.prefetched);
       if (restored === null) break;
+      req.prefetched?.release();
       this.waiting.shift();
       req.numComputedTokens = restored;
       req.numCachedTokens = restored;
@@ -172,9 +177,10 @@ export class Scheduler {
       // the request names one (chunks are cut there), unless that prefix was restored.
       const keys = req.prefixKeys ?? [];
       const P = this.cache.pageTokens;
-      const pages = new Set([Math.min(Math.floor(req.sharedPrefixTokens / P), keys.length), keys.length]);
+      const pages = new Set(req.prefillOnly ? [keys.length] : [Math.min(Math.floor(req.sharedPrefixTokens / P), keys.length), keys.length]);
       req.snapshotAt = [...pages].filter((n) => n > 0 && n * P > restored).sort((a, b) => a - b).map((n) => n * P);
       req.snapshotKeys = req.snapshotAt.map((at) => keys[at / P - 1]!);
+      if (req.prefillOnly) req.warmKey = keys[keys.length - 1] ?? null;
       req.prefixKeys = null;
       req.prefetched = null;
       req.status = 'prefilling';
@@ -203,6 +209,15 @@ export class Scheduler {
     return { decodes, prefills, numScheduledTokens: this.config.maxBatchedTokens - budget };
   }
 
+  /**
+   * Keys a request may resume from. A warm-up leaves out its last one, the very snapshot it is asked
+   * to make: it recomputes at least its last page, so that snapshot is taken (and published) again.
+   */
+  private lookupKeys(req: RequestState): readonly string[] {
+    const keys = req.prefixKeys ?? [];
+    return req.prefillOnly ? keys.slice(0, -1) : keys;
+  }
+
   /** Tokens a prefilling request would take with an unlimited budget (a chunk never crosses a snapshot point). */
   private prefillNeed(req: RequestState): number {
     const next = req.snapshotAt[0];
@@ -219,7 +234,7 @@ export class Scheduler {
     if (req.isFinished) return;
     req.numComputedTokens = chunk.startPos + chunk.numTokens;
     if (req.snapshotAt[0] === req.numComputedTokens) {
-      this.cache.snapshot(req.requestId, req.snapshotKeys[0]!, req.numComputedTokens);
+      this.cache.snapshot(req.requestId, req.snapshotKeys[0]!, req.numComputedTokens, req.prefillOnly);
       req.snapshotAt.shift();
       req.snapshotKeys.shift();
     }
@@ -257,5 +272,7 @@ export class Scheduler {
     if (r >= 0) this.running.splice(r, 1);
     this.byId.delete(req.requestId);
     this.cache.free(req.requestId);
+    req.prefetched?.release(); // aborted while waiting with a disk read in hand
+    req.prefetched = null;
   }
 }

@@ -1,5 +1,8 @@
 // Plain typed data that crosses the engine boundary: what the server submits and what it gets back.
 // No JSON wire shapes and no Fastify here (see ../../README.md, "Architecture").
+import type { SnapshotDiskStats } from '../cache/cache-manager.ts';
+
+export type { PrefixCacheEntryInfo, SnapshotDiskStats } from '../cache/cache-manager.ts';
 
 /** Sampling controls, already validated and defaulted by the HTTP layer. */
 export interface SamplingParams {
@@ -39,6 +42,12 @@ export interface GenerateRequest {
    * state is also snapshotted at the last page boundary within them, not only at the prompt's last one.
    */
   readonly sharedPrefixTokens?: number;
+  /**
+   * Warm the prefix cache: prefill the prompt's whole pages (a trailing partial page is dropped),
+   * snapshot the state there (written to the snapshot folder too, when there is one), and end with
+   * `done` (finishReason 'length', no token) once the snapshot is stored. Nothing is sampled.
+   */
+  readonly prefillOnly?: boolean;
 }
 
 /**
@@ -112,4 +121,13 @@ export interface EngineStats {
   /** W8ASpike models: zero spikes and all spikes of the spike-coded linear inputs computed so far (0 otherwise). */
   readonly spikeZeros: number;
   readonly spikeValues: number;
+  /** With a snapshot folder: this process's cumulative reads, writes and failures, and the folder's size. */
+  readonly prefixStore?: SnapshotDiskStats;
 }
+
+/** What deleting a prefix snapshot found. */
+export interface PrefixCacheDeletion {
+  readonly memory: boolean;
+  readonly disk: boolean;
+}
+

@@ -10,7 +10,7 @@ import type { Checkpoint } from './model/checkpoint.ts';
 import { openCheckpoint } from './model/hf-checkpoint.ts';
 import { Model, type ModelLoadOptions } from './model/model.ts';
 import { randomCheckpoint } from './model/random-checkpoint.ts';
-import type { FromWorker, RoutedEvent, ToWorker, WireError, WorkerInit } from './worker-protocol.ts';
+import type { FromWorker, PrefixCacheReply, RoutedEvent, ToWorker, WireError, WorkerInit } from './worker-protocol.ts';
 
 const port = parentPort;
 if (port === null) throw new Error('worker.ts must run in a worker thread');
@@ -63,6 +63,28 @@ function flush(): void {
   post({ type: 'events', events, stats: core.stats() });
 }
 
+let flushScheduled = false;
+/** Events or stats that changed between steps (a disk write ended): post them soon, once. */
+function scheduleFlush(): void {
+  if (flushScheduled) return;
+  flushScheduled = true;
+  setImmediate(() => {
+    flushScheduled = false;
+    if (!looping) flush(); // a running loop posts after its step
+  });
+}
+
+/** The prefix-cache API's calls (list, delete), answered between steps. */
+function onPrefixCacheCall(msg: Extract<ToWorker, { type: 'prefix_cache' }>): void {
+  const reply = (r: PrefixCacheReply): void => post({ type: 'prefix_cache_reply', id: msg.id, reply: r });
+  const call = msg.call;
+  const work: Promise<PrefixCacheReply> =
+    call.op === 'list'
+      ? core.listPrefixCache(call.limit).then((entries) => ({ op: 'list', entries }))
+      : core.deletePrefixCache(call.key).then((deleted) => ({ op: 'delete', deleted }));
+  void work.then(reply, (err: unknown) => reply({ op: 'error', message: err instanceof Error ? err.message : String(err) }));
+}
+
 let looping = false;
 /** The step loop now running (or the last one, settled); shutdown waits for it. */
 let currentLoop: Promise<void> = Promise.resolve();
@@ -101,6 +123,9 @@ function onMessage(msg: ToWorker): void {
       core.abort(msg.requestId); // deferred to the end of a step in flight
       flush();
       return;
+    case 'prefix_cache':
+      onPrefixCacheCall(msg);
+      return;
     case 'shutdown':
       core.abortAll();
       flush();
@@ -129,6 +154,7 @@ try {
     wake: () => {
       if (!looping) currentLoop = loop().catch(fatal);
     },
+    notify: scheduleFlush,
   });
   port.on('message', onMessage);
   post({ type: 'ready', config: model.config, maxModelLen: core.maxModelLen, stats: core.stats() });
