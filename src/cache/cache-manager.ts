@@ -58,6 +58,9 @@ export interface SnapshotDiskStats extends SnapshotStoreStats {
   readonly readsSkippedForBudget: number;
 }
 
+/** Bytes of snapshot writes in flight allowed even under a small --prefix-cache-bytes. */
+const MIN_WRITE_BYTES_IN_FLIGHT = 256 * 2 ** 20;
+
 /** Most keys whose hit counts are remembered (memory entries and disk files used here). */
 const MAX_TRACKED_USES = 4096;
 
@@ -164,7 +167,8 @@ export class CacheManager {
             maxBytes: folder.maxBytes,
             expect: this.snapshotExpectation(folder.modelIdentity),
             readTimeoutMs: folder.readTimeoutMs,
-            maxWriteBytesInFlight: prefixBytes,
+            // Encoded snapshots waiting for the disk; at least one SpikingBrain-7B snapshot (~228 MiB).
+            maxWriteBytesInFlight: Math.max(prefixBytes, MIN_WRITE_BYTES_IN_FLIGHT),
             ...(folder.log !== undefined ? { log: folder.log } : {}),
             ...(folder.onActivity !== undefined ? { onActivity: folder.onActivity } : {}),
           });
