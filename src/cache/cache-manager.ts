@@ -402,9 +402,13 @@ export class CacheManager {
   /** The `limit` most recently used snapshots, in memory and in the folder, newest first. */
   async listSnapshots(limit: number): Promise<PrefixCacheEntryInfo[]> {
     const byKey = new Map<string, PrefixCacheEntryInfo>();
-    for (const e of this.prefix?.snapshots() ?? []) {
+    const memory = [...(this.prefix?.snapshots() ?? [])];
+    // What the folder holds now: another replica may have deleted or trimmed a file written here.
+    const filed = (await this.store?.existing(memory.map((e) => e.key))) ?? new Set<string>();
+    for (const e of memory) {
       const use = this.uses.get(e.key);
-      byKey.set(e.key, { key: e.key, numTokens: e.numTokens, bytes: e.bytes, inMemory: true, onDisk: this.onDisk.has(e.key), hits: use?.hits ?? 0, lastUsedMs: use?.lastUsedMs ?? 0 });
+      if (!filed.has(e.key)) this.onDisk.delete(e.key); // so eviction spills it again
+      byKey.set(e.key, { key: e.key, numTokens: e.numTokens, bytes: e.bytes, inMemory: true, onDisk: filed.has(e.key), hits: use?.hits ?? 0, lastUsedMs: use?.lastUsedMs ?? 0 });
     }
     for (const f of (await this.store?.list(limit)) ?? []) {
       const mem = byKey.get(f.key);

@@ -152,6 +152,14 @@ export class SnapshotStore {
     return -1;
   }
 
+  /** Those of `keys` that have a file now (one directory listing). */
+  async existing(keys: Iterable<string>): Promise<Set<string>> {
+    const names = await this.names();
+    const out = new Set<string>();
+    for (const key of keys) if (names.has(fileNameOf(key))) out.add(key);
+    return out;
+  }
+
   private names(): Promise<Set<string>> {
     if (this.listing === null) {
       this.listing = readdir(this.dir)
