@@ -330,7 +330,11 @@ export class CacheManager {
    * With a snapshot folder it is also written through when `numTokens` ≥ shareMinTokens or `share`.
    */
   snapshot(seqId: string, key: string, numTokens: number, share = false): boolean {
-    if (this.prefix === null || this.prefix.has(key)) return false;
+    if (this.prefix === null) return false;
+    if (this.prefix.has(key)) {
+      if (share) this.publishSnapshot(key); // already taken (by another request): still publish it
+      return false;
+    }
     if (numTokens % this.pageTokens !== 0 || numTokens <= 0) throw new RangeError(`snapshot at ${numTokens}: not a positive multiple of ${this.pageTokens}`);
     const slot = this.slotOf(seqId);
     let firstPage = 0;
@@ -372,10 +376,26 @@ export class CacheManager {
     this.pendingWrites.set(key, write);
   }
 
+  /** Writes the memory snapshot of `key` to the folder (in the background) unless it has a file. */
+  publishSnapshot(key: string): void {
+    const entry = this.prefix?.lookup([key]) ?? null;
+    if (entry !== null) this.persist(entry);
+  }
+
   /** Memory evicts a snapshot: spill it to the folder unless it has a file (its pages are still held here). */
   private evicted(entry: PrefixSnapshot): void {
     this.persist(entry);
     this.onDisk.delete(entry.key);
+  }
+
+  /** Is `key` held in memory? */
+  hasSnapshot(key: string): boolean {
+    return this.prefix?.has(key) ?? false;
+  }
+
+  /** Does this process know of a file of `key` (written or restored here)? */
+  isOnDisk(key: string): boolean {
+    return this.onDisk.has(key);
   }
 
   /** Resolves when the write of `key` started so far has ended; null when none is in flight. */

@@ -200,7 +200,8 @@ export class EngineCore {
   async step(): Promise<boolean> {
     if (this.stepping) throw new Error('EngineCore.step is not reentrant');
     const out = this.scheduler.schedule(performance.now());
-    if (out.numScheduledTokens === 0) return false;
+    for (const req of out.warmedFromCache) this.finish(req, 'length'); // nothing left to compute
+    if (out.numScheduledTokens === 0) return out.warmedFromCache.length > 0;
     this.stepping = true;
     let sampled: SampledResult[];
     try {
@@ -290,13 +291,19 @@ export class EngineCore {
     };
     // A warm-up that stored its snapshot answers once the snapshot is on disk too (another replica
     // can use it as soon as the caller hears back); its memory is already free.
-    const written = req.prefillOnly && req.finishReason === 'length' && req.warmKey !== null ? this.cache.whenWritten(req.warmKey) : null;
-    if (written === null) {
+    const key = req.prefillOnly && req.finishReason === 'length' ? req.warmKey : null;
+    if (key === null || !this.cache.hasSnapshot(key)) {
       this.emit(req.requestId, done);
       return;
     }
+    const withSnapshot = (): TokenEvent => ({ ...done, snapshot: { key, onDisk: this.cache.isOnDisk(key) } });
+    const written = this.cache.whenWritten(key);
+    if (written === null) {
+      this.emit(req.requestId, withSnapshot());
+      return;
+    }
     void written.then(() => {
-      this.emit(req.requestId, done);
+      this.emit(req.requestId, withSnapshot());
       this.notify();
     });
   }

@@ -36,6 +36,8 @@ export interface SchedulerOutput {
   readonly decodes: readonly RequestState[];
   readonly prefills: readonly ScheduledChunk[];
   readonly numScheduledTokens: number;
+  /** Warm-ups (prefillOnly) whose whole prompt was already cached: admitted, nothing to compute; finish them. */
+  readonly warmedFromCache: readonly RequestState[];
 }
 
 export class Scheduler {
@@ -124,7 +126,7 @@ export class Scheduler {
       req.prefixKeys = prefixKeys(req.promptTokenIds, this.cache.pageTokens, req.prefillOnly);
       // A longer prefix on disk than in memory is read now, off the step loop; admission waits for it.
       // A read that fails or times out is a miss (null): admission goes on either way.
-      const read = this.cache.prefetchDiskPrefix(this.lookupKeys(req));
+      const read = this.cache.prefetchDiskPrefix(req.prefixKeys);
       if (read !== null) {
         req.prefetching = true;
         void read
@@ -156,6 +158,7 @@ export class Scheduler {
     // Pages for every scheduled position are allocated here; admission reserved them, so it cannot fail.
     let budget = this.config.maxBatchedTokens;
     const decodes: RequestState[] = [];
+    const warmedFromCache: RequestState[] = [];
     for (const req of this.running) {
       if (budget === 0) break;
       if (req.status !== 'decoding') continue;
@@ -167,7 +170,7 @@ export class Scheduler {
       const req = this.waiting[0]!;
       if (req.prefetching) break; // FCFS: its prefix is still being read from disk
       // The cache never reads the disk here: only what was prefetched (at submit) counts.
-      const restored = this.cache.admit(req.requestId, req.maxTotalTokens, req.prefixKeys === null ? undefined : this.lookupKeys(req), req.prefetched);
+      const restored = this.cache.admit(req.requestId, req.maxTotalTokens, req.prefixKeys ?? undefined, req.prefetched);
       if (restored === null) break;
       req.prefetched?.release();
       this.waiting.shift();
@@ -187,8 +190,14 @@ export class Scheduler {
       req.admittedMs = nowMs;
       req.lastProgressMs = nowMs;
       this.running.push(req);
+      if (req.prefillOnly && restored === req.numPromptTokens && req.warmKey !== null) {
+        // Its whole prompt is cached already (here, or read from another replica's file): make sure
+        // the snapshot has a file too, and let the engine finish it.
+        this.cache.publishSnapshot(req.warmKey);
+        warmedFromCache.push(req);
+      }
     }
-    const prefilling = this.running.filter((r) => r.status === 'prefilling');
+    const prefilling = this.running.filter((r) => r.status === 'prefilling' && r.numPromptTokensLeft > 0);
     const grant = new Map<RequestState, number>();
     const bySmallestNeed = [...prefilling].sort((a, b) => this.prefillNeed(a) - this.prefillNeed(b));
     for (let i = 0; i < bySmallestNeed.length && budget > 0; i++) {
@@ -206,16 +215,7 @@ export class Scheduler {
       this.cache.append(req.requestId, startPos, numTokens);
       prefills.push({ request: req, startPos, numTokens });
     }
-    return { decodes, prefills, numScheduledTokens: this.config.maxBatchedTokens - budget };
-  }
-
-  /**
-   * Keys a request may resume from. A warm-up leaves out its last one, the very snapshot it is asked
-   * to make: it recomputes at least its last page, so that snapshot is taken (and published) again.
-   */
-  private lookupKeys(req: RequestState): readonly string[] {
-    const keys = req.prefixKeys ?? [];
-    return req.prefillOnly ? keys.slice(0, -1) : keys;
+    return { decodes, prefills, numScheduledTokens: this.config.maxBatchedTokens - budget, warmedFromCache };
   }
 
   /** Tokens a prefilling request would take with an unlimited budget (a chunk never crosses a snapshot point). */

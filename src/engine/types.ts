@@ -93,6 +93,8 @@ export type TokenEvent =
       /** Set when finishReason is 'error'. */
       readonly errorMessage?: string;
       readonly timing: RequestTiming;
+      /** A warm-up (prefillOnly) that stored its snapshot: its prefix key, and whether its file is on disk. */
+      readonly snapshot?: WarmedSnapshot;
     };
 
 export interface PromptLogprobEntry {
@@ -123,6 +125,11 @@ export interface EngineStats {
   readonly spikeValues: number;
   /** With a snapshot folder: this process's cumulative reads, writes and failures, and the folder's size. */
   readonly prefixStore?: SnapshotDiskStats;
+}
+
+export interface WarmedSnapshot {
+  readonly key: string;
+  readonly onDisk: boolean;
 }
 
 /** What deleting a prefix snapshot found. */

@@ -22,7 +22,7 @@
 // drain throws the drain's 503. Leaving the loop early (client gone) aborts every choice, and the
 // iterator's return() resolves only once every engine stream has ended, so its resources are free.
 import { IncrementalDetokenizer, StopStringMatcher } from '../engine/detokenizer.ts';
-import type { PromptLogprobEntry, PromptTokenIds, SamplingParams, TokenEvent, TopLogprob } from '../engine/types.ts';
+import type { PromptLogprobEntry, PromptTokenIds, SamplingParams, TokenEvent, TopLogprob, WarmedSnapshot } from '../engine/types.ts';
 import { ApiError, UnavailableError } from './errors.ts';
 import type { EnginePort, MetricsPort, TokenizerPort } from './ports.ts';
 
@@ -37,6 +37,8 @@ export interface GenerationSpec {
   readonly reportProgress: boolean;
   /** Leading prompt tokens later prompts are likely to share (GenerateRequest.sharedPrefixTokens). */
   readonly sharedPrefixTokens?: number;
+  /** Prefill and snapshot the prompt, generate nothing (GenerateRequest.prefillOnly: the prefix-cache warm API). */
+  readonly prefillOnly?: boolean;
 }
 
 export interface GeneratedToken {
@@ -65,6 +67,8 @@ export type GenerationEvent =
       readonly promptTokens: number;
       readonly completionTokens: number;
       readonly cachedTokens: number;
+      /** A warm-up's stored snapshot (prefillOnly). */
+      readonly snapshot?: WarmedSnapshot;
     };
 
 /** The engine ended a stream with finishReason 'error'; the message is for the log only. */
@@ -138,6 +142,7 @@ export async function* runGeneration(deps: GenerationDeps, spec: GenerationSpec,
           sampling,
           reportProgress: spec.reportProgress && index === 0,
           ...(spec.sharedPrefixTokens !== undefined ? { sharedPrefixTokens: spec.sharedPrefixTokens } : {}),
+          ...(spec.prefillOnly === true ? { prefillOnly: true } : {}),
         },
         choiceSignal,
       );
@@ -171,7 +176,15 @@ export async function* runGeneration(deps: GenerationDeps, spec: GenerationSpec,
           }
           queue.push({
             kind: 'event',
-            event: { type: 'finish', index, finishReason: reason, promptTokens: ev.promptTokens, completionTokens, cachedTokens: ev.cachedTokens },
+            event: {
+              type: 'finish',
+              index,
+              finishReason: reason,
+              promptTokens: ev.promptTokens,
+              completionTokens,
+              cachedTokens: ev.cachedTokens,
+              ...(ev.snapshot !== undefined ? { snapshot: ev.snapshot } : {}),
+            },
           });
           return;
         }

@@ -4,7 +4,7 @@
 // route test can build the app around the real parts without the CLI.
 import type { ModelConfig } from '../engine/model/config.ts';
 import type { TextTokenizer } from '../engine/tokenizer.ts';
-import type { EngineStats, SubmitRequest, TokenEvent } from '../engine/types.ts';
+import type { EngineStats, PrefixCacheDeletion, PrefixCacheEntryInfo, SubmitRequest, TokenEvent } from '../engine/types.ts';
 
 export interface EnginePort {
   readonly config: ModelConfig;
@@ -14,6 +14,9 @@ export interface EnginePort {
   generate(req: SubmitRequest, signal?: AbortSignal): AsyncIterable<TokenEvent>;
   abort(requestId: string): void;
   stats(): EngineStats;
+  /** The prefix-cache API: the most recently used snapshots (memory and disk), and deleting one by key. */
+  listPrefixCache(limit: number): Promise<PrefixCacheEntryInfo[]>;
+  deletePrefixCache(key: string): Promise<PrefixCacheDeletion>;
   shutdown(): Promise<void>;
 }
 
