@@ -10,59 +10,20 @@
 // Prefix snapshots (PrefixStateCache) hold pages too; admission keeps
 //   Σ reservations + (pages held by snapshots) ≤ pool size
 // by evicting least recently used snapshots, so snapshots only ever use memory nobody reserved.
-// With a snapshot folder (SnapshotStore, shared by every replica), snapshots of at least
-// shareMinTokens tokens are written through as soon as they are taken, the others when memory evicts
-// them and at shutdown; a waiting request's longer prefix on disk is read ahead (SnapshotReads) and
-// restored at admission. The cache gets plain numbers; it imports nothing from the engine.
+// With a snapshot folder shared by every replica (SharedSnapshots), snapshots are also written to
+// disk, and a waiting request's longer prefix on disk is read ahead and restored at admission.
+// The cache gets plain numbers; it imports nothing from the engine.
 import { BlockPool, bytesPerPage, type PageSpec } from './block-pool.ts';
 import { PagedKvManager, type BlockTable } from './paged-kv.ts';
 import { PrefixStateCache, type PrefixSnapshot } from './prefix-cache.ts';
+import { SharedSnapshots, type PrefixCacheEntryInfo, type SnapshotDiskStats, type SnapshotFolderOptions } from './shared-snapshots.ts';
 import type { SnapshotData, SnapshotExpectation } from './snapshot-file.ts';
-import { SnapshotReads, type PrefetchedSnapshot } from './snapshot-reads.ts';
-import { SnapshotStore, type SnapshotStoreStats } from './snapshot-store.ts';
+import type { PrefetchedSnapshot } from './snapshot-reads.ts';
+import type { SnapshotStore } from './snapshot-store.ts';
 import { StateSlots } from './state-slots.ts';
 
 export type { PrefetchedSnapshot } from './snapshot-reads.ts';
-
-/** The shared snapshot folder of this model build (CacheManager opens a SnapshotStore on it). */
-export interface SnapshotFolderOptions {
-  readonly dir: string;
-  /** Byte bound of the folder, shared by every process that writes to it. */
-  readonly maxBytes: number;
-  /** Names the model build; a file of another identity is never restored. */
-  readonly modelIdentity: string;
-  /** Snapshots of at least this many tokens are written as soon as they are taken. */
-  readonly shareMinTokens: number;
-  readonly readTimeoutMs: number;
-  readonly log?: (message: string) => void;
-  /** Called when a disk read or write ended (stats changed). */
-  readonly onActivity?: () => void;
-}
-
-/** One snapshot as the prefix-cache API lists it. */
-export interface PrefixCacheEntryInfo {
-  readonly key: string;
-  readonly numTokens: number;
-  readonly bytes: number;
-  readonly inMemory: boolean;
-  readonly onDisk: boolean;
-  /** Restores by this process since it started. */
-  readonly hits: number;
-  /** ms since the epoch (memory: last use here; disk: the file's mtime, any process). */
-  readonly lastUsedMs: number;
-}
-
-/** The snapshot folder's counters plus the read-ahead budget in use. */
-export interface SnapshotDiskStats extends SnapshotStoreStats {
-  readonly readBufferBytes: number;
-  readonly readsSkippedForBudget: number;
-}
-
-/** Bytes of snapshot writes in flight allowed even under a small --prefix-cache-bytes. */
-const MIN_WRITE_BYTES_IN_FLIGHT = 256 * 2 ** 20;
-
-/** Most keys whose hit counts are remembered (memory entries and disk files used here). */
-const MAX_TRACKED_USES = 4096;
+export type { PrefixCacheEntryInfo, SnapshotDiskStats, SnapshotFolderOptions } from './shared-snapshots.ts';
 
 export interface CacheSpec {
   readonly numAttnLayers: number;
@@ -128,15 +89,7 @@ export class CacheManager {
   /** null when prefix caching is off. */
   readonly prefix: PrefixStateCache | null;
   /** null when snapshots stay in memory only. */
-  readonly store: SnapshotStore | null;
-  private readonly reads: SnapshotReads | null;
-  private readonly shareMinTokens: number;
-  /** Memory snapshots known to have a file (written or restored here); dropped on eviction. */
-  private readonly onDisk = new Set<string>();
-  /** Writes in flight, by key. */
-  private readonly pendingWrites = new Map<string, Promise<unknown>>();
-  /** key → restores and last use here (insertion order = oldest first, bounded). */
-  private readonly uses = new Map<string, { hits: number; lastUsedMs: number }>();
+  readonly shared: SharedSnapshots | null;
   private readonly sequences = new Map<string, SequenceEntry>();
   private reservedPages = 0;
 
@@ -159,22 +112,16 @@ export class CacheManager {
     );
     const prefixBytes = opts.prefixCacheBytes ?? 0;
     const folder = prefixBytes > 0 ? opts.snapshotFolder : undefined;
-    this.store =
-      folder === undefined
+    this.prefix = prefixBytes > 0 ? new PrefixStateCache(this.pool, prefixBytes, (e) => this.shared?.evicted(e)) : null;
+    this.shared =
+      folder === undefined || this.prefix === null
         ? null
-        : new SnapshotStore({
-            dir: folder.dir,
-            maxBytes: folder.maxBytes,
-            expect: this.snapshotExpectation(folder.modelIdentity),
-            readTimeoutMs: folder.readTimeoutMs,
-            // Encoded snapshots waiting for the disk; at least one SpikingBrain-7B snapshot (~228 MiB).
-            maxWriteBytesInFlight: Math.max(prefixBytes, MIN_WRITE_BYTES_IN_FLIGHT),
-            ...(folder.log !== undefined ? { log: folder.log } : {}),
-            ...(folder.onActivity !== undefined ? { onActivity: folder.onActivity } : {}),
-          });
-    this.reads = this.store === null ? null : new SnapshotReads(this.store, prefixBytes);
-    this.shareMinTokens = folder?.shareMinTokens ?? Infinity;
-    this.prefix = prefixBytes > 0 ? new PrefixStateCache(this.pool, prefixBytes, (e) => this.evicted(e)) : null;
+        : new SharedSnapshots(folder, this.snapshotExpectation(folder.modelIdentity), prefixBytes, this.prefix, this.pool);
+  }
+
+  /** The snapshot folder's store; null without one. */
+  get store(): SnapshotStore | null {
+    return this.shared?.store ?? null;
   }
 
   /** What a snapshot file of this model must hold: the GLA states, then the window's pages. */
@@ -256,7 +203,7 @@ export class CacheManager {
       else if (hit !== null && !this.prefix?.has(hit.key)) hit = this.prefix?.lookup(prefixKeys) ?? null;
     }
     if (hit !== null) {
-      this.used(hit.key, true);
+      this.shared?.used(hit.key, true);
       hit.glaStates.forEach((state, g) => this.slots.state(g, slot).set(state));
       if (this.spec.numAttnLayers > 0) this.kv.adopt(seqId, hit.firstPage, hit.pages, hit.numTokens);
       restored = hit.numTokens;
@@ -271,7 +218,7 @@ export class CacheManager {
    * is no snapshot folder or memory already holds the longest key; the promise never rejects.
    */
   prefetchDiskPrefix(keys: readonly string[]): Promise<PrefetchedSnapshot | null> | null {
-    if (this.reads === null || this.prefix === null) return null;
+    if (this.shared === null || this.prefix === null) return null;
     let memoryIndex = -1;
     for (let i = keys.length - 1; i >= 0; i--) {
       if (this.prefix.has(keys[i]!)) {
@@ -279,7 +226,7 @@ export class CacheManager {
         break;
       }
     }
-    return memoryIndex >= keys.length - 1 ? null : this.reads.prefetch(keys, memoryIndex);
+    return memoryIndex >= keys.length - 1 ? null : this.shared.prefetch(keys, memoryIndex);
   }
 
   /**
@@ -308,7 +255,7 @@ export class CacheManager {
     const inserted = pages.length === numPages && prefix.insert(key, stored.numTokens, stored.arrays, stored.firstPage, pages);
     for (const page of pages) this.pool.release(page); // the snapshot holds them now (or nobody)
     if (!inserted) return null;
-    this.onDisk.add(key);
+    this.shared?.restored(key);
     return prefix.lookup([key]);
   }
 
@@ -352,40 +299,15 @@ export class CacheManager {
     if (!this.evictSnapshotsToFit(pages)) return false;
     const states = Array.from({ length: this.spec.numGlaLayers }, (_, g) => this.slots.state(g, slot));
     if (!this.prefix.insert(key, numTokens, states, firstPage, pages)) return false;
-    this.used(key, false);
-    if (this.store !== null && (share || numTokens >= this.shareMinTokens)) {
-      const entry = this.prefix.lookup([key]);
-      if (entry !== null) this.persist(entry);
-    }
+    const entry = this.shared !== null ? this.prefix.lookup([key]) : null;
+    if (entry !== null) this.shared?.taken(entry, share);
     return true;
-  }
-
-  /**
-   * Writes a memory snapshot to the folder in the background unless it has a file or a write in
-   * flight. The states and pages are copied once, into the file's bytes, before this returns.
-   */
-  private persist(entry: PrefixSnapshot): void {
-    const store = this.store;
-    if (store === null || this.onDisk.has(entry.key) || this.pendingWrites.has(entry.key)) return;
-    const blocks = entry.pages.map((page) => this.pool.pageView(page));
-    const key = entry.key;
-    const write = store.write(key, entry.numTokens, entry.firstPage, entry.glaStates, blocks).then((outcome) => {
-      this.pendingWrites.delete(key);
-      if ((outcome === 'written' || outcome === 'exists') && this.prefix?.has(key) === true) this.onDisk.add(key);
-    });
-    this.pendingWrites.set(key, write);
   }
 
   /** Writes the memory snapshot of `key` to the folder (in the background) unless it has a file. */
   publishSnapshot(key: string): void {
     const entry = this.prefix?.lookup([key]) ?? null;
-    if (entry !== null) this.persist(entry);
-  }
-
-  /** Memory evicts a snapshot: spill it to the folder unless it has a file (its pages are still held here). */
-  private evicted(entry: PrefixSnapshot): void {
-    this.persist(entry);
-    this.onDisk.delete(entry.key);
+    if (entry !== null) this.shared?.persist(entry);
   }
 
   /** Is `key` held in memory? */
@@ -395,68 +317,38 @@ export class CacheManager {
 
   /** Does this process know of a file of `key` (written or restored here)? */
   isOnDisk(key: string): boolean {
-    return this.onDisk.has(key);
+    return this.shared?.isOnDisk(key) ?? false;
   }
 
   /** Resolves when the write of `key` started so far has ended; null when none is in flight. */
   whenWritten(key: string): Promise<void> | null {
-    const write = this.pendingWrites.get(key);
-    return write === undefined ? null : write.then(() => undefined);
+    return this.shared?.whenWritten(key) ?? null;
   }
 
   /** Writes every snapshot held in memory to the disk store and waits for the writes (shutdown). */
   async persistSnapshots(): Promise<void> {
-    if (this.prefix === null || this.store === null) return;
-    for (const entry of this.prefix.snapshots()) this.persist(entry);
-    await this.store.flush();
+    await this.shared?.persistAll();
   }
 
-  /** Counts a restore (hit) or a new snapshot of `key` (bounded history). */
-  private used(key: string, hit: boolean): void {
-    const prev = this.uses.get(key);
-    this.uses.delete(key);
-    this.uses.set(key, { hits: (prev?.hits ?? 0) + (hit ? 1 : 0), lastUsedMs: Date.now() });
-    if (this.uses.size > MAX_TRACKED_USES) this.uses.delete(this.uses.keys().next().value as string);
-  }
-
-  /** The `limit` most recently used snapshots, in memory and in the folder, newest first. */
+  /** The `limit` most recently used snapshots (memory, and the folder when there is one), newest first. */
   async listSnapshots(limit: number): Promise<PrefixCacheEntryInfo[]> {
-    const byKey = new Map<string, PrefixCacheEntryInfo>();
-    const memory = [...(this.prefix?.snapshots() ?? [])];
-    // What the folder holds now: another replica may have deleted or trimmed a file written here.
-    const filed = (await this.store?.existing(memory.map((e) => e.key))) ?? new Set<string>();
-    for (const e of memory) {
-      const use = this.uses.get(e.key);
-      if (!filed.has(e.key)) this.onDisk.delete(e.key); // so eviction spills it again
-      byKey.set(e.key, { key: e.key, numTokens: e.numTokens, bytes: e.bytes, inMemory: true, onDisk: filed.has(e.key), hits: use?.hits ?? 0, lastUsedMs: use?.lastUsedMs ?? 0 });
-    }
-    for (const f of (await this.store?.list(limit)) ?? []) {
-      const mem = byKey.get(f.key);
-      const use = this.uses.get(f.key);
-      byKey.set(
-        f.key,
-        mem !== undefined
-          ? { ...mem, onDisk: true, lastUsedMs: Math.max(mem.lastUsedMs, f.lastUsedMs) }
-          : { key: f.key, numTokens: f.numTokens, bytes: f.bytes, inMemory: false, onDisk: true, hits: use?.hits ?? 0, lastUsedMs: f.lastUsedMs },
-      );
-    }
-    return [...byKey.values()].sort((a, b) => b.lastUsedMs - a.lastUsedMs).slice(0, limit);
+    if (this.shared !== null) return this.shared.list(limit);
+    return [...(this.prefix?.snapshots() ?? [])]
+      .reverse()
+      .slice(0, limit)
+      .map((e) => ({ key: e.key, numTokens: e.numTokens, bytes: e.bytes, inMemory: true, onDisk: false, hits: 0, lastUsedMs: 0 }));
   }
 
   /** Deletes a snapshot from memory and from the folder; says where it was. */
   async deleteSnapshot(key: string): Promise<{ readonly memory: boolean; readonly disk: boolean }> {
     const memory = this.prefix?.delete(key) ?? false;
-    this.onDisk.delete(key);
-    await this.pendingWrites.get(key); // a write in flight would publish it again
-    const disk = (await this.store?.delete(key)) ?? false;
-    this.uses.delete(key);
+    const disk = (await this.shared?.delete(key)) ?? false;
     return { memory, disk };
   }
 
   /** Counters of the snapshot folder; null without one. */
   diskStats(): SnapshotDiskStats | null {
-    if (this.store === null || this.reads === null) return null;
-    return { ...this.store.stats(), readBufferBytes: this.reads.bytes, readsSkippedForBudget: this.reads.skippedForBudget };
+    return this.shared?.stats() ?? null;
   }
 
   /** Can an admitted sequence write positions [startPos, startPos+numTokens) now? */
