@@ -326,6 +326,21 @@ describe('CacheManager with a snapshot folder', () => {
     expect(await cache.deleteSnapshot(keys[4]!)).toEqual({ memory: false, disk: false });
   });
 
+  it('without a folder, lists and deletes the memory snapshots, with their hits', async () => {
+    const cache = new CacheManager(spec, { kvPages: 20, pageTokens: P, maxNumSeqs: 2, maxChunkTokens: P, prefixCacheBytes: 1 << 20 });
+    expect(cache.store).toBeNull();
+    await fill(cache, 'a', doc);
+    cache.free('a');
+    await fill(cache, 'b', doc);
+    cache.free('b');
+    const listed = await cache.listSnapshots(10);
+    expect(listed.map((e) => e.numTokens).sort((x, y) => x - y)).toEqual([4, 8, 12, 16, 20]);
+    expect(listed.find((e) => e.numTokens === 20)).toMatchObject({ inMemory: true, onDisk: false, hits: 1 });
+    expect(listed[0]?.lastUsedMs).toBeGreaterThan(0);
+    expect(await cache.deleteSnapshot(listed[0]!.key)).toEqual({ memory: true, disk: false });
+    expect(cache.diskStats()).toBeNull();
+  });
+
   it('skips the disk when the pages do not fit beside the reservations (admits from scratch)', async () => {
     const dir = freshDir();
     const big = manager(dir, { shareMinTokens: 0 });

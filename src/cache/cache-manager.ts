@@ -16,7 +16,7 @@
 import { BlockPool, bytesPerPage, type PageSpec } from './block-pool.ts';
 import { PagedKvManager, type BlockTable } from './paged-kv.ts';
 import { PrefixStateCache, type PrefixSnapshot } from './prefix-cache.ts';
-import { SharedSnapshots, type PrefixCacheEntryInfo, type SnapshotDiskStats, type SnapshotFolderOptions } from './shared-snapshots.ts';
+import { SharedSnapshots, SnapshotUses, type PrefixCacheEntryInfo, type SnapshotDiskStats, type SnapshotFolderOptions } from './shared-snapshots.ts';
 import type { SnapshotData, SnapshotExpectation } from './snapshot-file.ts';
 import type { PrefetchedSnapshot } from './snapshot-reads.ts';
 import type { SnapshotStore } from './snapshot-store.ts';
@@ -90,6 +90,8 @@ export class CacheManager {
   readonly prefix: PrefixStateCache | null;
   /** null when snapshots stay in memory only. */
   readonly shared: SharedSnapshots | null;
+  /** Hits and last use of snapshots here (the prefix-cache API lists them). */
+  private readonly uses = new SnapshotUses();
   private readonly sequences = new Map<string, SequenceEntry>();
   private reservedPages = 0;
 
@@ -116,7 +118,7 @@ export class CacheManager {
     this.shared =
       folder === undefined || this.prefix === null
         ? null
-        : new SharedSnapshots(folder, this.snapshotExpectation(folder.modelIdentity), prefixBytes, this.prefix, this.pool);
+        : new SharedSnapshots(folder, this.snapshotExpectation(folder.modelIdentity), prefixBytes, this.prefix, this.pool, this.uses);
   }
 
   /** The snapshot folder's store; null without one. */
@@ -203,7 +205,7 @@ export class CacheManager {
       else if (hit !== null && !this.prefix?.has(hit.key)) hit = this.prefix?.lookup(prefixKeys) ?? null;
     }
     if (hit !== null) {
-      this.shared?.used(hit.key, true);
+      this.uses.used(hit.key, true);
       hit.glaStates.forEach((state, g) => this.slots.state(g, slot).set(state));
       if (this.spec.numAttnLayers > 0) this.kv.adopt(seqId, hit.firstPage, hit.pages, hit.numTokens);
       restored = hit.numTokens;
@@ -299,6 +301,7 @@ export class CacheManager {
     if (!this.evictSnapshotsToFit(pages)) return false;
     const states = Array.from({ length: this.spec.numGlaLayers }, (_, g) => this.slots.state(g, slot));
     if (!this.prefix.insert(key, numTokens, states, firstPage, pages)) return false;
+    this.uses.used(key, false);
     const entry = this.shared !== null ? this.prefix.lookup([key]) : null;
     if (entry !== null) this.shared?.taken(entry, share);
     return true;
@@ -336,12 +339,13 @@ export class CacheManager {
     return [...(this.prefix?.snapshots() ?? [])]
       .reverse()
       .slice(0, limit)
-      .map((e) => ({ key: e.key, numTokens: e.numTokens, bytes: e.bytes, inMemory: true, onDisk: false, hits: 0, lastUsedMs: 0 }));
+      .map((e) => this.uses.memoryEntry(e, false));
   }
 
   /** Deletes a snapshot from memory and from the folder; says where it was. */
   async deleteSnapshot(key: string): Promise<{ readonly memory: boolean; readonly disk: boolean }> {
     const memory = this.prefix?.delete(key) ?? false;
+    this.uses.forget(key);
     const disk = (await this.shared?.delete(key)) ?? false;
     return { memory, disk };
   }

@@ -54,6 +54,34 @@ const MIN_WRITE_BYTES_IN_FLIGHT = 256 * 2 ** 20;
 /** Most keys whose hit counts are remembered (memory entries and disk files used here). */
 const MAX_TRACKED_USES = 4096;
 
+/** Restores (hits) and last use of snapshots in this process, for the prefix-cache API; bounded. */
+export class SnapshotUses {
+  /** key → use; insertion order = least recently used first. */
+  private readonly byKey = new Map<string, { hits: number; lastUsedMs: number }>();
+
+  /** Counts a restore (hit) or a new snapshot of `key`. */
+  used(key: string, hit: boolean): void {
+    const prev = this.byKey.get(key);
+    this.byKey.delete(key);
+    this.byKey.set(key, { hits: (prev?.hits ?? 0) + (hit ? 1 : 0), lastUsedMs: Date.now() });
+    if (this.byKey.size > MAX_TRACKED_USES) this.byKey.delete(this.byKey.keys().next().value as string);
+  }
+
+  get(key: string): { readonly hits: number; readonly lastUsedMs: number } {
+    return this.byKey.get(key) ?? { hits: 0, lastUsedMs: 0 };
+  }
+
+  forget(key: string): void {
+    this.byKey.delete(key);
+  }
+
+  /** A memory snapshot as the API lists it. */
+  memoryEntry(e: PrefixSnapshot, onDisk: boolean): PrefixCacheEntryInfo {
+    const use = this.get(e.key);
+    return { key: e.key, numTokens: e.numTokens, bytes: e.bytes, inMemory: true, onDisk, hits: use.hits, lastUsedMs: use.lastUsedMs };
+  }
+}
+
 export class SharedSnapshots {
   readonly store: SnapshotStore;
   private readonly reads: SnapshotReads;
@@ -64,11 +92,17 @@ export class SharedSnapshots {
   private readonly onDisk = new Set<string>();
   /** Writes in flight, by key. */
   private readonly pendingWrites = new Map<string, Promise<unknown>>();
-  /** key → restores and last use here (insertion order = oldest first, bounded). */
-  private readonly uses = new Map<string, { hits: number; lastUsedMs: number }>();
+  private readonly uses: SnapshotUses;
 
   /** `prefixCacheBytes` bounds the read-ahead buffers (and, at least 256 MiB, the writes in flight). */
-  constructor(folder: SnapshotFolderOptions, expect: SnapshotExpectation, prefixCacheBytes: number, prefix: PrefixStateCache, pool: BlockPool) {
+  constructor(
+    folder: SnapshotFolderOptions,
+    expect: SnapshotExpectation,
+    prefixCacheBytes: number,
+    prefix: PrefixStateCache,
+    pool: BlockPool,
+    uses: SnapshotUses,
+  ) {
     this.store = new SnapshotStore({
       dir: folder.dir,
       maxBytes: folder.maxBytes,
@@ -83,6 +117,7 @@ export class SharedSnapshots {
     this.shareMinTokens = folder.shareMinTokens;
     this.prefix = prefix;
     this.pool = pool;
+    this.uses = uses;
   }
 
   /** The longest prefix of `keys` beyond index `memoryIndex` that the folder holds, read for one request. */
@@ -92,7 +127,6 @@ export class SharedSnapshots {
 
   /** A snapshot was just taken: write it through when it is long enough, or when asked (`share`). */
   taken(entry: PrefixSnapshot, share: boolean): void {
-    this.used(entry.key, false);
     if (share || entry.numTokens >= this.shareMinTokens) this.persist(entry);
   }
 
@@ -105,14 +139,6 @@ export class SharedSnapshots {
   evicted(entry: PrefixSnapshot): void {
     this.persist(entry);
     this.onDisk.delete(entry.key);
-  }
-
-  /** Counts a restore (hit) or a new snapshot of `key` (bounded history). */
-  used(key: string, hit: boolean): void {
-    const prev = this.uses.get(key);
-    this.uses.delete(key);
-    this.uses.set(key, { hits: (prev?.hits ?? 0) + (hit ? 1 : 0), lastUsedMs: Date.now() });
-    if (this.uses.size > MAX_TRACKED_USES) this.uses.delete(this.uses.keys().next().value as string);
   }
 
   /**
@@ -154,9 +180,8 @@ export class SharedSnapshots {
     // What the folder holds now: another replica may have deleted or trimmed a file written here.
     const filed = await this.store.existing(memory.map((e) => e.key));
     for (const e of memory) {
-      const use = this.uses.get(e.key);
       if (!filed.has(e.key)) this.onDisk.delete(e.key); // so eviction spills it again
-      byKey.set(e.key, { key: e.key, numTokens: e.numTokens, bytes: e.bytes, inMemory: true, onDisk: filed.has(e.key), hits: use?.hits ?? 0, lastUsedMs: use?.lastUsedMs ?? 0 });
+      byKey.set(e.key, this.uses.memoryEntry(e, filed.has(e.key)));
     }
     for (const f of await this.store.list(limit)) {
       const mem = byKey.get(f.key);
@@ -165,7 +190,7 @@ export class SharedSnapshots {
         f.key,
         mem !== undefined
           ? { ...mem, onDisk: true, lastUsedMs: Math.max(mem.lastUsedMs, f.lastUsedMs) }
-          : { key: f.key, numTokens: f.numTokens, bytes: f.bytes, inMemory: false, onDisk: true, hits: use?.hits ?? 0, lastUsedMs: f.lastUsedMs },
+          : { key: f.key, numTokens: f.numTokens, bytes: f.bytes, inMemory: false, onDisk: true, hits: use.hits, lastUsedMs: f.lastUsedMs },
       );
     }
     return [...byKey.values()].sort((a, b) => b.lastUsedMs - a.lastUsedMs).slice(0, limit);
@@ -175,7 +200,6 @@ export class SharedSnapshots {
   async delete(key: string): Promise<boolean> {
     this.onDisk.delete(key);
     await this.pendingWrites.get(key); // a write in flight would publish it again
-    this.uses.delete(key);
     return this.store.delete(key);
   }
 
