@@ -132,6 +132,27 @@ describe('SnapshotStore', () => {
     await read.settled;
   });
 
+  it('at most two reads wait on a stuck volume at once: a third request is a miss at once', async () => {
+    const dir = freshDir();
+    const store = openStore(dir, { readTimeoutMs: 200 });
+    const reads = new SnapshotReads(store, 1 << 30);
+    const fifos = [20, 21, 22].map((n) => {
+      const path = fileOf(dir, childKey(n));
+      execFileSync('mkfifo', [path]);
+      return path;
+    });
+    const [a, b] = await Promise.all([reads.prefetch([childKey(0), childKey(20)], -1), reads.prefetch([childKey(0), childKey(21)], -1)]);
+    expect([a?.snapshot, b?.snapshot]).toEqual([null, null]); // timed out; their threads still wait
+    expect(await reads.prefetch([childKey(0), childKey(22)], -1)).toBeNull();
+    expect(reads.skippedForBudget).toBe(1);
+    expect(store.stats().readFailures.timeout).toBe(2);
+    a?.release();
+    b?.release();
+    for (const f of fifos.slice(0, 2)) closeSync(openSync(f, 'w')); // the stuck opens return (the third was never opened)
+    for (let i = 0; i < 200 && reads.bytes > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(reads.bytes).toBe(0);
+  });
+
   it('parallel writers of one key leave one whole, valid file and no temporary files', async () => {
     const dir = freshDir();
     const writers = Array.from({ length: 6 }, () => openStore(dir));

@@ -1,8 +1,8 @@
 // SnapshotReads: disk reads of prefix snapshots for requests that wait for admission. One read per
 // key, shared by every request that waits for it (a burst of questions about one document reads its
 // snapshot once), and bounded: the bytes of the reads in flight and of the snapshots read but not
-// yet restored count against `budgetBytes`; a read that does not fit is not started (the request
-// prefills instead). A read's bytes are let go when every request holding it has been admitted or
+// yet restored count against `budgetBytes`, and at most MAX_READS_IN_FLIGHT reads run at once; a
+// read that does not fit is not started (the request prefills instead). A read's bytes are let go when every request holding it has been admitted or
 // aborted and the read itself has ended (a timed-out read keeps its bytes until the disk answers).
 //
 //   prefetch(keys) ─▶ longest key on disk (one directory listing) ─▶ join or start its read ─▶ handle
@@ -20,6 +20,13 @@ export interface PrefetchedSnapshot {
   release(): void;
 }
 
+/**
+ * Reads whose disk work has not ended, at most. Each may hold a libuv thread while a stuck volume
+ * does not answer (the request gets a miss at the timeout, the thread stays): the thread pool must
+ * keep threads for everything else.
+ */
+const MAX_READS_IN_FLIGHT = 2;
+
 interface SharedRead {
   readonly key: string;
   readonly bytes: number;
@@ -33,7 +40,8 @@ export class SnapshotReads {
   private readonly budgetBytes: number;
   private readonly reads = new Map<string, SharedRead>();
   private heldBytes = 0;
-  /** Reads not started because they did not fit in the budget. */
+  private readsInFlight = 0;
+  /** Reads not started because they did not fit in the budget (bytes, or reads in flight). */
   skippedForBudget = 0;
 
   constructor(store: SnapshotStore, budgetBytes: number) {
@@ -59,16 +67,18 @@ export class SnapshotReads {
     let read = this.reads.get(key);
     if (read === undefined) {
       const bytes = expectedFileBytes(this.store.expect, key, numTokens);
-      if (this.heldBytes + bytes > this.budgetBytes) {
+      if (this.heldBytes + bytes > this.budgetBytes || this.readsInFlight >= MAX_READS_IN_FLIGHT) {
         this.skippedForBudget++;
         return null;
       }
       const started = this.store.read(key, numTokens);
       const shared: SharedRead = { key, bytes, result: started.result, holders: 0, ended: false };
       this.heldBytes += bytes;
+      this.readsInFlight++;
       this.reads.set(key, shared);
       void started.settled.then(() => {
         shared.ended = true;
+        this.readsInFlight--;
         this.letGo(shared);
       });
       read = shared;

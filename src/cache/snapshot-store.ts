@@ -40,6 +40,11 @@ const STALE_TMP_MS = 60 * 60 * 1000;
 const READ_CHUNK_BYTES = 8 * 1024 * 1024;
 /** Header bytes read first to check a file before reading all of it. */
 const HEADER_PROBE_BYTES = 64 * 1024;
+/**
+ * Publications running at once; the others wait (their bytes count in the write bound). Each holds
+ * a libuv thread while the disk answers: a stuck volume must not take the whole thread pool.
+ */
+const MAX_PUBLISHING = 2;
 
 /** Why a read found no usable snapshot (a metric label). */
 export type ReadFailureReason = 'missing' | 'io' | 'timeout' | 'format' | 'checksum' | 'header' | 'truncated';
@@ -113,6 +118,8 @@ export class SnapshotStore {
   private readonly log: (message: string) => void;
   private readonly writes = new Set<Promise<unknown>>();
   private writeBytesInFlight = 0;
+  private publishing = 0;
+  private readonly publishQueue: (() => void)[] = [];
   /** One directory listing shared by the lookups that arrive while it runs. */
   private listing: Promise<Set<string>> | null = null;
   private trimming: Promise<void> | null = null;
@@ -276,6 +283,17 @@ export class SnapshotStore {
   }
 
   private async publish(name: string, buf: Buffer): Promise<WriteOutcome> {
+    if (this.publishing >= MAX_PUBLISHING) await new Promise<void>((resolve) => this.publishQueue.push(resolve));
+    this.publishing++;
+    try {
+      return await this.publishNow(name, buf);
+    } finally {
+      this.publishing--;
+      this.publishQueue.shift()?.();
+    }
+  }
+
+  private async publishNow(name: string, buf: Buffer): Promise<WriteOutcome> {
     const final = join(this.dir, name);
     if (await access(final).then(() => true, () => false)) return 'exists'; // another process (or an earlier spill) wrote it
     const tmp = join(this.dir, `.${name}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`);
