@@ -65,6 +65,18 @@ describe('SnapshotStore', () => {
     expect(await b.write(KEY, 8, 0, [ramp(4, 1), ramp(4, 2)], [ramp(6, 3), ramp(6, 4)])).toBe('exists');
   });
 
+  it('a full-attention snapshot of 20,000 pages (a header JSON of > 100 KB) round-trips and lists', async () => {
+    const dir = freshDir();
+    const expect20k: SnapshotExpectation = { modelIdentity: 'full', pageTokens: 4, arrays: [], floatsPerPage: 2, pagesFor: (n) => ({ firstPage: 0, numPages: n / 4 }) };
+    const store = openStore(dir, { expect: expect20k });
+    const blocks = Array.from({ length: 20_000 }, (_, i) => Float32Array.of(i, -i));
+    expect(await store.write(KEY, 80_000, 0, [], blocks)).toBe('written');
+    const s = await store.read(KEY, 80_000).result;
+    expect(s?.blocks.length).toBe(20_000);
+    expect(Array.from(s?.blocks[19_999] ?? [])).toEqual([19_999, -19_999]);
+    expect((await store.list(5)).map((e) => e.numTokens)).toEqual([80_000]);
+  });
+
   /** A fresh folder with one sample file, a store that reads it, and the file's bytes. */
   async function damaged(edit: (path: string) => void | Promise<void>): Promise<{ store: SnapshotStore; log: string[]; path: string }> {
     const dir = freshDir();

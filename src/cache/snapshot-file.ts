@@ -21,7 +21,9 @@ import { createHash } from 'node:crypto';
 
 export const SNAPSHOT_MAGIC = 'SPKSNAP2';
 export const SNAPSHOT_FORMAT_VERSION = 2;
-const FIXED_BYTES = 48;
+/** Bytes before the header JSON (magic, lengths, checksum). */
+export const SNAPSHOT_FIXED_BYTES = 48;
+const FIXED_BYTES = SNAPSHOT_FIXED_BYTES;
 const CHECKSUM_OFFSET = 16;
 const PAYLOAD_ALIGN = 64;
 /** Bytes hashed between two yields to the event loop (~2-3 ms of sha256). */

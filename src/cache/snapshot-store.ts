@@ -19,7 +19,7 @@
 // Everything here is asynchronous and off the step loop except encode's single copy; checksums are
 // computed in slices of a few milliseconds (snapshot-file.ts).
 import { mkdirSync } from 'node:fs';
-import { access, open, readdir, rename, stat, unlink, utimes } from 'node:fs/promises';
+import { access, open, readdir, rename, stat, unlink, utimes, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   decodeSnapshot,
@@ -27,6 +27,7 @@ import {
   expectedFileBytes,
   readSnapshotHeader,
   sealSnapshot,
+  SNAPSHOT_FIXED_BYTES,
   SnapshotFileError,
   type SnapshotData,
   type SnapshotExpectation,
@@ -38,8 +39,8 @@ const SUFFIX = '.snap';
 const STALE_TMP_MS = 60 * 60 * 1000;
 /** Bytes read per call while reading a file (a timeout is checked between calls). */
 const READ_CHUNK_BYTES = 8 * 1024 * 1024;
-/** Header bytes read first to check a file before reading all of it. */
-const HEADER_PROBE_BYTES = 64 * 1024;
+/** Header JSON larger than this is not believed (a full-attention snapshot of 4M tokens lists ~400 KB of blocks). */
+const MAX_HEADER_JSON_BYTES = 16 * 1024 * 1024;
 /**
  * Publications running at once; the others wait (their bytes count in the write bound). Each holds
  * a libuv thread while the disk answers: a stuck volume must not take the whole thread pool.
@@ -218,9 +219,7 @@ export class SnapshotStore {
     try {
       const { size } = await fh.stat();
       // The header first: another model's file or a lying token count is refused before GBs are read.
-      const probe = Buffer.alloc(Math.min(size, HEADER_PROBE_BYTES));
-      await fh.read(probe, 0, probe.length, 0);
-      const header = readSnapshotHeader(probe);
+      const header = await readHeader(fh, size);
       checkHeader(header, this.expect, key, numTokens);
       const want = expectedFileBytes(this.expect, key, numTokens);
       if (size !== want) throw new SnapshotFileError(size < want ? 'truncated' : 'format', `the file has ${size} bytes, not ${want}`);
@@ -356,9 +355,7 @@ export class SnapshotStore {
     try {
       const fh = await open(join(this.dir, name), 'r');
       try {
-        const probe = Buffer.alloc(HEADER_PROBE_BYTES);
-        const { bytesRead } = await fh.read(probe, 0, probe.length, 0);
-        return readSnapshotHeader(probe.subarray(0, bytesRead));
+        return await readHeader(fh, (await fh.stat()).size);
       } finally {
         await fh.close();
       }
@@ -419,6 +416,17 @@ export class SnapshotStore {
     while (this.writes.size > 0) await Promise.allSettled([...this.writes]);
     await this.trimming;
   }
+}
+
+/** The header of an open snapshot file: the fixed part, then exactly its JSON (snapshot-file.ts). */
+async function readHeader(fh: FileHandle, size: number): Promise<SnapshotHeader> {
+  const fixed = Buffer.alloc(Math.min(size, SNAPSHOT_FIXED_BYTES));
+  await fh.read(fixed, 0, fixed.length, 0);
+  const jsonBytes = fixed.length === SNAPSHOT_FIXED_BYTES ? fixed.readUInt32LE(8) : 0;
+  if (jsonBytes > MAX_HEADER_JSON_BYTES) throw new SnapshotFileError('header', `a header of ${jsonBytes} bytes`);
+  const head = Buffer.alloc(Math.min(size, SNAPSHOT_FIXED_BYTES + jsonBytes));
+  await fh.read(head, 0, head.length, 0);
+  return readSnapshotHeader(head);
 }
 
 /** Header checks that need no payload (snapshot-file.ts decodeSnapshot repeats them with the checksum). */
