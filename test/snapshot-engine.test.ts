@@ -103,7 +103,11 @@ describe('Engine with a snapshot folder', () => {
     const payload = new Float32Array(buf.buffer.slice(buf.byteOffset + buf.readUInt32LE(12), buf.byteOffset + buf.length));
     let at = 0;
     const take = (n: number): Float32Array => payload.subarray(at, (at += n));
-    const out = encodeSnapshot({ ...h, ...patch }, h.layout.arrays.map(take), h.layout.blocks.map(take));
+    const arrays = h.layout.arrays.map(take);
+    const blocks = h.layout.blocks.map(take);
+    let b = 0;
+    const groups = h.groups.map((g) => ({ firstPage: g.firstPage, blocks: blocks.slice(b, (b += g.numPages)) }));
+    const out = encodeSnapshot({ modelIdentity: patch.modelIdentity ?? h.modelIdentity, pageTokens: h.pageTokens, numTokens: patch.numTokens ?? h.numTokens, key: h.key }, arrays, groups);
     await sealSnapshot(out);
     writeFileSync(path, out);
   }

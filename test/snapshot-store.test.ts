@@ -22,13 +22,13 @@ afterAll(() => rmSync(root, { recursive: true, force: true }));
 let dirNo = 0;
 const freshDir = (): string => join(root, `d${dirNo++}`);
 
-/** Two GLA states of 4 floats, pages of 6 floats; a snapshot of s tokens keeps pages [s/4 − 2, s/4). */
+/** Two GLA states of 4 floats, one page group of 6-float pages; a snapshot of s tokens keeps pages [s/4 − 2, s/4). */
 const EXPECT: SnapshotExpectation = {
   modelIdentity: 'model-a',
   pageTokens: 4,
   arrays: [4, 4],
-  floatsPerPage: 6,
-  pagesFor: (n) => ({ firstPage: Math.max(0, n / 4 - 2), numPages: Math.min(2, n / 4) }),
+  floatsPerPage: [6],
+  pagesFor: (n) => [{ firstPage: Math.max(0, n / 4 - 2), numPages: Math.min(2, n / 4) }],
 };
 const ramp = (n: number, from: number): Float32Array => Float32Array.from({ length: n }, (_, i) => from + i / 8);
 const KEY = childKey(1);
@@ -40,7 +40,7 @@ function openStore(dir: string, over: Partial<SnapshotStoreOptions> = {}, log?: 
 
 /** Writes the 8-token snapshot of KEY (states 1…, 2…; pages 0 and 1). */
 async function writeSample(store: SnapshotStore, key = KEY, bias = 0): Promise<void> {
-  expect(await store.write(key, 8, 0, [ramp(4, 1 + bias), ramp(4, 2)], [ramp(6, 3), ramp(6, 4)])).toBe('written');
+  expect(await store.write(key, 8, [ramp(4, 1 + bias), ramp(4, 2)], [{ firstPage: 0, blocks: [ramp(6, 3), ramp(6, 4)] }])).toBe('written');
 }
 
 describe('SnapshotStore', () => {
@@ -56,24 +56,51 @@ describe('SnapshotStore', () => {
     expect(await b.findLongest(keys, 1)).toBe(-1);
     const s = await b.read(KEY, 8).result;
     expect(s).not.toBeNull();
-    expect({ numTokens: s?.numTokens, firstPage: s?.firstPage, blocks: s?.blocks.length }).toEqual({ numTokens: 8, firstPage: 0, blocks: 2 });
+    expect({ numTokens: s?.numTokens, groups: s?.groups.length, firstPage: s?.groups[0]?.firstPage, blocks: s?.groups[0]?.blocks.length }).toEqual({ numTokens: 8, groups: 1, firstPage: 0, blocks: 2 });
     expect(Array.from(s?.arrays[1] ?? [])).toEqual(Array.from(ramp(4, 2)));
-    expect(Array.from(s?.blocks[1] ?? [])).toEqual(Array.from(ramp(6, 4)));
+    expect(Array.from(s?.groups[0]?.blocks[1] ?? [])).toEqual(Array.from(ramp(6, 4)));
     expect(b.stats()).toMatchObject({ hits: 1, bytesRead: statSync(fileOf(dir, KEY)).size });
     expect(a.stats()).toMatchObject({ writes: 1, bytesWritten: statSync(fileOf(dir, KEY)).size });
     // A second write of the same key finds the file and does not write again.
-    expect(await b.write(KEY, 8, 0, [ramp(4, 1), ramp(4, 2)], [ramp(6, 3), ramp(6, 4)])).toBe('exists');
+    expect(await b.write(KEY, 8, [ramp(4, 1), ramp(4, 2)], [{ firstPage: 0, blocks: [ramp(6, 3), ramp(6, 4)] }])).toBe('exists');
+  });
+
+  it('holds any number of state arrays and page groups (a window pool and a full-attention pool), checked group by group', async () => {
+    const dir = freshDir();
+    const two: SnapshotExpectation = {
+      modelIdentity: 'hybrid-2-groups',
+      pageTokens: 4,
+      arrays: [3, 5, 7], // e.g. a conv state, a recurrent state, another layer's state
+      floatsPerPage: [6, 2],
+      pagesFor: (n) => [
+        { firstPage: Math.max(0, n / 4 - 2), numPages: Math.min(2, n / 4) }, // window
+        { firstPage: 0, numPages: n / 4 }, // full attention
+      ],
+    };
+    const store = openStore(dir, { expect: two });
+    const window = [ramp(6, 10), ramp(6, 11)];
+    const full = [0, 1, 2].map((i) => ramp(2, 20 + i));
+    expect(await store.write(KEY, 12, [ramp(3, 1), ramp(5, 2), ramp(7, 3)], [{ firstPage: 1, blocks: window }, { firstPage: 0, blocks: full }])).toBe('written');
+    const s = await store.read(KEY, 12).result;
+    expect(s?.arrays.map((a) => a.length)).toEqual([3, 5, 7]);
+    expect(s?.groups.map((g) => [g.firstPage, g.blocks.length])).toEqual([[1, 2], [0, 3]]);
+    expect(Array.from(s?.groups[1]?.blocks[2] ?? [])).toEqual(Array.from(full[2]!));
+    // The same bytes with the groups in the other order are another layout: a miss.
+    const swapped = openStore(freshDir(), { expect: two });
+    expect(await swapped.write(KEY, 12, [ramp(3, 1), ramp(5, 2), ramp(7, 3)], [{ firstPage: 0, blocks: full }, { firstPage: 1, blocks: window }])).toBe('written');
+    expect(await swapped.read(KEY, 12).result).toBeNull();
+    expect(swapped.stats().readFailures.header + swapped.stats().readFailures.format).toBe(1);
   });
 
   it('a full-attention snapshot of 20,000 pages (a header JSON of > 100 KB) round-trips and lists', async () => {
     const dir = freshDir();
-    const expect20k: SnapshotExpectation = { modelIdentity: 'full', pageTokens: 4, arrays: [], floatsPerPage: 2, pagesFor: (n) => ({ firstPage: 0, numPages: n / 4 }) };
+    const expect20k: SnapshotExpectation = { modelIdentity: 'full', pageTokens: 4, arrays: [], floatsPerPage: [2], pagesFor: (n) => [{ firstPage: 0, numPages: n / 4 }] };
     const store = openStore(dir, { expect: expect20k });
     const blocks = Array.from({ length: 20_000 }, (_, i) => Float32Array.of(i, -i));
-    expect(await store.write(KEY, 80_000, 0, [], blocks)).toBe('written');
+    expect(await store.write(KEY, 80_000, [], [{ firstPage: 0, blocks }])).toBe('written');
     const s = await store.read(KEY, 80_000).result;
-    expect(s?.blocks.length).toBe(20_000);
-    expect(Array.from(s?.blocks[19_999] ?? [])).toEqual([19_999, -19_999]);
+    expect(s?.groups[0]?.blocks.length).toBe(20_000);
+    expect(Array.from(s?.groups[0]?.blocks[19_999] ?? [])).toEqual([19_999, -19_999]);
     expect((await store.list(5)).map((e) => e.numTokens)).toEqual([80_000]);
   });
 
@@ -102,7 +129,9 @@ describe('SnapshotStore', () => {
     const take = (n: number): Float32Array => payload.subarray(at, (at += n));
     const arrays = h.layout.arrays.map(take);
     const blocks = h.layout.blocks.map(take);
-    const out = encodeSnapshot({ modelIdentity: h.modelIdentity, pageTokens: h.pageTokens, numTokens: h.numTokens, key: h.key, firstPage: h.firstPage, ...patch }, arrays, blocks);
+    let b = 0;
+    const groups = h.groups.map((g) => ({ firstPage: patch.firstPage ?? g.firstPage, blocks: blocks.slice(b, (b += g.numPages)) }));
+    const out = encodeSnapshot({ modelIdentity: patch.modelIdentity ?? h.modelIdentity, pageTokens: h.pageTokens, numTokens: patch.numTokens ?? h.numTokens, key: h.key }, arrays, groups);
     await sealSnapshot(out);
     writeFileSync(path, out);
   }
@@ -169,7 +198,7 @@ describe('SnapshotStore', () => {
     const dir = freshDir();
     const writers = Array.from({ length: 6 }, () => openStore(dir));
     // Every writer passes the existence check before any renames: all six race to publish.
-    const outcomes = await Promise.all(writers.map((w, i) => w.write(KEY, 8, 0, [ramp(4, 100 * i), ramp(4, 2)], [ramp(6, 3), ramp(6, 4)])));
+    const outcomes = await Promise.all(writers.map((w, i) => w.write(KEY, 8, [ramp(4, 100 * i), ramp(4, 2)], [{ firstPage: 0, blocks: [ramp(6, 3), ramp(6, 4)] }])));
     expect(outcomes.filter((o) => o === 'written').length).toBeGreaterThanOrEqual(1);
     expect(outcomes.every((o) => o === 'written' || o === 'exists')).toBe(true);
     expect(readdirSync(dir)).toEqual([`${snapshotIdOf(KEY)}.snap`]);

@@ -17,7 +17,7 @@ import { BlockPool, bytesPerPage, type PageSpec } from './block-pool.ts';
 import { PagedKvManager, type BlockTable } from './paged-kv.ts';
 import { PrefixStateCache, type PrefixSnapshot } from './prefix-cache.ts';
 import { SharedSnapshots, SnapshotUses, type PrefixCacheEntryInfo, type SnapshotDiskStats, type SnapshotFolderOptions } from './shared-snapshots.ts';
-import type { SnapshotData, SnapshotExpectation } from './snapshot-file.ts';
+import type { PageGroupData, SnapshotData, SnapshotExpectation } from './snapshot-file.ts';
 import type { PrefetchedSnapshot } from './snapshot-reads.ts';
 import type { SnapshotStore } from './snapshot-store.ts';
 import { StateSlots } from './state-slots.ts';
@@ -118,7 +118,13 @@ export class CacheManager {
     this.shared =
       folder === undefined || this.prefix === null
         ? null
-        : new SharedSnapshots(folder, this.snapshotExpectation(folder.modelIdentity), prefixBytes, this.prefix, this.pool, this.uses);
+        : new SharedSnapshots(folder, this.snapshotExpectation(folder.modelIdentity), prefixBytes, this.prefix, (e) => this.pageGroupsOf(e), this.uses);
+  }
+
+  /** A memory snapshot's pages as views of the pool, in the file's page groups (snapshotExpectation). */
+  private pageGroupsOf(entry: PrefixSnapshot): PageGroupData[] {
+    if (this.spec.numAttnLayers === 0) return [];
+    return [{ firstPage: entry.firstPage, blocks: entry.pages.map((page) => this.pool.pageView(page)) }];
   }
 
   /** The snapshot folder's store; null without one. */
@@ -133,11 +139,12 @@ export class CacheManager {
       modelIdentity,
       pageTokens: this.pageTokens,
       arrays: Array.from({ length: this.spec.numGlaLayers }, () => this.slots.floatsPerLayer),
-      floatsPerPage: this.pool.floatsPerPage,
+      // One page group (the attention layers' pool), or none for a model without attention layers.
+      floatsPerPage: hasPages ? [this.pool.floatsPerPage] : [],
       pagesFor: (numTokens) => {
-        if (!hasPages) return { firstPage: 0, numPages: 0 };
+        if (!hasPages) return [];
         const { firstPage, endPage } = this.kv.snapshotRange(numTokens);
-        return { firstPage, numPages: endPage - firstPage };
+        return [{ firstPage, numPages: endPage - firstPage }];
       },
     };
   }
@@ -239,8 +246,9 @@ export class CacheManager {
     const prefix = this.prefix;
     if (prefix === null) return null;
     if (prefix.has(key)) return prefix.lookup([key]); // meanwhile snapshotted or restored again
-    const numPages = stored.blocks.length;
-    if (numPages > 0 && this.spec.numAttnLayers === 0) return null;
+    const group = stored.groups[0] ?? { firstPage: 0, blocks: [] };
+    const numPages = group.blocks.length;
+    if (stored.groups.length > (this.spec.numAttnLayers > 0 ? 1 : 0)) return null; // checked on read already
     const bytes = stored.arrays.reduce((n, s) => n + s.byteLength, 0) + numPages * this.pool.bytesPerPage;
     if (bytes > prefix.maxBytes) return null; // written by a server with a larger --prefix-cache-bytes
     // Fresh pages count in full against the pool: evict LRU snapshots until they fit.
@@ -248,13 +256,13 @@ export class CacheManager {
       if (!prefix.evictOldest()) return null;
     }
     const pages: number[] = [];
-    for (const block of stored.blocks) {
+    for (const block of group.blocks) {
       const page = this.pool.allocate();
       if (page === null) break; // unreachable: the loop above made room
       this.pool.pageView(page).set(block);
       pages.push(page);
     }
-    const inserted = pages.length === numPages && prefix.insert(key, stored.numTokens, stored.arrays, stored.firstPage, pages);
+    const inserted = pages.length === numPages && prefix.insert(key, stored.numTokens, stored.arrays, group.firstPage, pages);
     for (const page of pages) this.pool.release(page); // the snapshot holds them now (or nobody)
     if (!inserted) return null;
     this.shared?.restored(key);

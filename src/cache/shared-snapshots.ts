@@ -8,9 +8,8 @@
 // and it answers the prefix-cache API (list, delete) from memory and the folder together.
 // Writes copy the states and pages once, into the file's bytes (SnapshotStore.write), before the
 // call returns; everything after is off the step loop.
-import type { BlockPool } from './block-pool.ts';
 import type { PrefixSnapshot, PrefixStateCache } from './prefix-cache.ts';
-import type { SnapshotExpectation } from './snapshot-file.ts';
+import type { PageGroupData, SnapshotExpectation } from './snapshot-file.ts';
 import { SnapshotReads, type PrefetchedSnapshot } from './snapshot-reads.ts';
 import { SnapshotStore, type SnapshotStoreStats } from './snapshot-store.ts';
 
@@ -87,7 +86,8 @@ export class SharedSnapshots {
   private readonly reads: SnapshotReads;
   private readonly shareMinTokens: number;
   private readonly prefix: PrefixStateCache;
-  private readonly pool: BlockPool;
+  /** A memory snapshot's pages, per page group, as views of the pools (CacheManager knows the pools). */
+  private readonly pageGroupsOf: (entry: PrefixSnapshot) => PageGroupData[];
   /** Memory snapshots known to have a file (written or restored here); dropped on eviction. */
   private readonly onDisk = new Set<string>();
   /** Writes in flight, by key. */
@@ -100,7 +100,7 @@ export class SharedSnapshots {
     expect: SnapshotExpectation,
     prefixCacheBytes: number,
     prefix: PrefixStateCache,
-    pool: BlockPool,
+    pageGroupsOf: (entry: PrefixSnapshot) => PageGroupData[],
     uses: SnapshotUses,
   ) {
     this.store = new SnapshotStore({
@@ -116,7 +116,7 @@ export class SharedSnapshots {
     this.reads = new SnapshotReads(this.store, prefixCacheBytes);
     this.shareMinTokens = folder.shareMinTokens;
     this.prefix = prefix;
-    this.pool = pool;
+    this.pageGroupsOf = pageGroupsOf;
     this.uses = uses;
   }
 
@@ -147,9 +147,8 @@ export class SharedSnapshots {
    */
   persist(entry: PrefixSnapshot): void {
     if (this.onDisk.has(entry.key) || this.pendingWrites.has(entry.key)) return;
-    const blocks = entry.pages.map((page) => this.pool.pageView(page));
     const key = entry.key;
-    const write = this.store.write(key, entry.numTokens, entry.firstPage, entry.glaStates, blocks).then((outcome) => {
+    const write = this.store.write(key, entry.numTokens, entry.glaStates, this.pageGroupsOf(entry)).then((outcome) => {
       this.pendingWrites.delete(key);
       if ((outcome === 'written' || outcome === 'exists') && this.prefix.has(key)) this.onDisk.add(key);
     });

@@ -1,7 +1,8 @@
 // The bytes of one prefix-snapshot file (snapshot-store.ts writes and reads them). Generic: a header
-// that says what the file holds, then a list of float32 arrays (the recurrent states) and a list of
-// page blocks (KV pages), so a model with other state tensors (a conv state, a DeltaNet state) or
-// more than one page group needs no new format, only another layout.
+// that says what the file holds, then a list of float32 arrays (the recurrent states) and the page
+// blocks (KV pages) of one or more page groups (a sliding-window pool, a full-attention pool …), so a
+// model with other state tensors (a conv state, a DeltaNet state) or more page groups needs no new
+// format, only another layout.
 //
 //   offset  bytes
 //   0       8     magic "SPKSNAP2"
@@ -10,7 +11,8 @@
 //   16      32    sha256 of bytes [48, end): header JSON, padding and payload
 //   48      J     header JSON (SnapshotHeader)
 //   …             zero padding
-//   payload       float32 LE: arrays[0] … arrays[n-1], then blocks[0] … blocks[m-1]
+//   payload       float32 LE: arrays[0] … arrays[n-1], then blocks[0] … blocks[m-1] (group 0's pages,
+//                 then group 1's …; header.groups says how many each has and its first logical page)
 //
 // A reader checks the magic, the checksum and every header field against what it expects (model
 // identity, page size, key, token count = the key's prefix length, layout, first page); any
@@ -29,7 +31,7 @@ const PAYLOAD_ALIGN = 64;
 /** Bytes hashed between two yields to the event loop (~2-3 ms of sha256). */
 const HASH_SLICE_BYTES = 4 * 1024 * 1024;
 
-/** Float lengths of what a snapshot holds: the state arrays, then the page blocks, in order. */
+/** Float lengths of what a snapshot holds: the state arrays, then the page blocks (all groups), in order. */
 export interface SnapshotLayout {
   readonly arrays: readonly number[];
   readonly blocks: readonly number[];
@@ -44,9 +46,21 @@ export interface SnapshotHeader {
   readonly numTokens: number;
   /** Prefix-cache key (hash chain) of those s tokens. */
   readonly key: string;
-  /** Logical index of the first page block. */
-  readonly firstPage: number;
+  /** Per page group: its first logical page and its number of blocks (they follow each other in `blocks`). */
+  readonly groups: readonly PageRange[];
   readonly layout: SnapshotLayout;
+}
+
+/** Logical pages [firstPage, firstPage + numPages) of one page group. */
+export interface PageRange {
+  readonly firstPage: number;
+  readonly numPages: number;
+}
+
+/** The pages of one group as a snapshot holds them. */
+export interface PageGroupData {
+  readonly firstPage: number;
+  readonly blocks: readonly Float32Array[];
 }
 
 /** What a reader expects of a file: its model, page size and the layout for any prefix length. */
@@ -55,19 +69,18 @@ export interface SnapshotExpectation {
   readonly pageTokens: number;
   /** Float lengths of the state arrays (the same for every prefix). */
   readonly arrays: readonly number[];
-  /** Floats of one page block. */
-  readonly floatsPerPage: number;
-  /** The pages a snapshot of `numTokens` tokens holds: [firstPage, firstPage + numPages). */
-  pagesFor(numTokens: number): { readonly firstPage: number; readonly numPages: number };
+  /** Per page group: floats of one of its page blocks. */
+  readonly floatsPerPage: readonly number[];
+  /** Per page group: the pages a snapshot of `numTokens` tokens holds. */
+  pagesFor(numTokens: number): readonly PageRange[];
 }
 
 /** A decoded snapshot: views into the file's bytes (no copy). */
 export interface SnapshotData {
   readonly numTokens: number;
-  readonly firstPage: number;
   readonly arrays: readonly Float32Array[];
-  /** One view per page block. */
-  readonly blocks: readonly Float32Array[];
+  /** Per page group: its first logical page and one view per page block. */
+  readonly groups: readonly PageGroupData[];
   /** Bytes of the file. */
   readonly bytes: number;
 }
@@ -96,9 +109,15 @@ function fileBytesFor(jsonBytes: number, layout: SnapshotLayout): { payloadOffse
  * The file bytes of a snapshot, checksum not yet set (sealSnapshot sets it). The arrays and blocks
  * are copied exactly once, into the returned buffer, so the caller may reuse their memory at once.
  */
-export function encodeSnapshot(header: Omit<SnapshotHeader, 'version' | 'layout'>, arrays: readonly Float32Array[], blocks: readonly Float32Array[]): Buffer {
+export function encodeSnapshot(
+  header: Omit<SnapshotHeader, 'version' | 'layout' | 'groups'>,
+  arrays: readonly Float32Array[],
+  pageGroups: readonly PageGroupData[],
+): Buffer {
+  const blocks = pageGroups.flatMap((g) => g.blocks);
   const layout: SnapshotLayout = { arrays: arrays.map((a) => a.length), blocks: blocks.map((b) => b.length) };
-  const json = Buffer.from(JSON.stringify({ version: SNAPSHOT_FORMAT_VERSION, ...header, layout } satisfies SnapshotHeader), 'utf8');
+  const groups: PageRange[] = pageGroups.map((g) => ({ firstPage: g.firstPage, numPages: g.blocks.length }));
+  const json = Buffer.from(JSON.stringify({ version: SNAPSHOT_FORMAT_VERSION, ...header, groups, layout } satisfies SnapshotHeader), 'utf8');
   const { payloadOffset, bytes } = fileBytesFor(json.length, layout);
   // An ArrayBuffer of its own (not Node's pool): the payload offset is then aligned for Float32Array.
   const buf = Buffer.from(new ArrayBuffer(bytes));
@@ -153,7 +172,8 @@ export function readSnapshotHeader(buf: Buffer): SnapshotHeader {
     typeof h.key !== 'string' ||
     !Number.isInteger(h.pageTokens) ||
     !Number.isInteger(h.numTokens) ||
-    !Number.isInteger(h.firstPage) ||
+    !Array.isArray(h.groups) ||
+    !h.groups.every((g: unknown) => typeof g === 'object' && g !== null && Number.isInteger((g as PageRange).firstPage) && Number.isInteger((g as PageRange).numPages) && (g as PageRange).numPages >= 0) ||
     typeof h.layout !== 'object' ||
     h.layout === null ||
     !isInts(h.layout.arrays) ||
@@ -166,15 +186,15 @@ export function readSnapshotHeader(buf: Buffer): SnapshotHeader {
 
 /** Bytes the file of a snapshot of `numTokens` tokens under `key` must have (for a size check before reading). */
 export function expectedFileBytes(expect: SnapshotExpectation, key: string, numTokens: number, modelIdentity = expect.modelIdentity): number {
-  const { firstPage, numPages } = expect.pagesFor(numTokens);
+  const groups = expect.pagesFor(numTokens);
   const header: SnapshotHeader = {
     version: SNAPSHOT_FORMAT_VERSION,
     modelIdentity,
     pageTokens: expect.pageTokens,
     numTokens,
     key,
-    firstPage,
-    layout: { arrays: expect.arrays, blocks: Array.from({ length: numPages }, () => expect.floatsPerPage) },
+    groups,
+    layout: { arrays: expect.arrays, blocks: groups.flatMap((g, i) => Array.from({ length: g.numPages }, () => expect.floatsPerPage[i] ?? 0)) },
   };
   return fileBytesFor(Buffer.byteLength(JSON.stringify(header), 'utf8'), header.layout).bytes;
 }
@@ -195,7 +215,9 @@ export async function decodeSnapshot(buf: Buffer, expect: SnapshotExpectation, k
   if (buf.length > bytes) throw new SnapshotFileError('format', `the file has ${buf.length} bytes; its header describes ${bytes}`);
   const stored = buf.subarray(CHECKSUM_OFFSET, FIXED_BYTES);
   if (!(await checksum(buf, FIXED_BYTES)).equals(stored)) throw new SnapshotFileError('checksum', 'the checksum does not match the contents');
-  const { firstPage, numPages } = expect.pagesFor(numTokens);
+  const want = expect.pagesFor(numTokens);
+  const wantBlocks = want.flatMap((g, i) => Array.from({ length: g.numPages }, () => expect.floatsPerPage[i] ?? 0));
+  const sameGroups = header.groups.length === want.length && header.groups.every((g, i) => g.firstPage === want[i]?.firstPage && g.numPages === want[i]?.numPages);
   const mismatch =
     header.modelIdentity !== expect.modelIdentity
       ? `model ${header.modelIdentity.slice(0, 16)}…, not this one`
@@ -207,10 +229,10 @@ export async function decodeSnapshot(buf: Buffer, expect: SnapshotExpectation, k
             ? `${header.numTokens} tokens, but its key names a prefix of ${numTokens}`
             : !sameList(header.layout.arrays, expect.arrays)
               ? 'another state layout'
-              : header.layout.blocks.length !== numPages || header.layout.blocks.some((n) => n !== expect.floatsPerPage)
-                ? `${header.layout.blocks.length} page blocks, not ${numPages} of ${expect.floatsPerPage} floats`
-                : header.firstPage !== firstPage
-                  ? `first page ${header.firstPage}, not ${firstPage}`
+              : !sameGroups
+                ? `page groups ${JSON.stringify(header.groups)}, not ${JSON.stringify(want)}`
+                : !sameList(header.layout.blocks, wantBlocks)
+                  ? 'another page layout'
                   : null;
   if (mismatch !== null) throw new SnapshotFileError('header', `the header says ${mismatch}`);
   if ((buf.byteOffset + payloadOffset) % 4 !== 0) throw new Error('snapshot buffer is not 4-byte aligned'); // a caller bug
@@ -224,5 +246,7 @@ export async function decodeSnapshot(buf: Buffer, expect: SnapshotExpectation, k
   };
   const arrays = views(header.layout.arrays, payloadOffset);
   const blocks = views(header.layout.blocks, payloadOffset + 4 * sum(header.layout.arrays));
-  return { numTokens, firstPage, arrays, blocks, bytes: buf.length };
+  let at = 0;
+  const groups = header.groups.map((g) => ({ firstPage: g.firstPage, blocks: blocks.slice(at, (at += g.numPages)) }));
+  return { numTokens, arrays, groups, bytes: buf.length };
 }

@@ -29,6 +29,7 @@ import {
   sealSnapshot,
   SNAPSHOT_FIXED_BYTES,
   SnapshotFileError,
+  type PageGroupData,
   type SnapshotData,
   type SnapshotExpectation,
   type SnapshotHeader,
@@ -264,13 +265,14 @@ export class SnapshotStore {
    * 'written', 'exists' (another process, or an earlier write, published it), 'skipped' (larger than
    * the bound, or too many bytes being written) or 'failed' (reported to the log).
    */
-  write(key: string, numTokens: number, firstPage: number, arrays: readonly Float32Array[], blocks: readonly Float32Array[]): Promise<WriteOutcome> {
-    const floats = arrays.reduce((n, a) => n + a.length, 0) + blocks.reduce((n, b) => n + b.length, 0);
+  write(key: string, numTokens: number, arrays: readonly Float32Array[], pageGroups: readonly PageGroupData[]): Promise<WriteOutcome> {
+    let floats = arrays.reduce((n, a) => n + a.length, 0);
+    for (const g of pageGroups) floats += g.blocks.reduce((n, b) => n + b.length, 0);
     if (floats * 4 > this.maxBytes || this.writeBytesInFlight + floats * 4 > this.opts.maxWriteBytesInFlight) {
       this.counters.writesSkipped++;
       return Promise.resolve('skipped');
     }
-    const buf = encodeSnapshot({ modelIdentity: this.expect.modelIdentity, pageTokens: this.expect.pageTokens, numTokens, key, firstPage }, arrays, blocks);
+    const buf = encodeSnapshot({ modelIdentity: this.expect.modelIdentity, pageTokens: this.expect.pageTokens, numTokens, key }, arrays, pageGroups);
     this.writeBytesInFlight += buf.length;
     const p = this.publish(fileNameOf(key), buf).finally(() => {
       this.writeBytesInFlight -= buf.length;

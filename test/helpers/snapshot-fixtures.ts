@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import type { SnapshotExpectation } from '../../src/cache/snapshot-file.ts';
 
 export function childExpectation(floats: number): SnapshotExpectation {
-  return { modelIdentity: 'child-model', pageTokens: 64, arrays: [floats], floatsPerPage: 0, pagesFor: () => ({ firstPage: 0, numPages: 0 }) };
+  return { modelIdentity: 'child-model', pageTokens: 64, arrays: [floats], floatsPerPage: [], pagesFor: () => [] };
 }
 
 /** A base64 sha256 digest, like the prefix-cache keys. */

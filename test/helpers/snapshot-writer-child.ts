@@ -17,7 +17,7 @@ const store = new SnapshotStore({
 const data = Float32Array.from({ length: floats }, (_, i) => i % 977);
 for (let n = 0; ; n++) {
   data[0] = n;
-  const outcome = await store.write(childKey(n), 64, 0, [data], []);
+  const outcome = await store.write(childKey(n), 64, [data], []);
   if (outcome !== 'written') throw new Error(`write ${n}: ${outcome}`);
   process.stdout.write(`wrote ${n}\n`);
 }
