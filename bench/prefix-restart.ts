@@ -1,10 +1,11 @@
-// Prefix snapshots on disk (`--prefix-cache-dir`): time to first token of a long prompt computed from
-// scratch, then the same prompt with a new question after it, (1) in the same engine (the snapshot is
-// in memory) and (2) in a freshly started engine that finds the snapshot only on disk, as after a
-// server restart. Reference-size hybrid model, random weights, through Engine (worker thread, scheduler,
-// cache): the path a request takes. One run prints one table.
+// Prefix snapshots in a shared folder (`--prefix-cache-dir`): time to first token of a long document
+// computed from scratch on replica A, then the document with a new question (1) on A (the snapshot is
+// in memory), (2) on replica B, an engine on the same folder started before A read anything (the
+// snapshot A wrote through), and (3) on a freshly started engine after both shut down, as after a
+// rolling deploy. Reference-size hybrid model, random weights, through Engine (worker thread,
+// scheduler, cache): the path a request takes. One run prints one table, ratios to the cold TTFT.
 //
-//   node --import tsx bench/prefix-restart.ts [--tokens 65536] [--threads N]
+//   node --import tsx bench/prefix-restart.ts [--tokens 262144] [--threads N]
 import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,9 +14,9 @@ import { Engine, type EngineOptions } from '../src/engine/engine.ts';
 import type { GenerateRequest, SamplingParams } from '../src/engine/types.ts';
 import { REFERENCE_CONFIG_JSON, loadAverage } from './common.ts';
 
-const { values: args } = parseArgs({ options: { tokens: { type: 'string', default: '65536' }, threads: { type: 'string' } } });
+const { values: args } = parseArgs({ options: { tokens: { type: 'string', default: '262144' }, threads: { type: 'string' } } });
 const TOKENS = Number(args.tokens);
-if (!Number.isInteger(TOKENS) || TOKENS < 1024) throw new Error('--tokens must be an integer ≥ 1024');
+if (!Number.isInteger(TOKENS) || TOKENS < 8192) throw new Error('--tokens must be an integer ≥ 8192 (snapshots of ≥ 4096 tokens are shared at once)');
 
 const sampling: SamplingParams = {
   temperature: 0, topP: 1, topK: 0, minP: 0, seed: null, presencePenalty: 0, frequencyPenalty: 0,
@@ -48,30 +49,43 @@ async function main(): Promise<void> {
     prefixCacheDir: join(root, 'snapshots'),
     ...(args.threads !== undefined ? { intraOpThreads: Number(args.threads) } : {}),
   };
+  const log = (m: string): void => void process.stderr.write(`${m}\n`);
   try {
     const loadStart = loadAverage();
-    const first = await Engine.start(opts, (m) => process.stderr.write(`${m}\n`));
-    const cold = await ttft(first, [...doc, ...question(1)], 'cold');
-    process.stderr.write(`  cold: ${cold.seconds.toFixed(2)} s\n`);
-    const warm = await ttft(first, [...doc, ...question(2)], 'warm');
-    await first.shutdown();
+    const a = await Engine.start(opts, log);
+    const b = await Engine.start(opts, log); // replica B: running, empty memory cache, before A reads anything
+    // Both have served something before (first runs of a session allocate): a short prompt each.
+    await Promise.all([ttft(a, question(5), 'a-first'), ttft(b, question(6), 'b-first')]);
+    const cold = await ttft(a, [...doc, ...question(1)], 'cold');
+    log(`  cold: ${cold.seconds.toFixed(2)} s`);
+    // A writes the document's snapshot through, off its step loop: B can use it once it is published.
+    const publishT0 = performance.now();
+    while ((a.stats().prefixStore?.writes ?? 0) < 1) await new Promise((r) => setTimeout(r, 5));
+    const publishedAfter = (performance.now() - publishT0) / 1000;
+    const warm = await ttft(a, [...doc, ...question(2)], 'warm');
+    const replica = await ttft(b, [...doc, ...question(3)], 'replica');
+    await Promise.all([a.shutdown(), b.shutdown()]);
     const folder = join(root, 'snapshots', readdirSync(join(root, 'snapshots'))[0] ?? '');
     const files = readdirSync(folder);
     const bytes = files.reduce((n, f) => n + statSync(join(folder, f)).size, 0);
 
     const startT0 = performance.now();
-    const second = await Engine.start(opts, (m) => process.stderr.write(`${m}\n`));
+    const c = await Engine.start(opts, log);
     const startSeconds = (performance.now() - startT0) / 1000;
-    const restarted = await ttft(second, [...doc, ...question(3)], 'restarted');
-    await second.shutdown();
+    await ttft(c, question(7), 'c-first');
+    const restarted = await ttft(c, [...doc, ...question(4)], 'restarted');
+    await c.shutdown();
 
-    console.log(`\nspikeserve prefix snapshots across a restart — reference size, ${TOKENS.toLocaleString('en-US')}-token document + 24-token question; load average ${loadStart} → ${loadAverage()}`);
+    const ratio = (s: number): string => (s / cold.seconds).toFixed(4);
+    console.log(`\nspikeserve prefix snapshots shared by replicas — reference size, ${TOKENS.toLocaleString('en-US')}-token document + 24-token question; load average ${loadStart} → ${loadAverage()}`);
     console.log('');
     console.log('| request | TTFT | prompt tokens from a snapshot | ÷ cold TTFT |');
     console.log('|---|---|---|---|');
-    console.log(`| cold (nothing cached) | ${cold.seconds.toFixed(2)} s | ${cold.cached} | 1.00 |`);
-    console.log(`| same engine, new question (snapshot in memory) | ${warm.seconds.toFixed(3)} s | ${warm.cached} | ${(warm.seconds / cold.seconds).toFixed(4)} |`);
-    console.log(`| new engine, new question (snapshot read from disk) | ${restarted.seconds.toFixed(3)} s | ${restarted.cached} | ${(restarted.seconds / cold.seconds).toFixed(4)} |`);
+    console.log(`| A, cold (nothing cached) | ${cold.seconds.toFixed(2)} s | ${cold.cached} | 1.00 |`);
+    console.log(`| A, new question (snapshot in memory) | ${warm.seconds.toFixed(3)} s | ${warm.cached} | ${ratio(warm.seconds)} |`);
+    console.log(`| **B, another replica on the folder, new question** (A's snapshot read from disk) | ${replica.seconds.toFixed(3)} s | ${replica.cached} | ${ratio(replica.seconds)} |`);
+    console.log(`| new engine after both shut down, new question (read from disk) | ${restarted.seconds.toFixed(3)} s | ${restarted.cached} | ${ratio(restarted.seconds)} |`);
+    console.log(`| A's snapshot on disk, after A's first token | ${publishedAfter.toFixed(3)} s | | |`);
     console.log(`| snapshot files on disk | ${files.length} files, ${(bytes / 2 ** 20).toFixed(1)} MiB | | |`);
     console.log(`| engine start with the snapshot folder | ${startSeconds.toFixed(2)} s (model cached) | | |`);
   } finally {

@@ -10,7 +10,6 @@ import { PagedKvManager } from '../src/cache/paged-kv.ts';
 import { StateSlots } from '../src/cache/state-slots.ts';
 import { CacheManager, type CacheSpec } from '../src/cache/cache-manager.ts';
 import { exactKey, prefixKeys } from '../src/cache/prefix-keys.ts';
-import { SnapshotStore } from '../src/cache/snapshot-store.ts';
 
 const diskRoot = mkdtempSync(join(tmpdir(), 'spikeserve-cache-test-'));
 afterAll(() => rmSync(diskRoot, { recursive: true, force: true }));
@@ -331,7 +330,13 @@ describe('prefix snapshots', () => {
    * spilled and many admissions restore from disk. Returns how many admissions resumed, and how many
    * of those from a prefix that only the disk held.
    */
-  async function prefixWorkload(windowTokens: number | null, P: number, kvPages: number, ops: readonly PrefixOp[], store?: SnapshotStore): Promise<{ hits: number; diskHits: number }> {
+  async function prefixWorkload(
+    windowTokens: number | null,
+    P: number,
+    kvPages: number,
+    ops: readonly PrefixOp[],
+    disk?: { dir: string; shareMinTokens: number },
+  ): Promise<{ hits: number; diskHits: number }> {
     const spec: CacheSpec = kvSpec(windowTokens);
     const C = 24;
     // The largest snapshot: one float of state and the pages of a window (or of a whole 200-token prompt).
@@ -341,9 +346,10 @@ describe('prefix snapshots', () => {
       pageTokens: P,
       maxNumSeqs: 3,
       maxChunkTokens: C,
-      prefixCacheBytes: store === undefined ? 8 * snapshotBytes : 2 * snapshotBytes, // with a disk: room for ~2, the rest spill
-      ...(store !== undefined ? { snapshotStore: store } : {}),
+      prefixCacheBytes: disk === undefined ? 8 * snapshotBytes : 2 * snapshotBytes, // with a disk: room for ~2, the rest spill
+      ...(disk !== undefined ? { snapshotFolder: { ...disk, maxBytes: 1 << 20, modelIdentity: 'm', readTimeoutMs: 30_000 } } : {}),
     });
+    const store = cache.store;
     const prefix = cache.prefix!;
     const pool = cache.groups[0]!.pool;
     const live = new Map<string, { family: number; tokens: number[]; keys: string[]; next: number; total: number }>();
@@ -358,7 +364,10 @@ describe('prefix snapshots', () => {
         const keys = prefixKeys(tokens, P);
         const total = op.length + op.extra;
         const longestInMemory = keys.reduce((best, k, i) => (prefix.has(k) ? (i + 1) * P : best), 0);
-        const restored = cache.admit(id, { totalTokens: total, firstChunkTokens: Math.min(C, op.length), prefix: { keys, tokens, maxTokens: op.length - 1 } });
+        // As the scheduler does: read the longer prefix on disk ahead, admit with it, let it go.
+        const prefetched = await (cache.prefetchDiskPrefix(keys) ?? null);
+        const restored = cache.admit(id, { totalTokens: total, firstChunkTokens: Math.min(C, op.length), prefix: { keys, tokens, maxTokens: op.length - 1 }, prefetched });
+        prefetched?.release();
         if (restored === null) continue;
         // Page-aligned, or an exact snapshot one token before the end of a prompt this one extends.
         expect(restored).toBeLessThan(op.length);
@@ -453,8 +462,9 @@ describe('prefix snapshots', () => {
       await fc.assert(
         // A pool large enough for restores beside two running sequences, and long workloads.
         fc.asyncProperty(fc.integer({ min: 2, max: 8 }), fc.integer({ min: 40, max: 120 }), fc.array(prefixOpArb, { minLength: 40, maxLength: 120 }), async (P, kvPages, ops) => {
-          const store = new SnapshotStore(join(diskRoot, `w${windowTokens}-${run++}`), 1 << 20, { stateLengths: [1], floatsPerPage: 2 * P });
-          diskHits += (await prefixWorkload(windowTokens, P, kvPages, ops, store)).diskHits;
+          // Every other run writes every snapshot through at once (shared replicas); the others spill on eviction.
+          const shareMinTokens = run % 2 === 0 ? 0 : Infinity;
+          diskHits += (await prefixWorkload(windowTokens, P, kvPages, ops, { dir: join(diskRoot, `w${windowTokens}-${run++}`), shareMinTokens })).diskHits;
         }),
         { numRuns: 60 },
       );

@@ -7,6 +7,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { ModelLoadError } from '../src/engine/errors.ts';
 import { parseModelConfig } from '../src/engine/model/config.ts';
 import { openCheckpoint, validateCheckpoint } from '../src/engine/model/hf-checkpoint.ts';
+import { checkpointIdentity } from '../src/engine/model/onnx/build-cache.ts';
 import { randomCheckpoint } from '../src/engine/model/random-checkpoint.ts';
 import { bf16ToF32, f16ToF32, openSafetensorsFile, readSafetensorsEntry } from '../src/engine/model/safetensors.ts';
 import { countParameters, LM_HEAD, layerTensorNames, modelTensorSpecs } from '../src/engine/model/tensor-names.ts';
@@ -211,17 +212,20 @@ describe('HF checkpoint', () => {
     expect(low.numParameters).toBe(countParameters(low.config, 'lowrank'));
   });
 
-  it('hashes content, not the path', () => {
+  it('is identified by content, not by path (test/weights-identity.test.ts: a change anywhere in the weights)', () => {
     const a = makeRandomTinyCheckpoint(freshDir(), { seed: 9 });
     const b = makeRandomTinyCheckpoint(freshDir(), { seed: 9 });
     const c = makeRandomTinyCheckpoint(freshDir(), { seed: 10 });
-    const ha = openCheckpoint(a.dir).hash;
+    const cacheDir = freshDir();
+    const identity = (dir: string): string => checkpointIdentity(openCheckpoint(dir), cacheDir);
+    const ha = identity(a.dir);
     expect(ha).toMatch(/^[0-9a-f]{64}$/);
-    expect(openCheckpoint(b.dir).hash).toBe(ha);
-    expect(openCheckpoint(c.dir).hash).not.toBe(ha);
+    expect(identity(b.dir)).toBe(ha);
+    expect(identity(c.dir)).not.toBe(ha);
     const bcfg = JSON.parse(readFileSync(join(b.dir, 'config.json'), 'utf8')) as Record<string, unknown>;
     writeFileSync(join(b.dir, 'config.json'), JSON.stringify({ ...bcfg, rope_theta: 500000 }));
-    expect(openCheckpoint(b.dir).hash).not.toBe(ha);
+    expect(identity(b.dir)).not.toBe(ha);
+    expect(openCheckpoint(b.dir).hash).not.toBe(openCheckpoint(a.dir).hash); // the layout fingerprint sees the config
   });
 
   it('refuses bad configs naming the field', () => {

@@ -435,9 +435,14 @@ const HISTOGRAMS = [
 ];
 const GAUGES = [
   'num_requests_running', 'num_requests_waiting', 'kv_cache_usage_perc', 'kv_pages_used', 'kv_pages_capacity',
-  'recurrent_state_bytes', 'prefill_tokens_per_second',
+  'recurrent_state_bytes', 'prefill_tokens_per_second', 'prefix_store_bytes', 'prefix_store_files', 'prefix_store_read_buffer_bytes',
 ];
-const COUNTERS = ['prompt_tokens_total', 'generation_tokens_total', 'request_success_total', 'prefix_cache_queries_total', 'prefix_cache_hits_total', 'spike_zeros_total', 'spike_values_total', 'num_preemptions_total', 'engine_restarts_total'];
+const COUNTERS = [
+  'prompt_tokens_total', 'generation_tokens_total', 'request_success_total', 'prefix_cache_queries_total', 'prefix_cache_hits_total', 'spike_zeros_total', 'spike_values_total',
+  'num_preemptions_total', 'engine_restarts_total',
+  'prefix_store_hits_total', 'prefix_store_read_bytes_total', 'prefix_store_writes_total', 'prefix_store_written_bytes_total', 'prefix_store_write_failures_total',
+  'prefix_store_writes_skipped_total', 'prefix_store_read_failures_total',
+];
 
 interface Panel {
   type?: string;

@@ -12,6 +12,7 @@ import { makeRandomTinyCheckpoint, type TinyCheckpoint, type TinyCheckpointOptio
 import { ReferenceSession } from './helpers/reference-forward.ts';
 import { greedy } from './helpers/sampling.ts';
 import { openCheckpoint } from '../src/engine/model/hf-checkpoint.ts';
+import { IDENTITY_CACHE_FILE } from '../src/engine/model/weights-identity.ts';
 
 const tmp = mkdtempSync(join(tmpdir(), 'spikeserve-engine-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -411,7 +412,7 @@ describe('Engine with int8 weights', () => {
     const ckpt = makeRandomTinyCheckpoint(join(tmp, 'int8'), { numLayers: 2, slidingWindow: 8, seed: 9 });
     const engine = await Engine.start({ modelDir: ckpt.dir, cacheDir, intraOpThreads: 1, weightDtype: 'int8' });
     try {
-      expect(readdirSync(cacheDir).filter((d) => !d.includes('.tmp-'))).toEqual([expect.stringMatching(/-int8$/)]);
+      expect(readdirSync(cacheDir).filter((d) => !d.includes('.tmp-') && d !== IDENTITY_CACHE_FILE)).toEqual([expect.stringMatching(/-int8$/)]);
       const { tokens, events } = await collect(engine, request(prompt(20, 4, ckpt.config.vocabSize), greedy(5)));
       expect(tokens).toHaveLength(5);
       expect(lastDone(events)).toMatchObject({ finishReason: 'length', completionTokens: 5 });

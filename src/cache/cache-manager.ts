@@ -11,18 +11,20 @@
 //           later chunks and decode steps take pages as they go (evicting snapshots that hold pages
 //           nobody else does). When append() finds no page, the scheduler preempts a sequence (frees
 //           it and requeues it) and tries again.
+// With a snapshot folder shared by every replica (SharedSnapshots), snapshots are also written to
+// disk, and a waiting request's longer prefix on disk is read ahead and restored at admission.
 // The cache gets plain numbers; it imports nothing from the engine.
 import type { BlockTable } from './paged-kv.ts';
 import { DEFAULT_FULL_ATTENTION_BYTES, KvGroup, type KvGroupSpec } from './kv-group.ts';
 import { PrefixStateCache, type PrefixSnapshot, type SnapshotPages } from './prefix-cache.ts';
-import type { SnapshotStore, StoredSnapshot } from './snapshot-store.ts';
+import { SharedSnapshots, SnapshotUses, type PrefixCacheEntryInfo, type SnapshotDiskStats, type SnapshotFolderOptions } from './shared-snapshots.ts';
+import type { PageGroupData, SnapshotData, SnapshotExpectation } from './snapshot-file.ts';
+import type { PrefetchedSnapshot } from './snapshot-reads.ts';
+import type { SnapshotStore } from './snapshot-store.ts';
 import { StateSlots } from './state-slots.ts';
 
-/** A snapshot read from disk before admission (Scheduler), or null when the read failed. */
-export interface PrefetchedSnapshot {
-  readonly key: string;
-  readonly snapshot: StoredSnapshot | null;
-}
+export type { PrefetchedSnapshot } from './snapshot-reads.ts';
+export type { PrefixCacheEntryInfo, SnapshotDiskStats, SnapshotFolderOptions } from './shared-snapshots.ts';
 
 export interface CacheSpec {
   /** Floats of each recurrent state tensor of one sequence (the model's layer plan; GLA: Hkv·d·d). */
@@ -45,14 +47,17 @@ export interface CacheOptions {
   readonly maxNumSeqs: number;
   /** Largest chunk the scheduler will ever ask for (prefill chunk; decode is 1). */
   readonly maxChunkTokens: number;
-  /** Byte bound of prefix snapshots (recurrent states + pages); 0 or absent = no prefix caching. */
+  /**
+   * Byte bound of prefix snapshots (recurrent states + pages); 0 or absent = no prefix caching. Disk
+   * reads in flight for waiting requests may hold as much again (SnapshotReads).
+   */
   readonly prefixCacheBytes?: number;
   /**
-   * Prefix snapshots on disk as well (needs prefixCacheBytes > 0; models with at most one KV group): a
-   * snapshot evicted from memory is written there (spilled), persistSnapshots() writes the rest (at
-   * shutdown), and admission restores the longest prefix found on disk when memory has no longer one.
+   * Prefix snapshots on disk as well, in a folder other replicas may share (needs prefixCacheBytes > 0):
+   * written through (≥ shareMinTokens) or when memory evicts them, all at persistSnapshots() (shutdown);
+   * admission restores the longest prefix found on disk (prefetchDiskPrefix) when memory has no longer one.
    */
-  readonly snapshotStore?: SnapshotStore;
+  readonly snapshotFolder?: SnapshotFolderOptions;
 }
 
 /** What admit() needs to know about a sequence. */
@@ -63,8 +68,8 @@ export interface AdmitRequest {
   readonly firstChunkTokens: number;
   /** Resume from the longest cached prefix of `tokens` with at most `maxTokens` tokens (keys: prefix-keys.ts). */
   readonly prefix?: { readonly keys: readonly string[]; readonly tokens: ArrayLike<number>; readonly maxTokens: number };
-  /** A snapshot the scheduler read from disk for this sequence (then the disk is not read here). */
-  readonly prefetched?: PrefetchedSnapshot;
+  /** A snapshot the scheduler read from disk for this sequence (prefetchDiskPrefix); the disk is never read here. */
+  readonly prefetched?: PrefetchedSnapshot | null;
 }
 
 export interface CacheUsage {
@@ -95,7 +100,9 @@ export class CacheManager {
   /** null when prefix caching is off. */
   readonly prefix: PrefixStateCache | null;
   /** null when snapshots stay in memory only. */
-  readonly store: SnapshotStore | null;
+  readonly shared: SharedSnapshots | null;
+  /** Hits and last use of snapshots here (the prefix-cache API lists them). */
+  private readonly uses = new SnapshotUses();
   private readonly sequences = new Map<string, SequenceEntry>();
 
   constructor(spec: CacheSpec, opts: CacheOptions) {
@@ -107,17 +114,48 @@ export class CacheManager {
     this.groups = spec.kvGroups.map((g, i) => new KvGroup(g, pages[i] ?? 0, this.pageTokens));
     this.slots = new StateSlots({ stateFloats: spec.stateFloats }, opts.maxNumSeqs);
     const prefixBytes = opts.prefixCacheBytes ?? 0;
-    const store = prefixBytes > 0 && this.groups.length <= 1 ? (opts.snapshotStore ?? null) : null;
-    this.store = store;
+    const folder = prefixBytes > 0 ? opts.snapshotFolder : undefined;
     this.prefix =
       prefixBytes > 0
         ? new PrefixStateCache(
             this.groups.map((g) => g.pool),
             this.pageTokens,
             prefixBytes,
-            store === null ? undefined : (e) => this.spill(e),
+            (e) => this.shared?.evicted(e),
           )
         : null;
+    this.shared =
+      folder === undefined || this.prefix === null
+        ? null
+        : new SharedSnapshots(folder, this.snapshotExpectation(folder.modelIdentity), prefixBytes, this.prefix, (e) => this.pageGroupsOf(e), this.uses);
+  }
+
+  /** A memory snapshot's pages as views of the pools, one page group per KV group (snapshotExpectation). */
+  private pageGroupsOf(entry: PrefixSnapshot): PageGroupData[] {
+    return this.groups.map((g, i) => {
+      const pages = entry.groups[i] ?? { firstPage: 0, pages: [] };
+      return { firstPage: pages.firstPage, blocks: pages.pages.map((page) => g.pool.pageView(page)) };
+    });
+  }
+
+  /** The snapshot folder's store; null without one. */
+  get store(): SnapshotStore | null {
+    return this.shared?.store ?? null;
+  }
+
+  /** What a snapshot file of this model must hold: the recurrent states, then per KV group its pages. */
+  snapshotExpectation(modelIdentity: string): SnapshotExpectation {
+    return {
+      modelIdentity,
+      pageTokens: this.pageTokens,
+      arrays: [...this.spec.stateFloats],
+      floatsPerPage: this.groups.map((g) => g.pool.floatsPerPage),
+      pagesFor: (numTokens) =>
+        this.groups.map((g) => {
+          const { firstPage, endPage } = g.kv.snapshotRange(numTokens);
+          return { firstPage, numPages: endPage - firstPage };
+        }),
+    };
   }
 
   /** Pool size in pages of each KV group from the options (see CacheOptions). */
@@ -202,25 +240,20 @@ export class CacheManager {
     return restored;
   }
 
-  /** The longest prefix snapshot for `prefix`, from memory or (when longer there) from disk. */
-  private findPrefix(prefix: NonNullable<AdmitRequest['prefix']>, prefetched: PrefetchedSnapshot | undefined): PrefixSnapshot | null {
+  /** The longest prefix snapshot for `prefix`, from memory or (when longer there) from what was read from disk. */
+  private findPrefix(prefix: NonNullable<AdmitRequest['prefix']>, prefetched: PrefetchedSnapshot | null | undefined): PrefixSnapshot | null {
     if (this.prefix === null) return null;
     const lookup = (): PrefixSnapshot | null => this.prefix?.lookup(prefix.keys, prefix.tokens, prefix.maxTokens) ?? null;
     let hit = lookup();
-    if (this.store === null) return hit;
-    // A longer prefix on disk than in memory: bring it into the memory cache first (from what the
-    // scheduler prefetched, or read now). A failed restore may have evicted the memory hit to make
-    // room: look it up again.
-    const memoryTokens = hit?.numTokens ?? 0;
-    let fromDisk: PrefixSnapshot | null = null;
-    if (prefetched !== undefined) {
-      if (prefetched.snapshot !== null && prefetched.snapshot.numTokens > memoryTokens) fromDisk = this.restore(prefetched.key, prefetched.snapshot);
-    } else {
-      const diskIndex = this.store.longest(prefix.keys, Math.floor(memoryTokens / this.pageTokens) - 1);
-      if (diskIndex >= 0) fromDisk = this.restoreFromDisk(prefix.keys[diskIndex] as string);
+    const fromDisk = prefetched?.snapshot ?? null;
+    if (prefetched != null && fromDisk !== null && fromDisk.numTokens > (hit?.numTokens ?? 0) && fromDisk.numTokens <= prefix.maxTokens) {
+      // A longer prefix read from disk (prefetchDiskPrefix, before admission): bring it into the memory
+      // cache. A failed restore may have evicted the memory hit to make room: look it up again.
+      const restored = this.restore(prefetched.key, fromDisk);
+      if (restored !== null) hit = restored;
+      else if (hit !== null && !this.prefix.has(hit.key)) hit = lookup();
     }
-    if (fromDisk !== null) hit = fromDisk;
-    else if (hit !== null && !this.prefix.has(hit.key)) hit = lookup();
+    if (hit !== null) this.uses.used(hit.key, true);
     return hit;
   }
 
@@ -245,58 +278,61 @@ export class CacheManager {
   }
 
   /**
-   * Reads a snapshot from disk into fresh pool pages and the memory cache; null when it cannot be read
-   * or its pages do not fit beside the reservations (then nothing changes).
+   * Reads ahead, for a request about to wait for admission, the longest prefix of `keys` that the
+   * disk holds beyond memory's (one read per key, shared, within the read budget). null when there
+   * is no snapshot folder or memory already holds the longest key; the promise never rejects.
    */
-  private restoreFromDisk(key: string): PrefixSnapshot | null {
-    const stored = this.store?.read(key) ?? null;
-    return stored === null ? null : this.restore(key, stored);
-  }
-
-  /** The prefix key (of `keys`) the disk holds longer than memory, for the scheduler to prefetch; null if none. */
-  diskPrefixToPrefetch(keys: readonly string[]): string | null {
-    if (this.store === null || this.prefix === null) return null;
+  prefetchDiskPrefix(keys: readonly string[]): Promise<PrefetchedSnapshot | null> | null {
+    if (this.shared === null || this.prefix === null) return null;
     let memoryIndex = -1;
     for (let i = keys.length - 1; i >= 0; i--) {
-      if (this.prefix.has(keys[i] as string)) {
+      if (this.prefix.has(keys[i]!)) {
         memoryIndex = i;
         break;
       }
     }
-    const diskIndex = this.store.longest(keys, memoryIndex);
-    return diskIndex < 0 ? null : (keys[diskIndex] as string);
+    return memoryIndex >= keys.length - 1 ? null : this.shared.prefetch(keys, memoryIndex);
   }
 
-  /** Puts a snapshot read from disk into fresh pool pages and the memory cache (see restoreFromDisk). */
-  private restore(key: string, stored: StoredSnapshot): PrefixSnapshot | null {
+  /**
+   * Puts a snapshot read from disk into fresh pool pages and the memory cache; null when its pages do
+   * not fit beside the reservations (then nothing changes).
+   */
+  private restore(key: string, stored: SnapshotData): PrefixSnapshot | null {
     const prefix = this.prefix;
     if (prefix === null) return null;
     if (prefix.has(key)) return prefix.get(key); // meanwhile snapshotted or restored again
-    const g = this.groups[0];
-    if (stored.numPages > 0 && g === undefined) return null;
-    const bytes = stored.glaStates.reduce((n, s) => n + s.byteLength, 0) + stored.numPages * (g?.pool.bytesPerPage ?? 0);
+    if (stored.groups.length !== this.groups.length) return null; // checked on read already
+    const bytes = stored.arrays.reduce((n, s) => n + s.byteLength, 0) + stored.groups.reduce((n, g, i) => n + g.blocks.length * (this.groups[i]?.pool.bytesPerPage ?? 0), 0);
     if (bytes > prefix.maxBytes) return null; // written by a server with a larger --prefix-cache-bytes
-    const pages: number[] = [];
-    if (g !== undefined && stored.numPages > 0) {
-      // Fresh pages count in full against the pool: evict LRU snapshots until they fit.
+    // Fresh pages count in full against each pool: evict LRU snapshots until they fit.
+    for (const [i, g] of this.groups.entries()) {
+      const numPages = stored.groups[i]?.blocks.length ?? 0;
       if (g.isLazy) {
-        if (!this.freePages(g, stored.numPages)) return null;
+        if (!this.freePages(g, numPages)) return null;
       } else {
-        while (g.reservedPages + prefix.numPages(0) + stored.numPages > g.pool.numPages) {
+        while (g.reservedPages + prefix.numPages(i) + numPages > g.pool.numPages) {
           if (!prefix.evictOldest()) return null;
         }
       }
-      for (let i = 0; i < stored.numPages; i++) {
+    }
+    const groups: SnapshotPages[] = this.groups.map((g, i) => {
+      const data = stored.groups[i]!;
+      const pages: number[] = [];
+      for (const block of data.blocks) {
         const page = g.pool.allocate();
         if (page === null) break; // unreachable: room was made above
-        g.pool.pageView(page).set(stored.pageData.subarray(i * g.pool.floatsPerPage, (i + 1) * g.pool.floatsPerPage));
+        g.pool.pageView(page).set(block);
         pages.push(page);
       }
-    }
-    const groups: SnapshotPages[] = g === undefined ? [] : [{ firstPage: stored.firstPage, pages }];
-    const inserted = pages.length === stored.numPages && prefix.insert(key, stored.numTokens, stored.glaStates, groups);
-    for (const page of pages) g?.pool.release(page); // the snapshot holds them now (or nobody)
-    return inserted ? prefix.get(key) : null;
+      return { firstPage: data.firstPage, pages };
+    });
+    const complete = groups.every((g, i) => g.pages.length === (stored.groups[i]?.blocks.length ?? 0));
+    const inserted = complete && prefix.insert(key, stored.numTokens, stored.arrays, groups);
+    groups.forEach((g, i) => g.pages.forEach((page) => this.groups[i]?.pool.release(page))); // the snapshot holds them now (or nobody)
+    if (!inserted) return null;
+    this.shared?.restored(key);
+    return prefix.get(key);
   }
 
   /**
@@ -328,8 +364,12 @@ export class CacheManager {
    * holds the state after exactly those tokens. Page-aligned snapshots are keyed by `key` alone; others
    * pass `exact` (their whole pages' key and the tokens after them). Returns whether it was stored.
    */
-  snapshot(seqId: string, key: string, numTokens: number, exact: { readonly baseKey: string; readonly tail: ArrayLike<number> } | null = null): boolean {
-    if (this.prefix === null || this.prefix.has(key)) return false;
+  snapshot(seqId: string, key: string, numTokens: number, exact: { readonly baseKey: string; readonly tail: ArrayLike<number> } | null = null, share = false): boolean {
+    if (this.prefix === null) return false;
+    if (this.prefix.has(key)) {
+      if (share) this.publishSnapshot(key); // already taken (by another request): still publish it
+      return false;
+    }
     if (numTokens <= 0 || (exact === null && numTokens % this.pageTokens !== 0)) throw new RangeError(`snapshot at ${numTokens}: not a positive multiple of ${this.pageTokens}`);
     const slot = this.slotOf(seqId);
     const groups: SnapshotPages[] = [];
@@ -344,25 +384,59 @@ export class CacheManager {
     // Window groups: the snapshot's pages count against the pool only where no snapshot holds them yet.
     if (!this.evictSnapshotsToFit(groups.map((g) => g.pages))) return false;
     const states = Array.from({ length: this.slots.numTensors }, (_, i) => this.slots.state(i, slot));
-    return this.prefix.insert(key, numTokens, states, groups, exact);
+    if (!this.prefix.insert(key, numTokens, states, groups, exact)) return false;
+    this.uses.used(key, false);
+    const entry = this.shared !== null ? this.prefix.get(key) : null;
+    if (entry !== null) this.shared?.taken(entry, share);
+    return true;
   }
 
-  /** Writes a snapshot to the disk store (in the background) unless it is there already. Page-aligned, one group. */
-  private spill(entry: PrefixSnapshot): void {
-    if (this.store === null || entry.exact !== null || this.store.has(entry.key)) return;
-    const g = this.groups[0];
-    const pages = entry.groups[0]?.pages ?? [];
-    const floatsPerPage = g?.pool.floatsPerPage ?? 0;
-    const pageData = new Float32Array(pages.length * floatsPerPage);
-    if (g !== undefined) pages.forEach((page, i) => pageData.set(g.pool.pageView(page), i * floatsPerPage));
-    void this.store.write(entry.key, entry.numTokens, entry.groups[0]?.firstPage ?? 0, entry.states, pageData);
+  /** Writes the memory snapshot of `key` to the folder (in the background) unless it has a file. */
+  publishSnapshot(key: string): void {
+    const entry = this.prefix?.get(key) ?? null;
+    if (entry !== null) this.shared?.persist(entry);
+  }
+
+  /** Is `key` held in memory? */
+  hasSnapshot(key: string): boolean {
+    return this.prefix?.has(key) ?? false;
+  }
+
+  /** Does this process know of a file of `key` (written or restored here)? */
+  isOnDisk(key: string): boolean {
+    return this.shared?.isOnDisk(key) ?? false;
+  }
+
+  /** Resolves when the write of `key` started so far has ended; null when none is in flight. */
+  whenWritten(key: string): Promise<void> | null {
+    return this.shared?.whenWritten(key) ?? null;
   }
 
   /** Writes every snapshot held in memory to the disk store and waits for the writes (shutdown). */
   async persistSnapshots(): Promise<void> {
-    if (this.prefix === null || this.store === null) return;
-    for (const entry of this.prefix.snapshots()) this.spill(entry);
-    await this.store.flush();
+    await this.shared?.persistAll();
+  }
+
+  /** The `limit` most recently used snapshots (memory, and the folder when there is one), newest first. */
+  async listSnapshots(limit: number): Promise<PrefixCacheEntryInfo[]> {
+    if (this.shared !== null) return this.shared.list(limit);
+    return [...(this.prefix?.snapshots() ?? [])]
+      .reverse()
+      .slice(0, limit)
+      .map((e) => this.uses.memoryEntry(e, false));
+  }
+
+  /** Deletes a snapshot from memory and from the folder; says where it was. */
+  async deleteSnapshot(key: string): Promise<{ readonly memory: boolean; readonly disk: boolean }> {
+    const memory = this.prefix?.delete(key) ?? false;
+    this.uses.forget(key);
+    const disk = (await this.shared?.delete(key)) ?? false;
+    return { memory, disk };
+  }
+
+  /** Counters of the snapshot folder; null without one. */
+  diskStats(): SnapshotDiskStats | null {
+    return this.shared?.stats() ?? null;
   }
 
   /** Can an admitted sequence write positions [startPos, startPos+numTokens) now (without evicting anything)? */

@@ -24,7 +24,8 @@ export function exactKey(baseKey: string, tail: ArrayLike<number>): string {
 /**
  * Computes the whole-page keys of a token sequence incrementally. keys[i] names the first (i+1)·P
  * tokens; only pages that leave at least one token after them get a key (a resumed request must compute
- * ≥ 1 token to get logits): i+1 ≤ ⌊(n−1)/P⌋ for n tokens.
+ * ≥ 1 token to get logits): i+1 ≤ ⌊(n−1)/P⌋ for n tokens. With `allPages` every whole page does,
+ * i+1 ≤ ⌊n/P⌋ (a warm-up, which computes the prompt and samples nothing).
  */
 export class PrefixKeyer {
   readonly keys: string[] = [];
@@ -33,13 +34,14 @@ export class PrefixKeyer {
   constructor(
     private readonly tokens: ArrayLike<number>,
     readonly pageTokens: number,
+    private readonly allPages = false,
   ) {
     this.page = new Int32Array(pageTokens);
   }
 
   /** Pages that get a key. */
   get numPages(): number {
-    return Math.max(0, Math.floor((this.tokens.length - 1) / this.pageTokens));
+    return Math.max(0, Math.floor((this.tokens.length - (this.allPages ? 0 : 1)) / this.pageTokens));
   }
 
   get done(): boolean {
@@ -60,9 +62,9 @@ export class PrefixKeyer {
   }
 }
 
-/** Every whole-page key of `tokenIds` at once (tests, small prompts). */
-export function prefixKeys(tokenIds: ArrayLike<number>, pageTokens: number): string[] {
-  const keyer = new PrefixKeyer(tokenIds, pageTokens);
+/** Every whole-page key of `tokenIds` at once (tests, small prompts); `allPages` as PrefixKeyer. */
+export function prefixKeys(tokenIds: ArrayLike<number>, pageTokens: number, allPages = false): string[] {
+  const keyer = new PrefixKeyer(tokenIds, pageTokens, allPages);
   keyer.advance();
   return keyer.keys;
 }

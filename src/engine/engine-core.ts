@@ -2,15 +2,15 @@
 // scheduled steps into TokenEvents. It lives in the worker thread (worker.ts) but knows nothing about
 // threads: submit/abort/step are plain calls, events go to a callback.
 import { join } from 'node:path';
-import { CacheManager, type CacheSpec } from '../cache/cache-manager.ts';
-import { SnapshotStore } from '../cache/snapshot-store.ts';
+import { CacheManager, type CacheSpec, type SnapshotFolderOptions } from '../cache/cache-manager.ts';
+import { RequestRejectedError } from './errors.ts';
 import type { ModelConfig } from './model/config.ts';
 import { kvGroupSpecs, stateTensorSpecs } from './model/layer-plan.ts';
 import { RequestState } from './request-state.ts';
 import { Scheduler } from './scheduler.ts';
 import type { TokenConstraint } from './grammar/token-constraint.ts';
 import { StepRunner, type ForwardModel, type SampledResult } from './step-runner.ts';
-import type { EngineStats, FinishReason, GenerateRequest, TokenEvent } from './types.ts';
+import type { EngineStats, FinishReason, GenerateRequest, PrefixCacheDeletion, PrefixCacheEntryInfo, TokenEvent } from './types.ts';
 import type { FaultHook } from './faults.ts';
 
 export interface EngineCoreOptions {
@@ -33,13 +33,17 @@ export interface EngineCoreOptions {
   /** Byte bound of prefix snapshots (recurrent states + window pages), LRU; 0 = off (default 512 MiB). */
   readonly prefixCacheBytes?: number;
   /**
-   * Folder for prefix snapshots on disk (../cache/snapshot-store.ts); unset = memory only. Each model
-   * build and page size gets its own subfolder (EngineCoreEnv.modelTag), so snapshots are only ever
-   * restored into the model that wrote them.
+   * Folder for prefix snapshots on disk, which several servers may share (../cache/snapshot-store.ts);
+   * unset = memory only. Each model build and page size gets its own subfolder (EngineCoreEnv.modelTag),
+   * and every file names its model, so snapshots are only ever restored into the model that wrote them.
    */
   readonly prefixCacheDir?: string;
-  /** Byte bound of that folder, LRU (default 16 GiB). */
+  /** Byte bound of that folder, LRU, enforced by every server on it (default 16 GiB). */
   readonly prefixCacheDiskBytes?: number;
+  /** Snapshots of at least this many tokens are written to the folder as soon as they are taken (default 4096). */
+  readonly prefixShareMinTokens?: number;
+  /** A snapshot read from the folder that takes longer is a miss (default 30 s). */
+  readonly prefixCacheReadTimeoutSeconds?: number;
 }
 
 /** What the engine core gets from its host beyond options. */
@@ -53,6 +57,8 @@ export interface EngineCoreEnv {
   readonly grammarMatchers?: () => number | null;
   /** Tests only: plays injected faults at points of each step (faults.ts). */
   readonly faultHook?: FaultHook;
+  /** Called when events or stats changed outside a step (a disk write ended): post them. */
+  readonly notify?: () => void;
 }
 
 export const ENGINE_DEFAULTS = Object.freeze({
@@ -65,21 +71,26 @@ export const ENGINE_DEFAULTS = Object.freeze({
   maxQueue: 1024,
   prefixCacheBytes: 512 * 2 ** 20,
   prefixCacheDiskBytes: 16 * 2 ** 30,
+  // A reference-size snapshot is 2 MiB, a SpikingBrain-7B one ~228 MiB, whatever the prefix length;
+  // below a few thousand tokens recomputing is cheaper than publishing (the rest spill on eviction).
+  prefixShareMinTokens: 4096,
+  prefixCacheReadTimeoutSeconds: 30,
   /** Context limit of models without full attention (GLA state and window are constant-size). */
   maxModelLenLinear: 1 << 24,
 });
 
-/** The on-disk snapshot folder of this model build and page size. */
-function snapshotStore(spec: CacheSpec, opts: EngineCoreOptions, dir: string, env: EngineCoreEnv): SnapshotStore {
+/** The snapshot folder of this model build and page size. */
+function snapshotFolder(opts: EngineCoreOptions, dir: string, env: EngineCoreEnv): SnapshotFolderOptions {
   const pageTokens = opts.pageTokens ?? ENGINE_DEFAULTS.pageTokens;
-  const g = spec.kvGroups[0];
-  const layout = {
-    stateLengths: spec.stateFloats,
-    floatsPerPage: g === undefined ? 0 : g.numLayers * 2 * g.numKvHeads * pageTokens * g.headDim,
+  return {
+    dir: join(dir, `${env.modelTag}-p${pageTokens}`),
+    maxBytes: opts.prefixCacheDiskBytes ?? ENGINE_DEFAULTS.prefixCacheDiskBytes,
+    modelIdentity: env.modelTag,
+    shareMinTokens: opts.prefixShareMinTokens ?? ENGINE_DEFAULTS.prefixShareMinTokens,
+    readTimeoutMs: 1000 * (opts.prefixCacheReadTimeoutSeconds ?? ENGINE_DEFAULTS.prefixCacheReadTimeoutSeconds),
+    log: env.log,
+    ...(env.notify !== undefined ? { onActivity: env.notify } : {}),
   };
-  const store = new SnapshotStore(join(dir, `${env.modelTag}-p${pageTokens}`), opts.prefixCacheDiskBytes ?? ENGINE_DEFAULTS.prefixCacheDiskBytes, layout, env.log);
-  env.log(`prefix snapshots on disk: ${store.dir} (${store.size} found, ${(store.bytes / 2 ** 20).toFixed(0)} MiB)`);
-  return store;
 }
 
 /** Minimum interval between two `progress` events of one request. */
@@ -99,6 +110,7 @@ export class EngineCore {
   private readonly faultHook: FaultHook | undefined;
   private stepping = false;
   private consecutiveFailedRuns = 0;
+  private readonly notify: () => void;
   /** Aborts that arrived while a step was in flight; applied when it ends. */
   private readonly pendingAborts = new Set<string>();
   private readonly grammarMatchers: () => number | null;
@@ -122,8 +134,10 @@ export class EngineCore {
       ...(opts.kvPages !== undefined ? { kvPages: opts.kvPages } : {}),
       ...(opts.kvCacheBytes !== undefined ? { kvCacheBytes: opts.kvCacheBytes } : {}),
       prefixCacheBytes: opts.prefixCacheBytes ?? ENGINE_DEFAULTS.prefixCacheBytes,
-      ...(opts.prefixCacheDir !== undefined && spec.kvGroups.length <= 1 ? { snapshotStore: snapshotStore(spec, opts, opts.prefixCacheDir, env) } : {}),
+      ...(opts.prefixCacheDir !== undefined ? { snapshotFolder: snapshotFolder(opts, opts.prefixCacheDir, env) } : {}),
     });
+    if (this.cache.store !== null) env.log(`prefix snapshots on disk: ${this.cache.store.dir}`);
+    this.notify = env.notify ?? (() => {});
     const fullAttention = spec.kvGroups.some((g) => g.kind === 'full');
     this.maxModelLen =
       opts.maxModelLen ??
@@ -159,6 +173,15 @@ export class EngineCore {
    * grammar matcher, which is closed when the request ends (or here, when it is refused).
    */
   submit(req: GenerateRequest, constraint?: TokenConstraint): void {
+    if (req.prefillOnly === true) {
+      // A warm-up computes the prompt's whole pages only: that is where its snapshot is taken.
+      const P = this.cache.pageTokens;
+      if (this.cache.prefix === null) throw new RequestRejectedError('the prefix cache is off (--prefix-cache-bytes 0): there is nothing to warm', null);
+      const numTokens = Math.floor(req.promptTokenIds.length / P) * P;
+      if (numTokens === 0) throw new RequestRejectedError(`the prompt has ${req.promptTokenIds.length} tokens; a snapshot needs at least one page (${P} tokens)`, 'prompt');
+      if (req.sampling.promptLogprobs !== null) throw new RequestRejectedError('a warm-up computes no prompt logprobs', null);
+      req = { ...req, promptTokenIds: req.promptTokenIds.slice(0, numTokens) };
+    }
     const state = new RequestState(req, performance.now());
     try {
       this.scheduler.submit(state);
@@ -172,6 +195,16 @@ export class EngineCore {
   /** Constrained requests whose next token waits for the grammar worker (nothing else to run: wait for it). */
   get numAwaitingGrammar(): number {
     return this.runner.numAwaitingGrammar;
+  }
+
+  /** The `limit` most recently used prefix snapshots (memory and disk). */
+  listPrefixCache(limit: number): Promise<PrefixCacheEntryInfo[]> {
+    return this.cache.listSnapshots(limit);
+  }
+
+  /** Deletes a prefix snapshot from memory and disk. */
+  deletePrefixCache(key: string): Promise<PrefixCacheDeletion> {
+    return this.cache.deleteSnapshot(key);
   }
 
   /** Aborts a request in any state (deferred to the end of a step in flight). Unknown ids are ignored. */
@@ -209,7 +242,8 @@ export class EngineCore {
     const late = this.runner.sampleHeld();
     this.emitSampled(late, performance.now());
     const out = this.scheduler.schedule(performance.now());
-    if (out.numScheduledTokens === 0) return late.length > 0 || this.scheduler.hasPreparation;
+    for (const req of out.warmedFromCache) this.finish(req, 'length'); // nothing left to compute
+    if (out.numScheduledTokens === 0) return late.length > 0 || out.warmedFromCache.length > 0 || this.scheduler.hasPreparation;
     const stepRequests = [...out.decodes, ...out.prefills.map((c) => c.request)];
     this.faultHook?.('schedule', stepRequests);
     this.stepping = true;
@@ -264,6 +298,10 @@ export class EngineCore {
         req.firstTokenMs = now;
         if (req.sampling.promptLogprobs !== null) this.emit(req.requestId, { type: 'prompt_logprobs', entries: req.promptLogprobs });
       }
+      if (req.prefillOnly) {
+        this.finish(req, 'length'); // a warm-up ends with its prompt; the sampled token is dropped
+        continue;
+      }
       if ('grammarEnd' in result) {
         // A complete grammar ends the text like a stop token would; one that cannot go on is an error.
         if (result.grammarEnd === 'complete') this.finish(req, 'stop');
@@ -305,7 +343,7 @@ export class EngineCore {
     const end = req.finishedMs ?? performance.now();
     const admitted = req.admittedMs ?? end;
     const firstToken = req.firstTokenMs ?? end;
-    this.emit(req.requestId, {
+    const done: TokenEvent = {
       type: 'done',
       finishReason: req.finishReason ?? 'abort',
       stopTokenId: req.stopTokenId,
@@ -319,12 +357,30 @@ export class EngineCore {
         prefillSeconds: (firstToken - admitted) / 1000,
         decodeSeconds: (end - firstToken) / 1000,
       },
+    };
+    // A warm-up that stored its snapshot answers once the snapshot is on disk too (another replica
+    // can use it as soon as the caller hears back); its memory is already free.
+    const key = req.prefillOnly && req.finishReason === 'length' ? req.warmKey : null;
+    if (key === null || !this.cache.hasSnapshot(key)) {
+      this.emit(req.requestId, done);
+      return;
+    }
+    const withSnapshot = (): TokenEvent => ({ ...done, snapshot: { key, onDisk: this.cache.isOnDisk(key) } });
+    const written = this.cache.whenWritten(key);
+    if (written === null) {
+      this.emit(req.requestId, withSnapshot());
+      return;
+    }
+    void written.then(() => {
+      this.emit(req.requestId, withSnapshot());
+      this.notify();
     });
   }
 
   stats(): EngineStats {
     const u = this.cache.usage();
     const matchers = this.grammarMatchers();
+    const disk = this.cache.diskStats();
     return {
       numRunning: this.scheduler.numRunning,
       numWaiting: this.scheduler.numWaiting,
@@ -338,6 +394,7 @@ export class EngineCore {
       numPreemptions: this.scheduler.numPreemptions,
       spikeValues: this.runner.spikeValues,
       ...(matchers !== null ? { grammarMatchers: matchers } : {}),
+      ...(disk !== null ? { prefixStore: disk } : {}),
     };
   }
 }

@@ -16,15 +16,15 @@
 // restart and when to give up: restart-policy.ts. A step that runs longer than stepTimeoutMs is taken
 // for a hung worker (the worker writes the start of each step into shared memory, read here).
 import type { Worker } from 'node:worker_threads';
-import { EngineUnavailableError, RequestRejectedError } from './errors.ts';
+import { EngineError, EngineUnavailableError, RequestRejectedError } from './errors.ts';
 import type { InjectedFault } from './faults.ts';
 import type { ModelConfig } from './model/config.ts';
 import type { WeightDtype } from './model/onnx/graph-builder.ts';
 import { RestartPolicy, RESTART_DEFAULTS } from './restart-policy.ts';
-import type { EngineHealth, EngineStats, SubmitRequest, TokenEvent } from './types.ts';
+import type { EngineHealth, EngineStats, PrefixCacheDeletion, PrefixCacheEntryInfo, SubmitRequest, TokenEvent } from './types.ts';
 import type { EngineCoreOptions } from './engine-core.ts';
 import { launch, toError, type ReadyMessage, type WorkerRun } from './worker-launch.ts';
-import type { FromWorker, ToWorker } from './worker-protocol.ts';
+import type { FromWorker, PrefixCacheCall, PrefixCacheReply, ToWorker } from './worker-protocol.ts';
 
 /** How the Engine reacts to a lost worker (see the diagram above). */
 export interface SupervisionOptions {
@@ -183,6 +183,9 @@ export class Engine {
   /** Worker replies during shutdown (also resolved when the worker is lost meanwhile). */
   private stopped = signal();
   private closed = signal();
+  /** Prefix-cache calls waiting for the worker's reply, by id (failed when the worker is lost or shut down). */
+  private readonly prefixCalls = new Map<number, { resolve: (r: PrefixCacheReply) => void; reject: (err: Error) => void }>();
+  private nextPrefixCallId = 1;
 
   private constructor(opts: EngineOptions, onLog: EngineLog, run: WorkerRun, ready: ReadyMessage) {
     this.opts = opts;
@@ -253,6 +256,29 @@ export class Engine {
     if (this.state === 'ready' || this.state === 'closing') this.post({ type: 'abort', requestId });
   }
 
+  /** The `limit` most recently used prefix snapshots, in memory and in the snapshot folder. */
+  async listPrefixCache(limit: number): Promise<PrefixCacheEntryInfo[]> {
+    const r = await this.prefixCacheCall({ op: 'list', limit });
+    if (r.op !== 'list') throw new EngineError(r.op === 'error' ? r.message : 'unexpected reply');
+    return [...r.entries];
+  }
+
+  /** Deletes a prefix snapshot (by its key) from memory and from the snapshot folder. */
+  async deletePrefixCache(key: string): Promise<PrefixCacheDeletion> {
+    const r = await this.prefixCacheCall({ op: 'delete', key });
+    if (r.op !== 'delete') throw new EngineError(r.op === 'error' ? r.message : 'unexpected reply');
+    return r.deleted;
+  }
+
+  private prefixCacheCall(call: PrefixCacheCall): Promise<PrefixCacheReply> {
+    if (this.state !== 'ready') return Promise.reject(new EngineUnavailableError(this.unavailableMessage()));
+    const id = this.nextPrefixCallId++;
+    return new Promise((resolve, reject) => {
+      this.prefixCalls.set(id, { resolve, reject });
+      this.post({ type: 'prefix_cache', id, call });
+    });
+  }
+
   /** Latest counters from the worker; updated before the events of each step are delivered. Zero while no worker serves. */
   stats(): EngineStats {
     return this.latestStats;
@@ -289,6 +315,7 @@ export class Engine {
       }
     }
     this.state = 'closed';
+    this.rejectPrefixCalls('the engine is shutting down');
     this.endAllStreams(doneEvent('abort'));
     this.latestStats = ZERO_STATS;
     await Promise.all([this.current.worker.terminate(), this.loading?.terminate()]);
@@ -342,6 +369,12 @@ export class Engine {
       case 'fatal':
         this.lost(msg.message);
         return;
+      case 'prefix_cache_reply': {
+        const call = this.prefixCalls.get(msg.id);
+        this.prefixCalls.delete(msg.id);
+        call?.resolve(msg.reply);
+        return;
+      }
       case 'ready':
       case 'load_error':
         return;
@@ -445,7 +478,13 @@ export class Engine {
   private failAllStreams(reason: string): void {
     const err = new EngineUnavailableError(this.unavailableMessage());
     for (const s of this.streams.values()) s.reject(err);
+    this.rejectPrefixCalls(reason);
     this.endAllStreams(doneEvent('error', reason));
+  }
+
+  private rejectPrefixCalls(message: string): void {
+    for (const call of this.prefixCalls.values()) call.reject(new EngineUnavailableError(message));
+    this.prefixCalls.clear();
   }
 
   private endAllStreams(event: TokenEvent): void {

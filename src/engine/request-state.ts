@@ -57,6 +57,10 @@ export class RequestState {
   prefetched: PrefetchedSnapshot | null = null;
   /** That read is still in flight: the request is not admitted before it ends. */
   prefetching = false;
+  /** Prefill the prompt and snapshot it, sample nothing (GenerateRequest.prefillOnly). */
+  readonly prefillOnly: boolean;
+  /** A prefillOnly request's snapshot key (its whole prompt), set at admission. */
+  warmKey: string | null = null;
   /** Hint: this many leading prompt tokens are likely shared by later prompts (GenerateRequest). */
   readonly sharedPrefixTokens: number;
   /** Another request with the same prompt whose prefill this one waits for (GenerateRequest.forkOf). */
@@ -86,6 +90,7 @@ export class RequestState {
     this.reportProgress = req.reportProgress;
     this.sharedPrefixTokens = req.sharedPrefixTokens ?? 0;
     this.forkOf = req.forkOf ?? null;
+    this.prefillOnly = req.prefillOnly === true;
     this.arrivalMs = nowMs;
   }
 

@@ -39,6 +39,8 @@ export interface SchedulerOutput {
   readonly decodes: readonly RequestState[];
   readonly prefills: readonly ScheduledChunk[];
   readonly numScheduledTokens: number;
+  /** Warm-ups (prefillOnly) whose whole prompt was already cached: admitted, nothing to compute; finish them. */
+  readonly warmedFromCache: readonly RequestState[];
 }
 
 /** Prompt pages hashed per step at most (≈ 4 ms of sha256 on one core), so a 4M-token prompt never stalls running streams. */
@@ -139,8 +141,9 @@ export class Scheduler {
     return this.cache.prefix !== null && req.sampling.promptLogprobs === null;
   }
 
+  /** A warm-up (prefillOnly) snapshots its whole prompt, so its keys cover every whole page. */
   private startKeys(req: RequestState): void {
-    req.keyer = this.usesPrefixCache(req) ? new PrefixKeyer(req.promptTokenIds, this.cache.pageTokens) : null;
+    req.keyer = this.usesPrefixCache(req) ? new PrefixKeyer(req.promptTokenIds, this.cache.pageTokens, req.prefillOnly) : null;
   }
 
   /**
@@ -162,20 +165,24 @@ export class Scheduler {
     return this.waiting.some((r) => r.keyer !== null && !r.keyer.done);
   }
 
-  /** A longer prefix on disk than in memory is read now, off the step loop; admission waits for it. */
+  /**
+   * A longer prefix on disk than in memory is read now, off the step loop; admission waits for it. A
+   * read that fails or times out is a miss (null): admission goes on either way.
+   */
   private startPrefetch(req: RequestState): void {
-    const store = this.cache.store;
     const keys = req.keyer?.keys;
-    if (store === null || keys === undefined || req.prefetched !== null) return;
-    const key = this.cache.diskPrefixToPrefetch(keys);
-    if (key === null) return;
+    if (keys === undefined || req.prefetched !== null) return;
+    const read = this.cache.prefetchDiskPrefix(keys);
+    if (read === null) return;
     req.prefetching = true;
-    const done = (snapshot: Awaited<ReturnType<typeof store.readAsync>>): void => {
-      req.prefetched = { key, snapshot };
-      req.prefetching = false;
-      this.onPrefetched();
-    };
-    store.readAsync(key).then(done, () => done(null));
+    void read
+      .catch(() => null)
+      .then((prefetched) => {
+        req.prefetching = false;
+        if (req.isFinished) prefetched?.release(); // aborted while it waited
+        else req.prefetched = prefetched;
+        this.onPrefetched();
+      });
   }
 
   /** Is there work that schedule() can advance without scheduling tokens (prompt hashing)? */
@@ -201,13 +208,14 @@ export class Scheduler {
     // preempted (freed, requeued first) so that older ones go on.
     this.prepareWaiting();
     const step = new StepPlan(this.config.maxBatchedTokens);
+    const warmedFromCache: RequestState[] = [];
     for (const req of [...this.running]) {
       if (step.budget === 0) break;
       if ((req.status !== 'decoding' && req.status !== 'folding') || req.awaitingGrammar || !this.running.includes(req)) continue;
       if (this.allocate(req, req.numComputedTokens, 1, step) === 1) step.addDecode(req);
     }
-    this.admitWaiting(nowMs);
-    const prefilling = this.running.filter((r) => r.status === 'prefilling');
+    this.admitWaiting(nowMs, warmedFromCache);
+    const prefilling = this.running.filter((r) => r.status === 'prefilling' && r.numPromptTokensLeft > 0);
     const grant = new Map<RequestState, number>();
     const bySmallestNeed = [...prefilling].sort((a, b) => this.prefillNeed(a) - this.prefillNeed(b));
     let budget = step.budget;
@@ -225,7 +233,7 @@ export class Scheduler {
       const numTokens = this.allocate(req, startPos, wanted, step);
       if (numTokens > 0) step.addPrefill({ request: req, startPos, numTokens });
     }
-    return step.output();
+    return step.output(warmedFromCache);
   }
 
   /**
@@ -239,8 +247,11 @@ export class Scheduler {
     return leader !== undefined && (leader.status === 'waiting' || leader.status === 'prefilling');
   }
 
-  /** WAITING → PREFILLING, FCFS, while memory allows (step 2 of schedule). */
-  private admitWaiting(nowMs: number): void {
+  /**
+   * WAITING → PREFILLING, FCFS, while memory allows (step 2 of schedule). A warm-up whose whole prompt
+   * is cached already (here, or read from another replica's file) goes to `warmedFromCache`.
+   */
+  private admitWaiting(nowMs: number, warmedFromCache: RequestState[]): void {
     let i = 0;
     while (i < this.waiting.length && this.numAdmitted < this.config.maxNumSeqs) {
       const req = this.waiting[i]!;
@@ -250,26 +261,34 @@ export class Scheduler {
       }
       if (req.prefetching || (req.keyer !== null && !req.keyer.done)) break; // FCFS: it is still being prepared
       const keys = req.keyer?.keys ?? null;
-      // With prefix keys the cache never reads the disk itself here: only what was prefetched counts.
-      const prefetched = req.prefetched ?? (keys !== null && this.cache.store !== null ? { key: '', snapshot: null } : undefined);
+      // The cache never reads the disk here: only what was prefetched (when the keys were done) counts.
+      // A warm-up may resume its whole prompt; others must compute at least its last token.
+      const maxTokens = req.prefillOnly ? req.numPromptTokens : req.numPromptTokens - 1;
       const restored = this.cache.admit(req.seqId, {
         totalTokens: req.maxTotalTokens,
         firstChunkTokens: Math.min(this.config.prefillChunkTokens, req.prefillTarget),
-        ...(keys !== null ? { prefix: { keys, tokens: req.promptTokenIds, maxTokens: req.numPromptTokens - 1 } } : {}),
-        ...(prefetched !== undefined ? { prefetched } : {}),
+        ...(keys !== null ? { prefix: { keys, tokens: req.promptTokenIds, maxTokens } } : {}),
+        prefetched: req.prefetched,
       });
       if (restored === null) break;
+      req.prefetched?.release();
       this.waiting.splice(i, 1);
       req.numComputedTokens = restored;
       if (req.numPreemptions === 0) req.numCachedTokens = restored;
       req.snapshotPoints = keys === null ? [] : this.snapshotPoints(req, keys, restored);
       if (keys !== null && keys.length > 0) req.lastPromptKey = { key: keys[keys.length - 1]!, numPages: keys.length };
+      if (req.prefillOnly) req.warmKey = keys?.[keys.length - 1] ?? null;
       req.keyer = null;
       req.prefetched = null;
-      req.status = req.numComputedTokens === req.prefillTarget ? 'decoding' : 'prefilling';
+      req.status = req.numComputedTokens === req.prefillTarget && !req.prefillOnly ? 'decoding' : 'prefilling';
       req.admittedMs ??= nowMs;
       req.lastProgressMs = nowMs;
       this.running.push(req);
+      if (req.prefillOnly && restored === req.numPromptTokens && req.warmKey !== null) {
+        // Its whole prompt is cached already: make sure the snapshot has a file too, and let the engine finish it.
+        this.cache.publishSnapshot(req.warmKey);
+        warmedFromCache.push(req);
+      }
     }
   }
 
@@ -286,6 +305,10 @@ export class Scheduler {
    */
   private snapshotPoints(req: RequestState, keys: readonly string[], restored: number): SnapshotPoint[] {
     const P = this.cache.pageTokens;
+    if (req.prefillOnly) {
+      // A warm-up snapshots its whole prompt (whole pages only) and nothing else.
+      return keys.length > 0 && keys.length * P > restored ? [{ at: keys.length * P, key: keys[keys.length - 1]!, exact: null }] : [];
+    }
     const points: SnapshotPoint[] = [];
     const pages = new Set([Math.min(Math.floor(req.sharedPrefixTokens / P), keys.length), keys.length]);
     for (const numPages of pages) if (numPages > 0) points.push({ at: numPages * P, key: keys[numPages - 1]!, exact: null });
@@ -383,7 +406,7 @@ export class Scheduler {
     req.numComputedTokens = chunk.startPos + chunk.numTokens;
     const point = req.snapshotPoints[0];
     if (point !== undefined && point.at === req.numComputedTokens) {
-      this.cache.snapshot(req.seqId, point.key, point.at, point.exact);
+      this.cache.snapshot(req.seqId, point.key, point.at, point.exact, req.prefillOnly);
       req.snapshotPoints.shift();
     }
     if (req.numComputedTokens === req.prefillTarget) req.status = 'decoding';
@@ -455,6 +478,8 @@ export class Scheduler {
     if (r >= 0) this.running.splice(r, 1);
     if (this.byId.get(req.requestId) === req) this.byId.delete(req.requestId);
     this.cache.free(req.seqId);
+    req.prefetched?.release(); // ended while waiting with a disk read in hand
+    req.prefetched = null;
   }
 }
 
@@ -490,8 +515,8 @@ class StepPlan {
     if (p >= 0) this.prefills.splice(p, 1);
   }
 
-  output(): SchedulerOutput {
+  output(warmedFromCache: readonly RequestState[]): SchedulerOutput {
     const prefillTokens = this.prefills.reduce((n, c) => n + c.numTokens, 0);
-    return { decodes: this.decodes, prefills: this.prefills, numScheduledTokens: this.decodes.length + prefillTokens };
+    return { decodes: this.decodes, prefills: this.prefills, numScheduledTokens: this.decodes.length + prefillTokens, warmedFromCache };
   }
 }

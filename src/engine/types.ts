@@ -1,5 +1,8 @@
 // Plain typed data that crosses the engine boundary: what the server submits and what it gets back.
 // No JSON wire shapes and no Fastify here (see ../../README.md, "Architecture").
+import type { SnapshotDiskStats } from '../cache/cache-manager.ts';
+
+export type { PrefixCacheEntryInfo, SnapshotDiskStats } from '../cache/cache-manager.ts';
 
 /** Sampling controls, already validated and defaulted by the HTTP layer. */
 export interface SamplingParams {
@@ -77,6 +80,12 @@ export interface GenerateRequest {
   readonly forkOf?: string;
   /** Constrain the output to this grammar; the request waits (not yet queued) while it compiles. */
   readonly constraint?: GrammarConstraint;
+  /**
+   * Warm the prefix cache: prefill the prompt's whole pages (a trailing partial page is dropped),
+   * snapshot the state there (written to the snapshot folder too, when there is one), and end with
+   * `done` (finishReason 'length', no token) once the snapshot is stored. Nothing is sampled.
+   */
+  readonly prefillOnly?: boolean;
 }
 
 /**
@@ -119,6 +128,8 @@ export type TokenEvent =
       /** Set when finishReason is 'error'. */
       readonly errorMessage?: string;
       readonly timing: RequestTiming;
+      /** A warm-up (prefillOnly) that stored its snapshot: its prefix key, and whether its file is on disk. */
+      readonly snapshot?: WarmedSnapshot;
     };
 
 export interface PromptLogprobEntry {
@@ -146,9 +157,11 @@ export interface EngineStats {
   readonly prefixCacheBytes: number;
   /** W8ASpike models: zero spikes and all spikes of the spike-coded linear inputs computed so far (0 otherwise). */
   readonly spikeZeros: number;
+  readonly spikeValues: number;
   /** Requests preempted since start (a full-attention pool ran out; they recomputed). Cumulative. */
   readonly numPreemptions: number;
-  readonly spikeValues: number;
+  /** With a snapshot folder: this process's cumulative reads, writes and failures, and the folder's size. */
+  readonly prefixStore?: SnapshotDiskStats;
   /** Grammar matchers held (one per constrained request, queued or running); absent before the first. */
   readonly grammarMatchers?: number;
 }
@@ -167,3 +180,15 @@ export interface EngineHealth {
   /** Why the last worker was lost (for logs and operators), or null. */
   readonly lastFailure: string | null;
 }
+
+export interface WarmedSnapshot {
+  readonly key: string;
+  readonly onDisk: boolean;
+}
+
+/** What deleting a prefix snapshot found. */
+export interface PrefixCacheDeletion {
+  readonly memory: boolean;
+  readonly disk: boolean;
+}
+

@@ -2,7 +2,7 @@
 // Everything here crosses postMessage, so it is structured-clone data only (Maps are fine; no classes).
 import type { EngineOptions } from './engine.ts';
 import type { ModelConfig } from './model/config.ts';
-import type { EngineStats, SubmitRequest, TokenEvent } from './types.ts';
+import type { EngineStats, PrefixCacheDeletion, PrefixCacheEntryInfo, SubmitRequest, TokenEvent } from './types.ts';
 
 /** What the worker needs to start (the Engine's options); passed as `workerData`. */
 export interface WorkerInit extends EngineOptions {
@@ -14,7 +14,17 @@ export type ToWorker =
   | { readonly type: 'submit'; readonly request: SubmitRequest }
   | { readonly type: 'abort'; readonly requestId: string }
   /** Abort everything; answer `stopped` once no step runs, then `closed` once snapshots are written and the model released. */
-  | { readonly type: 'shutdown' };
+  | { readonly type: 'shutdown' }
+  /** A prefix-cache call (list, delete); answered by `prefix_cache_reply` with the same id. */
+  | { readonly type: 'prefix_cache'; readonly id: number; readonly call: PrefixCacheCall };
+
+/** The prefix-cache API's calls into the worker (the prefix cache and the snapshot folder live there). */
+export type PrefixCacheCall = { readonly op: 'list'; readonly limit: number } | { readonly op: 'delete'; readonly key: string };
+
+export type PrefixCacheReply =
+  | { readonly op: 'list'; readonly entries: readonly PrefixCacheEntryInfo[] }
+  | { readonly op: 'delete'; readonly deleted: PrefixCacheDeletion }
+  | { readonly op: 'error'; readonly message: string };
 
 /** A rejected submission: the error class name (errors.ts), its message and param. */
 export interface WireError {
@@ -39,4 +49,5 @@ export type FromWorker =
   | { readonly type: 'stopped' }
   | { readonly type: 'closed' }
   /** Something escaped a step (the core cannot be trusted): the worker exits right after this. */
-  | { readonly type: 'fatal'; readonly message: string };
+  | { readonly type: 'fatal'; readonly message: string }
+  | { readonly type: 'prefix_cache_reply'; readonly id: number; readonly reply: PrefixCacheReply };

@@ -20,7 +20,7 @@ import { Model, type ModelLoadOptions } from './model/model.ts';
 import { randomCheckpoint } from './model/random-checkpoint.ts';
 import { stopTokenIdsOf } from './sampler.ts';
 import type { GenerateRequest } from './types.ts';
-import type { FromWorker, RoutedEvent, ToWorker, WireError, WorkerInit } from './worker-protocol.ts';
+import type { FromWorker, PrefixCacheReply, RoutedEvent, ToWorker, WireError, WorkerInit } from './worker-protocol.ts';
 
 const port = parentPort;
 if (port === null) throw new Error('worker.ts must run in a worker thread');
@@ -80,6 +80,28 @@ function flush(): void {
   const events = pending;
   pending = [];
   post({ type: 'events', events, stats: core.stats() });
+}
+
+let flushScheduled = false;
+/** Events or stats that changed between steps (a disk write ended): post them soon, once. */
+function scheduleFlush(): void {
+  if (flushScheduled) return;
+  flushScheduled = true;
+  setImmediate(() => {
+    flushScheduled = false;
+    if (!looping) flush(); // a running loop posts after its step
+  });
+}
+
+/** The prefix-cache API's calls (list, delete), answered between steps. */
+function onPrefixCacheCall(msg: Extract<ToWorker, { type: 'prefix_cache' }>): void {
+  const reply = (r: PrefixCacheReply): void => post({ type: 'prefix_cache_reply', id: msg.id, reply: r });
+  const call = msg.call;
+  const work: Promise<PrefixCacheReply> =
+    call.op === 'list'
+      ? core.listPrefixCache(call.limit).then((entries) => ({ op: 'list', entries }))
+      : core.deletePrefixCache(call.key).then((deleted) => ({ op: 'delete', deleted }));
+  void work.then(reply, (err: unknown) => reply({ op: 'error', message: err instanceof Error ? err.message : String(err) }));
 }
 
 let looping = false;
@@ -151,6 +173,9 @@ function onMessage(msg: ToWorker): void {
       core.abort(msg.requestId); // deferred to the end of a step in flight
       flush();
       return;
+    case 'prefix_cache':
+      onPrefixCacheCall(msg);
+      return;
     case 'shutdown':
       shuttingDown = true;
       core.abortAll();
@@ -197,6 +222,7 @@ try {
     modelTag: basename(dirname(model.modelPath)),
     log: (message) => post({ type: 'log', message }),
     wake: startLoop,
+    notify: scheduleFlush,
     ...(init.faults !== undefined && init.faults.length > 0 ? { faultHook: faultHook(init.faults, (message) => post({ type: 'log', message })) } : {}),
   });
   port.on('message', onMessage);

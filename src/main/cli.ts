@@ -42,6 +42,8 @@ function engineOptions(config: ServerConfig): EngineOptions {
   if (config.prefixCacheBytes !== undefined) opts.prefixCacheBytes = config.prefixCacheBytes;
   if (config.prefixCacheDir !== undefined) opts.prefixCacheDir = config.prefixCacheDir;
   if (config.prefixCacheDiskBytes !== undefined) opts.prefixCacheDiskBytes = config.prefixCacheDiskBytes;
+  if (config.prefixShareMinTokens !== undefined) opts.prefixShareMinTokens = config.prefixShareMinTokens;
+  if (config.prefixCacheReadTimeoutSeconds !== undefined) opts.prefixCacheReadTimeoutSeconds = config.prefixCacheReadTimeoutSeconds;
   if (config.maxQueue !== undefined) opts.maxQueue = config.maxQueue;
   if (config.maxModelLen !== undefined) opts.maxModelLen = config.maxModelLen;
   if (config.threads !== undefined) opts.intraOpThreads = config.threads;
@@ -61,7 +63,7 @@ async function serve(argv: readonly string[]): Promise<void> {
   if (!existsSync(join(config.modelDir, 'config.json'))) fail(`--model: no config.json in ${config.modelDir}`, 2);
 
   const tokenizer = await TextTokenizer.load(config.modelDir);
-  const metrics = new ServerMetrics(config.servedModelName);
+  const metrics = new ServerMetrics(config.servedModelName, { compat: config.metricsCompat });
   let log: ((msg: string, level: EngineLogLevel) => void) | null = null;
   const enginePromise: Promise<EnginePort> = Engine.start(engineOptions(config), (msg, level = 'info') => log?.(msg, level));
   const app = buildApp({

@@ -7,6 +7,7 @@ import detokenizeRoute from './detokenize/index.ts';
 import healthRoute from './health/index.ts';
 import metricsRoute from './metrics/index.ts';
 import modelsRoute from './models/index.ts';
+import prefixCacheRoute from './prefix-cache/index.ts';
 import streamWsRoute from './stream-ws/index.ts';
 import tokenizeRoute from './tokenize/index.ts';
 import versionRoute from './version/index.ts';
@@ -17,6 +18,7 @@ export async function registerRoutes(app: FastifyInstance): Promise<void> {
   await app.register(modelsRoute);
   await app.register(tokenizeRoute);
   await app.register(detokenizeRoute);
+  await app.register(prefixCacheRoute);
   await app.register(healthRoute);
   await app.register(versionRoute);
   await app.register(metricsRoute);

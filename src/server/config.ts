@@ -12,6 +12,7 @@ export type Device = 'cpu' | 'webgpu' | 'cuda';
 /** Storage of weight matrices (the engine's WeightDtype). */
 export type Weights = 'float32' | 'float16' | 'int8' | 'int4';
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+export type MetricsCompat = 'none' | 'vllm';
 
 export interface ServerConfig {
   readonly modelDir: string;
@@ -33,6 +34,10 @@ export interface ServerConfig {
   readonly prefixCacheBytes?: number;
   readonly prefixCacheDir?: string;
   readonly prefixCacheDiskBytes?: number;
+  readonly prefixShareMinTokens?: number;
+  readonly prefixCacheReadTimeoutSeconds?: number;
+  /** Also export the vLLM names of the gauges an endpoint picker reads (`vllm:num_requests_waiting`, …). */
+  readonly metricsCompat: MetricsCompat;
   readonly maxModelLen?: number;
   readonly maxQueue?: number;
   readonly bodyLimitBytes: number;
@@ -83,8 +88,11 @@ export const FLAGS: readonly FlagSpec[] = [
   { flag: 'max-batched-tokens', kind: 'int', min: 1, help: 'token budget of one scheduler step' },
   { flag: 'prefill-chunk-tokens', kind: 'int', min: 1, help: 'longest prefill chunk of one sequence per step' },
   { flag: 'prefix-cache-bytes', kind: 'int', min: 0, help: 'bytes of prefix-state snapshots kept (0 = off)' },
-  { flag: 'prefix-cache-dir', kind: 'string', help: 'spill prefix snapshots to disk here (and write them at shutdown: they outlive restarts); unset = memory only' },
-  { flag: 'prefix-cache-disk-bytes', kind: 'int', min: 1, help: 'bytes of prefix snapshots kept on disk (LRU)', defaultText: '17179869184 (16 GiB)' },
+  { flag: 'prefix-cache-dir', kind: 'string', help: 'prefix snapshots on disk, in a folder several servers may share (they outlive restarts and serve every replica); unset = memory only' },
+  { flag: 'prefix-cache-disk-bytes', kind: 'int', min: 1, help: 'bytes of prefix snapshots kept on disk (LRU; every server on the folder enforces it)', defaultText: '17179869184 (16 GiB)' },
+  { flag: 'prefix-share-min-tokens', kind: 'int', min: 1, help: 'snapshots of at least this many tokens are written to --prefix-cache-dir as soon as they are taken (others when memory evicts them)', defaultText: '4096' },
+  { flag: 'prefix-cache-read-timeout-seconds', kind: 'number', min: 0.001, help: 'a snapshot read from --prefix-cache-dir that takes longer is a miss', defaultText: '30' },
+  { flag: 'metrics-compat', kind: 'enum', choices: ['none', 'vllm'], help: 'vllm: also export vllm:num_requests_waiting, vllm:num_requests_running, vllm:kv_cache_usage_perc (what an endpoint picker reads by default)', defaultText: 'none' },
   { flag: 'max-model-len', kind: 'int', min: 1, help: 'longest prompt + completion in tokens' },
   { flag: 'max-queue', kind: 'int', min: 0, help: 'waiting requests before 429' },
   { flag: 'body-limit-bytes', kind: 'int', min: 1024, help: 'largest request body accepted', defaultText: '67108864 (64 MiB)' },
@@ -189,6 +197,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     stepTimeoutSeconds: num('step-timeout-seconds') ?? 600,
     logLevel: (str('log-level') ?? 'info') as LogLevel,
     keepaliveSeconds: num('keepalive-seconds') ?? 5,
+    metricsCompat: (str('metrics-compat') ?? 'none') as MetricsCompat,
   };
   if (config.device !== 'cpu' && num('decode-threads') !== undefined) {
     throw new ConfigError(`--decode-threads is for --device cpu (a second GPU session would hold a second copy of the weights on the device)`);
@@ -208,6 +217,8 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     ['prefill-chunk-tokens', 'prefillChunkTokens'],
     ['prefix-cache-bytes', 'prefixCacheBytes'],
     ['prefix-cache-disk-bytes', 'prefixCacheDiskBytes'],
+    ['prefix-share-min-tokens', 'prefixShareMinTokens'],
+    ['prefix-cache-read-timeout-seconds', 'prefixCacheReadTimeoutSeconds'],
     ['max-model-len', 'maxModelLen'],
     ['max-queue', 'maxQueue'],
     ['threads', 'threads'],

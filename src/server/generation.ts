@@ -22,7 +22,7 @@
 // drain throws the drain's 503. Leaving the loop early (client gone) aborts every choice, and the
 // iterator's return() resolves only once every engine stream has ended, so its resources are free.
 import { IncrementalDetokenizer, StopStringMatcher } from '../engine/detokenizer.ts';
-import type { GrammarConstraint, PromptLogprobEntry, PromptTokenIds, SamplingParams, TokenEvent, TopLogprob } from '../engine/types.ts';
+import type { GrammarConstraint, PromptLogprobEntry, PromptTokenIds, SamplingParams, TokenEvent, TopLogprob, WarmedSnapshot } from '../engine/types.ts';
 import { ApiError, UnavailableError } from './errors.ts';
 import type { EnginePort, MetricsPort, TokenizerPort } from './ports.ts';
 import { PrefillEta } from './prefill-eta.ts';
@@ -40,6 +40,8 @@ export interface GenerationSpec {
   readonly sharedPrefixTokens?: number;
   /** Structured outputs: every choice's text follows this grammar. */
   readonly constraint?: GrammarConstraint;
+  /** Prefill and snapshot the prompt, generate nothing (GenerateRequest.prefillOnly: the prefix-cache warm API). */
+  readonly prefillOnly?: boolean;
 }
 
 export interface GeneratedToken {
@@ -71,6 +73,8 @@ export type GenerationEvent =
       readonly promptTokens: number;
       readonly completionTokens: number;
       readonly cachedTokens: number;
+      /** A warm-up's stored snapshot (prefillOnly). */
+      readonly snapshot?: WarmedSnapshot;
     };
 
 /** The engine ended a stream with finishReason 'error'; the message is for the log only. */
@@ -148,6 +152,7 @@ export async function* runGeneration(deps: GenerationDeps, spec: GenerationSpec,
           // Choices after the first resume from the first one's prefill: the prompt is computed once.
           ...(index > 0 ? { forkOf: ids[0]! } : {}),
           ...(spec.constraint !== undefined ? { constraint: spec.constraint } : {}),
+          ...(spec.prefillOnly === true ? { prefillOnly: true } : {}),
         },
         choiceSignal,
       );
@@ -181,7 +186,15 @@ export async function* runGeneration(deps: GenerationDeps, spec: GenerationSpec,
           }
           queue.push({
             kind: 'event',
-            event: { type: 'finish', index, finishReason: reason, promptTokens: ev.promptTokens, completionTokens, cachedTokens: ev.cachedTokens },
+            event: {
+              type: 'finish',
+              index,
+              finishReason: reason,
+              promptTokens: ev.promptTokens,
+              completionTokens,
+              cachedTokens: ev.cachedTokens,
+              ...(ev.snapshot !== undefined ? { snapshot: ev.snapshot } : {}),
+            },
           });
           return;
         }

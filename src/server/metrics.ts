@@ -12,8 +12,14 @@
 // prefill_tokens_per_second is the prompt tokens actually computed (cached ones excluded) in the
 // last `prefillRateWindowSeconds`, divided by that window (or by the time since the first sample
 // when that is shorter); it is computed at scrape time and decays to 0 when the engine is idle.
+//
+// The shared prefix-snapshot folder (--prefix-cache-dir): the engine's cumulative counters arrive in
+// EngineStats.prefixStore and the `prefix_store_*` counters advance by their difference (a smaller
+// value means a new engine, counting from 0 again). With `compat: 'vllm'` the three gauges an endpoint
+// picker reads by default are also exported under vLLM's names (deploy/README.md, Gateway API).
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { EngineHealth, EngineStats, FinishReason, TokenEvent } from '../engine/types.ts';
+import type { EngineHealth, EngineStats, FinishReason, SnapshotDiskStats, TokenEvent } from '../engine/types.ts';
+import type { MetricsCompat } from './config.ts';
 
 export const METRIC_PREFIX = 'spikeserve:';
 
@@ -43,7 +49,14 @@ export interface ServerMetricsOptions {
   readonly now?: () => number;
   /** Sliding window of the prefill throughput gauge, seconds. Default 10. */
   readonly prefillRateWindowSeconds?: number;
+  /** 'vllm': also export vllm:num_requests_waiting / num_requests_running / kv_cache_usage_perc. Default 'none'. */
+  readonly compat?: MetricsCompat;
 }
+
+/** Reasons a snapshot read from the folder was a miss (the engine's labels; see snapshot-store.ts). */
+const READ_FAILURE_REASONS = ['missing', 'io', 'timeout', 'format', 'checksum', 'header', 'truncated'] as const;
+
+type StoreCounter = 'hits' | 'bytesRead' | 'writes' | 'bytesWritten' | 'writeFailures' | 'writesSkipped';
 
 /** Handle of one engine request's event stream. */
 export interface RequestTracker {
@@ -93,6 +106,15 @@ export class ServerMetrics {
   /** The engine's restart count at the last health update (the counter advances by the difference). */
   private lastRestarts = 0;
   private readonly success: Counter<'model_name' | 'finished_reason'>;
+  private readonly storeCounters: Record<StoreCounter, Counter.Internal>;
+  private readonly storeReadFailures: Counter<'model_name' | 'reason'>;
+  private readonly storeBytes: Gauge.Internal<string>;
+  private readonly storeFiles: Gauge.Internal<string>;
+  private readonly storeReadBuffer: Gauge.Internal<string>;
+  /** The engine's cumulative store counters at the last stats update. */
+  private lastStore: SnapshotDiskStats | null = null;
+  /** vLLM-named copies of the picker's gauges (compat 'vllm'), else null. */
+  private readonly vllm: { waiting: Gauge.Internal<string>; running: Gauge.Internal<string>; kvUsage: Gauge.Internal<string> } | null;
 
   constructor(
     private readonly modelName: string,
@@ -174,6 +196,41 @@ export class ServerMetrics {
     });
     // Every reason exists from the start, so rate() over a fresh series works.
     for (const reason of FINISH_REASONS) this.success.inc({ model_name: modelName, finished_reason: reason }, 0);
+
+    // The prefix-snapshot folder shared by the replicas (--prefix-cache-dir); zero without one.
+    this.storeCounters = {
+      hits: counter('prefix_store_hits_total', 'Prefix snapshots read from the shared snapshot folder and used.'),
+      bytesRead: counter('prefix_store_read_bytes_total', 'Bytes of prefix snapshots read from the shared snapshot folder.'),
+      writes: counter('prefix_store_writes_total', 'Prefix snapshots written to the shared snapshot folder by this server.'),
+      bytesWritten: counter('prefix_store_written_bytes_total', 'Bytes of prefix snapshots written to the shared snapshot folder by this server.'),
+      writeFailures: counter('prefix_store_write_failures_total', 'Prefix snapshot writes that failed (the cause is logged).'),
+      writesSkipped: counter('prefix_store_writes_skipped_total', 'Prefix snapshot writes not attempted: larger than the folder bound, or too many bytes already being written.'),
+    };
+    this.storeReadFailures = new Counter({
+      name: METRIC_PREFIX + 'prefix_store_read_failures_total',
+      help: 'Prefix snapshot reads that were a miss, by reason (missing, io, timeout, format, checksum, header, truncated).',
+      labelNames: ['model_name', 'reason'],
+      registers,
+    });
+    for (const reason of READ_FAILURE_REASONS) this.storeReadFailures.inc({ model_name: modelName, reason }, 0);
+    this.storeBytes = gauge('prefix_store_bytes', 'Bytes of the shared snapshot folder (every server’s files) at its last scan.');
+    this.storeFiles = gauge('prefix_store_files', 'Snapshot files in the shared snapshot folder at its last scan.');
+    this.storeReadBuffer = gauge('prefix_store_read_buffer_bytes', 'Bytes of snapshot reads in flight or held for waiting requests.');
+
+    if (opts.compat === 'vllm') {
+      const vllmGauge = (name: string, help: string): Gauge.Internal<string> => {
+        const g = new Gauge({ name: `vllm:${name}`, help, labelNames: ['model_name'], registers }).labels(labels);
+        g.set(0);
+        return g;
+      };
+      this.vllm = {
+        waiting: vllmGauge('num_requests_waiting', 'Requests waiting to be scheduled (= spikeserve:num_requests_waiting).'),
+        running: vllmGauge('num_requests_running', 'Requests being prefilled or decoded (= spikeserve:num_requests_running).'),
+        kvUsage: vllmGauge('kv_cache_usage_perc', 'Share of KV cache pages in use, 0 to 1 (= spikeserve:kv_cache_usage_perc).'),
+      };
+    } else {
+      this.vllm = null;
+    }
   }
 
   trackRequest(): RequestTracker {
@@ -260,6 +317,26 @@ export class ServerMetrics {
     this.lastSpikes = { zeros: s.spikeZeros, values: s.spikeValues };
     this.preemptions.inc(s.numPreemptions < this.lastPreemptions ? s.numPreemptions : s.numPreemptions - this.lastPreemptions);
     this.lastPreemptions = s.numPreemptions;
+    if (this.vllm !== null) {
+      this.vllm.waiting.set(s.numWaiting);
+      this.vllm.running.set(s.numRunning);
+      this.vllm.kvUsage.set(s.kvPagesTotal > 0 ? s.kvPagesUsed / s.kvPagesTotal : 0);
+    }
+    if (s.prefixStore !== undefined) this.updateStoreStats(s.prefixStore);
+  }
+
+  private updateStoreStats(now: SnapshotDiskStats): void {
+    const last = this.lastStore;
+    // Cumulative in the engine: advance by the difference; a smaller value is a new engine's count.
+    const delta = (a: number, b: number | undefined): number => (b === undefined || a < b ? a : a - b);
+    for (const name of Object.keys(this.storeCounters) as StoreCounter[]) this.storeCounters[name].inc(delta(now[name], last?.[name]));
+    for (const reason of READ_FAILURE_REASONS) {
+      this.storeReadFailures.inc({ model_name: this.modelName, reason }, delta(now.readFailures[reason], last?.readFailures[reason]));
+    }
+    this.storeBytes.set(now.diskBytes);
+    this.storeFiles.set(now.diskFiles);
+    this.storeReadBuffer.set(now.readBufferBytes);
+    this.lastStore = now;
   }
 
   updateEngineHealth(h: EngineHealth): void {

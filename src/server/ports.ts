@@ -4,7 +4,7 @@
 // route test can build the app around the real parts without the CLI.
 import type { ModelConfig } from '../engine/model/config.ts';
 import type { TextTokenizer } from '../engine/tokenizer.ts';
-import type { EngineHealth, EngineStats, SubmitRequest, TokenEvent } from '../engine/types.ts';
+import type { EngineHealth, EngineStats, PrefixCacheDeletion, PrefixCacheEntryInfo, SubmitRequest, TokenEvent } from '../engine/types.ts';
 
 export interface EnginePort {
   readonly config: ModelConfig;
@@ -16,6 +16,9 @@ export interface EnginePort {
   stats(): EngineStats;
   /** ready / restarting after a lost worker / failed for good (readiness and liveness follow it). */
   health(): EngineHealth;
+  /** The prefix-cache API: the most recently used snapshots (memory and disk), and deleting one by key. */
+  listPrefixCache(limit: number): Promise<PrefixCacheEntryInfo[]>;
+  deletePrefixCache(key: string): Promise<PrefixCacheDeletion>;
   /** stepTimeoutMs: how long to wait for the step in flight (Engine.shutdown). */
   shutdown(opts?: { readonly stepTimeoutMs?: number }): Promise<void>;
 }

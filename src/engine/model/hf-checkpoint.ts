@@ -1,9 +1,9 @@
 // A Hugging Face checkpoint directory as a Checkpoint: config.json + safetensors (single or sharded),
 // stored names mapped onto the canonical gla_swa names (official SpikingBrain names pass through,
-// qwen2 names are renamed), tied embeddings answered for `lm_head.weight`, a fast content hash,
+// qwen2 names are renamed), tied embeddings answered for `lm_head.weight`, a layout fingerprint,
 // and validateCheckpoint(), which checks every tensor the model needs against tensor-names.ts.
 import { createHash } from 'node:crypto';
-import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { ModelLoadError } from '../errors.ts';
 import type { Checkpoint, Tensor32 } from './checkpoint.ts';
@@ -45,26 +45,10 @@ export function canonicalTensorName(stored: string): string {
   return `model.layers.${i}.${r}`;
 }
 
-/** Bytes hashed at each end of every weight file. */
-const HASH_EDGE_BYTES = 1024 * 1024;
-
-function edgeBytes(path: string, fileBytes: number): Buffer[] {
-  const fd = openSync(path, 'r');
-  try {
-    const head = Buffer.alloc(Math.min(HASH_EDGE_BYTES, fileBytes));
-    readSync(fd, head, 0, head.length, 0);
-    const tailLen = Math.min(HASH_EDGE_BYTES, fileBytes);
-    const tail = Buffer.alloc(tailLen);
-    readSync(fd, tail, 0, tailLen, fileBytes - tailLen);
-    return [head, tail];
-  } finally {
-    closeSync(fd);
-  }
-}
-
 /**
- * sha256 over config.json and, per weight file: its name, size, header and first/last 1 MiB.
- * Reads ~2 MiB per file, so it is fast even for 15 GB of weights.
+ * sha256 over config.json and, per weight file, its name, size and safetensors header: a quick
+ * fingerprint of the layout (for `inspect`), not of the weights. What names a built model and its
+ * prefix snapshots is the whole content (`sourceFiles`, weights-identity.ts).
  */
 function checkpointHash(dir: string, store: SafetensorsStore): string {
   const h = createHash('sha256');
@@ -72,7 +56,6 @@ function checkpointHash(dir: string, store: SafetensorsStore): string {
   for (const f of store.files) {
     h.update(`\0${basename(f.path)}\0${f.fileBytes}\0`);
     h.update(f.headerBytes);
-    for (const b of edgeBytes(f.path, f.fileBytes)) h.update(b);
   }
   return h.digest('hex');
 }
@@ -103,6 +86,7 @@ export function openCheckpoint(dir: string): HfCheckpoint {
     config,
     dir,
     hash: checkpointHash(dir, store),
+    sourceFiles: { configPath: join(dir, 'config.json'), weightFiles: store.files.map((f) => f.path) },
     numParameters,
     names,
     gkLayout,

@@ -90,6 +90,7 @@ export function fakeQuantizedWeights(ckpt: Checkpoint): Checkpoint {
   return {
     config: ckpt.config,
     hash: ckpt.hash,
+    ...(ckpt.sourceFiles !== undefined ? { sourceFiles: ckpt.sourceFiles } : {}),
     numParameters: ckpt.numParameters,
     has: (name) => ckpt.has(name),
     tensor(name, expectShape) {

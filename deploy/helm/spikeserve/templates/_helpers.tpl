@@ -87,7 +87,7 @@ cover the preStop sleep plus the server's drain. Computed when unset; refused wh
 {{- define "spikeserve.terminationGracePeriodSeconds" -}}
 {{- $needed := add (int .Values.preStopSleepSeconds) (int .Values.server.drainTimeoutSeconds) -}}
 {{- /* With prefix snapshots on disk the engine writes those still in memory at shutdown (up to 60 s). */ -}}
-{{- if not (kindIs "invalid" .Values.server.prefixCacheDir) -}}
+{{- if include "spikeserve.prefixCacheDir" . -}}
 {{- $needed = add $needed 60 -}}
 {{- end -}}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds -}}
@@ -96,6 +96,15 @@ cover the preStop sleep plus the server's drain. Computed when unset; refused wh
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds + server.drainTimeoutSeconds (+ 60 with server.prefixCacheDir) (%d)" (int .Values.terminationGracePeriodSeconds) $needed) -}}
 {{- else -}}
 {{- int .Values.terminationGracePeriodSeconds -}}
+{{- end -}}
+{{- end -}}
+
+{{/* --prefix-cache-dir: server.prefixCacheDir, else the shared snapshot volume's mount path; empty: none. */}}
+{{- define "spikeserve.prefixCacheDir" -}}
+{{- if not (kindIs "invalid" .Values.server.prefixCacheDir) -}}
+{{- .Values.server.prefixCacheDir -}}
+{{- else if .Values.prefixSnapshots.existingClaim -}}
+{{- .Values.prefixSnapshots.mountPath -}}
 {{- end -}}
 {{- end -}}
 

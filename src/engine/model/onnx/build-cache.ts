@@ -1,10 +1,14 @@
-// The on-disk cache of built models: `<cacheDir>/<checkpoint.hash>-<BUILDER_VERSION>-<variant>/model.onnx`
+// The on-disk cache of built models: `<cacheDir>/<model identity>-<BUILDER_VERSION>-<variant>/model.onnx`
 // (+ `model.onnx.data`). A build writes into a private temporary folder and renames it into place,
 // so concurrent processes never see half-written files; a finished folder is reused as it is.
+// The model identity of a checkpoint on disk is the sha256 of its whole weight files
+// (../weights-identity.ts, remembered in `<cacheDir>/weights-identity.json`); the folder name also
+// names the prefix snapshots of the model (engine-core.ts), so neither is ever reused by a fine-tune.
 import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Checkpoint } from '../checkpoint.ts';
+import { weightsIdentity } from '../weights-identity.ts';
 import type { GraphOptions } from './context.ts';
 import { EXTERNAL_DATA_FILE, buildModelGraph } from './model-graph.ts';
 import { encodeModel } from './proto.ts';
@@ -54,10 +58,19 @@ function progressBar(p: BuildProgress): string {
   return `\rbuilding ONNX model [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${(frac * 100).toFixed(0)}% ${mib(p.bytesDone)}/${mib(p.bytesTotal)} MiB`;
 }
 
+/**
+ * What names a checkpoint's builds: the content identity of its files (hashed once, then remembered
+ * by path, size and mtime in `cacheDir`), or `hash` for a checkpoint that is not on disk.
+ */
+export function checkpointIdentity(ckpt: Checkpoint, cacheDir: string = DEFAULT_CACHE_DIR): string {
+  if (ckpt.sourceFiles === undefined) return ckpt.hash;
+  return weightsIdentity(ckpt.sourceFiles.configPath, ckpt.sourceFiles.weightFiles, { cacheDir });
+}
+
 /** Returns the path of the built `model.onnx` for this checkpoint and variant, building it when absent. */
 export function ensureBuiltModel(ckpt: Checkpoint, graphOptions: GraphOptions, options: BuildCacheOptions = {}): string {
   const root = options.cacheDir ?? DEFAULT_CACHE_DIR;
-  const dir = join(root, `${ckpt.hash}-${BUILDER_VERSION}-${variantName(graphOptions)}`);
+  const dir = join(root, `${checkpointIdentity(ckpt, root)}-${BUILDER_VERSION}-${variantName(graphOptions)}`);
   const modelPath = join(dir, MODEL_FILE);
   if (existsSync(modelPath) && existsSync(join(dir, EXTERNAL_DATA_FILE))) return modelPath;
 
