@@ -9,7 +9,8 @@ import { prepareGeneration } from '../common/prepare-generation.ts';
 import { checkModel } from '../common/usage.ts';
 import type { StreamOptions } from '../common/stream-chunks.ts';
 import type { ChatFormatContext } from './format.ts';
-import { chatPromptTokens, endOfTurnTokenIds, sharedPrefixTokens } from './prompt.ts';
+import { chatPrompt, endOfTurnTokenIds, sharedPrefixTokens } from './prompt.ts';
+import { reasoningMode } from './reasoning.ts';
 import type { ChatCompletionRequest } from './schema.ts';
 
 export interface PreparedChat {
@@ -35,7 +36,7 @@ export async function prepareChat(app: FastifyInstance, body: ChatCompletionRequ
   }
   const tools = choice === 'none' || body.tools === undefined || body.tools === null || body.tools.length === 0 ? null : body.tools;
   const addGenerationPrompt = body.add_generation_prompt ?? true;
-  const promptTokenIds = await chatPromptTokens(app, {
+  const { text: promptText, ids: promptTokenIds } = await chatPrompt(app, {
     messages: body.messages,
     tools,
     addGenerationPrompt,
@@ -54,7 +55,7 @@ export async function prepareChat(app: FastifyInstance, body: ChatCompletionRequ
   return {
     engine,
     spec: shared === undefined ? spec : { ...spec, sharedPrefixTokens: shared },
-    format: { ...identity, promptTokens: promptTokenIds.length, withLogprobs: logprobs !== null, parseToolCalls: tools !== null },
+    format: { ...identity, promptTokens: promptTokenIds.length, withLogprobs: logprobs !== null, parseToolCalls: tools !== null, reasoning: reasoningMode(app.chatAssets.template, promptText) },
     streamOptions,
     stream,
   };
