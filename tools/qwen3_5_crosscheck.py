@@ -5,6 +5,8 @@ models/qwen3_5: Qwen3_5ForCausalLM, and Qwen3_5ForConditionalGeneration with a o
 tower), stores them as float32 safetensors checkpoints, runs them in float64 and writes the logits of
 every position, one-shot and through the official cache (prefill, then decode one token at a time:
 the recurrent delta rule and the conv-state update path), to test/fixtures/qwen3_5-crosscheck/.
+Also writes the configs transformers itself builds by default (Qwen3_5TextConfig(), documented there as
+the Qwen3.5-9B style, and the multimodal Qwen3_5Config()) to test/fixtures/qwen3_5-configs/, for inspect.
 
 Offline tool, not part of the server or the test run. Needs torch, transformers (>= 5.2, with
 models/qwen3_5), safetensors, numpy:
@@ -25,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Qwen3_5Config, Qwen3_5ForCausalLM, Qwen3_5ForConditionalGeneration, Qwen3_5TextConfig
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "test", "fixtures", "qwen3_5-crosscheck")
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "test", "fixtures", "qwen3_5-configs")
 
 TEXT = dict(
     vocab_size=64,
@@ -117,7 +120,15 @@ def write_case(name: str, model, seed: int, extra_tensors: dict[str, torch.Tenso
           f"{max(abs(a - b) for ra, rb in zip(one_shot, cached) for a, b in zip(ra, rb)):.2e}")
 
 
+def write_default_configs() -> None:
+    for name, config in (("transformers-default-text", Qwen3_5TextConfig()), ("transformers-default-multimodal", Qwen3_5Config())):
+        folder = os.path.join(CONFIGS, name)
+        config.save_pretrained(folder)
+        print(f"{name}: {folder}/config.json")
+
+
 def main() -> None:
+    write_default_configs()
     torch.manual_seed(0)
     text = Qwen3_5ForCausalLM(Qwen3_5TextConfig(**TEXT, tie_word_embeddings=False))
     randomize(text, 1)
