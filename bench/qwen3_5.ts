@@ -5,9 +5,9 @@
 //    (one chunked prefill, 512 tokens a chunk, timed at each mark: the rate is marks / time to reach it),
 //    decode tok/s at depth 1K / 32K / 128K, peak RSS. A decode step at depth P is timed with P past
 //    keys/values present (random values: a step costs the same whatever they hold) and the GDN states in
-//    place, so depths need no prefill. Full attention's prefill stops at --full-max-tokens and its
-//    decode at --full-max-depth; the rest is a fit (a·n + b·n² for the time to a prefix of n tokens,
-//    a + b·P for a decode step), marked as such.
+//    place, so depths need no prefill. Prefill stops at --max-tokens (Qwen3.5) and --full-max-tokens
+//    (qwen2), qwen2's decode at --full-max-depth; the rest is a fit (a·n + b·n² for the time to a prefix
+//    of n tokens, a + b·P for a decode step), marked as such.
 // 2. The reference size (hidden 256, 8 layers, 8 heads, 2 kv heads, ffn 1024, vocab 4096, SWA window 1024
 //    on odd layers) with Gated DeltaNet on the even layers (8 heads of 32, as the GLA's query heads)
 //    against the GLA hybrid: prefill tok/s at 64K, fp32, chunks of 512.
@@ -16,7 +16,8 @@
 // and the load average is printed with the tables.
 //
 //   node --import tsx bench/qwen3_5.ts [--part all|shape|reference] [--lengths 4096,32768,131072]
-//     [--depths 1024,32768,131072] [--full-max-tokens 16384] [--full-max-depth 32768] [--reference-tokens 65536]
+//     [--depths 1024,32768,131072] [--max-tokens 32768] [--full-max-tokens 8192] [--full-max-depth 32768]
+//     [--reference-tokens 65536]
 import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -237,7 +238,8 @@ async function main(): Promise<void> {
       part: { type: 'string', default: 'all' },
       lengths: { type: 'string', default: '4096,32768,131072' },
       depths: { type: 'string', default: '1024,32768,131072' },
-      'full-max-tokens': { type: 'string', default: '16384' },
+      'max-tokens': { type: 'string', default: '32768' },
+      'full-max-tokens': { type: 'string', default: '8192' },
       'full-max-depth': { type: 'string', default: '32768' },
       'reference-tokens': { type: 'string', default: '65536' },
     },
@@ -249,23 +251,35 @@ async function main(): Promise<void> {
   const nums = (s: string): number[] => s.split(',').map(Number);
   const lengths = nums(values.lengths);
   const depths = nums(values.depths);
+  const maxTokens = Number(values['max-tokens']);
   const fullMax = Number(values['full-max-tokens']);
   const fullMaxDepth = Number(values['full-max-depth']);
   const results: Record<string, unknown> = { machine: { cpus: cpus().length, model: cpus()[0]?.model }, loadBefore: loadAverage() };
   const lines: string[] = [];
 
   if (values.part === 'all' || values.part === 'shape') {
-    const q35Prefill = await child({ name: 'qwen3_5', task: 'prefill', points: lengths });
+    // Prefill is measured up to a cap per model (at least three marks for the fit), the longer rows fitted.
+    const marksUpTo = (cap: number): number[] => [...new Set([4096, cap / 2, cap, ...lengths.filter((n) => n <= cap)])].sort((a, b) => a - b);
+    const depthsUpTo = (cap: number): number[] => [...new Set([1024, 8192, ...depths.filter((n) => n <= cap)])].filter((n) => n <= cap).sort((a, b) => a - b);
+    const q35Prefill = await child({ name: 'qwen3_5', task: 'prefill', points: marksUpTo(maxTokens) });
     const q35Decode = await child({ name: 'qwen3_5', task: 'decode', points: depths });
-    // Full attention: measured marks up to fullMax (at least three for the fit), the rest fitted.
-    const fullMarks = [...new Set([4096, 8192, fullMax, ...lengths.filter((n) => n <= fullMax)])].filter((n) => n <= fullMax).sort((a, b) => a - b);
-    const q2Prefill = await child({ name: 'qwen2', task: 'prefill', points: fullMarks });
-    const fullDepths = [...new Set([1024, 8192, ...depths.filter((n) => n <= fullMaxDepth)])].sort((a, b) => a - b);
-    const q2Decode = await child({ name: 'qwen2', task: 'decode', points: fullDepths });
+    const q2Prefill = await child({ name: 'qwen2', task: 'prefill', points: marksUpTo(fullMax) });
+    const q2Decode = await child({ name: 'qwen2', task: 'decode', points: depthsUpTo(fullMaxDepth) });
     results['shape'] = { q35Prefill, q35Decode, q2Prefill, q2Decode };
 
-    const prefillTime = fitQuadratic(q2Prefill.rows.map((r) => r.point), q2Prefill.rows.map((r) => r.seconds));
-    const stepTime = fitLinear(q2Decode.rows.map((r) => r.point), q2Decode.rows.map((r) => r.seconds));
+    /** A prefill row: measured when the mark was reached, else the fit of time to n tokens. */
+    const prefillCell = (r: ChildResult, n: number): { wall: number; text: string } => {
+      const row = r.rows.find((x) => x.point === n);
+      if (row !== undefined) return { wall: row.wall, text: `${fmt(row.wall)} tok/s (${fmt(row.cpu)}/CPU-s)` };
+      const time = fitQuadratic(r.rows.map((x) => x.point), r.rows.map((x) => x.seconds));
+      return { wall: n / time(n), text: `~${fmt(n / time(n))} tok/s (fit)` };
+    };
+    const decodeCell = (r: ChildResult, p: number): { wall: number; text: string } => {
+      const row = r.rows.find((x) => x.point === p);
+      if (row !== undefined) return { wall: row.wall, text: `${fmt(row.wall)} tok/s (${fmt(row.cpu)}/CPU-s)` };
+      const step = fitLinear(r.rows.map((x) => x.point), r.rows.map((x) => x.seconds));
+      return { wall: 1 / step(p), text: `~${fmt(1 / step(p))} tok/s (fit)` };
+    };
     lines.push(
       `Qwen3.5-0.8B shape (random weights, int8) vs qwen2 of the same size (every layer full attention), ${cpus().length} threads`,
       `parameters: Qwen3.5 ${fmt(q35Prefill.parameters / 1e6, 0)} M, qwen2 ${fmt(q2Prefill.parameters / 1e6, 0)} M; ` +
@@ -276,22 +290,18 @@ async function main(): Promise<void> {
       '|---|---|---|---|',
     );
     for (const n of lengths) {
-      const a = q35Prefill.rows.find((r) => r.point === n);
-      const b = q2Prefill.rows.find((r) => r.point === n);
-      const bWall = b?.wall ?? n / prefillTime(n);
-      const bText = b !== undefined ? `${fmt(b.wall)} tok/s (${fmt(b.cpu)}/CPU-s)` : `~${fmt(bWall)} tok/s (fit)`;
-      lines.push(`| prefill ${k(n)} | ${a === undefined ? '—' : `${fmt(a.wall)} tok/s (${fmt(a.cpu)}/CPU-s)`} | ${bText} | ${a === undefined ? '—' : `${fmt(a.wall / bWall, 2)}×`} |`);
+      const a = prefillCell(q35Prefill, n);
+      const b = prefillCell(q2Prefill, n);
+      lines.push(`| prefill ${k(n)} | ${a.text} | ${b.text} | ${fmt(a.wall / b.wall, 2)}× |`);
     }
     for (const p of depths) {
-      const a = q35Decode.rows.find((r) => r.point === p);
-      const b = q2Decode.rows.find((r) => r.point === p);
-      const bWall = b?.wall ?? 1 / stepTime(p);
-      const bText = b !== undefined ? `${fmt(b.wall)} tok/s (${fmt(b.cpu)}/CPU-s)` : `~${fmt(bWall)} tok/s (fit)`;
-      lines.push(`| decode at depth ${k(p)} | ${a === undefined ? '—' : `${fmt(a.wall)} tok/s (${fmt(a.cpu)}/CPU-s)`} | ${bText} | ${a === undefined ? '—' : `${fmt(a.wall / bWall, 2)}×`} |`);
+      const a = decodeCell(q35Decode, p);
+      const b = decodeCell(q2Decode, p);
+      lines.push(`| decode at depth ${k(p)} | ${a.text} | ${b.text} | ${fmt(a.wall / b.wall, 2)}× |`);
     }
     lines.push(
-      `| peak RSS, prefill to ${k(Math.max(...lengths))} / ${k(Math.max(...fullMarks))} | ${fmt(q35Prefill.peakRssMiB, 0)} MiB | ${fmt(q2Prefill.peakRssMiB, 0)} MiB (to ${k(Math.max(...fullMarks))}) | |`,
-      `| peak RSS, decode up to depth ${k(Math.max(...depths))} / ${k(Math.max(...fullDepths))} | ${fmt(q35Decode.peakRssMiB, 0)} MiB | ${fmt(q2Decode.peakRssMiB, 0)} MiB | |`,
+      `| peak RSS, prefill to ${k(maxTokens)} / ${k(fullMax)} | ${fmt(q35Prefill.peakRssMiB, 0)} MiB | ${fmt(q2Prefill.peakRssMiB, 0)} MiB | |`,
+      `| peak RSS, decode up to depth ${k(Math.max(...depths))} / ${k(Math.max(...depthsUpTo(fullMaxDepth)))} | ${fmt(q35Decode.peakRssMiB, 0)} MiB | ${fmt(q2Decode.peakRssMiB, 0)} MiB | |`,
       '',
     );
   }
