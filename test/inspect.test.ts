@@ -110,3 +110,42 @@ describe('inspect: tiny random checkpoints', () => {
     expect(describeModel(dir).weights?.validation).toContain(layerTensorNames(1).oWeight);
   });
 });
+
+describe('inspect: Qwen3.5 (transformers\' default Qwen3_5TextConfig, the 9B style, and the multimodal Qwen3_5Config)', () => {
+  const dirs = ['transformers-default-text', 'transformers-default-multimodal'].map((n) => resolve(repoRoot, 'test/fixtures/qwen3_5-configs', n));
+
+  it.each(dirs)('%s: layer plan, parameters, recurrent-state bytes and KV bytes per token', (dir) => {
+    const r = describeModel(dir);
+    // layer_types: every 4th layer (3, 7, …, 31) full attention, the other 24 Gated DeltaNet.
+    expect(r.fullLayers).toEqual([3, 7, 11, 15, 19, 23, 27, 31]);
+    expect(r.gdnLayers).toHaveLength(24);
+    expect(r.glaLayers).toEqual([]);
+    // V=248320 D=4096 L=32 F=12288, untied; attention H=16 Hkv=4 d=256 (q_proj doubled for the gate,
+    // q/k norms); GDN Hk=16 Hv=32 dk=dv=128 K=4 (convDim = 2·16·128 + 32·128 = 8192):
+    //   embeddings + lm_head   2·V·D
+    //   every layer            3·D·F + 2·D (MLP, two norms)
+    //   full attention         2·H·d·D + 2·Hkv·d·D + D·H·d + 2·d                       = 58,720,768
+    //   GDN                    8192·D + 4096·D + 2·32·D + 8192·4 + 2·32 + 128 + D·4096  = 67,403,968
+    //   final norm             D
+    const expected = 2 * 248320 * 4096 + 32 * (3 * 4096 * 12288 + 2 * 4096) + 8 * 58_720_768 + 24 * 67_403_968 + 4096;
+    expect(expected).toBe(8_953_803_264);
+    expect(r.numParameters).toBe(expected);
+    // Per sequence: 24 × (conv 8192·3 + 32·128·128) floats, whatever its length; KV 8 × 2 × 4·256 floats per token.
+    expect(r.gdnStateBytesPerSequence).toBe(24 * (8192 * 3 + 32 * 128 * 128) * 4);
+    expect(r.stateBytesPerSequence).toBe(r.gdnStateBytesPerSequence);
+    expect(r.fullKvBytesPerToken).toBe(8 * 2 * 4 * 256 * 4);
+    const text = inspectModel(dir);
+    expect(text).toContain('type: qwen3_5');
+    expect(text).toContain('GDN: Hk=16 Hv=32 dk=128 dv=128 conv=4');
+    expect(text).toContain('GDN  (24: 0, 1, 2, 4, 5, 6, 8,');
+    expect(text).toContain('full (8: 3, 7, 11, 15, 19, 23, 27, 31)');
+    expect(text).toContain('8,953,803,264 (8.95 B)');
+    expect(text).toContain('GDN state: 50.25 MiB');
+    expect(text).toContain('full-attention KV: 64.00 KiB per token');
+  });
+
+  it('a MoE config is refused with one line', () => {
+    expect(() => parseModelConfig({ model_type: 'qwen3_5_moe', text_config: { num_experts: 256 } })).toThrow(/mixture-of-experts .* not supported yet/);
+    expect(() => parseModelConfig({ model_type: 'qwen3_5_text', vocab_size: 8, hidden_size: 8, num_hidden_layers: 1, num_attention_heads: 1, intermediate_size: 8, num_experts: 4 })).toThrow(/num_experts=4/);
+  });
+});

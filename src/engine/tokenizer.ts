@@ -48,7 +48,13 @@ export const QWEN2_SPLIT_REGEX =
 /** Llama 3's variant (digits in groups of three): same newline structure, so equally safe to split. */
 const LLAMA3_SPLIT_REGEX =
   "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-const SPLIT_SAFE_REGEXES = new Set([QWEN2_SPLIT_REGEX, LLAMA3_SPLIT_REGEX]);
+/**
+ * Qwen3.5's (transformers models/qwen3_5/tokenization_qwen3_5.py, PRETOKENIZE_REGEX): letters with their
+ * combining marks (\p{M}) stay in one piece. Same newline structure as Qwen2's, so equally safe to split.
+ */
+export const QWEN3_5_SPLIT_REGEX =
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const SPLIT_SAFE_REGEXES = new Set([QWEN2_SPLIT_REGEX, LLAMA3_SPLIT_REGEX, QWEN3_5_SPLIT_REGEX]);
 
 const DEFAULT_PIECE_CHARS = 65536;
 const CHARS_PER_BATCH = 1 << 20;
@@ -329,7 +335,10 @@ function byteLevelTokenBytes(token: string): Uint8Array | null {
   return out.subarray(0, n);
 }
 
-/** transformers' Qwen2Converter, written as tokenizer.json. */
+/**
+ * transformers' Qwen2Converter, written as tokenizer.json (with Qwen3.5's split regex when
+ * tokenizer_config.json names Qwen3_5Tokenizer, whose constructor builds that pre-tokenizer).
+ */
 async function buildByteLevelBpeSpec(dir: string, config: Record<string, unknown> | null): Promise<TokenizerSpec> {
   const vocab = (await readJsonIfExists(join(dir, 'vocab.json'))) as Record<string, number> | null;
   if (vocab === null) throw new ModelLoadError(`cannot read ${join(dir, 'vocab.json')}`);
@@ -393,7 +402,7 @@ async function buildByteLevelBpeSpec(dir: string, config: Record<string, unknown
     pre_tokenizer: {
       type: 'Sequence',
       pretokenizers: [
-        { type: 'Split', pattern: { Regex: QWEN2_SPLIT_REGEX }, behavior: 'Isolated', invert: false },
+        { type: 'Split', pattern: { Regex: config?.['tokenizer_class'] === 'Qwen3_5Tokenizer' ? QWEN3_5_SPLIT_REGEX : QWEN2_SPLIT_REGEX }, behavior: 'Isolated', invert: false },
         byteLevel,
       ],
     },

@@ -15,7 +15,7 @@ import { faultHook } from './faults.ts';
 import { GrammarClient, type RemoteMatcher } from './grammar/grammar-client.ts';
 import { parseModelConfig } from './model/config.ts';
 import type { Checkpoint } from './model/checkpoint.ts';
-import { openCheckpoint } from './model/hf-checkpoint.ts';
+import { openCheckpoint, skippedSummary } from './model/hf-checkpoint.ts';
 import { Model, type ModelLoadOptions } from './model/model.ts';
 import { randomCheckpoint } from './model/random-checkpoint.ts';
 import { stopTokenIdsOf } from './sampler.ts';
@@ -45,7 +45,10 @@ async function loadModel(): Promise<Model> {
   if (init.randomWeightsConfig !== undefined) {
     ckpt = randomCheckpoint(parseModelConfig(init.randomWeightsConfig), { seed: 0, gkLayout: 'lowrank' });
   } else {
-    ckpt = openCheckpoint(init.modelDir);
+    const opened = openCheckpoint(init.modelDir);
+    const skipped = skippedSummary(opened.skipped);
+    if (skipped !== null) post({ type: 'log', message: skipped });
+    ckpt = opened;
   }
   const options: ModelLoadOptions = {
     ...(init.cacheDir !== undefined ? { cacheDir: init.cacheDir } : {}),

@@ -12,7 +12,8 @@ import {
 } from '../../src/engine/model/tensor-names.ts';
 
 export type StoreDtype = 'F32' | 'BF16' | 'F16';
-export type Naming = 'gla_swa' | 'qwen2';
+/** qwen3_5_text: Qwen3_5ForCausalLM names; qwen3_5: the multimodal wrapper's (`model.language_model.*`). */
+export type Naming = 'gla_swa' | 'qwen2' | 'qwen3_5_text' | 'qwen3_5';
 
 export interface WriteOptions {
   readonly dtype: StoreDtype;
@@ -99,6 +100,13 @@ function qwen2Name(name: string): string {
     .replace(/^(model\.layers\.\d+\.)mlp_norm\.weight$/, '$1post_attention_layernorm.weight');
 }
 
+/** Canonical name → the stored name of a checkpoint with the given naming. */
+export function storedName(naming: Naming, name: string): string {
+  if (naming === 'gla_swa' || name.startsWith('model.visual.') || name.startsWith('mtp.')) return name;
+  const hf = qwen2Name(name);
+  return naming === 'qwen3_5' && hf.startsWith('model.') ? `model.language_model.${hf.slice('model.'.length)}` : hf;
+}
+
 /** Bytes of one safetensors file: length prefix, JSON header padded with spaces to 8 bytes, data. */
 export function encodeSafetensors(
   tensors: readonly { name: string; shape: readonly number[]; bytes: Buffer; dtype: StoreDtype }[],
@@ -134,7 +142,7 @@ export function writeCheckpoint(
   const entries = [...tensors].map(([name, t]) => {
     if (t.data.length !== numElements(t.shape)) throw new Error(`${name}: data length ${t.data.length} ≠ shape ${t.shape}`);
     return {
-      name: options.naming === 'qwen2' ? qwen2Name(name) : name,
+      name: storedName(options.naming, name),
       shape: t.shape,
       bytes: encode(options.dtype, t.data),
       dtype: options.dtype,
@@ -201,8 +209,21 @@ export interface TinyCheckpointOptions {
   readonly tied?: boolean; // default false
   readonly dtype?: StoreDtype; // default F32
   readonly gkLayout?: GkLayout; // default lowrank
-  /** 'qwen2' writes a qwen2 config (every layer full attention) with qwen2 tensor names. Default gla_swa. */
-  readonly modelType?: 'gla_swa' | 'qwen2';
+  /**
+   * 'qwen2' writes a qwen2 config (every layer full attention) with qwen2 tensor names; 'qwen3_5' a
+   * Qwen3.5 text model (GDN + gated full attention, see the qwen3_5 options). Default gla_swa.
+   */
+  readonly modelType?: 'gla_swa' | 'qwen2' | 'qwen3_5';
+  /** Qwen3.5: Qwen3_5ForCausalLM ('text', default) or the multimodal wrapper ('multimodal'). */
+  readonly qwen3_5Layout?: 'text' | 'multimodal';
+  /** Qwen3.5: GDN key heads Hk, value heads Hv, dk, dv, conv kernel. Defaults 2, 4, 8, 8, 4. */
+  readonly gdn?: { readonly numKeyHeads: number; readonly numValueHeads: number; readonly keyHeadDim: number; readonly valueHeadDim: number; readonly convKernel: number };
+  /** Qwen3.5: layer_types (omitted: full_attention_interval 4 decides). */
+  readonly layerTypes?: readonly ('linear_attention' | 'full_attention')[];
+  /** Qwen3.5: partial_rotary_factor (default 0.25). */
+  readonly partialRotaryFactor?: number;
+  /** Qwen3.5 multimodal: also store a few vision-tower and MTP tensors (which the loader skips). */
+  readonly extraTensors?: boolean;
   readonly vocabSize?: number; // default 96
   readonly intermediateSize?: number; // default 2·D
   readonly shards?: number; // default 1
@@ -238,6 +259,7 @@ export function tinyRawConfig(opts: TinyCheckpointOptions = {}): Record<string, 
     eos_token_id: 2,
     torch_dtype: opts.dtype === 'BF16' ? 'bfloat16' : opts.dtype === 'F16' ? 'float16' : 'float32',
   };
+  if (opts.modelType === 'qwen3_5') return qwen3_5RawConfig(opts, common);
   if (opts.modelType === 'qwen2') {
     return {
       architectures: ['Qwen2ForCausalLM'],
@@ -261,6 +283,45 @@ export function tinyRawConfig(opts: TinyCheckpointOptions = {}): Record<string, 
   return raw;
 }
 
+/** A tiny Qwen3.5 config: Qwen3_5ForCausalLM's own fields, or the multimodal wrapper's text_config. */
+function qwen3_5RawConfig(opts: TinyCheckpointOptions, common: Record<string, unknown>): Record<string, unknown> {
+  const g = opts.gdn ?? { numKeyHeads: 2, numValueHeads: 4, keyHeadDim: 8, valueHeadDim: 8, convKernel: 4 };
+  const H = opts.numHeads ?? 4;
+  const d = opts.headDim ?? 16;
+  const text: Record<string, unknown> = {
+    ...common,
+    model_type: 'qwen3_5_text',
+    // D is not H·d in Qwen3.5 (head_dim is explicit): make them differ here too.
+    hidden_size: 48,
+    head_dim: d,
+    num_attention_heads: H,
+    intermediate_size: opts.intermediateSize ?? 96,
+    rms_norm_eps: 1e-6,
+    hidden_act: 'silu',
+    attention_bias: false,
+    linear_num_key_heads: g.numKeyHeads,
+    linear_num_value_heads: g.numValueHeads,
+    linear_key_head_dim: g.keyHeadDim,
+    linear_value_head_dim: g.valueHeadDim,
+    linear_conv_kernel_dim: g.convKernel,
+    rope_parameters: { rope_type: 'default', rope_theta: 10000, partial_rotary_factor: opts.partialRotaryFactor ?? 0.25, mrope_section: [1, 1, 0], mrope_interleaved: true },
+  };
+  delete text['rope_theta'];
+  delete text['torch_dtype'];
+  if (opts.layerTypes !== undefined) text['layer_types'] = [...opts.layerTypes];
+  else text['full_attention_interval'] = 4;
+  if (opts.qwen3_5Layout !== 'multimodal') return { architectures: ['Qwen3_5ForCausalLM'], ...text };
+  return {
+    architectures: ['Qwen3_5ForConditionalGeneration'],
+    model_type: 'qwen3_5',
+    text_config: text,
+    vision_config: { model_type: 'qwen3_5', depth: 1, hidden_size: 16, num_heads: 2, out_hidden_size: 48 },
+    tie_word_embeddings: opts.tied ?? false,
+    image_token_id: 90,
+    video_token_id: 91,
+  };
+}
+
 /**
  * Writes a tiny random checkpoint into `dir` and returns its config and the tensors as stored,
  * so a reference can be run on exactly what the file holds.
@@ -280,9 +341,18 @@ export function makeRandomTinyCheckpoint(dir: string, opts: TinyCheckpointOption
     const t = random.tensor(spec.name);
     tensors.set(spec.name, { shape: t.shape, data: roundTo(dtype, t.data) });
   }
-  writeCheckpoint(dir, rawConfig, tensors, {
+  const naming: Naming =
+    opts.modelType === 'qwen2' ? 'qwen2' : opts.modelType === 'qwen3_5' ? (opts.qwen3_5Layout === 'multimodal' ? 'qwen3_5' : 'qwen3_5_text') : 'gla_swa';
+  const stored = new Map(tensors);
+  if (opts.extraTensors === true) {
+    // Stored under names the loader must skip; writeCheckpoint keeps names it does not know as they are.
+    stored.set('model.visual.patch_embed.proj.weight', { shape: [16, 3], data: new Float32Array(48).fill(0.5) });
+    stored.set('model.visual.merger.linear_fc2.weight', { shape: [48, 16], data: new Float32Array(768).fill(0.25) });
+    stored.set('mtp.fc.weight', { shape: [48, 96], data: new Float32Array(4608).fill(0.125) });
+  }
+  writeCheckpoint(dir, rawConfig, stored, {
     dtype,
-    naming: opts.modelType === 'qwen2' ? 'qwen2' : 'gla_swa',
+    naming,
     ...(opts.shards !== undefined ? { shards: opts.shards } : {}),
   });
   return { dir, rawConfig, config: loadModelConfig(dir), tensors };

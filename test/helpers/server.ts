@@ -19,7 +19,7 @@ export const CACHE_DIR = join(PACKAGE_ROOT, '.cache', 'test-onnx');
 const SPEC_DIR = join(PACKAGE_ROOT, 'test', 'fixtures', 'spikingbrain-7b');
 
 /** GPT-2's byte → printable-character map used by byte-level BPE vocabularies. */
-function byteAlphabet(): string[] {
+export function byteAlphabet(): string[] {
   const out: string[] = [];
   let extra = 0;
   for (let b = 0; b < 256; b++) {

@@ -1,20 +1,45 @@
-// Model configuration: reads a Hugging Face `config.json` of the SpikingBrain family (`gla_swa`)
-// or a Qwen2 checkpoint (`qwen2`, every layer full attention) into one frozen, validated shape.
+// Model configuration: reads a Hugging Face `config.json` of the SpikingBrain family (`gla_swa`),
+// a Qwen2 checkpoint (`qwen2`, every layer full attention) or a Qwen3.5 text model (`qwen3_5_text`,
+// or the multimodal `qwen3_5` wrapper's `text_config`; Gated DeltaNet + gated full attention, parsed
+// in ./qwen3_5-config.ts) into one frozen, validated shape.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ModelLoadError } from '../errors.ts';
+import { parseQwen3_5Config } from './qwen3_5-config.ts';
 
-/** What a layer's token mixer is. */
-export type LayerKind = 'gla' | 'swa' | 'full';
+/** What a layer's token mixer is: gated linear attention, sliding-window or full softmax attention, Gated DeltaNet. */
+export type LayerKind = 'gla' | 'swa' | 'full' | 'gdn';
+
+/** Gated DeltaNet dimensions (Qwen3.5's `linear_*` fields); one set for every GDN layer. */
+export interface GdnConfig {
+  readonly numKeyHeads: number; // Hk (query and key heads)
+  readonly numValueHeads: number; // Hv, a multiple of Hk: value head h reads key head ⌊h/(Hv/Hk)⌋
+  readonly keyHeadDim: number; // dk
+  readonly valueHeadDim: number; // dv
+  readonly convKernel: number; // K of the causal depthwise conv1d over q, k, v
+}
+
+/** How the softmax-attention layers (SWA or full) are built; the gla_swa/qwen2 form is all false. */
+export interface AttentionForm {
+  /** q/k/v projections carry biases. */
+  readonly bias: boolean;
+  /** q_proj also produces a per-head output gate: o ← o ⊙ sigmoid(gate) before o_proj (Qwen3.5). */
+  readonly outputGate: boolean;
+  /** Per-head RMSNorm of q and k over d before RoPE (q_norm, k_norm). */
+  readonly qkNorm: boolean;
+  /** Leading dims of each head that RoPE rotates (rotate-half within them); d for full rotary. */
+  readonly rotaryDim: number;
+}
 
 export interface ModelConfig {
-  readonly modelType: 'gla_swa' | 'qwen2';
+  readonly modelType: 'gla_swa' | 'qwen2' | 'qwen3_5';
   readonly vocabSize: number;
   readonly hiddenSize: number; // D
   readonly numLayers: number; // L
-  readonly numHeads: number; // H (query heads)
+  readonly numHeads: number; // H (query heads of the attention layers)
   readonly numKvHeads: number; // Hkv
-  readonly headDim: number; // d = D / H
+  /** d of the attention layers: D / H, or an explicit `head_dim` (Qwen3.5: 256). */
+  readonly headDim: number;
   readonly intermediateSize: number; // F
   /** W: a query at p attends keys p−W…p inclusive; null for full attention. */
   readonly slidingWindow: number | null;
@@ -26,11 +51,24 @@ export interface ModelConfig {
   readonly maxPositionEmbeddings: number | null;
   readonly bosTokenId: number | null;
   readonly eosTokenIds: readonly number[];
+  readonly attention: AttentionForm;
+  /** Gated DeltaNet dimensions; null when the model has no GDN layer. */
+  readonly gdn: GdnConfig | null;
+  /**
+   * RMSNorms scale by (1 + w) instead of w (Qwen3.5's zero-centred Qwen3_5RMSNorm: input, post-attention,
+   * q/k and final norms; not the GDN's gated norm).
+   */
+  readonly zeroCentredNorms: boolean;
 }
 
-type Json = Record<string, unknown>;
+/** The attention form of gla_swa and qwen2: biases, no gate, no q/k norms, full rotary. */
+export function plainAttentionForm(headDim: number): AttentionForm {
+  return Object.freeze({ bias: true, outputGate: false, qkNorm: false, rotaryDim: headDim });
+}
 
-function intField(raw: Json, name: string, min = 1): number {
+export type Json = Record<string, unknown>;
+
+export function intField(raw: Json, name: string, min = 1): number {
   const v = raw[name];
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min) {
     throw new ModelLoadError(`config.json: field "${name}" must be an integer ≥ ${min}, got ${JSON.stringify(v)}`);
@@ -38,7 +76,7 @@ function intField(raw: Json, name: string, min = 1): number {
   return v;
 }
 
-function numField(raw: Json, name: string, fallback: number): number {
+export function numField(raw: Json, name: string, fallback: number): number {
   const v = raw[name];
   if (v === undefined || v === null) return fallback;
   if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
@@ -47,7 +85,7 @@ function numField(raw: Json, name: string, fallback: number): number {
   return v;
 }
 
-function idList(v: unknown): number[] {
+export function idList(v: unknown): number[] {
   if (typeof v === 'number') return [v];
   if (Array.isArray(v)) return v.filter((x): x is number => typeof x === 'number');
   return [];
@@ -56,9 +94,12 @@ function idList(v: unknown): number[] {
 /** Validates a parsed config.json object. Throws ModelLoadError naming the offending field. */
 export function parseModelConfig(raw: Json): ModelConfig {
   const modelType = raw['model_type'];
+  if (modelType === 'qwen3_5' || modelType === 'qwen3_5_text' || modelType === 'qwen3_5_moe' || modelType === 'qwen3_5_moe_text') {
+    return parseQwen3_5Config(raw);
+  }
   if (modelType !== 'gla_swa' && modelType !== 'qwen2') {
     throw new ModelLoadError(
-      `config.json: field "model_type" is ${JSON.stringify(modelType)}; supported: "gla_swa", "qwen2"`,
+      `config.json: field "model_type" is ${JSON.stringify(modelType)}; supported: "gla_swa", "qwen2", "qwen3_5_text", "qwen3_5"`,
     );
   }
   if (raw['use_short_conv'] === true) {
@@ -125,6 +166,9 @@ export function parseModelConfig(raw: Json): ModelConfig {
     maxPositionEmbeddings: typeof maxPos === 'number' ? maxPos : null,
     bosTokenId: typeof raw['bos_token_id'] === 'number' ? raw['bos_token_id'] : null,
     eosTokenIds: Object.freeze(idList(raw['eos_token_id'])),
+    attention: plainAttentionForm(headDim),
+    gdn: null,
+    zeroCentredNorms: false,
   });
 }
 
@@ -159,8 +203,13 @@ export function glaStateBytesPerSequence(config: ModelConfig): number {
   return layersOfKind(config, 'gla').length * config.numKvHeads * config.headDim * config.headDim * 4;
 }
 
+/** Layers that keep keys/values: sliding-window or full softmax attention. */
+export function isAttentionKind(kind: LayerKind): kind is 'swa' | 'full' {
+  return kind === 'swa' || kind === 'full';
+}
+
 /** Bytes of keys+values one token occupies across all attention layers (fp32). */
 export function kvBytesPerToken(config: ModelConfig): number {
-  const attn = config.layerKinds.filter((k) => k !== 'gla').length;
+  const attn = config.layerKinds.filter(isAttentionKind).length;
   return attn * 2 * config.numKvHeads * config.headDim * 4;
 }

@@ -1,7 +1,9 @@
 // A Hugging Face checkpoint directory as a Checkpoint: config.json + safetensors (single or sharded),
 // stored names mapped onto the canonical gla_swa names (official SpikingBrain names pass through,
-// qwen2 names are renamed), tied embeddings answered for `lm_head.weight`, a layout fingerprint,
-// and validateCheckpoint(), which checks every tensor the model needs against tensor-names.ts.
+// qwen2 and Qwen3.5 names are renamed; the multimodal Qwen3.5's `model.language_model.*` is its text
+// model, its vision tower `model.visual.*` and the multi-token-prediction head `mtp.*` are skipped),
+// tied embeddings answered for `lm_head.weight`, a fast content hash, and validateCheckpoint(), which
+// checks every tensor the model needs against tensor-names.ts.
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
@@ -30,10 +32,29 @@ export interface HfCheckpoint extends ShapedCheckpoint {
   /** Paths of the weight files. */
   readonly files: readonly string[];
   readonly fileBytes: number;
+  /** Stored tensors that are not part of the served text model, by part (`visual`, `mtp`) → count. */
+  readonly skipped: Readonly<Record<string, number>>;
+}
+
+/** The part of a multimodal / MTP checkpoint a stored tensor belongs to when it is not served, else null. */
+export function skippedPart(stored: string): string | null {
+  if (stored.startsWith('model.visual.') || stored.startsWith('visual.')) return 'visual';
+  if (stored.startsWith('mtp.') || stored.startsWith('model.mtp.')) return 'mtp';
+  return null;
+}
+
+/** One line naming what was skipped (for the log), or null when nothing was. */
+export function skippedSummary(skipped: Readonly<Record<string, number>>): string | null {
+  const parts = Object.entries(skipped).filter(([, n]) => n > 0);
+  if (parts.length === 0) return null;
+  const what: Record<string, string> = { visual: 'vision tower', mtp: 'multi-token-prediction head' };
+  return `checkpoint: serving the text model; skipped ${parts.map(([k, n]) => `the ${what[k] ?? k} (${n} tensors)`).join(' and ')}`;
 }
 
 /** Maps one stored (HF) tensor name onto the canonical gla_swa name; canonical names pass through. */
-export function canonicalTensorName(stored: string): string {
+export function canonicalTensorName(storedName: string): string {
+  // Qwen3_5ForConditionalGeneration keeps its text model under model.language_model.
+  const stored = storedName.startsWith('model.language_model.') ? `model.${storedName.slice('model.language_model.'.length)}` : storedName;
   if (stored === 'model.embed_tokens.weight') return EMBEDDINGS;
   const m = /^model\.layers\.(\d+)\.(.+)$/.exec(stored);
   if (m === null) return stored;
@@ -65,7 +86,13 @@ export function openCheckpoint(dir: string): HfCheckpoint {
   const config: ModelConfig = loadModelConfig(dir);
   const store = openSafetensorsDir(dir);
   const byName = new Map<string, SafetensorsEntry>();
+  const skipped: Record<string, number> = {};
   for (const [stored, entry] of store.entries) {
+    const part = skippedPart(stored);
+    if (part !== null) {
+      skipped[part] = (skipped[part] ?? 0) + 1;
+      continue;
+    }
     const name = canonicalTensorName(stored);
     const prev = byName.get(name);
     if (prev !== undefined) {
@@ -92,6 +119,7 @@ export function openCheckpoint(dir: string): HfCheckpoint {
     gkLayout,
     files: store.files.map((f) => f.path),
     fileBytes: store.files.reduce((a, f) => a + f.fileBytes, 0),
+    skipped,
     has,
     shapeOf: (name) => resolve(name)?.shape,
     dtypeOf: (name) => resolve(name)?.dtype,

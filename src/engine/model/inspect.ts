@@ -5,14 +5,16 @@
 // Per-sequence memory (fp32):
 //   GLA state     = #GLA · Hkv · d · d · 4 bytes, constant in context length
 //                   (per KV head: k, v and g are per KV head, so H/Hkv query heads share one state)
+//   GDN state     = #GDN · (convDim · (K−1) + Hv · dk · dv) · 4 bytes (conv inputs + delta-rule state), constant
 //   SWA window    ≤ (W + chunk) positions · #SWA · 2 (K, V) · Hkv · d · 4 bytes, constant too
 //   full attention  #full · 2 · Hkv · d · 4 bytes per token, grows with the context
 import type { Checkpoint } from './checkpoint.ts';
 import { glaStateBytesPerSequence, layersOfKind, loadModelConfig, type ModelConfig } from './config.ts';
+import { stateBytesPerSequence } from './layer-plan.ts';
 import { openCheckpoint, validateCheckpoint, type HfCheckpoint } from './hf-checkpoint.ts';
 import { isW8ASpike } from './w8aspike.ts';
 import { INDEX_FILE, listSafetensors } from './safetensors.ts';
-import { countParameters } from './tensor-names.ts';
+import { countParameters, gdnConvDim } from './tensor-names.ts';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -34,10 +36,16 @@ export interface ModelReport {
   readonly glaLayers: readonly number[];
   readonly swaLayers: readonly number[];
   readonly fullLayers: readonly number[];
+  /** Gated DeltaNet layers (Qwen3.5's linear_attention). */
+  readonly gdnLayers: readonly number[];
   readonly numParameters: number;
   /** 'config': computed from config.json; 'weights': counted over the stored tensors. */
   readonly parameterSource: 'config' | 'weights';
   readonly glaStateBytesPerSequence: number;
+  /** Conv inputs + delta-rule states of the GDN layers (0 without them). */
+  readonly gdnStateBytesPerSequence: number;
+  /** Every recurrent state tensor of one sequence (GLA + GDN), constant in its length. */
+  readonly stateBytesPerSequence: number;
   /** K+V bytes one sequence's SWA layers hold at most while computing a chunk of 1 token: (W+1) positions. */
   readonly swaKvBytesPerSequence: number;
   /** K+V bytes per token of context over the full-attention layers (0 when there are none). */
@@ -62,7 +70,7 @@ export function sequenceBytes(config: ModelConfig, contextTokens: number): numbe
   const swa = layersOfKind(config, 'swa').length;
   const window = config.slidingWindow === null ? 0 : Math.min(contextTokens, config.slidingWindow + 1);
   return (
-    glaStateBytesPerSequence(config) +
+    stateBytesPerSequence(config) +
     window * swa * 2 * config.numKvHeads * config.headDim * 4 +
     contextTokens * fullKvBytesPerToken(config)
   );
@@ -109,9 +117,12 @@ export function describeModel(source: string | Checkpoint): ModelReport {
     glaLayers: layersOfKind(config, 'gla'),
     swaLayers: layersOfKind(config, 'swa'),
     fullLayers: layersOfKind(config, 'full'),
+    gdnLayers: layersOfKind(config, 'gdn'),
     numParameters: ckpt?.numParameters ?? countParameters(config),
     parameterSource: ckpt === null ? 'config' : 'weights',
     glaStateBytesPerSequence: glaStateBytesPerSequence(config),
+    gdnStateBytesPerSequence: stateBytesPerSequence(config) - glaStateBytesPerSequence(config),
+    stateBytesPerSequence: stateBytesPerSequence(config),
     swaKvBytesPerSequence: swaKvBytesPerSequence(config, 1),
     fullKvBytesPerToken: fullKvBytesPerToken(config),
     weights,
@@ -146,13 +157,17 @@ const TABLE_CONTEXTS = [4096, 131072, 1048576, 4194304];
 
 export function formatModelReport(r: ModelReport): string {
   const c = r.config;
+  const g = c.gdn;
   const lines = [
     `model: ${r.source}`,
     `type: ${c.modelType}  V=${c.vocabSize} D=${c.hiddenSize} L=${c.numLayers} H=${c.numHeads} Hkv=${c.numKvHeads} ` +
       `d=${c.headDim} F=${c.intermediateSize} W=${c.slidingWindow ?? 'none'} θ=${c.ropeTheta} ε=${c.normEps}` +
-      `${c.tieWordEmbeddings ? ' tied-embeddings' : ''}`,
+      `${c.attention.rotaryDim < c.headDim ? ` rotary=${c.attention.rotaryDim}` : ''}` +
+      `${c.attention.outputGate ? ' gated-attention' : ''}${c.tieWordEmbeddings ? ' tied-embeddings' : ''}`,
+    ...(g === null ? [] : [`GDN: Hk=${g.numKeyHeads} Hv=${g.numValueHeads} dk=${g.keyHeadDim} dv=${g.valueHeadDim} conv=${g.convKernel}`]),
     `layers:`,
     `  GLA  (${layerList(r.glaLayers)})`,
+    ...(r.gdnLayers.length > 0 ? [`  GDN  (${layerList(r.gdnLayers)})`] : []),
     `  SWA  (${layerList(r.swaLayers)})`,
     `  full (${layerList(r.fullLayers)})`,
     `parameters: ${formatCount(r.numParameters)} [${r.parameterSource === 'config' ? 'from config.json' : 'counted in the weights'}]`,
@@ -173,6 +188,12 @@ export function formatModelReport(r: ModelReport): string {
       ? '  GLA state: none'
       : `  GLA state: ${formatBytes(r.glaStateBytesPerSequence)} (${r.glaLayers.length} layers × Hkv·d·d·4 = ` +
         `${formatBytes(c.numKvHeads * c.headDim * c.headDim * 4)}), constant`,
+    ...(g === null
+      ? []
+      : [
+          `  GDN state: ${formatBytes(r.gdnStateBytesPerSequence)} (${r.gdnLayers.length} layers × (conv ${gdnConvDim(c)}·${g.convKernel - 1} + ` +
+            `Hv·dk·dv ${g.numValueHeads}·${g.keyHeadDim}·${g.valueHeadDim})·4), constant`,
+        ]),
     r.swaLayers.length === 0
       ? '  SWA KV: none'
       : `  SWA KV bound: ${formatBytes(r.swaKvBytesPerSequence)} ((W+1) positions × ${r.swaLayers.length} layers × 2 × Hkv·d·4, chunk of 1), constant`,

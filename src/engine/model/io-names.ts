@@ -18,10 +18,14 @@ export const LOGITS = 'logits';
 export const SPIKE_ZEROS = 'spike_zeros';
 export const SPIKE_VALUES = 'spike_values';
 
-/** GLA layer: [B, Hkv, d, d] state before the chunk. */
+/** GLA layer: [B, Hkv, d, d] state before the chunk; GDN layer: [B, Hv, dk, dv] delta-rule state. */
 export const stateIn = (layer: number): string => `state.${layer}`;
-/** GLA layer: [B, Hkv, d, d] state after the chunk. */
+/** The same state after the chunk. */
 export const stateOut = (layer: number): string => `new_state.${layer}`;
+/** GDN layer: [B, convDim, K−1] the causal conv1d's last K−1 inputs (oldest first) before the chunk. */
+export const convStateIn = (layer: number): string => `conv_state.${layer}`;
+/** GDN layer: the same after the chunk. */
+export const convStateOut = (layer: number): string => `new_conv_state.${layer}`;
 /** Attention layer: [B, Hkv, P, d] post-RoPE keys / values of the past slots. */
 export const pastKey = (layer: number): string => `past_key.${layer}`;
 export const pastValue = (layer: number): string => `past_value.${layer}`;

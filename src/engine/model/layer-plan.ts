@@ -3,7 +3,13 @@
 // on kinds in each place.
 //
 //   kind   recurrent state tensors (per sequence, fp32)          keys/values
-//   gla    state.{i}   [Hkv, d, d]                                —
+//   gla    state.{i}        [Hkv, d, d]                           —
+//   gdn    conv_state.{i}   [convDim, K−1]  (the last K−1 inputs   —
+//                           of the causal conv1d, oldest first,
+//                           channel-major as onnxruntime's
+//                           CausalConvWithState and HF keep it)
+//          state.{i}        [Hv, dk, dv]   (the delta-rule state
+//                           S, read as o = Sᵀq)
 //   swa    —                                                      the last W positions (windowed pages)
 //   full   —                                                      every position (growing pages)
 //
@@ -12,7 +18,8 @@
 // which kind it belongs to; prefix snapshots copy them as they are.
 import type { KvGroupSpec } from '../../cache/kv-group.ts';
 import type { ModelConfig } from './config.ts';
-import { stateIn, stateOut } from './io-names.ts';
+import { convStateIn, convStateOut, stateIn, stateOut } from './io-names.ts';
+import { gdnConvDim } from './tensor-names.ts';
 
 /** One recurrent state tensor of one layer. */
 export interface StateTensorSpec {
@@ -33,11 +40,18 @@ function spec(layer: number, inputName: string, outputName: string, dims: readon
 
 /** Every recurrent state tensor of the model, in layer order (and, within a layer, in a fixed order). */
 export function stateTensorSpecs(config: ModelConfig): StateTensorSpec[] {
-  const { numKvHeads: Hkv, headDim: d } = config;
+  const { numKvHeads: Hkv, headDim: d, gdn } = config;
   return config.layerKinds.flatMap((kind, layer) => {
     switch (kind) {
       case 'gla':
         return [spec(layer, stateIn(layer), stateOut(layer), [Hkv, d, d])];
+      case 'gdn': {
+        if (gdn === null) throw new RangeError(`layer ${layer} is a GDN layer but the config has no GDN dimensions`);
+        return [
+          spec(layer, convStateIn(layer), convStateOut(layer), [gdnConvDim(config), gdn.convKernel - 1]),
+          spec(layer, stateIn(layer), stateOut(layer), [gdn.numValueHeads, gdn.keyHeadDim, gdn.valueHeadDim]),
+        ];
+      }
       case 'swa':
       case 'full':
         return [];

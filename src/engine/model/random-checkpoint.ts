@@ -6,7 +6,8 @@
 //   weight [out, in]      ~ N(0, (scale/√in)²)        e.g. 0.0167 at in=3584, 0.125 at in=64
 //   embeddings [V, D]     ~ N(0, (0.1·scale)²)
 //   bias                  ~ N(0, (0.05·scale)²)
-//   norm weights          ~ 1 + N(0, 0.1²)
+//   norm weights          ~ 1 + N(0, 0.1²)   (zero-centred norms of Qwen3.5, which scale by 1 + w: N(0, 0.1²))
+//   GDN conv1d [C, 1, K]  ~ N(0, (scale/√K)²);  A_log, dt_bias ~ N(0, (scale/√Hv)²)
 // (N is a bell-shaped Irwin–Hall approximation; see fillNormal.)
 import { createHash } from 'node:crypto';
 import { ModelLoadError } from '../errors.ts';
@@ -72,8 +73,9 @@ function fillNormal(out: Float32Array, seed: number, name: string, mean: number,
 }
 
 /** Mean and standard deviation of a tensor's init, from its name and shape. */
-function initOf(name: string, shape: readonly number[], scale: number): { mean: number; std: number } {
-  if (name.endsWith('norm.weight')) return { mean: 1, std: 0.1 };
+function initOf(name: string, shape: readonly number[], scale: number, zeroCentredNorms: boolean): { mean: number; std: number } {
+  // The GDN's gated norm (linear_attn.norm) multiplies by w itself, even in zero-centred models.
+  if (name.endsWith('norm.weight')) return { mean: zeroCentredNorms && !name.endsWith('linear_attn.norm.weight') ? 0 : 1, std: 0.1 };
   if (name.endsWith('.bias')) return { mean: 0, std: 0.05 * scale };
   if (name === EMBEDDINGS) return { mean: 0, std: 0.1 * scale };
   const fanIn = shape[shape.length - 1] ?? 1;
@@ -103,7 +105,7 @@ export function randomCheckpoint(config: ModelConfig, options: RandomCheckpointO
       if (expectShape !== undefined) checkShape(name, shape, expectShape);
       const src = source(name);
       const data = new Float32Array(numElements(shape));
-      const { mean, std } = initOf(src, shape, scale);
+      const { mean, std } = initOf(src, shape, scale, config.zeroCentredNorms);
       fillNormal(data, seed, src, mean, std);
       return { shape, data };
     },

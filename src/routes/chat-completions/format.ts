@@ -5,12 +5,14 @@
 // objects precede the first token. When the request offered tools, reply text is parsed for tool
 // calls (./tool-calls.ts): calls go to `message.tool_calls` (streamed: one `delta.tool_calls` entry per
 // complete call), the rest stays content, and a reply that ended normally with calls finishes with
-// 'tool_calls'.
+// 'tool_calls'. For templates that write <think> blocks, the reasoning is split off first
+// (./reasoning.ts) into `reasoning_content` (streamed: `delta.reasoning_content` chunks before content).
 import type { FinishReasonOut, GenerationEvent } from '../../server/generation.ts';
 import { chatLogprobEntries, type ChatLogprobEntry, type TokenText } from '../common/logprobs.ts';
 import { progressChunks, responseObject, streamChunk, usageChunk, type StreamIdentity, type StreamOptions } from '../common/stream-chunks.ts';
 import { UsageCounter } from '../common/usage.ts';
 import type { ChatCompletionResponse } from './schema.ts';
+import { ReasoningParser, splitReasoning, type ReasoningMode } from './reasoning.ts';
 import { parseToolCalls, ToolCallParser, type ToolCall } from './tool-calls.ts';
 
 export interface ChatFormatContext extends StreamIdentity {
@@ -22,6 +24,8 @@ export interface ChatFormatContext extends StreamIdentity {
   readonly parseToolCalls: boolean;
   /** Most calls kept per reply (parallel_tool_calls: false → 1); later ones are dropped. Unset: all. */
   readonly maxToolCalls?: number | null;
+  /** The template writes reasoning blocks: split replies into reasoning_content and content. */
+  readonly reasoning?: ReasoningMode | null;
 }
 
 type ChatFinishReason = FinishReasonOut | 'tool_calls';
@@ -46,12 +50,19 @@ export async function chatCompletion(events: AsyncIterable<GenerationEvent>, ctx
       usage.add(ev);
     }
   }
-  const choices = texts.map((text, index) => {
+  const choices = texts.map((reply, index) => {
+    const mode = ctx.reasoning ?? null;
+    const { reasoning, content: text } = mode === null ? { reasoning: null, content: reply } : splitReasoning(reply, mode);
     const { content, calls: all } = ctx.parseToolCalls ? parseToolCalls(text) : { content: text, calls: [] };
     const calls = ctx.maxToolCalls === undefined || ctx.maxToolCalls === null ? all : all.slice(0, ctx.maxToolCalls);
     return {
       index,
-      message: { role: 'assistant' as const, content, ...(calls.length > 0 ? { tool_calls: calls } : {}) },
+      message: {
+        role: 'assistant' as const,
+        content: reasoning !== null && content === '' ? null : content,
+        ...(mode !== null ? { reasoning_content: reasoning } : {}),
+        ...(calls.length > 0 ? { tool_calls: calls } : {}),
+      },
       logprobs: ctx.withLogprobs ? { content: logprobs[index] ?? [] } : null,
       finish_reason: finishReason(reasons[index] ?? 'stop', calls.length > 0),
     };
@@ -72,7 +83,19 @@ export async function* chatChunks(events: AsyncIterable<GenerationEvent>, ctx: C
   // Per choice, with tools: the parser and the number of calls sent so far (the `index` of the next one).
   const parsers = new Map<number, ToolCallParser>();
   const callsSent = new Map<number, number>();
-  function* textChunks(index: number, text: string, entries: readonly ChatLogprobEntry[], final: boolean): Generator<object> {
+  const reasoners = new Map<number, ReasoningParser>();
+  function* textChunks(index: number, reply: string, entries: readonly ChatLogprobEntry[], final: boolean): Generator<object> {
+    let text = reply;
+    const mode = ctx.reasoning ?? null;
+    if (mode !== null) {
+      let reasoner = reasoners.get(index);
+      if (reasoner === undefined) reasoners.set(index, (reasoner = new ReasoningParser(mode)));
+      const pushed = reasoner.push(reply);
+      const flushed = final ? reasoner.finish() : { reasoning: '', content: '' };
+      const reasoning = pushed.reasoning + flushed.reasoning;
+      text = pushed.content + flushed.content;
+      if (reasoning !== '') yield chunk([{ index, delta: { reasoning_content: reasoning }, logprobs: null, finish_reason: null }]);
+    }
     let content = text;
     let calls: readonly ToolCall[] = [];
     if (ctx.parseToolCalls) {

@@ -10,7 +10,8 @@ import { outputConstraint } from '../common/structured-output.ts';
 import { checkModel } from '../common/usage.ts';
 import type { StreamOptions } from '../common/stream-chunks.ts';
 import type { ChatFormatContext } from './format.ts';
-import { chatPromptTokens, endOfTurnTokenIds, sharedPrefixTokens } from './prompt.ts';
+import { chatPrompt, endOfTurnTokenIds, sharedPrefixTokens } from './prompt.ts';
+import { reasoningMode } from './reasoning.ts';
 import type { ChatCompletionRequest } from './schema.ts';
 import { planTools } from './tool-choice.ts';
 
@@ -36,7 +37,7 @@ export async function prepareChat(app: FastifyInstance, body: ChatCompletionRequ
   const constraint = toolPlan.constraint ?? formatConstraint;
   const tools = toolPlan.promptTools;
   const addGenerationPrompt = body.add_generation_prompt ?? true;
-  const promptTokenIds = await chatPromptTokens(app, {
+  const { text: promptText, ids: promptTokenIds } = await chatPrompt(app, {
     messages: body.messages,
     tools,
     addGenerationPrompt,
@@ -61,6 +62,7 @@ export async function prepareChat(app: FastifyInstance, body: ChatCompletionRequ
       withLogprobs: logprobs !== null,
       parseToolCalls: toolPlan.parseToolCalls,
       maxToolCalls: toolPlan.maxToolCalls,
+      reasoning: reasoningMode(app.chatAssets.template, promptText),
     },
     streamOptions,
     stream,

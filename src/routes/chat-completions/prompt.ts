@@ -35,7 +35,13 @@ export function renderChatPrompt(app: FastifyInstance, opts: ChatPromptOptions):
 
 /** Renders and tokenizes (the template already wrote any BOS, so none is added). */
 export async function chatPromptTokens(app: FastifyInstance, opts: ChatPromptOptions): Promise<Int32Array> {
-  return app.tokenizer.encodeToInt32(renderChatPrompt(app, opts), { addSpecialTokens: false });
+  return (await chatPrompt(app, opts)).ids;
+}
+
+/** The rendered prompt and its tokens. */
+export async function chatPrompt(app: FastifyInstance, opts: ChatPromptOptions): Promise<{ text: string; ids: Int32Array }> {
+  const text = renderChatPrompt(app, opts);
+  return { text, ids: await app.tokenizer.encodeToInt32(text, { addSpecialTokens: false }) };
 }
 
 /**

@@ -56,6 +56,8 @@ export const ChatCompletionResponse = generationResponseSchema('chat.completion'
   message: Type.Object({
     role: Type.Literal('assistant'),
     content: Type.Union([Type.String(), Type.Null()]),
+    /** Reasoning-template models: the text of the reply's <think> block (vLLM's field), null when there was none. */
+    reasoning_content: Type.Optional(Type.Union([Type.String(), Type.Null()])),
     tool_calls: Type.Optional(Type.Array(ToolCallSchema)),
   }),
   logprobs: Type.Union([ChatLogprobsSchema, Type.Null()]),

@@ -5,6 +5,18 @@
 //   {"name": <function-name>, "arguments": <args-json-object>}
 //   </tool_call>
 //
+// or as Qwen3.5's (and Qwen3-Coder's) templates ask for them, in XML inside the same tags:
+//
+//   <tool_call>
+//   <function=get_weather>
+//   <parameter=city>
+//   Paris
+//   </parameter>
+//   </function>
+//   </tool_call>
+//
+// (a parameter's value is taken as JSON when it parses as such, else as the string written).
+//
 // ToolCallParser reads the reply text as it streams and splits it into content (everything outside the
 // blocks) and complete calls. Text that may still become an opening tag is held back until it can be
 // decided, so a streamed client never sees half a tag. A block whose JSON does not parse, or that names
@@ -33,8 +45,37 @@ function callId(): string {
   return `call_${randomBytes(12).toString('hex')}`;
 }
 
-/** The call in one block's body, or null when it is not `{"name": string, "arguments"?: object}`. */
+/** The XML form's call: `<function=NAME>` with `<parameter=KEY>VALUE</parameter>` children; null when it is not that. */
+function parseXmlToolCallBody(body: string): ToolCall | null {
+  const fn = /^<function=([^>\n]+)>([\s\S]*)<\/function>$/.exec(body);
+  if (fn === null) return null;
+  const name = (fn[1] ?? '').trim();
+  if (name === '') return null;
+  const args: Record<string, unknown> = {};
+  const param = /<parameter=([^>\n]+)>\n?([\s\S]*?)\n?<\/parameter>/g;
+  const inner = fn[2] ?? '';
+  let rest = inner;
+  for (let m = param.exec(inner); m !== null; m = param.exec(inner)) {
+    const raw = m[2] ?? '';
+    let value: unknown = raw;
+    try {
+      value = JSON.parse(raw);
+    } catch {
+      // a plain string
+    }
+    args[(m[1] ?? '').trim()] = value;
+    rest = rest.replace(m[0], '');
+  }
+  if (rest.trim() !== '') return null; // text between parameters: not a well-formed call
+  return { id: callId(), type: 'function', function: { name, arguments: JSON.stringify(args) } };
+}
+
+/**
+ * The call in one block's body, or null when it is neither `{"name": string, "arguments"?: object}`
+ * nor the XML `<function=…>` form.
+ */
 export function parseToolCallBody(body: string): ToolCall | null {
+  if (body.startsWith('<function=')) return parseXmlToolCallBody(body);
   let value: unknown;
   try {
     value = JSON.parse(body);

@@ -1,20 +1,26 @@
 // The softmax-attention mixer (DESIGN.md §2, "SWA mixer" and full attention) as ONNX: fused q/k/v
 // projection with bias, rotate-half RoPE at absolute positions, GQA over past slots + the chunk, the
 // mask from positions (sliding window W+1 keys inclusive, or causal only), o_proj.
+// Qwen3.5's gated form (config.attention; docs/models/qwen3_5.md): q_proj also yields a per-head gate
+// (rows per head: [query d | gate d]), no biases, per-head RMSNorm of q and k (zero-centred) before
+// RoPE, RoPE on the first rotaryDim dims of each head only, and o ← o ⊙ sigmoid(gate) before o_proj.
 import { pastKey, pastValue, presentKey, presentValue } from '../io-names.ts';
 import type { LayerTensorNames } from '../tensor-names.ts';
-import { splitLast } from './blocks.ts';
+import { normWeight, rmsNorm, splitLast } from './blocks.ts';
 import { linear, matmulWeight, reshape, transpose, vectorWeight, type GraphContext } from './context.ts';
 import { float, int } from './graph-builder.ts';
 import { linearInput, perHead, quantize8, spikeCode } from './spike-coding.ts';
 import { DataType } from './proto.ts';
 
-/** Rotary tables for the chunk, from angles p·θ^(−2i/d) computed in float64 (exact for long positions). */
+/**
+ * Rotary tables for the chunk, from angles p·θ^(−2i/r) computed in float64 (exact for long positions);
+ * r = config.attention.rotaryDim (d unless RoPE is partial).
+ */
 export interface RopeTables {
-  /** Plain path: [B, T, 1, d] cos of each half, and [B, T, 1, d] (−sin, sin). */
+  /** Plain path: [B, T, 1, r] cos of each half, and [B, T, 1, r] (−sin, sin). */
   readonly cosFull: string;
   readonly sinSigned: string;
-  /** Fused path (com.microsoft RotaryEmbedding): [B·T, d/2] caches indexed by row ids [B, T] = 0…B·T−1. */
+  /** Fused path (com.microsoft RotaryEmbedding): [B·T, r/2] caches indexed by row ids [B, T] = 0…B·T−1. */
   readonly cosCache: string;
   readonly sinCache: string;
   readonly rowIds: string;
@@ -22,7 +28,7 @@ export interface RopeTables {
 
 export function ropeTables(ctx: GraphContext): RopeTables {
   const { g, config } = ctx;
-  const d = config.headDim;
+  const d = config.attention.rotaryDim;
   return g.scope('rope', () => {
     const invFreq = Array.from({ length: d / 2 }, (_, i) => Math.pow(config.ropeTheta, (-2 * i) / d));
     const pos = g.op('Cast', [g.op('Unsqueeze', [ctx.positions, g.i64([2])])], { to: int(DataType.DOUBLE) }); // [B, T, 1]
@@ -42,17 +48,73 @@ export function ropeTables(ctx: GraphContext): RopeTables {
 
 /**
  * Rotate-half RoPE on x [B, T, heads·d] (queries and keys together) → [B, T, heads, d]:
- * x' = x·cos + rotate_half(x)·sin with rotate_half([x₁, x₂]) = [−x₂, x₁]. Plain ops.
+ * x' = x·cos + rotate_half(x)·sin with rotate_half([x₁, x₂]) = [−x₂, x₁], on the first r dims of each
+ * head (r = rotaryDim); dims r…d pass through. Plain ops.
  */
 function applyRope(ctx: GraphContext, x: string, heads: number, rope: RopeTables): string {
   const { g } = ctx;
   const d = ctx.config.headDim;
+  const r = ctx.config.attention.rotaryDim;
   return g.scope('rope', () => {
     const x4 = reshape(ctx, x, [ctx.B, ctx.T, heads, d]);
-    const [x1, x2] = splitLast(ctx, x4, [d / 2, d / 2]) as [string, string];
+    const parts = splitLast(ctx, x4, r < d ? [r / 2, r / 2, d - r] : [r / 2, r / 2]);
+    const [x1, x2, pass] = parts as [string, string, string | undefined];
+    const rot = r < d ? g.op('Concat', [x1, x2], { axis: int(-1) }) : x4;
     const swapped = g.op('Concat', [x2, x1], { axis: int(-1) }); // with sinSigned: [−x₂ sin, x₁ sin]
-    return g.op('Add', [g.op('Mul', [x4, rope.cosFull]), g.op('Mul', [swapped, rope.sinSigned])]);
+    const rotated = g.op('Add', [g.op('Mul', [rot, rope.cosFull]), g.op('Mul', [swapped, rope.sinSigned])]);
+    return pass === undefined ? rotated : g.op('Concat', [rotated, pass], { axis: int(-1) });
   });
+}
+
+/**
+ * q, k, v and Qwen3.5's output gate from x [B, T, D]: one MatMul, then (gated form) the gate split off
+ * each head's query rows and q/k RMSNorm per head. The softmax scale d^-½ is folded into Wq (or into
+ * q_norm's weight: RMSNorm's output is linear in its weight). Returns qk [B, T, (H+Hkv)·d], v, gate|null.
+ */
+function projectQkv(ctx: GraphContext, layer: number, names: LayerTensorNames, x: string): { qk: string; v: string; gate: string | null } {
+  const { g, config } = ctx;
+  const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: d } = config;
+  const form = config.attention;
+  const scale = 1 / Math.sqrt(d);
+  const qRows = form.outputGate ? 2 * H * d : H * d;
+  // The scale goes into Wq and bq only when every q_proj row is a query row and no norm follows.
+  const wqScale = form.qkNorm || form.outputGate ? 1 : scale;
+  const w = matmulWeight(ctx, `layers.${layer}.attn.qkv.weight`, [
+    { name: names.qWeight, rows: qRows, scale: wqScale },
+    { name: names.kWeight, rows: Hkv * d },
+    { name: names.vWeight, rows: Hkv * d },
+  ], D);
+  const b = form.bias
+    ? vectorWeight(ctx, `layers.${layer}.attn.qkv.bias`, [
+        { name: names.qBias, rows: qRows, scale: wqScale },
+        { name: names.kBias, rows: Hkv * d },
+        { name: names.vBias, rows: Hkv * d },
+      ])
+    : null;
+  const proj = linear(ctx, linearInput(ctx, x), w, b, 'qkv_proj');
+  if (!form.outputGate && !form.qkNorm) {
+    const [qk, v] = splitLast(ctx, proj, [(H + Hkv) * d, Hkv * d]) as [string, string];
+    return { qk, v, gate: null };
+  }
+  const [qPart, kLin, v] = splitLast(ctx, proj, [qRows, Hkv * d, Hkv * d]) as [string, string, string];
+  let q4: string;
+  let gate: string | null = null;
+  if (form.outputGate) {
+    const [q, gt] = splitLast(ctx, reshape(ctx, qPart, [ctx.B, ctx.T, H, 2 * d]), [d, d]) as [string, string];
+    q4 = q;
+    gate = reshape(ctx, gt, [ctx.B, ctx.T, H * d]);
+  } else {
+    q4 = reshape(ctx, qPart, [ctx.B, ctx.T, H, d]);
+  }
+  let k4 = reshape(ctx, kLin, [ctx.B, ctx.T, Hkv, d]);
+  if (form.qkNorm) {
+    q4 = rmsNorm(ctx, q4, normWeight(ctx, names.qNorm, d, scale, `layers.${layer}.attn.q_norm.scaled`), 'q_norm');
+    k4 = rmsNorm(ctx, k4, normWeight(ctx, names.kNorm, d), 'k_norm');
+  } else {
+    q4 = g.op('Mul', [q4, g.f32([scale], [])]);
+  }
+  const qk = g.op('Concat', [reshape(ctx, q4, [ctx.B, ctx.T, H * d]), reshape(ctx, k4, [ctx.B, ctx.T, Hkv * d])], { axis: int(-1) });
+  return { qk, v, gate };
 }
 
 /**
@@ -63,18 +125,8 @@ export function attentionMixer(ctx: GraphContext, layer: number, names: LayerTen
   const { g, config } = ctx;
   const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: d } = config;
   return g.scope('attn', () => {
-    const scale = 1 / Math.sqrt(d); // folded into Wq, bq (RoPE is linear)
-    const w = matmulWeight(ctx, `layers.${layer}.attn.qkv.weight`, [
-      { name: names.qWeight, rows: H * d, scale },
-      { name: names.kWeight, rows: Hkv * d },
-      { name: names.vWeight, rows: Hkv * d },
-    ], D);
-    const b = vectorWeight(ctx, `layers.${layer}.attn.qkv.bias`, [
-      { name: names.qBias, rows: H * d, scale },
-      { name: names.kBias, rows: Hkv * d },
-      { name: names.vBias, rows: Hkv * d },
-    ]);
-    const [qkLin, vLin] = splitLast(ctx, linear(ctx, linearInput(ctx, x), w, b, 'qkv_proj'), [(H + Hkv) * d, Hkv * d]) as [string, string];
+    // The softmax scale d^-½ is already in q (RoPE is linear).
+    const { qk: qkLin, v: vLin, gate } = projectQkv(ctx, layer, names, x);
     // W8ASpike: values 8-bit per token and kv head (keys likewise, after RoPE, in the paths below).
     const v = ctx.spiking ? perHead(ctx, vLin, Hkv, (x4) => quantize8(ctx, x4, 'v_quant8')) : vLin;
     const kPast = g.input(pastKey(layer), DataType.FLOAT, ['batch', Hkv, 'past', d]);
@@ -84,8 +136,9 @@ export function attentionMixer(ctx: GraphContext, layer: number, names: LayerTen
       : plainAttention(ctx, qkLin, v, kPast, vPast, rope, kind);
     g.output(presentKey(layer), kPresent, DataType.FLOAT, ['batch', Hkv, 'tokens', d]);
     g.output(presentValue(layer), vPresent, DataType.FLOAT, ['batch', Hkv, 'tokens', d]);
+    const gated = gate === null ? o : g.op('Mul', [o, g.op('Sigmoid', [gate])], {}, { name: 'output_gate' });
     const wO = matmulWeight(ctx, `layers.${layer}.attn.o_proj.weight`, [{ name: names.oWeight, rows: D }], H * d);
-    return linear(ctx, linearInput(ctx, o), wO, null, 'o_proj');
+    return linear(ctx, linearInput(ctx, gated), wO, null, 'o_proj');
   });
 }
 
@@ -127,7 +180,11 @@ function fusedAttention(ctx: GraphContext, qkLin: string, v: string, kPast: stri
   const { numHeads: H, numKvHeads: Hkv, headDim: d } = ctx.config;
   // RotaryEmbedding keeps the [B, T, (H+Hkv)·d] layout Attention takes: no reshapes around it.
   const qk = g.scope('rope', () =>
-    g.op('RotaryEmbedding', [qkLin, rope.rowIds, rope.cosCache, rope.sinCache], { interleaved: int(0), num_heads: int(H + Hkv) }, { domain: 'com.microsoft' }),
+    g.op('RotaryEmbedding', [qkLin, rope.rowIds, rope.cosCache, rope.sinCache], {
+      interleaved: int(0),
+      num_heads: int(H + Hkv),
+      ...(ctx.config.attention.rotaryDim < d ? { rotary_embedding_dim: int(ctx.config.attention.rotaryDim) } : {}),
+    }, { domain: 'com.microsoft' }),
   );
   const [qRoped, kRoped] = splitLast(ctx, qk, [H * d, Hkv * d]) as [string, string];
   const q = ctx.spiking ? perHead(ctx, qRoped, H, (x4) => spikeCode(ctx, x4, 'q_spike')) : qRoped;

@@ -5,6 +5,15 @@ import { linear, matmulWeight, type GraphContext } from './context.ts';
 import { linearInput } from './spike-coding.ts';
 import { float, int } from './graph-builder.ts';
 
+/**
+ * An RMSNorm weight [n] as the graph multiplies by it: w, or 1 + w for zero-centred norms (Qwen3.5),
+ * times `scale` (a constant the norm's output is multiplied by anyway, e.g. the query's d^-½).
+ */
+export function normWeight(ctx: GraphContext, name: string, n: number, scale = 1, graphName = name): string {
+  const offset = ctx.config.zeroCentredNorms ? 1 : 0;
+  return ctx.g.weight(graphName, [n], () => ctx.ckpt.tensor(name, [n]).data.map((w) => (w + offset) * scale));
+}
+
 /** x [..., n] split along the last axis into pieces of the given sizes. */
 export function splitLast(ctx: GraphContext, x: string, sizes: readonly number[]): string[] {
   return ctx.g.opN('Split', [x, ctx.g.i64(sizes)], { axis: int(-1) }, { outputs: sizes.length });

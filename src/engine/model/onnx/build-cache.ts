@@ -14,7 +14,7 @@ import { EXTERNAL_DATA_FILE, buildModelGraph } from './model-graph.ts';
 import { encodeModel } from './proto.ts';
 
 /** Bump whenever the graph a checkpoint builds to changes. */
-export const BUILDER_VERSION = 'g6';
+export const BUILDER_VERSION = 'g7';
 
 export const MODEL_FILE = 'model.onnx';
 

@@ -7,6 +7,7 @@ import {
   type AttributeValue,
   type DataTypeCode,
   type ExternalTensor,
+  type GraphProto,
   type InlineTensor,
   type ModelProto,
   type NodeProto,
@@ -66,7 +67,7 @@ export class GraphBuilder {
   private readonly weights: PendingWeight[] = [];
   private readonly inputs: ValueInfoProto[] = [];
   private readonly outputs: ValueInfoProto[] = [];
-  private readonly usedNames = new Set<string>();
+  private readonly usedNames: Set<string>;
   private readonly constCache = new Map<string, string>();
   private scopeStack: string[] = [];
   private dataBytes = 0;
@@ -74,7 +75,33 @@ export class GraphBuilder {
   constructor(
     readonly dataLocation: string,
     readonly weightDtype: WeightDtype = 'float32',
-  ) {}
+    /** Names already taken (a subgraph shares its parent's: ONNX forbids shadowing outer values). */
+    usedNames: Set<string> = new Set(),
+  ) {
+    this.usedNames = usedNames;
+  }
+
+  /**
+   * A subgraph (the body of a Scan or Loop) built by `build` on a child builder that shares this one's
+   * names and scope; it may read values of this graph by name. Weights are not allowed inside.
+   */
+  subgraph(name: string, build: (body: GraphBuilder) => void): GraphProto {
+    const body = new GraphBuilder(this.dataLocation, this.weightDtype, this.usedNames);
+    body.scopeStack = [...this.scopeStack, name];
+    build(body);
+    if (body.weights.length > 0) throw new Error(`subgraph ${name}: weights must live in the outer graph`);
+    return body.toGraph(this.unique(`/${body.scopeStack.join('/')}`));
+  }
+
+  private toGraph(graphName: string): GraphProto {
+    return {
+      name: graphName,
+      nodes: this.resolvedNodes(),
+      initializers: [...this.inlines, ...this.weights.map((w) => w.tensor)],
+      inputs: this.inputs,
+      outputs: this.outputs,
+    };
+  }
 
   /** Runs `body` with node names prefixed by `/name`. */
   scope<R>(name: string, body: () => R): R {
@@ -84,6 +111,11 @@ export class GraphBuilder {
     } finally {
       this.scopeStack.pop();
     }
+  }
+
+  /** A value name not used anywhere in this graph or its parents (for subgraph inputs). */
+  freshName(base: string): string {
+    return this.unique(base);
   }
 
   private unique(base: string): string {
@@ -239,13 +271,7 @@ export class GraphBuilder {
       producerName: 'spikeserve',
       producerVersion: '0.1.0',
       opsets,
-      graph: {
-        name: graphName,
-        nodes: this.resolvedNodes(),
-        initializers: [...this.inlines, ...this.weights.map((w) => w.tensor)],
-        inputs: this.inputs,
-        outputs: this.outputs,
-      },
+      graph: this.toGraph(graphName),
     };
   }
 

@@ -1,14 +1,15 @@
 // The whole model as one ONNX graph for any B ≥ 1 and T ≥ 1 (I/O: ../forward.ts, names: ../io-names.ts):
 //   h = embed(ids) [B, T, D]  (the residual stream stays [B, T, D]: MatMuls take it as it is)
-//   per layer: h += Mixer(RMSNorm(h)) (GLA or attention); h += MLP(RMSNorm(h))
+//   per layer: h += Mixer(RMSNorm(h)) (GLA, Gated DeltaNet or attention); h += MLP(RMSNorm(h))
 //   logits = lm_head(RMSNorm(h)) for the last `num_logits` positions of each row → [B, num_logits, V]
 import type { Checkpoint } from '../checkpoint.ts';
 import { INPUT_IDS, LOGITS, NUM_LOGITS, PAST_POSITIONS, POSITIONS, SPIKE_VALUES, SPIKE_ZEROS } from '../io-names.ts';
 import { detectGkLayout, EMBEDDINGS, FINAL_NORM, LM_HEAD, layerTensorNames } from '../tensor-names.ts';
 import { checkW8ASpike, fakeQuantizedWeights, isW8ASpike } from '../w8aspike.ts';
 import { attentionMixer, ropeTables } from './attention-layer.ts';
-import { mlp, rmsNorm } from './blocks.ts';
+import { mlp, normWeight, rmsNorm } from './blocks.ts';
 import { linear, reshape, type GraphContext, type GraphOptions } from './context.ts';
+import { gdnMixer } from './gdn-layer.ts';
 import { glaMixer } from './gla-layer.ts';
 import { GraphBuilder, float, int, quantBits } from './graph-builder.ts';
 import { DataType, type ModelProto } from './proto.ts';
@@ -80,7 +81,7 @@ export function buildModelGraph(source: Checkpoint, options: GraphOptions): Buil
 
   const embedding = g.weight(EMBEDDINGS, [V, D], () => ckpt.tensor(EMBEDDINGS, [V, D]).data);
   let h = g.op('Gather', [embedding, ids], { axis: int(0) }, { name: 'embed' }); // [B, T, D]
-  const rope = config.layerKinds.some((k) => k !== 'gla') ? ropeTables(ctx) : null;
+  const rope = config.layerKinds.some((k) => k === 'swa' || k === 'full') ? ropeTables(ctx) : null;
 
   // Residual stream: h ← h + a; u ← RMSNorm(h) is one SkipSimplifiedLayerNormalization when fused.
   let pendingAdd: string | null = null; // a value still to be added to h before the next norm
@@ -102,18 +103,20 @@ export function buildModelGraph(source: Checkpoint, options: GraphOptions): Buil
   config.layerKinds.forEach((kind, layer) => {
     const names = layerTensorNames(layer);
     g.scope(`layers.${layer}`, () => {
-      const attnNorm = g.weight(names.attnNorm, [D], () => ckpt.tensor(names.attnNorm, [D]).data);
+      const attnNorm = normWeight(ctx, names.attnNorm, D);
       const u = normed(attnNorm, 'attn_norm');
       pendingAdd =
         kind === 'gla'
           ? glaMixer(ctx, layer, names, u)
-          : attentionMixer(ctx, layer, names, u, rope ?? ropeTables(ctx), kind);
-      const mlpNorm = g.weight(names.mlpNorm, [D], () => ckpt.tensor(names.mlpNorm, [D]).data);
+          : kind === 'gdn'
+            ? gdnMixer(ctx, layer, names, u)
+            : attentionMixer(ctx, layer, names, u, rope ?? ropeTables(ctx), kind);
+      const mlpNorm = normWeight(ctx, names.mlpNorm, D);
       pendingAdd = mlp(ctx, layer, names, normed(mlpNorm, 'mlp_norm'));
     });
   });
 
-  const finalNorm = g.weight(FINAL_NORM, [D], () => ckpt.tensor(FINAL_NORM, [D]).data);
+  const finalNorm = normWeight(ctx, FINAL_NORM, D);
   const hf = normed(finalNorm, 'norm');
   const logits = g.scope('lm_head', () => {
     const last = g.op('Slice', [hf, g.op('Sub', [ctx.T, numLogits]), ctx.T, g.i64([1])]); // [B, num_logits, D]

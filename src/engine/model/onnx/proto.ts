@@ -1,5 +1,5 @@
 // Protobuf encoding of the subset of onnx.proto the graph builder writes: ModelProto, GraphProto,
-// NodeProto, AttributeProto, TensorProto (inline raw data or EXTERNAL data), ValueInfoProto.
+// NodeProto, AttributeProto (subgraphs included), TensorProto (inline raw data or EXTERNAL data), ValueInfoProto.
 // Field numbers follow onnx/onnx.proto (IR version 8/10; opset 17, or 23 for the fused graph). Encoding only; nothing here reads.
 import protobuf from 'protobufjs/minimal.js';
 
@@ -38,7 +38,9 @@ export type AttributeValue =
   | { readonly kind: 'string'; readonly value: string }
   | { readonly kind: 'ints'; readonly value: readonly number[] }
   | { readonly kind: 'floats'; readonly value: readonly number[] }
-  | { readonly kind: 'tensor'; readonly value: InlineTensor };
+  | { readonly kind: 'tensor'; readonly value: InlineTensor }
+  /** A subgraph (the body of Scan / Loop); it may read values of the enclosing graph by name. */
+  | { readonly kind: 'graph'; readonly value: GraphProto };
 
 export interface NodeProto {
   readonly opType: string;
@@ -114,7 +116,7 @@ function encodeTensor(w: Writer, t: TensorProto): void {
 }
 
 // AttributeProto.AttributeType
-const AttrType = { FLOAT: 1, INT: 2, STRING: 3, TENSOR: 4, FLOATS: 6, INTS: 7 } as const;
+const AttrType = { FLOAT: 1, INT: 2, STRING: 3, TENSOR: 4, GRAPH: 5, FLOATS: 6, INTS: 7 } as const;
 
 function encodeAttribute(w: Writer, name: string, a: AttributeValue): void {
   writeString(w, 1, name);
@@ -134,6 +136,10 @@ function encodeAttribute(w: Writer, name: string, a: AttributeValue): void {
     case 'tensor':
       writeMessage(w, 5, (m) => encodeTensor(m, a.value));
       w.uint32(tag(20, 0)).int32(AttrType.TENSOR);
+      break;
+    case 'graph':
+      writeMessage(w, 6, (m) => encodeGraph(m, a.value));
+      w.uint32(tag(20, 0)).int32(AttrType.GRAPH);
       break;
     case 'floats':
       for (const f of a.value) w.uint32(tag(7, 5)).float(f);
