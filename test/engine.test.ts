@@ -309,9 +309,15 @@ describe('Engine on a full-attention model without max_tokens (lazy pages, preem
     }
   });
 
-  it('a pool too small for all of them preempts, and every chat still gets its greedy tokens as alone', async () => {
+  // A full-attention gla_swa model, and Qwen3.5 (Gated DeltaNet layers keep a conv state and a
+  // delta-rule state that a preempted request must rebuild exactly).
+  const smallPools: { name: string; ckpt: TinyCheckpointOptions }[] = [
+    { name: 'full attention', ckpt: { numLayers: 2, slidingWindow: null, vocabSize: V, headDim: 8, numHeads: 2, seed: 5 } },
+    { name: 'Qwen3.5 (GDN + gated attention)', ckpt: { modelType: 'qwen3_5', numLayers: 4, vocabSize: V, seed: 5 } },
+  ];
+  it.each(smallPools)('a pool too small for all of them preempts, and every chat still gets its greedy tokens as alone ($name)', async ({ name, ckpt }) => {
     // 24 pages × 4 tokens = 96 tokens of KV; 8 chats of 10–17 + 24 tokens need ~300.
-    const { engine } = await startEngine('full-small', { numLayers: 2, slidingWindow: null, vocabSize: V, headDim: 8, numHeads: 2, seed: 5 }, {
+    const { engine } = await startEngine(`small-pool-${name.split(' ')[0]}`, ckpt, {
       pageTokens: 4, kvPages: 24, prefillChunkTokens: 16, maxBatchedTokens: 64, maxNumSeqs: 8, prefixCacheBytes: 0,
     });
     try {
