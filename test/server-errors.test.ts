@@ -77,7 +77,13 @@ const CASES: Case[] = [
   { name: 'completions: token id outside the vocabulary', url: '/v1/completions', body: { prompt: [1, 99999999] }, status: 400, type: 'invalid_request_error', param: 'prompt' },
   { name: 'completions: logprobs 21', url: '/v1/completions', body: { prompt: 'a', logprobs: 21 }, status: 400, type: 'invalid_request_error', param: 'logprobs' },
   { name: 'completions: prompt over the maximum length', url: '/v1/completions', body: { prompt: Array.from({ length: MAX_MODEL_LEN }, () => 3) }, status: 400, type: 'invalid_request_error', param: 'prompt', code: 'context_length_exceeded' },
-  { name: 'tokenize: neither prompt nor messages', url: '/tokenize', body: { text: 'a' }, status: 400, type: 'invalid_request_error' },
+  { name: 'tokenize: neither prompt nor messages', url: '/tokenize', body: { text: 'a' }, status: 400, type: 'invalid_request_error', param: 'prompt' },
+  { name: 'tokenize: prompt and messages "x"', url: '/tokenize', body: { prompt: 'Hello world', messages: 'x' }, status: 400, type: 'invalid_request_error', param: 'messages' },
+  { name: 'tokenize: prompt and messages null', url: '/tokenize', body: { prompt: 'Hello world', messages: null }, status: 400, type: 'invalid_request_error', param: 'messages' },
+  { name: 'tokenize: prompt and messages {}', url: '/tokenize', body: { prompt: 'Hello world', messages: {} }, status: 400, type: 'invalid_request_error', param: 'messages' },
+  { name: 'tokenize: prompt and messages []', url: '/tokenize', body: { prompt: 'Hello world', messages: [] }, status: 400, type: 'invalid_request_error', param: 'messages' },
+  { name: 'tokenize: prompt and valid messages', url: '/tokenize', body: { prompt: 'Hello world', messages: [{ role: 'user', content: 'hi' }] }, status: 400, type: 'invalid_request_error', param: 'messages' },
+  { name: 'tokenize: prompt is a number', url: '/tokenize', body: { prompt: 5 }, status: 400, type: 'invalid_request_error', param: 'prompt' },
   { name: 'detokenize: token id outside the vocabulary', url: '/detokenize', body: { tokens: [99999999] }, status: 400, type: 'invalid_request_error', param: 'tokens' },
 ];
 
