@@ -71,6 +71,7 @@ const CASES: Case[] = [
   { name: 'missing API key', body: chat({}), headers: { authorization: '' }, status: 401, type: 'authentication_error' },
   { name: 'wrong API key', body: chat({}), headers: { authorization: 'Bearer nope' }, status: 401, type: 'authentication_error' },
   { name: 'unknown route', url: '/v1/nothing-here', body: {}, status: 404, type: 'not_found_error' },
+  { name: 'malformed URL', method: 'GET', url: '/v1/mod%zzels', status: 400, type: 'invalid_request_error', code: 'fst_err_bad_url' },
   { name: 'completions: prompt missing', url: '/v1/completions', body: { max_tokens: 2 }, status: 400, type: 'invalid_request_error', param: 'prompt' },
   { name: 'completions: empty token list', url: '/v1/completions', body: { prompt: [] }, status: 400, type: 'invalid_request_error', param: 'prompt' },
   { name: 'completions: two prompts', url: '/v1/completions', body: { prompt: ['a', 'b'] }, status: 400, type: 'invalid_request_error', param: 'prompt' },

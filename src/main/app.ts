@@ -11,7 +11,8 @@
 import { randomUUID } from 'node:crypto';
 import websocket from '@fastify/websocket';
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import type { IncomingMessage } from 'node:http';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify';
 import fp from 'fastify-plugin';
 import { registerRoutes } from '../routes/index.ts';
 import authPlugin from '../server/auth.ts';
@@ -19,6 +20,7 @@ import corsPlugin from '../server/cors.ts';
 import type { ServerConfig } from '../server/config.ts';
 import type {} from '../server/decorators.ts';
 import errorHandlerPlugin from '../server/error-handler.ts';
+import { toApiError } from '../server/errors.ts';
 import jsonBodyPlugin from '../server/json-body.ts';
 import type { ChatAssets, EnginePort, MetricsPort, TokenizerPort } from '../server/ports.ts';
 import { ServingState } from '../server/serving-state.ts';
@@ -37,6 +39,11 @@ export interface AppDeps {
 
 const SANE_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
+/** Node hands a request with `Connection: upgrade` and an `Upgrade` header to 'upgrade' listeners, not to 'request'. */
+function isUpgradeRequest(req: IncomingMessage): boolean {
+  return req.headers.upgrade !== undefined && /(^|,)\s*upgrade\s*(,|$)/i.test(req.headers.connection ?? '');
+}
+
 export function buildApp(deps: AppDeps): FastifyInstance {
   const app = Fastify({
     logger: deps.logger ?? false,
@@ -49,6 +56,14 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     // Our own draining check answers with the OpenAI envelope.
     return503OnClosing: false,
     routerOptions: { ignoreTrailingSlash: true },
+    // Errors Fastify raises before routing (a malformed URL) skip every hook: answer them with the
+    // envelope here, and close the socket of an upgrade request (it left the HTTP server's keeping
+    // when it was handed to the WebSocket plugin, so nothing else would ever close it).
+    frameworkErrors: (err, request, reply: FastifyReply) => {
+      const { apiError } = toApiError(err);
+      if (isUpgradeRequest(request.raw)) reply.raw.once('finish', () => request.raw.socket.destroy());
+      void reply.code(apiError.status).headers({ ...apiError.headers, 'x-request-id': request.id }).send(apiError.toEnvelope());
+    },
   })
     .setValidatorCompiler(TypeBoxValidatorCompiler)
     .withTypeProvider<TypeBoxTypeProvider>();
@@ -76,7 +91,9 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   app.register(errorHandlerPlugin);
   app.register(jsonBodyPlugin);
   app.register(corsPlugin, { allowedOrigins: deps.config.allowedOrigins }); // before auth: preflights carry no key
-  app.register(authPlugin, { apiKeys: deps.config.apiKeys });
+  // Before auth: the plugin's own onRequest hook marks a request that arrived as an upgrade, and its
+  // onResponse hook destroys the socket of one that was answered instead of upgraded. Registered after
+  // auth, a 401 thrown by auth skipped the marking and every refused upgrade left its socket open.
   app.register(websocket, {
     options: { maxPayload: deps.config.bodyLimitBytes },
     // On close, let WebSocket streams finish (the drain aborts them at its deadline), then close the sockets.
@@ -85,6 +102,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       for (const client of this.websocketServer.clients) client.close(1001, 'server shutting down');
     },
   });
+  app.register(authPlugin, { apiKeys: deps.config.apiKeys });
   app.register(registerRoutes);
   return app;
 }
