@@ -1,8 +1,8 @@
 // Sockets on a listening server with --api-key: a refused WebSocket upgrade (no key, wrong key, wrong
 // `?api_key=`, unknown path, bad URL) is answered and its socket closed by the server, so the number
 // of open server sockets comes back to where it was; an accepted upgrade still works.
-import { connect, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { rawUpgrade, type RawResponse } from './helpers/raw-http.ts';
 import { startTestServer, type TestServer } from './helpers/server.ts';
 
 const KEY = 'sk-conn';
@@ -19,37 +19,8 @@ function openConnections(): Promise<number> {
   return new Promise((resolve, reject) => server.app.server.getConnections((err, n) => (err ? reject(err) : resolve(n))));
 }
 
-interface UpgradeResult {
-  readonly status: number;
-  /** The server closed its side (FIN) after answering. */
-  readonly closedByServer: Promise<void>;
-  readonly socket: Socket;
-}
-
-/** Sends a WebSocket upgrade request by hand; resolves with the status line's code once the head arrived. */
-function upgrade(path: string, headers: Record<string, string> = {}): Promise<UpgradeResult> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(port, '127.0.0.1');
-    let head = '';
-    const closedByServer = new Promise<void>((r) => socket.once('end', () => r()));
-    socket.setEncoding('latin1');
-    socket.on('error', reject);
-    socket.on('data', (d: string) => {
-      head += d;
-      const m = /^HTTP\/1\.1 (\d{3})/.exec(head);
-      if (m !== null && head.includes('\r\n\r\n')) resolve({ status: Number(m[1]), closedByServer, socket });
-    });
-    const lines = [
-      `GET ${path} HTTP/1.1`,
-      `Host: 127.0.0.1:${port}`,
-      'Connection: Upgrade',
-      'Upgrade: websocket',
-      'Sec-WebSocket-Version: 13',
-      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==',
-      ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
-    ];
-    socket.write(`${lines.join('\r\n')}\r\n\r\n`);
-  });
+function upgrade(path: string, headers: Record<string, string> = {}): Promise<RawResponse> {
+  return rawUpgrade(port, path, headers);
 }
 
 async function waitFor(cond: () => Promise<boolean>): Promise<void> {

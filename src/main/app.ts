@@ -22,6 +22,7 @@ import type {} from '../server/decorators.ts';
 import errorHandlerPlugin from '../server/error-handler.ts';
 import { toApiError } from '../server/errors.ts';
 import jsonBodyPlugin from '../server/json-body.ts';
+import openSocketsPlugin from '../server/open-sockets.ts';
 import type { ChatAssets, EnginePort, MetricsPort, TokenizerPort } from '../server/ports.ts';
 import { ServingState } from '../server/serving-state.ts';
 
@@ -88,6 +89,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       });
     }),
   );
+  app.register(openSocketsPlugin);
   app.register(errorHandlerPlugin);
   app.register(jsonBodyPlugin);
   app.register(corsPlugin, { allowedOrigins: deps.config.allowedOrigins }); // before auth: preflights carry no key
@@ -96,9 +98,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   // auth, a 401 thrown by auth skipped the marking and every refused upgrade left its socket open.
   app.register(websocket, {
     options: { maxPayload: deps.config.bodyLimitBytes },
-    // On close, let WebSocket streams finish (the drain aborts them at its deadline), then close the sockets.
+    // A drain (src/server/shutdown.ts) has already let WebSocket requests finish; a plain close() does not wait.
     preClose: async function (this: FastifyInstance) {
-      await serving.whenIdle();
       for (const client of this.websocketServer.clients) client.close(1001, 'server shutting down');
     },
   });

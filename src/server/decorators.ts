@@ -2,6 +2,7 @@
 // typed once here in the server layer so that routes depend on server types, not on the
 // composition root above them.
 import type { ServerConfig } from './config.ts';
+import type { OpenSockets } from './open-sockets.ts';
 import type { ChatAssets, MetricsPort, TokenizerPort } from './ports.ts';
 import type { ServingState } from './serving-state.ts';
 
@@ -13,5 +14,7 @@ declare module 'fastify' {
     readonly serverConfig: ServerConfig;
     readonly metrics: MetricsPort;
     readonly appVersion: string;
+    /** Every TCP connection of the server (upgraded ones too), for shutdown. */
+    readonly openSockets: OpenSockets;
   }
 }
