@@ -1,9 +1,12 @@
 // Sockets on a listening server with --api-key: a refused WebSocket upgrade (no key, wrong key, wrong
 // `?api_key=`, unknown path, bad URL) is answered and its socket closed by the server, so the number
-// of open server sockets comes back to where it was; an accepted upgrade still works.
+// of open server sockets comes back to where it was; an accepted upgrade still works. And a key given
+// as `?api_key=` never appears in the request log.
+import { Writable } from 'node:stream';
+import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { rawUpgrade, type RawResponse } from './helpers/raw-http.ts';
-import { startTestServer, type TestServer } from './helpers/server.ts';
+import { buildTestApp, startTestServer, type TestServer } from './helpers/server.ts';
 
 const KEY = 'sk-conn';
 let server: TestServer;
@@ -67,5 +70,38 @@ describe('refused WebSocket upgrades', () => {
     res.socket.destroy();
     await waitFor(async () => (await openConnections()) === before);
     expect(await openConnections()).toBe(before);
+  });
+});
+
+describe('request log', () => {
+  it('never shows the key of ?api_key=, accepted or not', async () => {
+    const lines: string[] = [];
+    const stream = new Writable({
+      write(chunk: Buffer, _enc, done) {
+        lines.push(chunk.toString('utf8'));
+        done();
+      },
+    });
+    const { app } = await buildTestApp(server.engine, server.tokenizer, ['--api-key', KEY], { level: 'info', stream });
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    const appPort = (app.server.address() as AddressInfo).port;
+    try {
+      const accepted = await rawUpgrade(appPort, `/v1/stream?x=1&api_key=${KEY}&y=2`);
+      expect(accepted.status).toBe(101);
+      accepted.socket.destroy();
+      const refused = await rawUpgrade(appPort, '/v1/stream?api_key=sk-guessed-key');
+      expect(refused.status).toBe(401);
+      await refused.closedByServer;
+      const plain = await app.inject({ method: 'GET', url: `/v1/models?API_KEY=${KEY}` });
+      expect(plain.statusCode).toBe(401); // only /v1/stream takes the key from the query
+    } finally {
+      await app.close();
+    }
+    const log = lines.join('');
+    expect(log).toContain('"url":"/v1/stream?x=1&api_key=[REDACTED]&y=2"');
+    expect(log).toContain('"url":"/v1/stream?api_key=[REDACTED]"');
+    expect(log).toContain('"url":"/v1/models?API_KEY=[REDACTED]"');
+    expect(log).not.toContain(KEY);
+    expect(log).not.toContain('sk-guessed-key');
   });
 });

@@ -22,6 +22,7 @@ import type {} from '../server/decorators.ts';
 import errorHandlerPlugin from '../server/error-handler.ts';
 import { toApiError } from '../server/errors.ts';
 import jsonBodyPlugin from '../server/json-body.ts';
+import { withRedactedRequests } from '../server/logging.ts';
 import openSocketsPlugin from '../server/open-sockets.ts';
 import type { ChatAssets, EnginePort, MetricsPort, TokenizerPort } from '../server/ports.ts';
 import { ServingState } from '../server/serving-state.ts';
@@ -47,7 +48,7 @@ function isUpgradeRequest(req: IncomingMessage): boolean {
 
 export function buildApp(deps: AppDeps): FastifyInstance {
   const app = Fastify({
-    logger: deps.logger ?? false,
+    logger: withRedactedRequests(deps.logger),
     bodyLimit: deps.config.bodyLimitBytes,
     genReqId: (req) => {
       const incoming = req.headers['x-request-id'];

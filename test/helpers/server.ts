@@ -5,7 +5,7 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyServerOptions } from 'fastify';
 import { Engine, type EngineOptions } from '../../src/engine/engine.ts';
 import { TextTokenizer } from '../../src/engine/tokenizer.ts';
 import { buildApp } from '../../src/main/app.ts';
@@ -98,11 +98,12 @@ export async function buildTestApp(
   engine: EnginePort | Promise<EnginePort>,
   tokenizer: TextTokenizer,
   flags: readonly string[] = [],
+  logger: FastifyServerOptions['logger'] = false,
 ): Promise<{ app: FastifyInstance; config: ServerConfig; metrics: ServerMetrics }> {
   const modelDir = testModelDir();
   const config = parseServerConfig(['--model', modelDir, '--port', '0', ...flags], {});
   const metrics = new ServerMetrics(config.servedModelName);
-  const app = buildApp({ engine, tokenizer, chatAssets: await loadChatAssets(modelDir, tokenizer), config, metrics, version: 'test', logger: false });
+  const app = buildApp({ engine, tokenizer, chatAssets: await loadChatAssets(modelDir, tokenizer), config, metrics, version: 'test', logger });
   return { app, config, metrics };
 }
 
