@@ -30,7 +30,14 @@ export interface EngineOptions extends EngineCoreOptions {
   readonly weightDtype?: WeightDtype;
   /** Random weights with this raw config.json object instead of reading modelDir (benchmarks). */
   readonly randomWeightsConfig?: Record<string, unknown>;
+  /**
+   * Longest prompt whose logprobs a request may ask for (default DEFAULT_MAX_PROMPT_LOGPROBS_TOKENS):
+   * every prompt token's entry, with its alternatives, is kept until the first token.
+   */
+  readonly maxPromptLogprobsTokens?: number;
 }
+
+export const DEFAULT_MAX_PROMPT_LOGPROBS_TOKENS = 4096;
 
 const ZERO_STATS: EngineStats = Object.freeze({
   numRunning: 0,
@@ -123,10 +130,12 @@ export class Engine {
   private closedSignal: (() => void) | null = null;
   /** Prefix snapshots go to disk on shutdown: give the worker time to write them. */
   private readonly persistsSnapshots: boolean;
+  private readonly maxPromptLogprobsTokens: number;
 
-  private constructor(worker: Worker, ready: Extract<FromWorker, { type: 'ready' }>, onLog: (msg: string) => void, persistsSnapshots: boolean) {
+  private constructor(worker: Worker, ready: Extract<FromWorker, { type: 'ready' }>, onLog: (msg: string) => void, opts: EngineOptions) {
     this.worker = worker;
-    this.persistsSnapshots = persistsSnapshots;
+    this.persistsSnapshots = opts.prefixCacheDir !== undefined;
+    this.maxPromptLogprobsTokens = opts.maxPromptLogprobsTokens ?? DEFAULT_MAX_PROMPT_LOGPROBS_TOKENS;
     this.config = ready.config;
     this.maxModelLen = ready.maxModelLen;
     this.latestStats = ready.stats;
@@ -163,7 +172,7 @@ export class Engine {
       await worker.terminate();
       throw err;
     });
-    return new Engine(worker, ready, onLog, opts.prefixCacheDir !== undefined);
+    return new Engine(worker, ready, onLog, opts);
   }
 
   /**
@@ -178,6 +187,9 @@ export class Engine {
   async *generate(req: SubmitRequest, signal?: AbortSignal): AsyncGenerator<TokenEvent, void, undefined> {
     if (this.state !== 'ready') throw new EngineUnavailableError(this.failure ?? 'the engine is shutting down');
     if (this.streams.has(req.requestId)) throw new RequestRejectedError(`request id ${req.requestId} is already in use`, null);
+    if (req.sampling.promptLogprobs !== null && req.promptTokenIds.length > this.maxPromptLogprobsTokens) {
+      throw new RequestRejectedError(`prompt logprobs are limited to prompts of ${this.maxPromptLogprobsTokens} tokens; this one has ${req.promptTokenIds.length}`, 'logprobs');
+    }
     const stream = new EventStream();
     this.streams.set(req.requestId, stream);
     let accepted = false;

@@ -38,6 +38,7 @@ function engineOptions(config: ServerConfig): EngineOptions {
   if (config.maxModelLen !== undefined) opts.maxModelLen = config.maxModelLen;
   if (config.threads !== undefined) opts.intraOpThreads = config.threads;
   if (config.decodeThreads !== undefined) opts.decodeIntraOpThreads = config.decodeThreads;
+  opts.maxPromptLogprobsTokens = config.maxPromptLogprobsTokens;
   return opts;
 }
 
