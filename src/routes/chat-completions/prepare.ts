@@ -5,7 +5,9 @@ import type { FastifyInstance } from 'fastify';
 import { InvalidRequestError } from '../../server/errors.ts';
 import type { GenerationSpec } from '../../server/generation.ts';
 import type { EnginePort } from '../../server/ports.ts';
+import { checkMessages, checkStopStrings, checkTools } from '../common/limits.ts';
 import { prepareGeneration } from '../common/prepare-generation.ts';
+import { stopStrings } from '../common/sampling.ts';
 import { checkModel } from '../common/usage.ts';
 import type { StreamOptions } from '../common/stream-chunks.ts';
 import type { ChatFormatContext } from './format.ts';
@@ -34,6 +36,11 @@ export async function prepareChat(app: FastifyInstance, body: ChatCompletionRequ
     );
   }
   const tools = choice === 'none' || body.tools === undefined || body.tools === null || body.tools.length === 0 ? null : body.tools;
+  // The cheap checks, before the template is rendered and the prompt tokenized.
+  const limits = app.serverConfig;
+  checkMessages(limits, body.messages.length);
+  if (tools !== null) checkTools(limits, tools);
+  checkStopStrings(limits, stopStrings(body.stop));
   const addGenerationPrompt = body.add_generation_prompt ?? true;
   const promptTokenIds = await chatPromptTokens(app, {
     messages: body.messages,

@@ -6,7 +6,9 @@ import type { PromptTokenIds } from '../../engine/types.ts';
 import { InvalidRequestError } from '../../server/errors.ts';
 import type { GenerationSpec } from '../../server/generation.ts';
 import type { EnginePort } from '../../server/ports.ts';
+import { checkEcho, checkStopStrings } from '../common/limits.ts';
 import { prepareGeneration } from '../common/prepare-generation.ts';
+import { stopStrings } from '../common/sampling.ts';
 import type { StreamOptions } from '../common/stream-chunks.ts';
 import { checkModel } from '../common/usage.ts';
 import type { CompletionFormatContext } from './format.ts';
@@ -34,17 +36,25 @@ function singlePrompt(p: CompletionRequest['prompt']): string | number[] {
   throw new InvalidRequestError("'prompt' must be a string, a list of token ids (integers ≥ 0), or a one-element list of either", 'prompt');
 }
 
-/** Token ids of the prompt, and its text when `echo` needs it (decoding millions of ids is not free). */
+/**
+ * Token ids of the prompt, and its text when `echo` needs it (decoding millions of ids is not free;
+ * an echoed prompt is checked against the echo limits before it is decoded).
+ */
 async function promptTokens(app: FastifyInstance, body: CompletionRequest, vocabSize: number): Promise<{ ids: PromptTokenIds; text: string }> {
   const one = singlePrompt(body.prompt);
+  const echo = body.echo === true;
+  const withLogprobs = body.logprobs !== undefined && body.logprobs !== null;
   if (typeof one === 'string') {
     const ids = await app.tokenizer.encodeToInt32(one, { addSpecialTokens: body.add_special_tokens ?? true });
-    return { ids, text: one };
+    if (echo) checkEcho(app.serverConfig, ids.length, withLogprobs);
+    return { ids, text: echo ? one : '' };
   }
   for (const id of one) {
     if (id >= vocabSize) throw new InvalidRequestError(`'prompt' holds token id ${id}, but the vocabulary has ${vocabSize} tokens`, 'prompt');
   }
-  return { ids: one, text: body.echo === true ? app.tokenizer.decode(one, { skipSpecialTokens: false }) : '' };
+  if (!echo) return { ids: one, text: '' };
+  checkEcho(app.serverConfig, one.length, withLogprobs);
+  return { ids: one, text: app.tokenizer.decode(one, { skipSpecialTokens: false }) };
 }
 
 export async function prepareCompletion(app: FastifyInstance, body: CompletionRequest): Promise<PreparedCompletion> {
@@ -54,6 +64,7 @@ export async function prepareCompletion(app: FastifyInstance, body: CompletionRe
   if (body.best_of !== undefined && body.best_of !== null && body.best_of !== n) {
     throw new InvalidRequestError("'best_of' is not supported (only best_of = n)", 'best_of');
   }
+  checkStopStrings(app.serverConfig, stopStrings(body.stop));
   const { ids, text } = await promptTokens(app, body, engine.config.vocabSize);
   if (ids.length === 0) throw new InvalidRequestError('the prompt is empty', 'prompt');
   const echo = body.echo === true;

@@ -9,6 +9,7 @@ import { Type } from 'typebox';
 import { InvalidRequestError } from '../../server/errors.ts';
 import { chatPromptTokens } from '../chat-completions/prompt.ts';
 import { ChatMessage } from '../chat-completions/schema.ts';
+import { checkMessages } from '../common/limits.ts';
 import { checkModel } from '../common/usage.ts';
 
 const TokenizeRequest = Type.Object({
@@ -35,6 +36,7 @@ const tokenizeRoute: FastifyPluginAsyncTypebox = async (app) => {
     }
     let ids: Int32Array;
     if (body.messages !== undefined) {
+      checkMessages(app.serverConfig, body.messages.length);
       ids = await chatPromptTokens(app, { messages: body.messages, addGenerationPrompt: body.add_generation_prompt ?? true, chatTemplateKwargs: body.chat_template_kwargs });
     } else if (body.prompt !== undefined) {
       ids = await app.tokenizer.encodeToInt32(body.prompt, { addSpecialTokens: body.add_special_tokens ?? true });
