@@ -21,6 +21,7 @@
 // the first next(); a stream that ends in 'error' throws a GenerationFailedError; one ended by a
 // drain throws the drain's 503. Leaving the loop early (client gone) aborts every choice, and the
 // iterator's return() resolves only once every engine stream has ended, so its resources are free.
+import { setMaxListeners } from 'node:events';
 import { IncrementalDetokenizer, StopStringMatcher } from '../engine/detokenizer.ts';
 import type { PromptLogprobEntry, PromptTokenIds, SamplingParams, TokenEvent, TopLogprob } from '../engine/types.ts';
 import { ApiError, UnavailableError } from './errors.ts';
@@ -115,6 +116,8 @@ export async function* runGeneration(deps: GenerationDeps, spec: GenerationSpec,
   const ids = choiceRequestIds(spec.requestId, spec.n);
   const internal = new AbortController();
   const choiceSignal = AbortSignal.any([signal, internal.signal]);
+  // Each choice's engine stream listens on it: n (≤ 16) listeners are expected, not a leak.
+  setMaxListeners(Math.max(10, 2 * spec.n), choiceSignal);
   const queue = new ItemQueue();
   const startedAt = performance.now();
   const finished = new Set<number>();

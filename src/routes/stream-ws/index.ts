@@ -1,7 +1,9 @@
 // WebSocket /v1/stream — the client sends a chat-completions body as one JSON text message and
 // receives every `chat.completion.chunk` as one message, then the text `[DONE]`. Errors arrive as
 // the usual `{error:{…}}` envelope (then `[DONE]`). One request at a time per socket; the socket
-// stays open for the next one. Closing the socket aborts the request in flight.
+// stays open for the next one. Closing the socket aborts the request in flight. Chunks are sent as
+// they come; a client that leaves more than --max-stream-buffer-bytes unread is disconnected, which
+// aborts its request, as for SSE (src/server/sse.ts).
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Compile } from 'typebox/compile';
 import { InvalidRequestError, toApiError, validationError } from '../../server/errors.ts';
@@ -15,7 +17,10 @@ import { ChatCompletionRequest } from '../chat-completions/schema.ts';
 interface Socket {
   readonly readyState: number;
   readonly OPEN: number;
-  send(data: string, cb: (err?: Error) => void): void;
+  /** Bytes queued by send() and not yet written to the network. */
+  readonly bufferedAmount: number;
+  send(data: string, cb?: (err?: Error) => void): void;
+  terminate(): void;
 }
 
 const checkChat = Compile(ChatCompletionRequest);
@@ -53,9 +58,15 @@ const streamWsRoute: FastifyPluginAsyncTypebox = async (app) => {
         try {
           const prepared = await prepareChat(app, parseMessage(data));
           const events = generationEvents(app, prepared, life.signal);
+          const maxBufferBytes = app.serverConfig.maxStreamBufferBytes;
           for await (const chunk of chatChunks(events, prepared.format, prepared.streamOptions)) {
             if (socket.readyState !== socket.OPEN) break;
-            await send(socket, chunk);
+            socket.send(JSON.stringify(chunk));
+            if (socket.bufferedAmount > maxBufferBytes) {
+              request.log.warn({ bufferedBytes: socket.bufferedAmount, maxBufferBytes }, 'the client stopped reading its stream: disconnected, request aborted');
+              socket.terminate(); // a client that does not read would not read a close frame either
+              break;
+            }
           }
         } catch (err) {
           const { apiError, isFault } = toApiError(err);
