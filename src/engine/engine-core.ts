@@ -89,6 +89,8 @@ export class EngineCore {
   private stepping = false;
   /** Aborts that arrived while a step was in flight; applied when it ends. */
   private readonly pendingAborts = new Set<string>();
+  /** Every request submitted and not yet finished (for stats: the prompt tokens still waiting). */
+  private readonly live = new Map<string, RequestState>();
 
   constructor(model: ForwardModel, config: ModelConfig, opts: EngineCoreOptions, emit: EventSink, env: EngineCoreEnv = { modelTag: 'model', log: () => {} }) {
     this.config = config;
@@ -140,7 +142,9 @@ export class EngineCore {
 
   /** Queues a request; throws RequestRejectedError / QueueFullError. */
   submit(req: GenerateRequest): void {
-    this.scheduler.submit(new RequestState(req, performance.now()));
+    const state = new RequestState(req, performance.now());
+    this.scheduler.submit(state);
+    this.live.set(state.requestId, state);
   }
 
   /** Aborts a request in any state (deferred to the end of a step in flight). Unknown ids are ignored. */
@@ -231,6 +235,7 @@ export class EngineCore {
 
   /** Emits `done` for a request that just left the scheduler (its memory is already free). */
   private finished(req: RequestState, errorMessage?: string): void {
+    this.live.delete(req.requestId);
     this.runner.forget(req.requestId);
     const end = req.finishedMs ?? performance.now();
     const admitted = req.admittedMs ?? end;
@@ -254,9 +259,12 @@ export class EngineCore {
 
   stats(): EngineStats {
     const u = this.cache.usage();
+    let waitingPromptTokens = 0;
+    for (const req of this.live.values()) if (req.status === 'waiting') waitingPromptTokens += req.numPromptTokens;
     return {
       numRunning: this.scheduler.numRunning,
       numWaiting: this.scheduler.numWaiting,
+      waitingPromptTokens,
       kvPagesUsed: u.pagesUsed,
       kvPagesTotal: u.pagesTotal,
       stateSlotsUsed: u.slotsUsed,

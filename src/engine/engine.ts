@@ -42,6 +42,7 @@ export const DEFAULT_MAX_PROMPT_LOGPROBS_TOKENS = 4096;
 const ZERO_STATS: EngineStats = Object.freeze({
   numRunning: 0,
   numWaiting: 0,
+  waitingPromptTokens: 0,
   kvPagesUsed: 0,
   kvPagesTotal: 0,
   stateSlotsUsed: 0,

@@ -74,6 +74,7 @@ export class ServerMetrics {
   private readonly decodeTime: Histogram.Internal<string>;
   private readonly running: Gauge.Internal<string>;
   private readonly waiting: Gauge.Internal<string>;
+  private readonly waitingPromptTokens: Gauge.Internal<string>;
   private readonly kvUsage: Gauge.Internal<string>;
   private readonly kvPagesUsed: Gauge.Internal<string>;
   private readonly kvPagesTotal: Gauge.Internal<string>;
@@ -126,6 +127,7 @@ export class ServerMetrics {
 
     this.running = gauge('num_requests_running', 'Requests being prefilled or decoded.');
     this.waiting = gauge('num_requests_waiting', 'Requests waiting to be scheduled.');
+    this.waitingPromptTokens = gauge('num_waiting_prompt_tokens', 'Prompt tokens of the requests waiting to be scheduled (bounded by --max-waiting-tokens).');
     this.kvUsage = gauge('kv_cache_usage_perc', 'Share of KV cache pages in use, 0 to 1.');
     this.kvPagesUsed = gauge('kv_pages_used', 'KV cache pages in use.');
     this.kvPagesTotal = gauge('kv_pages_total', 'KV cache pages in the pool.');
@@ -231,6 +233,7 @@ export class ServerMetrics {
   updateEngineStats(s: EngineStats): void {
     this.running.set(s.numRunning);
     this.waiting.set(s.numWaiting);
+    this.waitingPromptTokens.set(s.waitingPromptTokens);
     this.kvPagesUsed.set(s.kvPagesUsed);
     this.kvPagesTotal.set(s.kvPagesTotal);
     this.kvUsage.set(s.kvPagesTotal > 0 ? s.kvPagesUsed / s.kvPagesTotal : 0);
