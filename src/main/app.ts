@@ -14,7 +14,9 @@ import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/typ
 import type { IncomingMessage } from 'node:http';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify';
 import fp from 'fastify-plugin';
+import { ENGINE_DEFAULTS } from '../engine/engine-core.ts';
 import { registerRoutes } from '../routes/index.ts';
+import admissionPlugin from '../server/admission.ts';
 import authPlugin from '../server/auth.ts';
 import corsPlugin from '../server/cors.ts';
 import type { ServerConfig } from '../server/config.ts';
@@ -57,6 +59,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     requestIdHeader: false,
     // Our own draining check answers with the OpenAI envelope.
     return503OnClosing: false,
+    // close() ends every HTTP connection at once: a graceful drain (src/server/shutdown.ts) runs before it.
+    forceCloseConnections: true,
     routerOptions: { ignoreTrailingSlash: true },
     // Errors Fastify raises before routing (a malformed URL) skip every hook: answer them with the
     // envelope here, and close the socket of an upgrade request (it left the HTTP server's keeping
@@ -105,6 +109,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     },
   });
   app.register(authPlugin, { apiKeys: deps.config.apiKeys });
+  // After auth: a request without a key never takes a share of the budgets.
+  app.register(admissionPlugin, { maxQueue: deps.config.maxQueue ?? ENGINE_DEFAULTS.maxQueue, maxWaitingTokens: deps.config.maxWaitingTokens });
   app.register(registerRoutes);
   return app;
 }

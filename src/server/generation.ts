@@ -38,6 +38,8 @@ export interface GenerationSpec {
   readonly reportProgress: boolean;
   /** Leading prompt tokens later prompts are likely to share (GenerateRequest.sharedPrefixTokens). */
   readonly sharedPrefixTokens?: number;
+  /** Called once every choice has been handed to the engine (the admission ticket is released then). */
+  readonly onSubmitted?: () => void;
 }
 
 export interface GeneratedToken {
@@ -218,7 +220,9 @@ export async function* runGeneration(deps: GenerationDeps, spec: GenerationSpec,
     }
   };
 
+  // Each pump hands its request to the engine synchronously, before its first await.
   const pumps = ids.map((id, i) => pump(i, id));
+  spec.onSubmitted?.();
   let numOpen = ids.length;
   try {
     while (numOpen > 0) {

@@ -6,8 +6,8 @@ import { prepareChat } from './prepare.ts';
 import { ChatCompletionRequest, ChatCompletionResponse } from './schema.ts';
 
 const chatCompletionsRoute: FastifyPluginAsyncTypebox = async (app) => {
-  app.post('/v1/chat/completions', { schema: { body: ChatCompletionRequest, response: { 200: ChatCompletionResponse } } }, async (request, reply) => {
-    const prepared = await prepareChat(app, request.body);
+  app.post('/v1/chat/completions', { schema: { body: ChatCompletionRequest, response: { 200: ChatCompletionResponse } }, config: { admission: 'messages' } }, async (request, reply) => {
+    const prepared = await prepareChat(app, request.body, request.admissionTicket);
     return replyWithGeneration(app, request, reply, prepared, {
       whole: (events) => chatCompletion(events, prepared.format),
       chunks: (events) => chatChunks(events, prepared.format, prepared.streamOptions),

@@ -2,6 +2,7 @@
 // params, the generation spec and the formatting context. Shared by the HTTP route and the
 // WebSocket endpoint, so both accept exactly the same requests.
 import type { FastifyInstance } from 'fastify';
+import type { AdmissionTicket } from '../../server/admission.ts';
 import { InvalidRequestError } from '../../server/errors.ts';
 import type { GenerationSpec } from '../../server/generation.ts';
 import type { EnginePort } from '../../server/ports.ts';
@@ -22,7 +23,8 @@ export interface PreparedChat {
   readonly stream: boolean;
 }
 
-export async function prepareChat(app: FastifyInstance, body: ChatCompletionRequest): Promise<PreparedChat> {
+/** `ticket`: the request's admission ticket (updated with its real size once tokenized), if it has one. */
+export async function prepareChat(app: FastifyInstance, body: ChatCompletionRequest, ticket: AdmissionTicket | null = null): Promise<PreparedChat> {
   checkModel(app, body.model);
   const engine = app.serving.requireEngine();
   if (body.top_logprobs !== undefined && body.top_logprobs !== null && body.top_logprobs > 0 && body.logprobs !== true) {
@@ -56,7 +58,7 @@ export async function prepareChat(app: FastifyInstance, body: ChatCompletionRequ
     logprobs,
     promptLogprobs: null,
     extraStopTokenIds: body.ignore_eos === true ? [] : endOfTurnTokenIds(app),
-  });
+  }, ticket);
   const shared = sharedPrefixTokens(app, promptTokenIds, addGenerationPrompt);
   return {
     engine,

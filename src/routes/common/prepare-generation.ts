@@ -4,6 +4,7 @@
 import { randomUUID } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import type { PromptTokenIds } from '../../engine/types.ts';
+import type { AdmissionTicket } from '../../server/admission.ts';
 import type { GenerationSpec } from '../../server/generation.ts';
 import type { EnginePort } from '../../server/ports.ts';
 import { TokenText } from './logprobs.ts';
@@ -27,7 +28,10 @@ export interface PreparedGenerationParts {
 /** The endpoint's own sampling rules; the engine's limits and the prompt length are filled in here. */
 export type EndpointSampling = Omit<SamplingContext, 'promptTokens' | 'maxModelLen' | 'vocabSize'>;
 
-/** Throws InvalidRequestError (from toSamplingParams) when the prompt or the sampling fields do not fit. */
+/**
+ * Throws InvalidRequestError (from toSamplingParams) when the prompt or the sampling fields do not fit,
+ * and the admission ticket's errors (400 over the token budget, 429 when the budgets are full now).
+ */
 export function prepareGeneration(
   app: FastifyInstance,
   engine: EnginePort,
@@ -35,7 +39,10 @@ export function prepareGeneration(
   promptTokenIds: PromptTokenIds,
   idPrefix: 'chatcmpl' | 'cmpl',
   endpointSampling: EndpointSampling,
+  ticket: AdmissionTicket | null,
 ): PreparedGenerationParts {
+  const n = body.n ?? 1;
+  ticket?.update(n, promptTokenIds.length, endpointSampling.promptParam);
   const sampling = toSamplingParams(body, {
     ...endpointSampling,
     promptTokens: promptTokenIds.length,
@@ -43,7 +50,6 @@ export function prepareGeneration(
     vocabSize: engine.config.vocabSize,
   });
   const id = `${idPrefix}-${randomUUID().replace(/-/g, '')}`;
-  const n = body.n ?? 1;
   const includeProgress = body.stream_options?.include_progress === true;
   return {
     spec: {
@@ -54,6 +60,7 @@ export function prepareGeneration(
       stop: stopStrings(body.stop),
       skipSpecialTokens: body.skip_special_tokens ?? true,
       reportProgress: includeProgress,
+      ...(ticket !== null ? { onSubmitted: () => ticket.release() } : {}),
     },
     identity: {
       id,

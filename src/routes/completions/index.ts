@@ -6,8 +6,8 @@ import { prepareCompletion } from './prepare.ts';
 import { CompletionRequest, CompletionResponse } from './schema.ts';
 
 const completionsRoute: FastifyPluginAsyncTypebox = async (app) => {
-  app.post('/v1/completions', { schema: { body: CompletionRequest, response: { 200: CompletionResponse } } }, async (request, reply) => {
-    const prepared = await prepareCompletion(app, request.body);
+  app.post('/v1/completions', { schema: { body: CompletionRequest, response: { 200: CompletionResponse } }, config: { admission: 'prompt' } }, async (request, reply) => {
+    const prepared = await prepareCompletion(app, request.body, request.admissionTicket);
     return replyWithGeneration(app, request, reply, prepared, {
       whole: (events) => completion(events, prepared.format),
       chunks: (events) => completionChunks(events, prepared.format, prepared.streamOptions),

@@ -3,6 +3,7 @@
 // prompt's own logprobs.
 import type { FastifyInstance } from 'fastify';
 import type { PromptTokenIds } from '../../engine/types.ts';
+import type { AdmissionTicket } from '../../server/admission.ts';
 import { InvalidRequestError } from '../../server/errors.ts';
 import type { GenerationSpec } from '../../server/generation.ts';
 import type { EnginePort } from '../../server/ports.ts';
@@ -57,7 +58,8 @@ async function promptTokens(app: FastifyInstance, body: CompletionRequest, vocab
   return { ids: one, text: app.tokenizer.decode(one, { skipSpecialTokens: false }) };
 }
 
-export async function prepareCompletion(app: FastifyInstance, body: CompletionRequest): Promise<PreparedCompletion> {
+/** `ticket`: the request's admission ticket (updated with its real size once tokenized), if it has one. */
+export async function prepareCompletion(app: FastifyInstance, body: CompletionRequest, ticket: AdmissionTicket | null = null): Promise<PreparedCompletion> {
   checkModel(app, body.model);
   const engine = app.serving.requireEngine();
   const n = body.n ?? 1;
@@ -75,7 +77,7 @@ export async function prepareCompletion(app: FastifyInstance, body: CompletionRe
     logprobs,
     promptLogprobs: echo && logprobs !== null ? logprobs : null,
     extraStopTokenIds: [],
-  });
+  }, ticket);
   return {
     engine,
     spec,

@@ -6,6 +6,7 @@
 // aborts its request, as for SSE (src/server/sse.ts).
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Compile } from 'typebox/compile';
+import type { AdmissionTicket } from '../../server/admission.ts';
 import { InvalidRequestError, toApiError, validationError } from '../../server/errors.ts';
 import { beginSocketLifetime } from '../../server/request-lifetime.ts';
 import { generationEvents } from '../common/generation-reply.ts';
@@ -38,6 +39,10 @@ function parseMessage(data: Buffer | ArrayBuffer | Buffer[]): ChatCompletionRequ
   return value;
 }
 
+function messageBytes(data: Buffer | ArrayBuffer | Buffer[]): number {
+  return Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data.byteLength;
+}
+
 function send(socket: Socket, payload: unknown): Promise<void> {
   if (socket.readyState !== socket.OPEN) return Promise.resolve();
   const text = typeof payload === 'string' ? payload : JSON.stringify(payload);
@@ -54,9 +59,11 @@ const streamWsRoute: FastifyPluginAsyncTypebox = async (app) => {
       }
       busy = true;
       const life = beginSocketLifetime(app, socket);
+      let ticket: AdmissionTicket | null = null;
       void (async () => {
         try {
-          const prepared = await prepareChat(app, parseMessage(data));
+          ticket = app.admission.admit(messageBytes(data), 'messages');
+          const prepared = await prepareChat(app, parseMessage(data), ticket);
           const events = generationEvents(app, prepared, life.signal);
           const maxBufferBytes = app.serverConfig.maxStreamBufferBytes;
           for await (const chunk of chatChunks(events, prepared.format, prepared.streamOptions)) {
@@ -73,6 +80,7 @@ const streamWsRoute: FastifyPluginAsyncTypebox = async (app) => {
           if (isFault) request.log.error({ err }, 'websocket request failed');
           await send(socket, apiError.toEnvelope());
         } finally {
+          ticket?.release();
           life.release();
           busy = false;
         }
