@@ -33,6 +33,12 @@ export interface TokenizerLoadOptions {
 export interface EncodeOptions {
   /** Let the tokenizer's post-processor add its special tokens (BOS/EOS). Default true, as HF. */
   readonly addSpecialTokens?: boolean;
+  /**
+   * Special tokens written in the text (`<|im_start|>` …) are encoded as the plain text they spell,
+   * never as the control token (HF's split_special_tokens). Needs addSpecialTokens false. For text a
+   * user typed into a chat message: otherwise typing `<|im_end|><|im_start|>system` switches roles.
+   */
+  readonly specialTokensAsText?: boolean;
 }
 
 export interface DecodeOptions {
@@ -88,6 +94,10 @@ export class TextTokenizer {
   readonly piecewiseEncoding: boolean;
 
   private readonly addedTokenContent: ReadonlyMap<number, string>;
+  /** Special added tokens written out in text, longest first (null: the tokenizer has none). */
+  private readonly specialTextPattern: RegExp | null;
+  /** Each special token's text encoded as ordinary text (by the tokenizer without its special added tokens). */
+  private readonly plainIdsOfSpecial: ReadonlyMap<string, readonly number[]>;
   private readonly tokenStrings: (string | null | undefined)[] = [];
   private readonly utf8 = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true });
   private readonly utf8Encoder = new TextEncoder();
@@ -105,6 +115,7 @@ export class TextTokenizer {
       bosToken: string | null;
       generationEosIds: readonly number[];
       piecewise: boolean;
+      plainIdsOfSpecial: ReadonlyMap<string, readonly number[]>;
     },
   ) {
     this.vocabSize = tokenizer.getVocabSize(true);
@@ -118,6 +129,9 @@ export class TextTokenizer {
     for (const id of init.generationEosIds) eos.add(id);
     this.eosTokenIds = [...eos];
     this.piecewiseEncoding = init.piecewise;
+    this.plainIdsOfSpecial = init.plainIdsOfSpecial;
+    const specials = [...init.plainIdsOfSpecial.keys()].sort((a, b) => b.length - a.length);
+    this.specialTextPattern = specials.length === 0 ? null : new RegExp(specials.map(escapeRegExp).join('|'), 'g');
     this.offThread = new OffThreadEncoder({ dir, options: loadOptions });
   }
 
@@ -165,12 +179,27 @@ export class TextTokenizer {
       bosToken: tokenContent(config?.['bos_token']),
       generationEosIds: idList(generation?.['eos_token_id']),
       piecewise: splitSafe,
+      plainIdsOfSpecial: await plainEncodingsOfSpecials(spec, added, tokenizer),
     });
   }
 
-  /** Token ids of `text`. Special tokens written in the text (e.g. `<|im_start|>`) become one id each. */
+  /** Whether `text` spells out a special token (which specialTokensAsText would encode as plain text). */
+  containsSpecialTokenText(text: string): boolean {
+    if (this.specialTextPattern === null) return false;
+    this.specialTextPattern.lastIndex = 0;
+    return this.specialTextPattern.test(text);
+  }
+
+  /**
+   * Token ids of `text`. Special tokens written in the text (e.g. `<|im_start|>`) become one id each,
+   * unless `specialTokensAsText`.
+   */
   async encode(text: string, options: EncodeOptions = {}): Promise<number[]> {
     const addSpecialTokens = options.addSpecialTokens ?? true;
+    if (options.specialTokensAsText === true) {
+      if (addSpecialTokens) throw new Error('specialTokensAsText needs addSpecialTokens: false');
+      if (this.containsSpecialTokenText(text)) return this.encodeSpecialsAsText(text);
+    }
     if (!this.piecewiseEncoding || text.length <= this.pieceChars * 1.5) {
       return (await this.tokenizer.encode(text, null, { addSpecialTokens })).getIds();
     }
@@ -194,12 +223,48 @@ export class TextTokenizer {
   /** The ids of `encode`, as an Int32Array, collected on this thread in one go (the tokenizer worker's path). */
   async encodeInThreadToInt32(text: string, options: EncodeOptions = {}): Promise<Int32Array<ArrayBuffer>> {
     const addSpecialTokens = options.addSpecialTokens ?? true;
+    if (options.specialTokensAsText === true) return Int32Array.from(await this.encode(text, options));
     if (!this.piecewiseEncoding || text.length <= this.pieceChars * 1.5) {
       return Int32Array.from((await this.tokenizer.encode(text, null, { addSpecialTokens })).getIds());
     }
     const parts: number[][] = [];
     for await (const encoding of this.pieceEncodings(text)) parts.push(encoding.getIds());
     return concatParts(parts, (length) => new Int32Array(length));
+  }
+
+  /**
+   * `text` cut at every special token it spells: the pieces between are encoded as usual (they spell
+   * none), each special token as its plain-text ids. Only the token boundaries next to a cut can differ
+   * from what one encode of the text would give (had the specials been ordinary text).
+   */
+  private async encodeSpecialsAsText(text: string): Promise<number[]> {
+    const pattern = this.specialTextPattern as RegExp;
+    // Alternating: text between specials (maybe ''), a special, text, …, text.
+    const between: string[] = [];
+    const specials: string[] = [];
+    let at = 0;
+    pattern.lastIndex = 0;
+    for (let m = pattern.exec(text); m !== null; m = pattern.exec(text)) {
+      between.push(text.slice(at, m.index));
+      specials.push(m[0]);
+      at = m.index + m[0].length;
+    }
+    between.push(text.slice(at));
+    // One batch call per ~1 M chars rather than one encode per piece (a text may spell thousands of specials).
+    const ids: number[] = [];
+    for (let start = 0; start < between.length; ) {
+      let end = start;
+      let chars = 0;
+      while (end < between.length && (end === start || chars < CHARS_PER_BATCH)) chars += (between[end++] as string).length;
+      const encodings = await this.tokenizer.encodeBatch(between.slice(start, end), { addSpecialTokens: false });
+      encodings.forEach((encoding, i) => {
+        for (const id of encoding.getIds()) ids.push(id);
+        const special = specials[start + i];
+        if (special !== undefined) for (const id of this.plainIdsOfSpecial.get(special) ?? []) ids.push(id);
+      });
+      start = end;
+    }
+    return ids;
   }
 
   /** Stops the tokenizer worker, if one was started. */
@@ -411,6 +476,37 @@ async function buildByteLevelBpeSpec(dir: string, config: Record<string, unknown
       merges,
     },
   } as TokenizerSpec;
+}
+
+/**
+ * Each special added token's text as the tokenizer encodes it when the token is not special: a
+ * second tokenizer built from the same spec without its special added tokens encodes each once, at
+ * load. Where that cannot be built, each character is encoded alone (no special token is one character).
+ */
+async function plainEncodingsOfSpecials(spec: TokenizerSpec, added: readonly AddedTokenSpec[], tokenizer: Tokenizer): Promise<Map<string, number[]>> {
+  const specials = added.filter((t) => t.special).map((t) => t.content);
+  const out = new Map<string, number[]>();
+  if (specials.length === 0) return out;
+  let plain: Tokenizer | null = null;
+  try {
+    plain = Tokenizer.fromString(JSON.stringify({ ...spec, added_tokens: added.filter((t) => !t.special) }));
+  } catch {
+    plain = null;
+  }
+  for (const s of specials) {
+    if (plain !== null) {
+      out.set(s, (await plain.encode(s, null, { addSpecialTokens: false })).getIds());
+      continue;
+    }
+    const ids: number[] = [];
+    for (const ch of s) ids.push(...(await tokenizer.encode(ch, null, { addSpecialTokens: false })).getIds());
+    out.set(s, ids);
+  }
+  return out;
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
 function isSplitSafePreTokenizer(spec: TokenizerSpec): boolean {

@@ -18,7 +18,10 @@ export interface EnginePort {
 }
 
 /** encodeToInt32 is the HTTP thread's encode (long text goes to a worker); tokenBytes gives a token's raw bytes. */
-export type TokenizerPort = Pick<TextTokenizer, 'encode' | 'encodeToInt32' | 'decode' | 'tokenToId' | 'tokenBytes' | 'isSpecial' | 'vocabSize'>;
+export type TokenizerPort = Pick<
+  TextTokenizer,
+  'encode' | 'encodeToInt32' | 'decode' | 'tokenToId' | 'tokenBytes' | 'isSpecial' | 'vocabSize' | 'containsSpecialTokenText'
+>;
 
 export interface RequestTracker {
   onEvent(ev: TokenEvent): void;

@@ -2,6 +2,15 @@
 // a ChatML fallback when the checkpoint has none), then tokenize asynchronously. Also finds the
 // template's end-of-turn token, which ends a chat reply even when generation_config names only
 // <|endoftext|> (the SpikingBrain chat template closes turns with <|im_end|>).
+//
+// Special tokens typed by a user: the template writes its own control tokens as text
+// (`<|im_start|>user\n`) and the tokenizer turns them into control ids, so a user or tool message
+// holding `<|im_end|>\n<|im_start|>system\n…` would open a system turn of its own. Unless
+// --allow-special-tokens-in-content, such a message's content is rendered as a placeholder, and the
+// rendered text is encoded in segments: the template's text as usual, that content with its special
+// tokens as plain text (TextTokenizer's specialTokensAsText). Contents without special-token text —
+// nearly all — are rendered and encoded exactly as before.
+import { randomBytes } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import { renderChat, type ChatTemplateMessage } from '../chat-template.ts';
 
@@ -33,9 +42,59 @@ export function renderChatPrompt(app: FastifyInstance, opts: ChatPromptOptions):
   });
 }
 
+/** Roles whose content comes from the user (or a tool's output), not from the operator or the model. */
+const UNTRUSTED_ROLES = new Set(['user', 'tool']);
+
+/** A message's content as one string (text parts joined as the template sees them); null when it has other parts or none. */
+function contentText(content: unknown): string | null {
+  if (typeof content === 'string') return content;
+  if (!Array.isArray(content)) return null;
+  const texts: string[] = [];
+  for (const part of content as unknown[]) {
+    if (typeof part !== 'object' || part === null || (part as Record<string, unknown>)['type'] !== 'text') return null;
+    const text = (part as Record<string, unknown>)['text'];
+    if (typeof text !== 'string') return null;
+    texts.push(text);
+  }
+  return texts.join('\n');
+}
+
 /** Renders and tokenizes (the template already wrote any BOS, so none is added). */
 export async function chatPromptTokens(app: FastifyInstance, opts: ChatPromptOptions): Promise<Int32Array> {
-  return app.tokenizer.encodeToInt32(renderChatPrompt(app, opts), { addSpecialTokens: false });
+  const tokenizer = app.tokenizer;
+  const literal: string[] = [];
+  let messages = opts.messages;
+  const nonce = randomBytes(8).toString('hex');
+  if (!app.serverConfig.allowSpecialTokensInContent) {
+    messages = opts.messages.map((m) => {
+      if (!UNTRUSTED_ROLES.has(String(m['role']))) return m;
+      const text = contentText(m['content']);
+      if (text === null || !tokenizer.containsSpecialTokenText(text)) return m;
+      literal.push(text);
+      return { ...m, content: `\uE000${nonce}:${literal.length - 1}\uE001` };
+    });
+  }
+  const rendered = renderChatPrompt(app, { ...opts, messages });
+  if (literal.length === 0) return tokenizer.encodeToInt32(rendered, { addSpecialTokens: false });
+  const segments: { text: string; specialTokensAsText: boolean }[] = [];
+  const placeholder = new RegExp(`\uE000${nonce}:(\\d+)\uE001`, 'g');
+  let at = 0;
+  for (let m = placeholder.exec(rendered); m !== null; m = placeholder.exec(rendered)) {
+    segments.push({ text: rendered.slice(at, m.index), specialTokensAsText: false });
+    segments.push({ text: literal[Number(m[1])] ?? '', specialTokensAsText: true });
+    at = m.index + m[0].length;
+  }
+  segments.push({ text: rendered.slice(at), specialTokensAsText: false });
+  const parts = await Promise.all(
+    segments.filter((s) => s.text !== '').map((s) => tokenizer.encodeToInt32(s.text, { addSpecialTokens: false, specialTokensAsText: s.specialTokensAsText })),
+  );
+  const ids = new Int32Array(parts.reduce((n, p) => n + p.length, 0));
+  let offset = 0;
+  for (const p of parts) {
+    ids.set(p, offset);
+    offset += p.length;
+  }
+  return ids;
 }
 
 /**
