@@ -99,6 +99,8 @@ export class TextTokenizer {
   /** Each special token's text encoded as ordinary text (by the tokenizer without its special added tokens). */
   private readonly plainIdsOfSpecial: ReadonlyMap<string, readonly number[]>;
   private readonly tokenStrings: (string | null | undefined)[] = [];
+  /** tokenBytes of each id met so far (ids < vocabSize): decode and logprobs ask for the same few thousand ids again and again. */
+  private readonly tokenByteCache: (Uint8Array | undefined)[];
   private readonly utf8 = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true });
   private readonly utf8Encoder = new TextEncoder();
   private readonly offThread: OffThreadEncoder;
@@ -119,6 +121,7 @@ export class TextTokenizer {
     },
   ) {
     this.vocabSize = tokenizer.getVocabSize(true);
+    this.tokenByteCache = new Array<Uint8Array | undefined>(this.vocabSize);
     this.addedTokenContent = new Map(init.added.map((t) => [t.id, t.content]));
     this.specialTokenIds = new Set(init.added.filter((t) => t.special).map((t) => t.id));
     this.bosToken = init.bosToken;
@@ -229,7 +232,7 @@ export class TextTokenizer {
     }
     const parts: number[][] = [];
     for await (const encoding of this.pieceEncodings(text)) parts.push(encoding.getIds());
-    return concatParts(parts, (length) => new Int32Array(length));
+    return concatIds(parts);
   }
 
   /**
@@ -285,18 +288,28 @@ export class TextTokenizer {
   }
 
   /** Text of `ids`; ids the tokenizer does not know are skipped (as HF). */
-  decode(ids: readonly number[], options: DecodeOptions = {}): string {
+  decode(ids: ArrayLike<number>, options: DecodeOptions = {}): string {
     const skip = options.skipSpecialTokens ?? false;
     if (this.byteDecoding === 'byte-level') {
-      const parts: Uint8Array[] = [];
-      for (const id of ids) {
-        if (skip && this.specialTokenIds.has(id)) continue;
-        parts.push(this.tokenBytes(id));
+      // Two passes over the (cached) token bytes: the length, then one buffer; no array per token.
+      let length = 0;
+      for (let i = 0; i < ids.length; i++) {
+        const id = ids[i] as number;
+        if (!(skip && this.specialTokenIds.has(id))) length += this.tokenBytes(id).length;
       }
-      return this.utf8.decode(concatParts(parts, (length) => new Uint8Array(length)));
+      const bytes = new Uint8Array(length);
+      let offset = 0;
+      for (let i = 0; i < ids.length; i++) {
+        const id = ids[i] as number;
+        if (skip && this.specialTokenIds.has(id)) continue;
+        const b = this.tokenBytes(id);
+        bytes.set(b, offset);
+        offset += b.length;
+      }
+      return this.utf8.decode(bytes);
     }
     const tokens: string[] = [];
-    for (const id of ids) {
+    for (const id of Array.from(ids)) {
       if (skip && this.specialTokenIds.has(id)) continue;
       const token = this.idToToken(id);
       if (token !== null) tokens.push(token);
@@ -327,9 +340,17 @@ export class TextTokenizer {
    * The bytes this token stands for in the text. Byte-level BPE: each char of the token maps back to
    * one byte (GPT-2's bytes_to_unicode), so a token may hold part of a UTF-8 character. Added tokens:
    * their content. SentencePiece: `<0xAB>` byte-fallback tokens are that byte, `▁` is a space.
-   * Unknown ids: no bytes.
+   * Unknown ids: no bytes. The array is shared (cached per id): read it, never write to it.
    */
   tokenBytes(id: number): Uint8Array {
+    const cached = this.tokenByteCache[id];
+    if (cached !== undefined) return cached;
+    const bytes = this.computeTokenBytes(id);
+    if (Number.isInteger(id) && id >= 0 && id < this.vocabSize) this.tokenByteCache[id] = bytes;
+    return bytes;
+  }
+
+  private computeTokenBytes(id: number): Uint8Array {
     const added = this.addedTokenContent.get(id);
     if (added !== undefined) return this.utf8Encoder.encode(added);
     const token = this.idToToken(id);
@@ -555,11 +576,11 @@ function idList(value: unknown): number[] {
   return [];
 }
 
-/** `parts` laid end to end in one new array from `alloc` (Int32Array for ids, Uint8Array for bytes). */
-function concatParts<A extends Int32Array<ArrayBuffer> | Uint8Array<ArrayBuffer>>(parts: readonly ArrayLike<number>[], alloc: (length: number) => A): A {
+/** `parts` (lists of ids) laid end to end in one new Int32Array. */
+function concatIds(parts: readonly ArrayLike<number>[]): Int32Array<ArrayBuffer> {
   let length = 0;
   for (const part of parts) length += part.length;
-  const out = alloc(length);
+  const out = new Int32Array(length);
   let offset = 0;
   for (const part of parts) {
     out.set(part, offset);

@@ -15,6 +15,7 @@ import type { IncomingMessage } from 'node:http';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify';
 import fp from 'fastify-plugin';
 import { ENGINE_DEFAULTS } from '../engine/engine-core.ts';
+import { PromptWorker } from '../routes/common/prompt-worker-client.ts';
 import { registerRoutes } from '../routes/index.ts';
 import admissionPlugin from '../server/admission.ts';
 import authPlugin from '../server/auth.ts';
@@ -67,6 +68,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     // when it was handed to the WebSocket plugin, so nothing else would ever close it).
     frameworkErrors: (err, request, reply: FastifyReply) => {
       const { apiError } = toApiError(err);
+      request.log.info({ status: apiError.status, type: apiError.type, param: apiError.param }, apiError.message);
       if (isUpgradeRequest(request.raw)) reply.raw.once('finish', () => request.raw.socket.destroy());
       void reply.code(apiError.status).headers({ ...apiError.headers, 'x-request-id': request.id }).send(apiError.toEnvelope());
     },
@@ -76,6 +78,14 @@ export function buildApp(deps: AppDeps): FastifyInstance {
 
   const serving = new ServingState();
   serving.attach(deps.engine, (err) => app.log.error({ err }, 'the model failed to load'));
+  // Large bodies and heavy prompts are parsed, rendered and tokenized off the HTTP thread.
+  const promptWorker = new PromptWorker(
+    { modelDir: deps.config.modelDir, chatAssets: deps.chatAssets, serverConfig: deps.config },
+    () => serving.loadedEngine?.config.vocabSize ?? null,
+    (err, message) => app.log.error({ err }, message),
+  );
+  app.decorate('promptWorker', promptWorker);
+  app.addHook('onClose', async () => promptWorker.close());
   app.decorate('serving', serving);
   app.decorate('tokenizer', deps.tokenizer);
   app.decorate('chatAssets', deps.chatAssets);
@@ -96,7 +106,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   );
   app.register(openSocketsPlugin);
   app.register(errorHandlerPlugin);
-  app.register(jsonBodyPlugin);
+  app.register(jsonBodyPlugin, { bodyLimitBytes: deps.config.bodyLimitBytes, largeBodies: promptWorker });
   app.register(corsPlugin, { allowedOrigins: deps.config.allowedOrigins }); // before auth: preflights carry no key
   // Before auth: the plugin's own onRequest hook marks a request that arrived as an upgrade, and its
   // onResponse hook destroys the socket of one that was answered instead of upgraded. Registered after

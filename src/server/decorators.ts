@@ -23,6 +23,8 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** This request's claim on the admission budgets (routes with `config.admission`), or null. */
     admissionTicket: AdmissionTicket | null;
+    /** What a LargeBodyParser derived from a large body (json-body.ts; the route knows its shape), or null. */
+    derivedBody: unknown;
   }
   interface FastifyContextConfig {
     /** Generation routes: admitted against the waiting budgets before the body is read; names the prompt field. */

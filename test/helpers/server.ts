@@ -91,6 +91,8 @@ export interface TestServerOptions {
   /** Extra CLI flags, e.g. ['--api-key', 'k1']. */
   readonly flags?: readonly string[];
   readonly engine?: Partial<EngineOptions>;
+  /** Pino options (e.g. a stream a test reads); default silent. */
+  readonly logger?: FastifyServerOptions['logger'];
 }
 
 /** The app (not listening, silent) around an engine or its promise, serving the test model with these CLI flags. */
@@ -113,7 +115,7 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
   const tokenizer = await TextTokenizer.load(modelDir);
   mkdirSync(CACHE_DIR, { recursive: true });
   const engine = await Engine.start({ modelDir, cacheDir: CACHE_DIR, intraOpThreads: 1, maxModelLen: 4096, ...opts.engine });
-  const { app, config, metrics } = await buildTestApp(engine, tokenizer, opts.flags);
+  const { app, config, metrics } = await buildTestApp(engine, tokenizer, opts.flags, opts.logger ?? false);
   await app.ready();
   const server: TestServer = {
     app,

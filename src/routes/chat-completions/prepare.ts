@@ -6,13 +6,12 @@ import type { AdmissionTicket } from '../../server/admission.ts';
 import { InvalidRequestError } from '../../server/errors.ts';
 import type { GenerationSpec } from '../../server/generation.ts';
 import type { EnginePort } from '../../server/ports.ts';
-import { checkMessages, checkStopStrings, checkTools } from '../common/limits.ts';
 import { prepareGeneration } from '../common/prepare-generation.ts';
-import { stopStrings } from '../common/sampling.ts';
+import { promptOf, type DerivedPrompt } from '../common/prompt-context.ts';
 import { checkModel } from '../common/usage.ts';
 import type { StreamOptions } from '../common/stream-chunks.ts';
 import type { ChatFormatContext } from './format.ts';
-import { chatPromptTokens, endOfTurnTokenIds, sharedPrefixTokens } from './prompt.ts';
+import { endOfTurnTokenIds, prepareChatPrompt, promptTools } from './prompt.ts';
 import type { ChatCompletionRequest } from './schema.ts';
 
 export interface PreparedChat {
@@ -23,8 +22,32 @@ export interface PreparedChat {
   readonly stream: boolean;
 }
 
-/** `ticket`: the request's admission ticket (updated with its real size once tokenized), if it has one. */
-export async function prepareChat(app: FastifyInstance, body: ChatCompletionRequest, ticket: AdmissionTicket | null = null): Promise<PreparedChat> {
+/**
+ * Rendering a long conversation or many tools takes the HTTP thread tens to hundreds of milliseconds
+ * (2,000 messages: ~300 ms); past these sizes the prompt worker renders and tokenizes instead.
+ */
+const INLINE_MAX_MESSAGES = 64;
+const INLINE_MAX_TOOLS = 8;
+
+function isHeavyChat(body: ChatCompletionRequest): boolean {
+  return body.messages.length > INLINE_MAX_MESSAGES || (promptTools(body)?.length ?? 0) > INLINE_MAX_TOOLS;
+}
+
+/** Once tokenized, the request keeps no copy of its messages' text (the body lives as long as the request). */
+function releaseMessageText(body: ChatCompletionRequest): void {
+  body.messages = body.messages.map((m) => ({ role: m.role }));
+}
+
+/**
+ * `ticket`: the request's admission ticket (updated with its real size once tokenized), if it has one;
+ * `derived`: the prompt already prepared by the prompt worker (a large body), or null.
+ */
+export async function prepareChat(
+  app: FastifyInstance,
+  body: ChatCompletionRequest,
+  ticket: AdmissionTicket | null = null,
+  derived: DerivedPrompt | null = null,
+): Promise<PreparedChat> {
   checkModel(app, body.model);
   const engine = app.serving.requireEngine();
   if (body.top_logprobs !== undefined && body.top_logprobs !== null && body.top_logprobs > 0 && body.logprobs !== true) {
@@ -37,20 +60,10 @@ export async function prepareChat(app: FastifyInstance, body: ChatCompletionRequ
       'tool_choice',
     );
   }
-  const tools = choice === 'none' || body.tools === undefined || body.tools === null || body.tools.length === 0 ? null : body.tools;
-  // The cheap checks, before the template is rendered and the prompt tokenized.
-  const limits = app.serverConfig;
-  checkMessages(limits, body.messages.length);
-  if (tools !== null) checkTools(limits, tools);
-  checkStopStrings(limits, stopStrings(body.stop));
-  const addGenerationPrompt = body.add_generation_prompt ?? true;
-  const promptTokenIds = await chatPromptTokens(app, {
-    messages: body.messages,
-    tools,
-    addGenerationPrompt,
-    chatTemplateKwargs: body.chat_template_kwargs,
-  });
-  if (promptTokenIds.length === 0) throw new InvalidRequestError('the rendered prompt is empty', 'messages');
+  const tools = promptTools(body);
+  const prompt = await promptOf(derived, () => (isHeavyChat(body) ? app.promptWorker.prepareChat(body) : prepareChatPrompt(app, body)));
+  releaseMessageText(body);
+  const promptTokenIds = prompt.ids;
   const logprobs = body.logprobs === true ? (body.top_logprobs ?? 0) : null;
   const { spec, identity, streamOptions, stream } = prepareGeneration(app, engine, body, promptTokenIds, 'chatcmpl', {
     promptParam: 'messages',
@@ -59,7 +72,7 @@ export async function prepareChat(app: FastifyInstance, body: ChatCompletionRequ
     promptLogprobs: null,
     extraStopTokenIds: body.ignore_eos === true ? [] : endOfTurnTokenIds(app),
   }, ticket);
-  const shared = sharedPrefixTokens(app, promptTokenIds, addGenerationPrompt);
+  const shared = prompt.sharedPrefixTokens;
   return {
     engine,
     spec: shared === undefined ? spec : { ...spec, sharedPrefixTokens: shared },

@@ -10,9 +10,16 @@
 // rendered text is encoded in segments: the template's text as usual, that content with its special
 // tokens as plain text (TextTokenizer's specialTokensAsText). Contents without special-token text —
 // nearly all — are rendered and encoded exactly as before.
+//
+// prepareChatPrompt is the whole prompt work of a chat request (limits, template, tokens); it runs on
+// the HTTP thread for ordinary requests and in the prompt worker for large or heavy ones.
 import { randomBytes } from 'node:crypto';
-import type { FastifyInstance } from 'fastify';
 import { renderChat, type ChatTemplateMessage } from '../chat-template.ts';
+import { checkMessages, checkStopStrings, checkTools } from '../common/limits.ts';
+import type { PreparedPrompt, PromptContext } from '../common/prompt-context.ts';
+import { stopStrings } from '../common/sampling.ts';
+import { InvalidRequestError } from '../../server/errors.ts';
+import type { ChatCompletionRequest } from './schema.ts';
 
 /** Used when the checkpoint has no chat template. */
 const CHATML_TEMPLATE =
@@ -30,8 +37,8 @@ export interface ChatPromptOptions {
 }
 
 /** Throws ChatTemplateError (a 400 naming `messages`) when the template refuses the messages. */
-export function renderChatPrompt(app: FastifyInstance, opts: ChatPromptOptions): string {
-  const assets = app.chatAssets;
+export function renderChatPrompt(ctx: PromptContext, opts: ChatPromptOptions): string {
+  const assets = ctx.chatAssets;
   return renderChat(assets.template ?? CHATML_TEMPLATE, {
     messages: opts.messages,
     ...(opts.tools !== undefined && opts.tools !== null ? { tools: opts.tools } : {}),
@@ -60,12 +67,12 @@ function contentText(content: unknown): string | null {
 }
 
 /** Renders and tokenizes (the template already wrote any BOS, so none is added). */
-export async function chatPromptTokens(app: FastifyInstance, opts: ChatPromptOptions): Promise<Int32Array> {
-  const tokenizer = app.tokenizer;
+export async function chatPromptTokens(ctx: PromptContext, opts: ChatPromptOptions): Promise<Int32Array> {
+  const tokenizer = ctx.tokenizer;
   const literal: string[] = [];
   let messages = opts.messages;
   const nonce = randomBytes(8).toString('hex');
-  if (!app.serverConfig.allowSpecialTokensInContent) {
+  if (!ctx.serverConfig.allowSpecialTokensInContent) {
     messages = opts.messages.map((m) => {
       if (!UNTRUSTED_ROLES.has(String(m['role']))) return m;
       const text = contentText(m['content']);
@@ -74,7 +81,7 @@ export async function chatPromptTokens(app: FastifyInstance, opts: ChatPromptOpt
       return { ...m, content: `\uE000${nonce}:${literal.length - 1}\uE001` };
     });
   }
-  const rendered = renderChatPrompt(app, { ...opts, messages });
+  const rendered = renderChatPrompt(ctx, { ...opts, messages });
   if (literal.length === 0) return tokenizer.encodeToInt32(rendered, { addSpecialTokens: false });
   const segments: { text: string; specialTokensAsText: boolean }[] = [];
   const placeholder = new RegExp(`\uE000${nonce}:(\\d+)\uE001`, 'g');
@@ -103,10 +110,10 @@ export async function chatPromptTokens(app: FastifyInstance, opts: ChatPromptOpt
  * also snapshots. Found as the start-of-turn token that opens the last message (the one before the
  * generation prompt's); undefined when the template has no such token or there is no earlier turn.
  */
-export function sharedPrefixTokens(app: FastifyInstance, ids: Int32Array, addGenerationPrompt: boolean): number | undefined {
-  const template = app.chatAssets.template ?? CHATML_TEMPLATE;
+export function sharedPrefixTokens(ctx: PromptContext, ids: Int32Array, addGenerationPrompt: boolean): number | undefined {
+  const template = ctx.chatAssets.template ?? CHATML_TEMPLATE;
   const tok = START_OF_TURN_CANDIDATES.find((t) => template.includes(t));
-  const id = tok === undefined ? null : app.tokenizer.tokenToId(tok);
+  const id = tok === undefined ? null : ctx.tokenizer.tokenToId(tok);
   if (id === null) return undefined;
   let skip = addGenerationPrompt ? 1 : 0; // the generation prompt opens one more turn
   for (let i = ids.length - 1; i > 0; i--) {
@@ -117,13 +124,36 @@ export function sharedPrefixTokens(app: FastifyInstance, ids: Int32Array, addGen
 }
 
 /** Token ids that end an assistant turn under this template (beyond the model's eos ids). */
-export function endOfTurnTokenIds(app: FastifyInstance): number[] {
-  const template = app.chatAssets.template ?? CHATML_TEMPLATE;
+export function endOfTurnTokenIds(ctx: PromptContext): number[] {
+  const template = ctx.chatAssets.template ?? CHATML_TEMPLATE;
   const ids: number[] = [];
   for (const tok of END_OF_TURN_CANDIDATES) {
     if (!template.includes(tok)) continue;
-    const id = app.tokenizer.tokenToId(tok);
+    const id = ctx.tokenizer.tokenToId(tok);
     if (id !== null) ids.push(id);
   }
   return ids;
+}
+
+/** The tools the template renders: none when tool_choice is 'none' or the list is empty. */
+export function promptTools(body: ChatCompletionRequest): readonly unknown[] | null {
+  const choice = body.tool_choice ?? 'auto';
+  return choice === 'none' || body.tools === undefined || body.tools === null || body.tools.length === 0 ? null : body.tools;
+}
+
+/**
+ * The prompt work of a (validated) chat request: the cheap limit checks first, then the template and
+ * the tokenizer. Throws the 400s of the limits, of the template and of an empty prompt.
+ */
+export async function prepareChatPrompt(ctx: PromptContext, body: ChatCompletionRequest): Promise<PreparedPrompt> {
+  const tools = promptTools(body);
+  const limits = ctx.serverConfig;
+  checkMessages(limits, body.messages.length);
+  if (tools !== null) checkTools(limits, tools);
+  checkStopStrings(limits, stopStrings(body.stop));
+  const addGenerationPrompt = body.add_generation_prompt ?? true;
+  const ids = await chatPromptTokens(ctx, { messages: body.messages, tools, addGenerationPrompt, chatTemplateKwargs: body.chat_template_kwargs });
+  if (ids.length === 0) throw new InvalidRequestError('the rendered prompt is empty', 'messages');
+  const shared = sharedPrefixTokens(ctx, ids, addGenerationPrompt);
+  return shared === undefined ? { ids } : { ids, sharedPrefixTokens: shared };
 }
