@@ -90,8 +90,15 @@ describe('openai SDK: chat completions', () => {
     expect(b.choices[0]?.message.content).toBe(a.choices[0]?.message.content);
     const three = await client.chat.completions.create({ ...params, n: 3 } as OpenAI.ChatCompletionCreateParamsNonStreaming);
     expect(three.choices.map((c) => c.index)).toEqual([0, 1, 2]);
-    expect(three.choices[0]?.message.content).toBe(a.choices[0]?.message.content);
     expect(three.usage?.completion_tokens).toBe(48);
+    // Choice i is sampled with seed + i: the same text as a single request with that seed, and the
+    // three differ from each other.
+    const texts = three.choices.map((c) => c.message.content);
+    expect(new Set(texts).size).toBe(3);
+    for (const [i, text] of texts.entries()) {
+      const single = i === 0 ? a : await client.chat.completions.create({ ...params, seed: 1234 + i } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+      expect(text, `choice ${i}`).toBe(single.choices[0]?.message.content);
+    }
   });
 
   it('a new chat with the same long system message and another question resumes from the system part', async () => {

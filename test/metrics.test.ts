@@ -199,7 +199,7 @@ describe('ServerMetrics', () => {
 
   it('spike and preemption counters follow the engine\'s cumulative counts, also across an engine restart', async () => {
     const { m } = make();
-    const base: EngineStats = { numRunning: 0, numWaiting: 0, kvPagesUsed: 0, kvPagesTotal: 1, stateSlotsUsed: 0, stateSlotsTotal: 1, stateBytesInUse: 0, prefixCacheBytes: 0, spikeZeros: 0, spikeValues: 0, numPreemptions: 0 };
+    const base: EngineStats = { numRunning: 0, numWaiting: 0, waitingPromptTokens: 0, kvPagesUsed: 0, kvPagesTotal: 1, stateSlotsUsed: 0, stateSlotsTotal: 1, stateBytesInUse: 0, prefixCacheBytes: 0, spikeZeros: 0, spikeValues: 0, numPreemptions: 0 };
     m.updateEngineStats({ ...base, spikeZeros: 690, spikeValues: 1000, numPreemptions: 2 });
     m.updateEngineStats({ ...base, spikeZeros: 700, spikeValues: 1010, numPreemptions: 5 });
     m.updateEngineStats({ ...base, spikeZeros: 50, spikeValues: 100, numPreemptions: 1 }); // a new engine counts from 0
@@ -213,6 +213,7 @@ describe('ServerMetrics', () => {
     const stats: EngineStats = {
       numRunning: 3,
       numWaiting: 7,
+      waitingPromptTokens: 12_345,
       kvPagesUsed: 48,
       kvPagesTotal: 64,
       stateSlotsUsed: 3,
@@ -226,6 +227,7 @@ describe('ServerMetrics', () => {
     m.updateEngineStats(stats);
     expect(await value(m, 'num_requests_running')).toBe(3);
     expect(await value(m, 'num_requests_waiting')).toBe(7);
+    expect(await value(m, 'num_waiting_prompt_tokens')).toBe(12_345);
     expect(await value(m, 'kv_pages_used')).toBe(48);
     expect(await value(m, 'kv_pages_capacity')).toBe(64);
     expect(await value(m, 'kv_cache_usage_perc')).toBeCloseTo(0.75, 12);

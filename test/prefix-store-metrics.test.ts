@@ -15,6 +15,7 @@ import { ServerMetrics } from '../src/server/metrics.ts';
 const BASE: EngineStats = {
   numRunning: 2,
   numWaiting: 3,
+  waitingPromptTokens: 0,
   kvPagesUsed: 10,
   kvPagesTotal: 40,
   stateSlotsUsed: 2,

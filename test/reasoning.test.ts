@@ -108,7 +108,7 @@ class ReplayEngine implements EnginePort {
   }
   abort(): void {}
   stats(): EngineStats {
-    return { numRunning: 0, numWaiting: 0, kvPagesUsed: 0, kvPagesTotal: 0, stateSlotsUsed: 0, stateSlotsTotal: 0, stateBytesInUse: 0, prefixCacheBytes: 0, spikeZeros: 0, spikeValues: 0, numPreemptions: 0 };
+    return { numRunning: 0, numWaiting: 0, waitingPromptTokens: 0, kvPagesUsed: 0, kvPagesTotal: 0, stateSlotsUsed: 0, stateSlotsTotal: 0, stateBytesInUse: 0, prefixCacheBytes: 0, spikeZeros: 0, spikeValues: 0, numPreemptions: 0 };
   }
   health(): EngineHealth {
     return { condition: 'ready', restarts: 0, lastFailure: null };

@@ -35,6 +35,31 @@ describe('parseServerConfig', () => {
     expect(c.weights).toBeUndefined(); // the engine picks float32 on cpu, float16 on GPUs
   });
 
+  it('has the documented request limits, each settable', () => {
+    expect(parseServerConfig([], {})).toMatchObject({
+      maxWaitingTokens: 2 ** 25,
+      maxMessages: 2048,
+      maxTools: 128,
+      maxToolsBytes: 2 ** 20,
+      maxStopStrings: 16,
+      maxStopStringChars: 256,
+      maxDetokenizeTokens: 262_144,
+      maxEchoTokens: 65_536,
+      maxPromptLogprobsTokens: 4096,
+      maxStreamBufferBytes: 8 * 2 ** 20,
+      allowSpecialTokensInContent: false,
+    });
+    const c = parseServerConfig(['--max-messages', '3', '--max-stop-string-chars=5', '--max-prompt-logprobs-tokens', '0'], { SPIKESERVE_MAX_TOOLS: '2' });
+    expect(c).toMatchObject({ maxMessages: 3, maxStopStringChars: 5, maxPromptLogprobsTokens: 0, maxTools: 2 });
+  });
+
+  it('takes a switch alone or with =true/=false, and from the environment', () => {
+    expect(parseServerConfig(['--allow-special-tokens-in-content', '--port', '1'], {})).toMatchObject({ allowSpecialTokensInContent: true, port: 1 });
+    expect(parseServerConfig(['--allow-special-tokens-in-content=false'], {}).allowSpecialTokensInContent).toBe(false);
+    expect(parseServerConfig([], { SPIKESERVE_ALLOW_SPECIAL_TOKENS_IN_CONTENT: 'true' }).allowSpecialTokensInContent).toBe(true);
+    expect(() => parseServerConfig(['--allow-special-tokens-in-content=maybe'], {})).toThrow(/must be true or false/);
+  });
+
   it('reads SPIKESERVE_* variables; a flag beats its variable; both --f v and --f=v work', () => {
     const env = { SPIKESERVE_PORT: '9000', SPIKESERVE_MAX_NUM_SEQS: '8', SPIKESERVE_API_KEY: 'a, b ,c' };
     const c = parseServerConfig(['--port=9100', '--served-model-name', 'mine', '--keepalive-seconds', '0.5'], env);

@@ -1,6 +1,8 @@
 // A table of malformed requests against the real server: each gets its HTTP status and the
-// OpenAI error envelope with the right `type` and `param`, and the server keeps serving after all
-// of them. The server here requires an API key, caps bodies at 16 KiB and the context at 64 tokens.
+// OpenAI error envelope with the right `type` and `param`, the server's log shows each answered by
+// its error path, and the server keeps serving after all of them. The server here requires an API
+// key, caps bodies at 16 KiB and the context at 64 tokens.
+import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, waitEngineIdle, type TestServer } from './helpers/server.ts';
 
@@ -9,8 +11,20 @@ const AUTH = { authorization: `Bearer ${KEY}` };
 const MAX_MODEL_LEN = 64;
 
 let server: TestServer;
+/** The server's log lines, parsed. */
+const logLines: Record<string, unknown>[] = [];
 beforeAll(async () => {
-  server = await startTestServer({ flags: ['--api-key', `other-key,${KEY}`, '--body-limit-bytes', '16384'], engine: { maxModelLen: MAX_MODEL_LEN } });
+  const stream = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') logLines.push(JSON.parse(line) as Record<string, unknown>);
+      done();
+    },
+  });
+  server = await startTestServer({
+    flags: ['--api-key', `other-key,${KEY}`, '--body-limit-bytes', '16384'],
+    engine: { maxModelLen: MAX_MODEL_LEN },
+    logger: { level: 'info', stream },
+  });
 });
 afterAll(async () => server?.close());
 
@@ -74,6 +88,7 @@ const CASES: Case[] = [
   { name: 'missing API key', body: chat({}), headers: { authorization: '' }, status: 401, type: 'authentication_error' },
   { name: 'wrong API key', body: chat({}), headers: { authorization: 'Bearer nope' }, status: 401, type: 'authentication_error' },
   { name: 'unknown route', url: '/v1/nothing-here', body: {}, status: 404, type: 'not_found_error' },
+  { name: 'malformed URL', method: 'GET', url: '/v1/mod%zzels', status: 400, type: 'invalid_request_error', code: 'fst_err_bad_url' },
   { name: 'completions: prompt missing', url: '/v1/completions', body: { max_tokens: 2 }, status: 400, type: 'invalid_request_error', param: 'prompt' },
   { name: 'completions: empty token list', url: '/v1/completions', body: { prompt: [] }, status: 400, type: 'invalid_request_error', param: 'prompt' },
   { name: 'completions: two prompts', url: '/v1/completions', body: { prompt: ['a', 'b'] }, status: 400, type: 'invalid_request_error', param: 'prompt' },
@@ -81,23 +96,46 @@ const CASES: Case[] = [
   { name: 'completions: stream_options without stream', url: '/v1/completions', body: { prompt: 'a', stream_options: { include_usage: true } }, status: 400, type: 'invalid_request_error', param: 'stream_options' },
   { name: 'completions: logprobs 21', url: '/v1/completions', body: { prompt: 'a', logprobs: 21 }, status: 400, type: 'invalid_request_error', param: 'logprobs' },
   { name: 'completions: prompt over the maximum length', url: '/v1/completions', body: { prompt: Array.from({ length: MAX_MODEL_LEN }, () => 3) }, status: 400, type: 'invalid_request_error', param: 'prompt', code: 'context_length_exceeded' },
-  { name: 'tokenize: neither prompt nor messages', url: '/tokenize', body: { text: 'a' }, status: 400, type: 'invalid_request_error' },
+  { name: 'tokenize: neither prompt nor messages', url: '/tokenize', body: { text: 'a' }, status: 400, type: 'invalid_request_error', param: 'prompt' },
+  { name: 'tokenize: prompt and messages "x"', url: '/tokenize', body: { prompt: 'Hello world', messages: 'x' }, status: 400, type: 'invalid_request_error', param: 'messages' },
+  { name: 'tokenize: prompt and messages null', url: '/tokenize', body: { prompt: 'Hello world', messages: null }, status: 400, type: 'invalid_request_error', param: 'messages' },
+  { name: 'tokenize: prompt and messages {}', url: '/tokenize', body: { prompt: 'Hello world', messages: {} }, status: 400, type: 'invalid_request_error', param: 'messages' },
+  { name: 'tokenize: prompt and messages []', url: '/tokenize', body: { prompt: 'Hello world', messages: [] }, status: 400, type: 'invalid_request_error', param: 'messages' },
+  { name: 'tokenize: prompt and valid messages', url: '/tokenize', body: { prompt: 'Hello world', messages: [{ role: 'user', content: 'hi' }] }, status: 400, type: 'invalid_request_error', param: 'messages' },
+  { name: 'tokenize: prompt is a number', url: '/tokenize', body: { prompt: 5 }, status: 400, type: 'invalid_request_error', param: 'prompt' },
   { name: 'detokenize: token id outside the vocabulary', url: '/detokenize', body: { tokens: [99999999] }, status: 400, type: 'invalid_request_error', param: 'tokens' },
 ];
 
+function send(c: Case) {
+  const raw = typeof c.body === 'string' || Buffer.isBuffer(c.body);
+  const headers: Record<string, string> = { ...AUTH, 'content-type': 'application/json', ...c.headers };
+  if (headers['authorization'] === '') delete headers['authorization'];
+  return server.app.inject({
+    method: c.method ?? 'POST',
+    url: c.url ?? '/v1/chat/completions',
+    headers,
+    payload: raw ? (c.body as string | Buffer) : JSON.stringify(c.body),
+  });
+}
+
 describe('malformed requests', () => {
-  it('has at least 30 cases', () => expect(CASES.length).toBeGreaterThanOrEqual(30));
+  it('the server answers at least 30 distinct malformed requests, each through its error path', async () => {
+    const answered = new Set<string>();
+    for (const c of CASES) {
+      const res = await send(c);
+      const id = res.headers['x-request-id'];
+      expect(typeof id, c.name).toBe('string');
+      // The error table's answer is logged with the request's id and the status it sent.
+      const line = logLines.find((l) => l['reqId'] === id && l['status'] === res.statusCode && typeof l['msg'] === 'string');
+      expect(line, c.name).toBeDefined();
+      expect(res.statusCode, c.name).toBe(c.status);
+      answered.add(`${res.statusCode} ${(res.json() as { error: { message: string } }).error.message}`);
+    }
+    expect(answered.size).toBeGreaterThanOrEqual(30);
+  });
 
   it.each(CASES)('$name → $status $type', async (c) => {
-    const raw = typeof c.body === 'string' || Buffer.isBuffer(c.body);
-    const headers: Record<string, string> = { ...AUTH, 'content-type': 'application/json', ...c.headers };
-    if (headers['authorization'] === '') delete headers['authorization'];
-    const res = await server.app.inject({
-      method: c.method ?? 'POST',
-      url: c.url ?? '/v1/chat/completions',
-      headers,
-      payload: raw ? (c.body as string | Buffer) : JSON.stringify(c.body),
-    });
+    const res = await send(c);
     expect(res.statusCode).toBe(c.status);
     expect(res.headers['content-type']).toMatch(/application\/json/);
     const body = res.json() as { error: { message: string; type: string; param: string | null; code: unknown } };

@@ -145,10 +145,15 @@ describe('tokenize, detokenize, models, health, version, metrics, request ids', 
   });
 
   it('exposes Prometheus metrics fed by the requests', async () => {
-    const res = await server.app.inject({ method: 'GET', url: '/metrics' });
-    expect(res.statusCode).toBe(200);
-    expect(res.headers['content-type']).toMatch(/text\/plain/);
-    expect(res.body).toMatch(/spikeserve:time_to_first_token_seconds_count\{[^}]*\} [1-9]/);
+    const ttftCount = async (): Promise<number> => {
+      const res = await server.app.inject({ method: 'GET', url: '/metrics' });
+      expect(res.statusCode).toBe(200);
+      expect(res.headers['content-type']).toMatch(/text\/plain/);
+      return Number(/spikeserve:time_to_first_token_seconds_count\{[^}]*\} (\d+)/.exec(res.body)?.[1] ?? 0);
+    };
+    const before = await ttftCount();
+    expect((await post('/v1/completions', { prompt: 'abc', max_tokens: 2, ignore_eos: true })).status).toBe(200);
+    expect(await ttftCount()).toBe(before + 1);
   });
 
   it('keeps a sane incoming x-request-id and generates one otherwise', async () => {

@@ -44,33 +44,53 @@ export interface StopMatch {
 }
 
 /**
- * Finds the first stop string in a stream of text pieces. It holds back the longest suffix of the text
- * seen so far that is a proper prefix of some stop string, so a stop string split across tokens is
- * still caught and none of it is streamed. The held text is at most (longest stop − 1) chars.
+ * Finds the first stop string in a stream of text pieces: the one whose end comes first in the text,
+ * the longest of those ending there (so the answer does not depend on how the text was cut into
+ * pieces, and no part of a matched stop string is streamed). Each stop string runs a
+ * Knuth–Morris–Pratt automaton over the text, one character at a time: its state is the length of the
+ * longest suffix of the text so far that is a prefix of the stop string. The matcher holds back the
+ * longest such suffix over all stop strings, so a stop string split across tokens is still caught and
+ * none of it is streamed; the held text is at most (longest stop − 1) chars. Cost: amortized
+ * O(characters × stop strings), never a rescan of what was already seen.
  */
 export class StopStringMatcher {
   private readonly stops: readonly string[];
+  /** failure[k][q]: longest proper prefix of stops[k] that is a suffix of its first q + 1 characters. */
+  private readonly failure: readonly Int32Array[];
+  private readonly state: Int32Array;
   private held = '';
   private stopped = false;
 
   constructor(stops: readonly string[]) {
     this.stops = stops.filter((s) => s.length > 0);
+    this.failure = this.stops.map(kmpFailure);
+    this.state = new Int32Array(this.stops.length);
   }
 
   push(text: string): StopMatch {
     if (this.stopped) return { emit: '', stopped: true };
     const buffer = this.held + text;
-    let first = -1;
-    for (const stop of this.stops) {
-      const at = buffer.indexOf(stop);
-      if (at >= 0 && (first < 0 || at < first)) first = at;
+    const offset = this.held.length;
+    for (let i = 0; i < text.length; i++) {
+      const c = text.charCodeAt(i);
+      let matchedChars = 0;
+      for (let k = 0; k < this.stops.length; k++) {
+        const stop = this.stops[k] as string;
+        const failure = this.failure[k] as Int32Array;
+        let q = this.state[k] as number;
+        while (q > 0 && stop.charCodeAt(q) !== c) q = failure[q - 1] as number;
+        if (stop.charCodeAt(q) === c) q++;
+        if (q === stop.length) matchedChars = Math.max(matchedChars, q);
+        this.state[k] = q;
+      }
+      if (matchedChars > 0) {
+        this.stopped = true;
+        this.held = '';
+        return { emit: buffer.slice(0, offset + i + 1 - matchedChars), stopped: true };
+      }
     }
-    if (first >= 0) {
-      this.stopped = true;
-      this.held = '';
-      return { emit: buffer.slice(0, first), stopped: true };
-    }
-    const holdChars = this.longestStopPrefixSuffix(buffer);
+    let holdChars = 0;
+    for (const q of this.state) holdChars = Math.max(holdChars, q);
     this.held = buffer.slice(buffer.length - holdChars);
     return { emit: buffer.slice(0, buffer.length - holdChars), stopped: false };
   }
@@ -81,18 +101,16 @@ export class StopStringMatcher {
     this.held = '';
     return held;
   }
+}
 
-  /** Length of the longest suffix of `text` that is a proper prefix of a stop string. */
-  private longestStopPrefixSuffix(text: string): number {
-    let best = 0;
-    for (const stop of this.stops) {
-      for (let k = Math.min(stop.length - 1, text.length); k > best; k--) {
-        if (text.endsWith(stop.slice(0, k))) {
-          best = k;
-          break;
-        }
-      }
-    }
-    return best;
+/** KMP failure function of `pattern` (UTF-16 code units). */
+function kmpFailure(pattern: string): Int32Array {
+  const failure = new Int32Array(pattern.length);
+  for (let i = 1, q = 0; i < pattern.length; i++) {
+    const c = pattern.charCodeAt(i);
+    while (q > 0 && pattern.charCodeAt(q) !== c) q = failure[q - 1] as number;
+    if (pattern.charCodeAt(q) === c) q++;
+    failure[i] = q;
   }
+  return failure;
 }

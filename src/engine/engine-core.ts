@@ -381,9 +381,11 @@ export class EngineCore {
     const u = this.cache.usage();
     const matchers = this.grammarMatchers();
     const disk = this.cache.diskStats();
+    const waitingPromptTokens = this.scheduler.waitingPromptTokens;
     return {
       numRunning: this.scheduler.numRunning,
       numWaiting: this.scheduler.numWaiting,
+      waitingPromptTokens,
       kvPagesUsed: u.pagesUsed,
       kvPagesTotal: u.pagesTotal,
       stateSlotsUsed: u.slotsUsed,

@@ -59,7 +59,14 @@ export interface EngineOptions extends EngineCoreOptions {
   readonly faults?: readonly InjectedFault[];
   /** Bound of the worker's JS heap in MiB (Worker resourceLimits; default Node's). Tests set it small for the 'oom' fault. */
   readonly workerHeapMb?: number;
+  /**
+   * Longest prompt whose logprobs a request may ask for (default DEFAULT_MAX_PROMPT_LOGPROBS_TOKENS):
+   * every prompt token's entry, with its alternatives, is kept until the first token.
+   */
+  readonly maxPromptLogprobsTokens?: number;
 }
+
+export const DEFAULT_MAX_PROMPT_LOGPROBS_TOKENS = 4096;
 
 export interface EngineShutdownOptions {
   /**
@@ -75,6 +82,7 @@ export type EngineLog = (message: string, level?: EngineLogLevel) => void;
 const ZERO_STATS: EngineStats = Object.freeze({
   numRunning: 0,
   numWaiting: 0,
+  waitingPromptTokens: 0,
   kvPagesUsed: 0,
   kvPagesTotal: 0,
   stateSlotsUsed: 0,
@@ -186,10 +194,12 @@ export class Engine {
   /** Prefix-cache calls waiting for the worker's reply, by id (failed when the worker is lost or shut down). */
   private readonly prefixCalls = new Map<number, { resolve: (r: PrefixCacheReply) => void; reject: (err: Error) => void }>();
   private nextPrefixCallId = 1;
+  private readonly maxPromptLogprobsTokens: number;
 
   private constructor(opts: EngineOptions, onLog: EngineLog, run: WorkerRun, ready: ReadyMessage) {
     this.opts = opts;
     this.onLog = onLog;
+    this.maxPromptLogprobsTokens = opts.maxPromptLogprobsTokens ?? DEFAULT_MAX_PROMPT_LOGPROBS_TOKENS;
     const sup = opts.supervision ?? {};
     this.policy = new RestartPolicy({
       ...(sup.maxRestarts !== undefined ? { maxRestarts: sup.maxRestarts } : {}),
@@ -225,6 +235,9 @@ export class Engine {
   async *generate(req: SubmitRequest, signal?: AbortSignal): AsyncGenerator<TokenEvent, void, undefined> {
     if (this.state !== 'ready') throw new EngineUnavailableError(this.unavailableMessage());
     if (this.streams.has(req.requestId)) throw new RequestRejectedError(`request id ${req.requestId} is already in use`, null);
+    if (req.sampling.promptLogprobs !== null && req.promptTokenIds.length > this.maxPromptLogprobsTokens) {
+      throw new RequestRejectedError(`prompt logprobs are limited to prompts of ${this.maxPromptLogprobsTokens} tokens; this one has ${req.promptTokenIds.length}`, 'logprobs');
+    }
     const stream = new EventStream();
     this.streams.set(req.requestId, stream);
     let accepted = false;

@@ -20,6 +20,7 @@ export interface EncodeJob {
   readonly id: number;
   readonly text: string;
   readonly addSpecialTokens: boolean;
+  readonly specialTokensAsText: boolean;
 }
 
 export type EncodeAnswer =
@@ -42,7 +43,7 @@ export class OffThreadEncoder {
 
   encode(text: string, options: EncodeOptions = {}): Promise<Int32Array<ArrayBuffer>> {
     const worker = this.worker ?? this.start();
-    const job: EncodeJob = { id: this.nextId++, text, addSpecialTokens: options.addSpecialTokens ?? true };
+    const job: EncodeJob = { id: this.nextId++, text, addSpecialTokens: options.addSpecialTokens ?? true, specialTokensAsText: options.specialTokensAsText ?? false };
     return new Promise<Int32Array<ArrayBuffer>>((resolve, reject) => {
       if (this.pending.size === 0) worker.ref();
       this.pending.set(job.id, { resolve, reject });

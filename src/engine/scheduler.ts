@@ -76,6 +76,13 @@ export class Scheduler {
     return this.waiting.length;
   }
 
+  /** Prompt tokens of the waiting requests (at most maxQueue of them: a bounded sum). */
+  get waitingPromptTokens(): number {
+    let n = 0;
+    for (const req of this.waiting) n += req.numPromptTokens;
+    return n;
+  }
+
   /** Requests admitted and not yet done (folding ones are done for their clients and not counted). */
   get numRunning(): number {
     return this.running.reduce((n, r) => n + (r.status === 'folding' ? 0 : 1), 0);

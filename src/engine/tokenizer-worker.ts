@@ -13,7 +13,7 @@ loaded.catch(() => undefined); // reported to each job below
 
 port.on('message', (job: EncodeJob) => {
   loaded
-    .then((tok) => tok.encodeInThreadToInt32(job.text, { addSpecialTokens: job.addSpecialTokens }))
+    .then((tok) => tok.encodeInThreadToInt32(job.text, { addSpecialTokens: job.addSpecialTokens, specialTokensAsText: job.specialTokensAsText }))
     .then(
       (ids) => port.postMessage({ id: job.id, ids } satisfies EncodeAnswer, [ids.buffer]),
       (err: unknown) => port.postMessage({ id: job.id, error: err instanceof Error ? err.message : String(err) } satisfies EncodeAnswer),

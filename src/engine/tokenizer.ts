@@ -33,6 +33,12 @@ export interface TokenizerLoadOptions {
 export interface EncodeOptions {
   /** Let the tokenizer's post-processor add its special tokens (BOS/EOS). Default true, as HF. */
   readonly addSpecialTokens?: boolean;
+  /**
+   * Special tokens written in the text (`<|im_start|>` …) are encoded as the plain text they spell,
+   * never as the control token (HF's split_special_tokens). Needs addSpecialTokens false. For text a
+   * user typed into a chat message: otherwise typing `<|im_end|><|im_start|>system` switches roles.
+   */
+  readonly specialTokensAsText?: boolean;
 }
 
 export interface DecodeOptions {
@@ -94,7 +100,13 @@ export class TextTokenizer {
   readonly piecewiseEncoding: boolean;
 
   private readonly addedTokenContent: ReadonlyMap<number, string>;
+  /** Special added tokens written out in text, longest first (null: the tokenizer has none). */
+  private readonly specialTextPattern: RegExp | null;
+  /** Each special token's text encoded as ordinary text (by the tokenizer without its special added tokens). */
+  private readonly plainIdsOfSpecial: ReadonlyMap<string, readonly number[]>;
   private readonly tokenStrings: (string | null | undefined)[] = [];
+  /** tokenBytes of each id met so far (ids < vocabSize): decode and logprobs ask for the same few thousand ids again and again. */
+  private readonly tokenByteCache: (Uint8Array | undefined)[];
   private readonly utf8 = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true });
   private readonly utf8Encoder = new TextEncoder();
   private readonly offThread: OffThreadEncoder;
@@ -111,9 +123,11 @@ export class TextTokenizer {
       bosToken: string | null;
       generationEosIds: readonly number[];
       piecewise: boolean;
+      plainIdsOfSpecial: ReadonlyMap<string, readonly number[]>;
     },
   ) {
     this.vocabSize = tokenizer.getVocabSize(true);
+    this.tokenByteCache = new Array<Uint8Array | undefined>(this.vocabSize);
     this.addedTokenContent = new Map(init.added.map((t) => [t.id, t.content]));
     this.specialTokenIds = new Set(init.added.filter((t) => t.special).map((t) => t.id));
     this.bosToken = init.bosToken;
@@ -124,6 +138,9 @@ export class TextTokenizer {
     for (const id of init.generationEosIds) eos.add(id);
     this.eosTokenIds = [...eos];
     this.piecewiseEncoding = init.piecewise;
+    this.plainIdsOfSpecial = init.plainIdsOfSpecial;
+    const specials = [...init.plainIdsOfSpecial.keys()].sort((a, b) => b.length - a.length);
+    this.specialTextPattern = specials.length === 0 ? null : new RegExp(specials.map(escapeRegExp).join('|'), 'g');
     this.offThread = new OffThreadEncoder({ dir, options: loadOptions });
   }
 
@@ -171,12 +188,27 @@ export class TextTokenizer {
       bosToken: tokenContent(config?.['bos_token']),
       generationEosIds: idList(generation?.['eos_token_id']),
       piecewise: splitSafe,
+      plainIdsOfSpecial: await plainEncodingsOfSpecials(spec, added, tokenizer),
     });
   }
 
-  /** Token ids of `text`. Special tokens written in the text (e.g. `<|im_start|>`) become one id each. */
+  /** Whether `text` spells out a special token (which specialTokensAsText would encode as plain text). */
+  containsSpecialTokenText(text: string): boolean {
+    if (this.specialTextPattern === null) return false;
+    this.specialTextPattern.lastIndex = 0;
+    return this.specialTextPattern.test(text);
+  }
+
+  /**
+   * Token ids of `text`. Special tokens written in the text (e.g. `<|im_start|>`) become one id each,
+   * unless `specialTokensAsText`.
+   */
   async encode(text: string, options: EncodeOptions = {}): Promise<number[]> {
     const addSpecialTokens = options.addSpecialTokens ?? true;
+    if (options.specialTokensAsText === true) {
+      if (addSpecialTokens) throw new Error('specialTokensAsText needs addSpecialTokens: false');
+      if (this.containsSpecialTokenText(text)) return this.encodeSpecialsAsText(text);
+    }
     if (!this.piecewiseEncoding || text.length <= this.pieceChars * 1.5) {
       return (await this.tokenizer.encode(text, null, { addSpecialTokens })).getIds();
     }
@@ -200,12 +232,48 @@ export class TextTokenizer {
   /** The ids of `encode`, as an Int32Array, collected on this thread in one go (the tokenizer worker's path). */
   async encodeInThreadToInt32(text: string, options: EncodeOptions = {}): Promise<Int32Array<ArrayBuffer>> {
     const addSpecialTokens = options.addSpecialTokens ?? true;
+    if (options.specialTokensAsText === true) return Int32Array.from(await this.encode(text, options));
     if (!this.piecewiseEncoding || text.length <= this.pieceChars * 1.5) {
       return Int32Array.from((await this.tokenizer.encode(text, null, { addSpecialTokens })).getIds());
     }
     const parts: number[][] = [];
     for await (const encoding of this.pieceEncodings(text)) parts.push(encoding.getIds());
-    return concatParts(parts, (length) => new Int32Array(length));
+    return concatIds(parts);
+  }
+
+  /**
+   * `text` cut at every special token it spells: the pieces between are encoded as usual (they spell
+   * none), each special token as its plain-text ids. Only the token boundaries next to a cut can differ
+   * from what one encode of the text would give (had the specials been ordinary text).
+   */
+  private async encodeSpecialsAsText(text: string): Promise<number[]> {
+    const pattern = this.specialTextPattern as RegExp;
+    // Alternating: text between specials (maybe ''), a special, text, …, text.
+    const between: string[] = [];
+    const specials: string[] = [];
+    let at = 0;
+    pattern.lastIndex = 0;
+    for (let m = pattern.exec(text); m !== null; m = pattern.exec(text)) {
+      between.push(text.slice(at, m.index));
+      specials.push(m[0]);
+      at = m.index + m[0].length;
+    }
+    between.push(text.slice(at));
+    // One batch call per ~1 M chars rather than one encode per piece (a text may spell thousands of specials).
+    const ids: number[] = [];
+    for (let start = 0; start < between.length; ) {
+      let end = start;
+      let chars = 0;
+      while (end < between.length && (end === start || chars < CHARS_PER_BATCH)) chars += (between[end++] as string).length;
+      const encodings = await this.tokenizer.encodeBatch(between.slice(start, end), { addSpecialTokens: false });
+      encodings.forEach((encoding, i) => {
+        for (const id of encoding.getIds()) ids.push(id);
+        const special = specials[start + i];
+        if (special !== undefined) for (const id of this.plainIdsOfSpecial.get(special) ?? []) ids.push(id);
+      });
+      start = end;
+    }
+    return ids;
   }
 
   /** Stops the tokenizer worker, if one was started. */
@@ -226,18 +294,28 @@ export class TextTokenizer {
   }
 
   /** Text of `ids`; ids the tokenizer does not know are skipped (as HF). */
-  decode(ids: readonly number[], options: DecodeOptions = {}): string {
+  decode(ids: ArrayLike<number>, options: DecodeOptions = {}): string {
     const skip = options.skipSpecialTokens ?? false;
     if (this.byteDecoding === 'byte-level') {
-      const parts: Uint8Array[] = [];
-      for (const id of ids) {
-        if (skip && this.specialTokenIds.has(id)) continue;
-        parts.push(this.tokenBytes(id));
+      // Two passes over the (cached) token bytes: the length, then one buffer; no array per token.
+      let length = 0;
+      for (let i = 0; i < ids.length; i++) {
+        const id = ids[i] as number;
+        if (!(skip && this.specialTokenIds.has(id))) length += this.tokenBytes(id).length;
       }
-      return this.utf8.decode(concatParts(parts, (length) => new Uint8Array(length)));
+      const bytes = new Uint8Array(length);
+      let offset = 0;
+      for (let i = 0; i < ids.length; i++) {
+        const id = ids[i] as number;
+        if (skip && this.specialTokenIds.has(id)) continue;
+        const b = this.tokenBytes(id);
+        bytes.set(b, offset);
+        offset += b.length;
+      }
+      return this.utf8.decode(bytes);
     }
     const tokens: string[] = [];
-    for (const id of ids) {
+    for (const id of Array.from(ids)) {
       if (skip && this.specialTokenIds.has(id)) continue;
       const token = this.idToToken(id);
       if (token !== null) tokens.push(token);
@@ -268,9 +346,17 @@ export class TextTokenizer {
    * The bytes this token stands for in the text. Byte-level BPE: each char of the token maps back to
    * one byte (GPT-2's bytes_to_unicode), so a token may hold part of a UTF-8 character. Added tokens:
    * their content. SentencePiece: `<0xAB>` byte-fallback tokens are that byte, `▁` is a space.
-   * Unknown ids: no bytes.
+   * Unknown ids: no bytes. The array is shared (cached per id): read it, never write to it.
    */
   tokenBytes(id: number): Uint8Array {
+    const cached = this.tokenByteCache[id];
+    if (cached !== undefined) return cached;
+    const bytes = this.computeTokenBytes(id);
+    if (Number.isInteger(id) && id >= 0 && id < this.vocabSize) this.tokenByteCache[id] = bytes;
+    return bytes;
+  }
+
+  private computeTokenBytes(id: number): Uint8Array {
     const added = this.addedTokenContent.get(id);
     if (added !== undefined) return this.utf8Encoder.encode(added);
     const token = this.idToToken(id);
@@ -422,6 +508,37 @@ async function buildByteLevelBpeSpec(dir: string, config: Record<string, unknown
   } as TokenizerSpec;
 }
 
+/**
+ * Each special added token's text as the tokenizer encodes it when the token is not special: a
+ * second tokenizer built from the same spec without its special added tokens encodes each once, at
+ * load. Where that cannot be built, each character is encoded alone (no special token is one character).
+ */
+async function plainEncodingsOfSpecials(spec: TokenizerSpec, added: readonly AddedTokenSpec[], tokenizer: Tokenizer): Promise<Map<string, number[]>> {
+  const specials = added.filter((t) => t.special).map((t) => t.content);
+  const out = new Map<string, number[]>();
+  if (specials.length === 0) return out;
+  let plain: Tokenizer | null = null;
+  try {
+    plain = Tokenizer.fromString(JSON.stringify({ ...spec, added_tokens: added.filter((t) => !t.special) }));
+  } catch {
+    plain = null;
+  }
+  for (const s of specials) {
+    if (plain !== null) {
+      out.set(s, (await plain.encode(s, null, { addSpecialTokens: false })).getIds());
+      continue;
+    }
+    const ids: number[] = [];
+    for (const ch of s) ids.push(...(await tokenizer.encode(ch, null, { addSpecialTokens: false })).getIds());
+    out.set(s, ids);
+  }
+  return out;
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
 function isSplitSafePreTokenizer(spec: TokenizerSpec): boolean {
   const normalizer = spec.normalizer?.type;
   if (normalizer !== undefined && normalizer !== 'NFC') return false;
@@ -468,11 +585,11 @@ function idList(value: unknown): number[] {
   return [];
 }
 
-/** `parts` laid end to end in one new array from `alloc` (Int32Array for ids, Uint8Array for bytes). */
-function concatParts<A extends Int32Array<ArrayBuffer> | Uint8Array<ArrayBuffer>>(parts: readonly ArrayLike<number>[], alloc: (length: number) => A): A {
+/** `parts` (lists of ids) laid end to end in one new Int32Array. */
+function concatIds(parts: readonly ArrayLike<number>[]): Int32Array<ArrayBuffer> {
   let length = 0;
   for (const part of parts) length += part.length;
-  const out = alloc(length);
+  const out = new Int32Array(length);
   let offset = 0;
   for (const part of parts) {
     out.set(part, offset);

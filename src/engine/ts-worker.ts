@@ -6,10 +6,17 @@ import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { Worker, type WorkerOptions } from 'node:worker_threads';
 
+/**
+ * Resolved once, when this module loads: under `--import tsx` a resolve waits synchronously for the
+ * loader's hooks thread (~0.1-0.3 s on a loaded machine), which must not happen on the HTTP thread
+ * when a worker is first started to serve a request.
+ */
+const TSX_API_URL = tsxApiUrl();
+
 /** Starts `entry` (a file: URL of a .ts module) in a new worker thread. */
 export function spawnTsWorker(entry: URL, options: Omit<WorkerOptions, 'eval'> = {}): Worker {
   const bootstrap =
-    `import(${JSON.stringify(tsxApiUrl())}).then((tsx) => { tsx.register(); return import(${JSON.stringify(entry.href)}); })` +
+    `import(${JSON.stringify(TSX_API_URL)}).then((tsx) => { tsx.register(); return import(${JSON.stringify(entry.href)}); })` +
     `.catch((err) => { setImmediate(() => { throw err; }); });`;
   return new Worker(bootstrap, { ...options, eval: true });
 }

@@ -149,6 +149,8 @@ export interface RequestTiming {
 export interface EngineStats {
   readonly numRunning: number;
   readonly numWaiting: number;
+  /** Prompt tokens of the waiting requests (the server bounds it: --max-waiting-tokens). */
+  readonly waitingPromptTokens: number;
   readonly kvPagesUsed: number;
   readonly kvPagesTotal: number;
   readonly stateSlotsUsed: number;

@@ -11,15 +11,22 @@
 import { randomUUID } from 'node:crypto';
 import websocket from '@fastify/websocket';
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import type { IncomingMessage } from 'node:http';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify';
 import fp from 'fastify-plugin';
+import { ENGINE_DEFAULTS } from '../engine/engine-core.ts';
+import { PromptWorker } from '../routes/common/prompt-worker-client.ts';
 import { registerRoutes } from '../routes/index.ts';
+import admissionPlugin from '../server/admission.ts';
 import authPlugin from '../server/auth.ts';
 import corsPlugin from '../server/cors.ts';
 import type { ServerConfig } from '../server/config.ts';
 import type {} from '../server/decorators.ts';
 import errorHandlerPlugin from '../server/error-handler.ts';
+import { toApiError } from '../server/errors.ts';
 import jsonBodyPlugin from '../server/json-body.ts';
+import { withRedactedRequests } from '../server/logging.ts';
+import openSocketsPlugin from '../server/open-sockets.ts';
 import type { ChatAssets, EnginePort, MetricsPort, TokenizerPort } from '../server/ports.ts';
 import { ServingState } from '../server/serving-state.ts';
 
@@ -37,9 +44,14 @@ export interface AppDeps {
 
 const SANE_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
+/** Node hands a request with `Connection: upgrade` and an `Upgrade` header to 'upgrade' listeners, not to 'request'. */
+function isUpgradeRequest(req: IncomingMessage): boolean {
+  return req.headers.upgrade !== undefined && /(^|,)\s*upgrade\s*(,|$)/i.test(req.headers.connection ?? '');
+}
+
 export function buildApp(deps: AppDeps): FastifyInstance {
   const app = Fastify({
-    logger: deps.logger ?? false,
+    logger: withRedactedRequests(deps.logger),
     bodyLimit: deps.config.bodyLimitBytes,
     genReqId: (req) => {
       const incoming = req.headers['x-request-id'];
@@ -48,13 +60,32 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     requestIdHeader: false,
     // Our own draining check answers with the OpenAI envelope.
     return503OnClosing: false,
+    // close() ends every HTTP connection at once: a graceful drain (src/server/shutdown.ts) runs before it.
+    forceCloseConnections: true,
     routerOptions: { ignoreTrailingSlash: true },
+    // Errors Fastify raises before routing (a malformed URL) skip every hook: answer them with the
+    // envelope here, and close the socket of an upgrade request (it left the HTTP server's keeping
+    // when it was handed to the WebSocket plugin, so nothing else would ever close it).
+    frameworkErrors: (err, request, reply: FastifyReply) => {
+      const { apiError } = toApiError(err);
+      request.log.info({ status: apiError.status, type: apiError.type, param: apiError.param }, apiError.message);
+      if (isUpgradeRequest(request.raw)) reply.raw.once('finish', () => request.raw.socket.destroy());
+      void reply.code(apiError.status).headers({ ...apiError.headers, 'x-request-id': request.id }).send(apiError.toEnvelope());
+    },
   })
     .setValidatorCompiler(TypeBoxValidatorCompiler)
     .withTypeProvider<TypeBoxTypeProvider>();
 
   const serving = new ServingState();
   serving.attach(deps.engine, (err) => app.log.error({ err }, 'the model failed to load'));
+  // Large bodies and heavy prompts are parsed, rendered and tokenized off the HTTP thread.
+  const promptWorker = new PromptWorker(
+    { modelDir: deps.config.modelDir, chatAssets: deps.chatAssets, serverConfig: deps.config },
+    () => serving.loadedEngine?.config.vocabSize ?? null,
+    (err, message) => app.log.error({ err }, message),
+  );
+  app.decorate('promptWorker', promptWorker);
+  app.addHook('onClose', async () => promptWorker.close());
   app.decorate('serving', serving);
   app.decorate('tokenizer', deps.tokenizer);
   app.decorate('chatAssets', deps.chatAssets);
@@ -73,18 +104,23 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       });
     }),
   );
+  app.register(openSocketsPlugin);
   app.register(errorHandlerPlugin);
-  app.register(jsonBodyPlugin);
+  app.register(jsonBodyPlugin, { bodyLimitBytes: deps.config.bodyLimitBytes, largeBodies: promptWorker });
   app.register(corsPlugin, { allowedOrigins: deps.config.allowedOrigins }); // before auth: preflights carry no key
-  app.register(authPlugin, { apiKeys: deps.config.apiKeys });
+  // Before auth: the plugin's own onRequest hook marks a request that arrived as an upgrade, and its
+  // onResponse hook destroys the socket of one that was answered instead of upgraded. Registered after
+  // auth, a 401 thrown by auth skipped the marking and every refused upgrade left its socket open.
   app.register(websocket, {
     options: { maxPayload: deps.config.bodyLimitBytes },
-    // On close, let WebSocket streams finish (the drain aborts them at its deadline), then close the sockets.
+    // A drain (src/server/shutdown.ts) has already let WebSocket requests finish; a plain close() does not wait.
     preClose: async function (this: FastifyInstance) {
-      await serving.whenIdle();
       for (const client of this.websocketServer.clients) client.close(1001, 'server shutting down');
     },
   });
+  app.register(authPlugin, { apiKeys: deps.config.apiKeys });
+  // After auth: a request without a key never takes a share of the budgets.
+  app.register(admissionPlugin, { maxQueue: deps.config.maxQueue ?? ENGINE_DEFAULTS.maxQueue, maxWaitingTokens: deps.config.maxWaitingTokens });
   app.register(registerRoutes);
   return app;
 }

@@ -49,6 +49,7 @@ function engineOptions(config: ServerConfig): EngineOptions {
   if (config.threads !== undefined) opts.intraOpThreads = config.threads;
   if (config.decodeThreads !== undefined) opts.decodeIntraOpThreads = config.decodeThreads;
   if (config.grammarCacheEntries !== undefined) opts.grammarCacheEntries = config.grammarCacheEntries;
+  opts.maxPromptLogprobsTokens = config.maxPromptLogprobsTokens;
   return opts;
 }
 

@@ -41,6 +41,19 @@ export interface ServerConfig {
   readonly maxModelLen?: number;
   readonly maxQueue?: number;
   readonly bodyLimitBytes: number;
+  /** Request limits (each a 400 or 429 naming what was over): see FLAGS and README "Flags". */
+  readonly maxWaitingTokens: number;
+  readonly maxMessages: number;
+  readonly maxTools: number;
+  readonly maxToolsBytes: number;
+  readonly maxStopStrings: number;
+  readonly maxStopStringChars: number;
+  readonly maxDetokenizeTokens: number;
+  readonly maxEchoTokens: number;
+  readonly maxPromptLogprobsTokens: number;
+  readonly maxStreamBufferBytes: number;
+  /** Special tokens typed in user and tool message content become control tokens (default: plain text). */
+  readonly allowSpecialTokensInContent: boolean;
   readonly drainTimeoutSeconds: number;
   /** Restarts of a lost inference worker allowed within engineRestartWindowSeconds; one more failure gives up. */
   readonly engineMaxRestarts: number;
@@ -60,7 +73,7 @@ export class ConfigError extends Error {
   override readonly name = 'ConfigError';
 }
 
-type Kind = 'string' | 'int' | 'number' | 'enum';
+type Kind = 'string' | 'int' | 'number' | 'enum' | 'bool';
 
 interface FlagSpec {
   readonly flag: string; // kebab-case, without "--"
@@ -96,6 +109,17 @@ export const FLAGS: readonly FlagSpec[] = [
   { flag: 'max-model-len', kind: 'int', min: 1, help: 'longest prompt + completion in tokens' },
   { flag: 'max-queue', kind: 'int', min: 0, help: 'waiting requests before 429' },
   { flag: 'body-limit-bytes', kind: 'int', min: 1024, help: 'largest request body accepted', defaultText: '67108864 (64 MiB)' },
+  { flag: 'max-waiting-tokens', kind: 'int', min: 1, help: 'prompt tokens waiting for admission (queued, or being parsed and tokenized) before 429; a longer prompt is a 400', defaultText: '33554432 (2^25)' },
+  { flag: 'max-messages', kind: 'int', min: 1, help: 'messages in one chat request', defaultText: '2048' },
+  { flag: 'max-tools', kind: 'int', min: 0, help: 'tools in one chat request', defaultText: '128' },
+  { flag: 'max-tools-bytes', kind: 'int', min: 0, help: 'size of the tools of one chat request, as JSON', defaultText: '1048576 (1 MiB)' },
+  { flag: 'max-stop-strings', kind: 'int', min: 0, help: 'stop strings in one request', defaultText: '16' },
+  { flag: 'max-stop-string-chars', kind: 'int', min: 1, help: 'length of one stop string', defaultText: '256' },
+  { flag: 'max-detokenize-tokens', kind: 'int', min: 1, help: 'token ids in one /detokenize request', defaultText: '262144' },
+  { flag: 'max-echo-tokens', kind: 'int', min: 0, help: 'longest prompt a completion may echo', defaultText: '65536' },
+  { flag: 'max-prompt-logprobs-tokens', kind: 'int', min: 0, help: 'longest prompt whose logprobs a completion may return (echo + logprobs)', defaultText: '4096' },
+  { flag: 'max-stream-buffer-bytes', kind: 'int', min: 65536, help: 'output a streaming client has not read yet; past it the client is disconnected and its request aborted', defaultText: '8388608 (8 MiB)' },
+  { flag: 'allow-special-tokens-in-content', kind: 'bool', help: 'special tokens typed in user and tool message content become control tokens (otherwise they are encoded as plain text)', defaultText: 'off' },
   { flag: 'drain-timeout-seconds', kind: 'number', min: 0, help: 'on SIGTERM, how long in-flight requests may finish', defaultText: '30' },
   { flag: 'engine-max-restarts', kind: 'int', min: 0, help: 'restarts of a lost inference worker within the window before /health/live fails', defaultText: '5' },
   { flag: 'engine-restart-window-seconds', kind: 'number', min: 1, help: 'window in which engine restarts are counted', defaultText: '600' },
@@ -113,7 +137,7 @@ export function envName(flag: string): string {
   return `SPIKESERVE_${flag.toUpperCase().replace(/-/g, '_')}`;
 }
 
-function parseValue(spec: FlagSpec, raw: string, source: string): string | number {
+function parseValue(spec: FlagSpec, raw: string, source: string): string | number | boolean {
   const where = `${source}: --${spec.flag}`;
   switch (spec.kind) {
     case 'string':
@@ -122,6 +146,10 @@ function parseValue(spec: FlagSpec, raw: string, source: string): string | numbe
     case 'enum':
       if (!spec.choices?.includes(raw)) throw new ConfigError(`${where} must be one of ${spec.choices?.join(', ')}, got "${raw}"`);
       return raw;
+    case 'bool':
+      if (raw === 'true' || raw === '1') return true;
+      if (raw === 'false' || raw === '0') return false;
+      throw new ConfigError(`${where} must be true or false, got "${raw}"`);
     case 'int':
     case 'number': {
       const v = Number(raw);
@@ -153,7 +181,7 @@ function parseOrigins(raw: string | undefined): string[] {
 /** Parses `--flag value` / `--flag=value` arguments (after the subcommand) plus the environment. */
 export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): ServerConfig {
   const bySpec = new Map(FLAGS.map((s) => [s.flag, s]));
-  const values = new Map<string, string | number>();
+  const values = new Map<string, string | number | boolean>();
   for (const spec of FLAGS) {
     const raw = env[envName(spec.flag)];
     if (raw !== undefined && raw !== '') values.set(spec.flag, parseValue(spec, raw, envName(spec.flag)));
@@ -167,6 +195,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     if (spec === undefined) throw new ConfigError(`unknown flag --${name} (see --help)`);
     let raw: string | undefined;
     if (eq >= 0) raw = arg.slice(eq + 1);
+    else if (spec.kind === 'bool') raw = 'true'; // a switch: `--flag` alone turns it on
     else {
       raw = argv[i + 1];
       i++;
@@ -176,6 +205,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
   }
   const str = (k: string): string | undefined => values.get(k) as string | undefined;
   const num = (k: string): number | undefined => values.get(k) as number | undefined;
+  const bool = (k: string): boolean | undefined => values.get(k) as boolean | undefined;
 
   const modelDir = resolve(str('model') ?? DEFAULT_MODEL_DIR);
   const apiKeys = (str('api-key') ?? '')
@@ -191,6 +221,17 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     allowedOrigins: parseOrigins(str('allowed-origins')),
     device: (str('device') ?? 'cpu') as Device,
     bodyLimitBytes: num('body-limit-bytes') ?? 64 * 1024 * 1024,
+    maxWaitingTokens: num('max-waiting-tokens') ?? 2 ** 25,
+    maxMessages: num('max-messages') ?? 2048,
+    maxTools: num('max-tools') ?? 128,
+    maxToolsBytes: num('max-tools-bytes') ?? 2 ** 20,
+    maxStopStrings: num('max-stop-strings') ?? 16,
+    maxStopStringChars: num('max-stop-string-chars') ?? 256,
+    maxDetokenizeTokens: num('max-detokenize-tokens') ?? 262_144,
+    maxEchoTokens: num('max-echo-tokens') ?? 65_536,
+    maxPromptLogprobsTokens: num('max-prompt-logprobs-tokens') ?? 4096,
+    maxStreamBufferBytes: num('max-stream-buffer-bytes') ?? 8 * 2 ** 20,
+    allowSpecialTokensInContent: bool('allow-special-tokens-in-content') ?? false,
     drainTimeoutSeconds: num('drain-timeout-seconds') ?? 30,
     engineMaxRestarts: num('engine-max-restarts') ?? 5,
     engineRestartWindowSeconds: num('engine-restart-window-seconds') ?? 600,
@@ -247,7 +288,7 @@ export function helpText(version: string): string {
     'Flags (each also read from the environment variable shown):',
   ];
   for (const s of FLAGS) {
-    const value = s.kind === 'enum' ? (s.choices ?? []).join('|') : s.kind === 'string' ? 'STR' : s.kind === 'int' ? 'INT' : 'NUM';
+    const value = s.kind === 'enum' ? (s.choices ?? []).join('|') : s.kind === 'string' ? 'STR' : s.kind === 'int' ? 'INT' : s.kind === 'bool' ? '' : 'NUM';
     const def = s.defaultText !== undefined ? ` (default: ${s.defaultText})` : '';
     const head = `  --${s.flag} ${value}`;
     // A long value list gets its own line rather than running into the description.

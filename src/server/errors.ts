@@ -58,11 +58,11 @@ export class NotFoundError extends ApiError {
   }
 }
 
-/** 429: the engine's waiting queue is full. */
+/** 429: the waiting queue (code queue_full) or the budget of waiting prompt tokens (waiting_tokens_full) is full. */
 export class RateLimitError extends ApiError {
   override readonly name: string = 'RateLimitError';
-  constructor(message: string, retryAfterSeconds: number) {
-    super(429, 'rate_limit_error', message, null, 'queue_full', { 'retry-after': String(retryAfterSeconds) });
+  constructor(message: string, retryAfterSeconds: number, code: 'queue_full' | 'waiting_tokens_full' = 'queue_full') {
+    super(429, 'rate_limit_error', message, null, code, { 'retry-after': String(retryAfterSeconds) });
   }
 }
 

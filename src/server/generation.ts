@@ -21,6 +21,7 @@
 // the first next(); a stream that ends in 'error' throws a GenerationFailedError; one ended by a
 // drain throws the drain's 503. Leaving the loop early (client gone) aborts every choice, and the
 // iterator's return() resolves only once every engine stream has ended, so its resources are free.
+import { setMaxListeners } from 'node:events';
 import { IncrementalDetokenizer, StopStringMatcher } from '../engine/detokenizer.ts';
 import type { GrammarConstraint, PromptLogprobEntry, PromptTokenIds, SamplingParams, TokenEvent, TopLogprob, WarmedSnapshot } from '../engine/types.ts';
 import { ApiError, UnavailableError } from './errors.ts';
@@ -42,6 +43,8 @@ export interface GenerationSpec {
   readonly constraint?: GrammarConstraint;
   /** Prefill and snapshot the prompt, generate nothing (GenerateRequest.prefillOnly: the prefix-cache warm API). */
   readonly prefillOnly?: boolean;
+  /** Called once every choice has been handed to the engine (the admission ticket is released then). */
+  readonly onSubmitted?: () => void;
 }
 
 export interface GeneratedToken {
@@ -125,6 +128,8 @@ export async function* runGeneration(deps: GenerationDeps, spec: GenerationSpec,
   const ids = choiceRequestIds(spec.requestId, spec.n);
   const internal = new AbortController();
   const choiceSignal = AbortSignal.any([signal, internal.signal]);
+  // Each choice's engine stream listens on it: n (≤ 16) listeners are expected, not a leak.
+  setMaxListeners(Math.max(10, 2 * spec.n), choiceSignal);
   const queue = new ItemQueue();
   const startedAt = performance.now();
   const finished = new Set<number>();
@@ -240,7 +245,9 @@ export async function* runGeneration(deps: GenerationDeps, spec: GenerationSpec,
     }
   };
 
+  // Each pump hands its request to the engine synchronously, before its first await.
   const pumps = ids.map((id, i) => pump(i, id));
+  spec.onSubmitted?.();
   let numOpen = ids.length;
   try {
     while (numOpen > 0) {

@@ -88,6 +88,7 @@ export class ServerMetrics {
   private readonly decodeTime: Histogram.Internal<string>;
   private readonly running: Gauge.Internal<string>;
   private readonly waiting: Gauge.Internal<string>;
+  private readonly waitingPromptTokens: Gauge.Internal<string>;
   private readonly kvUsage: Gauge.Internal<string>;
   private readonly kvPagesUsed: Gauge.Internal<string>;
   private readonly kvPagesCapacity: Gauge.Internal<string>;
@@ -162,6 +163,7 @@ export class ServerMetrics {
 
     this.running = gauge('num_requests_running', 'Requests being prefilled or decoded.');
     this.waiting = gauge('num_requests_waiting', 'Requests waiting to be scheduled.');
+    this.waitingPromptTokens = gauge('num_waiting_prompt_tokens', 'Prompt tokens of the requests waiting to be scheduled (bounded by --max-waiting-tokens).');
     this.kvUsage = gauge('kv_cache_usage_perc', 'Share of KV cache pages in use, 0 to 1.');
     this.kvPagesUsed = gauge('kv_pages_used', 'KV cache pages in use.');
     this.kvPagesCapacity = gauge('kv_pages_capacity', 'KV cache pages in the pool.');
@@ -305,6 +307,7 @@ export class ServerMetrics {
   updateEngineStats(s: EngineStats): void {
     this.running.set(s.numRunning);
     this.waiting.set(s.numWaiting);
+    this.waitingPromptTokens.set(s.waitingPromptTokens);
     this.kvPagesUsed.set(s.kvPagesUsed);
     this.kvPagesCapacity.set(s.kvPagesTotal);
     this.kvUsage.set(s.kvPagesTotal > 0 ? s.kvPagesUsed / s.kvPagesTotal : 0);

@@ -24,7 +24,10 @@ export interface EnginePort {
 }
 
 /** encodeToInt32 is the HTTP thread's encode (long text goes to a worker); tokenBytes gives a token's raw bytes. */
-export type TokenizerPort = Pick<TextTokenizer, 'encode' | 'encodeToInt32' | 'decode' | 'tokenToId' | 'tokenBytes' | 'isSpecial' | 'vocabSize'>;
+export type TokenizerPort = Pick<
+  TextTokenizer,
+  'encode' | 'encodeToInt32' | 'decode' | 'tokenToId' | 'tokenBytes' | 'isSpecial' | 'vocabSize' | 'containsSpecialTokenText'
+>;
 
 export interface RequestTracker {
   onEvent(ev: TokenEvent): void;
@@ -44,4 +47,27 @@ export interface ChatAssets {
   readonly template: string | null;
   readonly bosToken: string;
   readonly eosToken: string;
+}
+
+/** A large request body parsed off the HTTP thread: the body the route validates, and what was derived from its bulk. */
+export interface ParsedLargeBody {
+  readonly body: unknown;
+  /** Route-specific (the routes' prompt worker: the prompt's ids, or the 4xx its preparation raised). */
+  readonly derived: unknown;
+}
+
+/** One large body on its way off the HTTP thread. */
+export interface LargeBodySession {
+  /** The next chunk, as it arrives (copied: the caller may reuse its buffer). */
+  push(chunk: Buffer): void;
+  /** All of it arrived: the parsed body, or a 4xx (bad UTF-8 or JSON, an invalid body). */
+  end(): Promise<ParsedLargeBody>;
+  /** The request failed or the client left: forget the body. */
+  abort(): void;
+}
+
+/** Parses large bodies of some routes off the HTTP thread (the JSON body parser hands them over). */
+export interface LargeBodyParser {
+  /** A session for a body of the route at `routeUrl`, or null when that route's bodies are parsed here. */
+  begin(routeUrl: string): LargeBodySession | null;
 }

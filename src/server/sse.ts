@@ -5,22 +5,35 @@
 // The status line is committed as late as possible: the first chunk (or its error) is awaited for
 // up to one keep-alive interval, so an error raised before the first token — queue full, prompt
 // rejected — still becomes a proper 4xx/5xx through the error handler instead of an SSE error event.
-import { once } from 'node:events';
+//
+// Backpressure: frames are written as they come and what the client has not read yet (the response's
+// and the socket's buffers) is bounded by --max-stream-buffer-bytes. A client that stops reading is
+// disconnected once its backlog passes the bound: the response is destroyed, which ends the request's
+// lifetime (request-lifetime.ts) and aborts its engine requests. Nothing waits for 'drain', so there is
+// no per-write listener to leak, and the generation never queues events behind a stalled socket.
 import type { ServerResponse } from 'node:http';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { toApiError } from './errors.ts';
 
 const KEEPALIVE = ': keep-alive\n\n';
 
-/** Writes SSE frames to a raw response, honouring backpressure, and keeps the connection alive. */
+export interface SseOptions {
+  readonly keepaliveMs: number;
+  /** Unread output past which the client is disconnected (--max-stream-buffer-bytes). */
+  readonly maxBufferBytes: number;
+}
+
+/** Writes SSE frames to a raw response, bounding what the client leaves unread, and keeps the connection alive. */
 class SseWriter {
   readonly #res: ServerResponse;
-  readonly #keepaliveMs: number;
+  readonly #opts: SseOptions;
+  readonly #onOverflow: (bufferedBytes: number) => void;
   #timer: NodeJS.Timeout | null = null;
 
-  constructor(res: ServerResponse, keepaliveMs: number) {
+  constructor(res: ServerResponse, opts: SseOptions, onOverflow: (bufferedBytes: number) => void) {
     this.#res = res;
-    this.#keepaliveMs = keepaliveMs;
+    this.#opts = opts;
+    this.#onOverflow = onOverflow;
   }
 
   get closed(): boolean {
@@ -39,16 +52,16 @@ class SseWriter {
     this.#arm();
   }
 
-  async data(payload: unknown): Promise<void> {
-    await this.#write(`data: ${JSON.stringify(payload)}\n\n`);
+  data(payload: unknown): void {
+    this.#write(`data: ${JSON.stringify(payload)}\n\n`);
   }
 
   comment(): void {
-    if (!this.closed) this.#res.write(KEEPALIVE);
+    this.#write(KEEPALIVE);
   }
 
-  async end(): Promise<void> {
-    if (!this.closed) await this.#write('data: [DONE]\n\n');
+  end(): void {
+    this.#write('data: [DONE]\n\n');
     this.stop();
     if (!this.closed) this.#res.end();
   }
@@ -62,17 +75,21 @@ class SseWriter {
     this.stop();
     this.#timer = setTimeout(() => {
       this.comment();
-      this.#arm();
-    }, this.#keepaliveMs);
+      if (!this.closed) this.#arm();
+    }, this.#opts.keepaliveMs);
     this.#timer.unref();
   }
 
-  async #write(frame: string): Promise<void> {
+  #write(frame: string): void {
     if (this.closed) return;
     this.#arm();
-    if (!this.#res.write(frame)) {
-      // Wait for the client to catch up, or for it to go away.
-      await Promise.race([once(this.#res, 'drain'), once(this.#res, 'close')]);
+    this.#res.write(frame);
+    // writableLength: bytes in the response's buffer plus the socket's, i.e. written but not yet sent.
+    const buffered = this.#res.writableLength;
+    if (buffered > this.#opts.maxBufferBytes) {
+      this.stop();
+      this.#onOverflow(buffered);
+      this.#res.destroy();
     }
   }
 }
@@ -88,22 +105,19 @@ function pendingHeaders(reply: FastifyReply): Record<string, string | number | s
  * Streams `chunks` as SSE. Errors before the first chunk propagate (the caller's error handler
  * answers them); errors after it become an `{error:{…}}` event followed by `[DONE]`.
  */
-export async function streamSse(
-  request: FastifyRequest,
-  reply: FastifyReply,
-  chunks: AsyncIterator<unknown>,
-  keepaliveMs: number,
-): Promise<void> {
+export async function streamSse(request: FastifyRequest, reply: FastifyReply, chunks: AsyncIterator<unknown>, opts: SseOptions): Promise<void> {
   let pending: Promise<IteratorResult<unknown>> | null = chunks.next();
   let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), keepaliveMs)));
+  const timeout = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), opts.keepaliveMs)));
   let first: IteratorResult<unknown> | 'timeout';
   try {
     first = await Promise.race([pending, timeout]);
   } finally {
     clearTimeout(timer);
   }
-  const writer = new SseWriter(reply.raw, keepaliveMs);
+  const writer = new SseWriter(reply.raw, opts, (bufferedBytes) =>
+    request.log.warn({ bufferedBytes, maxBufferBytes: opts.maxBufferBytes }, 'the client stopped reading its stream: disconnected, request aborted'),
+  );
   reply.hijack();
   writer.open(pendingHeaders(reply));
   if (first === 'timeout') writer.comment();
@@ -113,16 +127,16 @@ export async function streamSse(
       const r: IteratorResult<unknown> = await pending;
       if (r.done === true) break;
       if (writer.closed) break;
-      await writer.data(r.value);
+      writer.data(r.value);
       pending = chunks.next();
     }
   } catch (err) {
     const { apiError, isFault } = toApiError(err);
     if (isFault) request.log.error({ err }, 'stream failed');
     else request.log.info({ err: apiError.message }, 'stream ended with an error');
-    if (!writer.closed) await writer.data(apiError.toEnvelope());
+    writer.data(apiError.toEnvelope());
   } finally {
     await chunks.return?.();
-    await writer.end();
+    writer.end();
   }
 }

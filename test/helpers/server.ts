@@ -5,7 +5,7 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyServerOptions } from 'fastify';
 import { Engine, type EngineOptions } from '../../src/engine/engine.ts';
 import { TextTokenizer } from '../../src/engine/tokenizer.ts';
 import { buildApp } from '../../src/main/app.ts';
@@ -94,6 +94,8 @@ export interface TestServerOptions {
   readonly engine?: Partial<EngineOptions>;
   /** Another checkpoint than testModelDir(). */
   readonly modelDir?: string;
+  /** Pino options (e.g. a stream a test reads); default silent. */
+  readonly logger?: FastifyServerOptions['logger'];
 }
 
 /** The app (not listening, silent) around an engine or its promise, serving the test model with these CLI flags. */
@@ -102,10 +104,11 @@ export async function buildTestApp(
   tokenizer: TextTokenizer,
   flags: readonly string[] = [],
   modelDir: string = testModelDir(),
+  logger: FastifyServerOptions['logger'] = false,
 ): Promise<{ app: FastifyInstance; config: ServerConfig; metrics: ServerMetrics }> {
   const config = parseServerConfig(['--model', modelDir, '--port', '0', ...flags], {});
   const metrics = new ServerMetrics(config.servedModelName);
-  const app = buildApp({ engine, tokenizer, chatAssets: await loadChatAssets(modelDir, tokenizer), config, metrics, version: 'test', logger: false });
+  const app = buildApp({ engine, tokenizer, chatAssets: await loadChatAssets(modelDir, tokenizer), config, metrics, version: 'test', logger });
   return { app, config, metrics };
 }
 
@@ -115,7 +118,7 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
   const tokenizer = await TextTokenizer.load(modelDir);
   mkdirSync(CACHE_DIR, { recursive: true });
   const engine = await Engine.start({ modelDir, cacheDir: CACHE_DIR, intraOpThreads: 1, maxModelLen: 4096, ...opts.engine });
-  const { app, config, metrics } = await buildTestApp(engine, tokenizer, opts.flags, modelDir);
+  const { app, config, metrics } = await buildTestApp(engine, tokenizer, opts.flags, modelDir, opts.logger ?? false);
   await app.ready();
   const server: TestServer = {
     app,

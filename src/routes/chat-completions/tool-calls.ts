@@ -99,34 +99,57 @@ function partialTagSuffix(text: string, tag: string): number {
   return 0;
 }
 
+/**
+ * Cost is linear in the reply: outside a block only a possible tag start is carried over; inside one the
+ * body's pieces are kept in a list and only the last TOOL_CALL_CLOSE.length − 1 characters are searched
+ * again with the next piece (searching one ever-growing string would rescan — and re-flatten — the whole
+ * body for every piece: quadratic in a long block).
+ */
 export class ToolCallParser {
-  /** Text not yet decided: a possible start of TOOL_CALL_OPEN, or an open block's body so far. */
+  /** Outside a block: text not yet decided (a possible start of TOOL_CALL_OPEN). */
   private pending = '';
   private inBlock = false;
+  /** Inside a block: its body so far, in pieces, and the last few characters of it (a close tag may straddle pieces). */
+  private body: string[] = [];
+  private bodyTail = '';
 
   /** Feeds the next piece of reply text. */
   push(text: string): ParsedText {
-    this.pending += text;
     let content = '';
     const calls: ToolCall[] = [];
+    let rest = text;
     for (;;) {
       if (!this.inBlock) {
-        const open = this.pending.indexOf(TOOL_CALL_OPEN);
+        const window = this.pending + rest;
+        const open = window.indexOf(TOOL_CALL_OPEN);
         if (open < 0) {
-          const keep = partialTagSuffix(this.pending, TOOL_CALL_OPEN);
-          content += this.pending.slice(0, this.pending.length - keep);
-          this.pending = this.pending.slice(this.pending.length - keep);
+          const keep = partialTagSuffix(window, TOOL_CALL_OPEN);
+          content += window.slice(0, window.length - keep);
+          this.pending = window.slice(window.length - keep);
           break;
         }
-        content += this.pending.slice(0, open);
-        this.pending = this.pending.slice(open + TOOL_CALL_OPEN.length);
+        content += window.slice(0, open);
+        this.pending = '';
+        rest = window.slice(open + TOOL_CALL_OPEN.length);
         this.inBlock = true;
+        this.body = [];
+        this.bodyTail = '';
       } else {
-        const close = this.pending.indexOf(TOOL_CALL_CLOSE);
-        if (close < 0) break;
-        const body = this.pending.slice(0, close);
-        this.pending = this.pending.slice(close + TOOL_CALL_CLOSE.length);
+        const window = this.bodyTail + rest;
+        const close = window.indexOf(TOOL_CALL_CLOSE);
+        if (close < 0) {
+          this.body.push(rest);
+          this.bodyTail = window.slice(-(TOOL_CALL_CLOSE.length - 1));
+          break;
+        }
+        // The tag starts `close − bodyTail.length` characters into `rest` (before it, when negative).
+        const cutAt = close - this.bodyTail.length;
+        let body = this.body.join('');
+        body = cutAt >= 0 ? body + rest.slice(0, cutAt) : body.slice(0, body.length + cutAt);
+        rest = rest.slice(cutAt + TOOL_CALL_CLOSE.length);
         this.inBlock = false;
+        this.body = [];
+        this.bodyTail = '';
         const call = parseToolCallBody(body.trim());
         if (call === null) content += `${TOOL_CALL_OPEN}${body}${TOOL_CALL_CLOSE}`;
         else calls.push(call);
@@ -137,9 +160,11 @@ export class ToolCallParser {
 
   /** End of the reply: whatever is still held back is content (an unterminated block is kept as written). */
   finish(): ParsedText {
-    const content = this.inBlock ? `${TOOL_CALL_OPEN}${this.pending}` : this.pending;
+    const content = this.inBlock ? `${TOOL_CALL_OPEN}${this.body.join('')}` : this.pending;
     this.pending = '';
     this.inBlock = false;
+    this.body = [];
+    this.bodyTail = '';
     return { content, calls: [] };
   }
 }

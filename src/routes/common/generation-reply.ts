@@ -41,7 +41,10 @@ export async function replyWithGeneration<T>(
   try {
     const events = generationEvents(app, prepared, life.signal);
     if (!prepared.stream) return await formats.whole(events);
-    await streamSse(request, reply, formats.chunks(events), app.serverConfig.keepaliveSeconds * 1000);
+    await streamSse(request, reply, formats.chunks(events), {
+      keepaliveMs: app.serverConfig.keepaliveSeconds * 1000,
+      maxBufferBytes: app.serverConfig.maxStreamBufferBytes,
+    });
     return reply;
   } finally {
     life.release();

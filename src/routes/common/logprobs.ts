@@ -14,18 +14,37 @@ function finiteLogprob(x: number): number {
   return Number.isFinite(x) ? x : -9999;
 }
 
+/** Each token's text and bytes, per tokenizer: a response with logprobs names the same ids over and over. */
+interface TokenTextCache {
+  readonly text: Map<number, string>;
+  readonly bytes: Map<number, readonly number[]>;
+}
+const caches = new WeakMap<TokenizerPort, TokenTextCache>();
+
 export class TokenText {
+  readonly #cache: TokenTextCache;
+
   constructor(
     private readonly tokenizer: TokenizerPort,
     private readonly asTokenIds: boolean,
-  ) {}
-
-  text(id: number): string {
-    return this.asTokenIds ? `token_id:${id}` : lenient.decode(this.tokenizer.tokenBytes(id));
+  ) {
+    let cache = caches.get(tokenizer);
+    if (cache === undefined) caches.set(tokenizer, (cache = { text: new Map(), bytes: new Map() }));
+    this.#cache = cache;
   }
 
+  text(id: number): string {
+    if (this.asTokenIds) return `token_id:${id}`;
+    let text = this.#cache.text.get(id);
+    if (text === undefined) this.#cache.text.set(id, (text = lenient.decode(this.tokenizer.tokenBytes(id))));
+    return text;
+  }
+
+  /** Shared between responses: serialize it, never change it. */
   bytes(id: number): number[] {
-    return Array.from(this.tokenizer.tokenBytes(id));
+    let bytes = this.#cache.bytes.get(id);
+    if (bytes === undefined) this.#cache.bytes.set(id, (bytes = Array.from(this.tokenizer.tokenBytes(id))));
+    return bytes as number[];
   }
 }
 

@@ -6,6 +6,7 @@ import { randomUUID } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import type { PromptTokenIds } from '../../engine/types.ts';
 import { InvalidRequestError } from '../../server/errors.ts';
+import type { AdmissionTicket } from '../../server/admission.ts';
 import type { GenerationSpec } from '../../server/generation.ts';
 import type { EnginePort } from '../../server/ports.ts';
 import { TokenText } from './logprobs.ts';
@@ -29,7 +30,10 @@ export interface PreparedGenerationParts {
 /** The endpoint's own sampling rules; the engine's limits and the prompt length are filled in here. */
 export type EndpointSampling = Omit<SamplingContext, 'promptTokens' | 'maxModelLen' | 'vocabSize'>;
 
-/** Throws InvalidRequestError (from toSamplingParams) when the prompt or the sampling fields do not fit. */
+/**
+ * Throws InvalidRequestError (from toSamplingParams) when the prompt or the sampling fields do not fit,
+ * and the admission ticket's errors (400 over the token budget, 429 when the budgets are full now).
+ */
 export function prepareGeneration(
   app: FastifyInstance,
   engine: EnginePort,
@@ -37,6 +41,7 @@ export function prepareGeneration(
   promptTokenIds: PromptTokenIds,
   idPrefix: 'chatcmpl' | 'cmpl',
   endpointSampling: EndpointSampling,
+  ticket: AdmissionTicket | null,
 ): PreparedGenerationParts {
   const stream = body.stream === true;
   // OpenAI and vLLM refuse it too: the options describe a stream, and a client that sends them
@@ -44,6 +49,8 @@ export function prepareGeneration(
   if (!stream && body.stream_options !== undefined && body.stream_options !== null) {
     throw new InvalidRequestError("'stream_options' is only allowed when 'stream' is true", 'stream_options');
   }
+  const n = body.n ?? 1;
+  ticket?.update(n, promptTokenIds.length, endpointSampling.promptParam);
   const sampling = toSamplingParams(body, {
     ...endpointSampling,
     promptTokens: promptTokenIds.length,
@@ -51,7 +58,6 @@ export function prepareGeneration(
     vocabSize: engine.config.vocabSize,
   });
   const id = `${idPrefix}-${randomUUID().replace(/-/g, '')}`;
-  const n = body.n ?? 1;
   const includeProgress = body.stream_options?.include_progress === true;
   // llama.cpp sends prompt_progress in streams only and ignores the flag otherwise; so does this.
   const returnProgress = stream && body.return_progress === true;
@@ -64,6 +70,7 @@ export function prepareGeneration(
       stop: stopStrings(body.stop),
       skipSpecialTokens: body.skip_special_tokens ?? true,
       reportProgress: includeProgress || returnProgress,
+      ...(ticket !== null ? { onSubmitted: () => ticket.release() } : {}),
     },
     identity: {
       id,

@@ -7,7 +7,6 @@ import type { SamplingParams } from '../../engine/types.ts';
 import { InvalidRequestError } from '../../server/errors.ts';
 
 const MAX_N = 16;
-const MAX_STOP_STRINGS = 16;
 export const MAX_TOP_LOGPROBS = 20;
 
 const TokenId = Type.Integer({ minimum: 0 });
@@ -33,7 +32,8 @@ export const samplingFields = {
   top_k: Type.Optional(Type.Union([Type.Integer({ minimum: -1 }), Type.Null()])),
   min_p: Type.Optional(Type.Union([Type.Number({ minimum: 0, maximum: 1 }), Type.Null()])),
   seed: Type.Optional(Type.Union([Type.Integer({ minimum: -(2 ** 53) + 1, maximum: 2 ** 53 - 1 }), Type.Null()])),
-  stop: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String(), { maxItems: MAX_STOP_STRINGS }), Type.Null()])),
+  // Their number and length are server limits (--max-stop-strings, --max-stop-string-chars; ./limits.ts).
+  stop: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String()), Type.Null()])),
   stop_token_ids: Type.Optional(Type.Union([Type.Array(TokenId, { maxItems: 256 }), Type.Null()])),
   max_tokens: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.Null()])),
   n: Type.Optional(Type.Union([Type.Integer({ minimum: 1, maximum: MAX_N }), Type.Null()])),

@@ -2,8 +2,13 @@
 // With `echo` the prompt text comes first in each choice; with `echo` and `logprobs` the prompt
 // tokens lead the logprobs block too (the first has no logprob: null). text_offset counts
 // characters from the start of the choice's returned text.
+//
+// The prompt's logprobs (up to --max-prompt-logprobs-tokens entries with up to 20 alternatives each)
+// are formatted PROMPT_SLICE_TOKENS at a time, one slice per turn of the event loop; streamed, each
+// slice is a chunk of its own (the first carries the prompt's text, the others empty text).
 import type { PromptLogprobEntry, PromptTokenIds } from '../../engine/types.ts';
 import type { FinishReasonOut, GenerationEvent } from '../../server/generation.ts';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import { appendLegacy, emptyLegacyLogprobs, type LegacyLogprobs, type TokenText } from '../common/logprobs.ts';
 import { progressChunks, responseObject, streamChunk, usageChunk, type StreamIdentity, type StreamOptions } from '../common/stream-chunks.ts';
 import { UsageCounter } from '../common/usage.ts';
@@ -26,6 +31,19 @@ function promptEntries(ctx: CompletionFormatContext, entries: readonly (PromptLo
   return Array.from(ctx.promptTokenIds, (tokenId, i): PromptEntry => entries?.[i] ?? { tokenId, logprob: null });
 }
 
+/** Prompt logprob entries formatted per turn of the event loop (~256 × 21 entries: a few ms). */
+const PROMPT_SLICE_TOKENS = 256;
+
+/** `entries` appended slice by slice, yielding to the event loop between slices; returns the offset after them. */
+async function appendPromptInSlices(into: LegacyLogprobs, entries: readonly PromptEntry[], tt: TokenText): Promise<number> {
+  let offset = 0;
+  for (let at = 0; at < entries.length; at += PROMPT_SLICE_TOKENS) {
+    offset = appendLegacy(into, entries.slice(at, at + PROMPT_SLICE_TOKENS), tt, offset);
+    if (at + PROMPT_SLICE_TOKENS < entries.length) await nextTurn();
+  }
+  return offset;
+}
+
 /** Per-choice state: text so far, the logprobs block, and the running character offset. */
 class ChoiceState {
   text = '';
@@ -44,12 +62,12 @@ export async function completion(events: AsyncIterable<GenerationEvent>, ctx: Co
     if (ev.type === 'prompt_logprobs') promptLogprobs[ev.index] = [...ev.entries];
     else if (ev.type === 'delta' || ev.type === 'finish') generated.push(ev);
   }
-  choices.forEach((c, i) => {
-    if (!ctx.echo) return;
+  for (const [i, c] of choices.entries()) {
+    if (!ctx.echo) break;
     c.text = ctx.promptText;
-    if (ctx.logprobs !== null) c.offset = appendLegacy(c.logprobs, promptEntries(ctx, promptLogprobs[i] ?? null), ctx.tokenText, 0);
+    if (ctx.logprobs !== null) c.offset = await appendPromptInSlices(c.logprobs, promptEntries(ctx, promptLogprobs[i] ?? null), ctx.tokenText);
     else c.offset = ctx.promptText.length;
-  });
+  }
   for (const ev of generated) {
     const c = choices[ev.index];
     if (c === undefined) continue;
@@ -75,16 +93,22 @@ export async function* completionChunks(events: AsyncIterable<GenerationEvent>, 
   const choices = Array.from({ length: ctx.n }, () => new ChoiceState());
   const chunk = (index: number, text: string, logprobs: LegacyLogprobs | null, finishReason: FinishReasonOut | null): object =>
     streamChunk(ctx, 'text_completion', [{ index, text, logprobs, finish_reason: finishReason }], opts);
-  function* echoChunk(index: number, entries: readonly (PromptLogprobEntry | null)[] | null): Generator<object> {
+  async function* echoChunk(index: number, entries: readonly (PromptLogprobEntry | null)[] | null): AsyncGenerator<object> {
     const c = choices[index];
     if (!ctx.echo || c === undefined || c.echoed) return;
     c.echoed = true;
-    let lp: LegacyLogprobs | null = null;
-    if (ctx.logprobs !== null) {
-      lp = emptyLegacyLogprobs();
-      c.offset = appendLegacy(lp, promptEntries(ctx, entries), ctx.tokenText, 0);
-    } else c.offset = ctx.promptText.length;
-    yield chunk(index, ctx.promptText, lp, null);
+    if (ctx.logprobs === null) {
+      c.offset = ctx.promptText.length;
+      yield chunk(index, ctx.promptText, null, null);
+      return;
+    }
+    const all = promptEntries(ctx, entries);
+    for (let at = 0; at < all.length; at += PROMPT_SLICE_TOKENS) {
+      const lp = emptyLegacyLogprobs();
+      c.offset = appendLegacy(lp, all.slice(at, at + PROMPT_SLICE_TOKENS), ctx.tokenText, c.offset);
+      yield chunk(index, at === 0 ? ctx.promptText : '', lp, null);
+      if (at + PROMPT_SLICE_TOKENS < all.length) await nextTurn();
+    }
   }
   for await (const ev of events) {
     switch (ev.type) {

@@ -1,16 +1,18 @@
-// A validated completion request → prompt tokens (tokenized asynchronously, or taken as given),
-// sampling params and the formatting context. `echo` + `logprobs` asks the engine for the
-// prompt's own logprobs.
+// A validated completion request → prompt tokens (./prompt.ts: here, or already done by the prompt
+// worker for a large body), sampling params and the formatting context. `echo` + `logprobs` asks the
+// engine for the prompt's own logprobs.
 import type { FastifyInstance } from 'fastify';
-import type { PromptTokenIds } from '../../engine/types.ts';
+import type { AdmissionTicket } from '../../server/admission.ts';
 import { InvalidRequestError } from '../../server/errors.ts';
 import type { GenerationSpec } from '../../server/generation.ts';
 import type { EnginePort } from '../../server/ports.ts';
 import { prepareGeneration } from '../common/prepare-generation.ts';
 import { outputConstraint } from '../common/structured-output.ts';
+import { promptOf, type DerivedPrompt } from '../common/prompt-context.ts';
 import type { StreamOptions } from '../common/stream-chunks.ts';
 import { checkModel } from '../common/usage.ts';
 import type { CompletionFormatContext } from './format.ts';
+import { prepareCompletionPrompt } from './prompt.ts';
 import type { CompletionRequest } from './schema.ts';
 
 export interface PreparedCompletion {
@@ -21,34 +23,16 @@ export interface PreparedCompletion {
   readonly stream: boolean;
 }
 
-const isTokenId = (x: unknown): x is number => typeof x === 'number' && Number.isInteger(x) && x >= 0;
-
-/** The one prompt of the request: a string or a token-id list. */
-function singlePrompt(p: CompletionRequest['prompt']): string | number[] {
-  if (typeof p === 'string') return p;
-  if (p.every(isTokenId)) return p as number[];
-  if (p.length === 1 && typeof p[0] === 'string') return p[0];
-  if (p.length === 1 && Array.isArray(p[0]) && p[0].length > 0 && p[0].every(isTokenId)) return p[0] as number[];
-  if (p.length > 1 && p.every((x) => typeof x === 'string' || Array.isArray(x))) {
-    throw new InvalidRequestError("'prompt' holds several prompts; send one prompt per request", 'prompt');
-  }
-  throw new InvalidRequestError("'prompt' must be a string, a list of token ids (integers ≥ 0), or a one-element list of either", 'prompt');
-}
-
-/** Token ids of the prompt, and its text when `echo` needs it (decoding millions of ids is not free). */
-async function promptTokens(app: FastifyInstance, body: CompletionRequest, vocabSize: number): Promise<{ ids: PromptTokenIds; text: string }> {
-  const one = singlePrompt(body.prompt);
-  if (typeof one === 'string') {
-    const ids = await app.tokenizer.encodeToInt32(one, { addSpecialTokens: body.add_special_tokens ?? true });
-    return { ids, text: one };
-  }
-  for (const id of one) {
-    if (id >= vocabSize) throw new InvalidRequestError(`'prompt' holds token id ${id}, but the vocabulary has ${vocabSize} tokens`, 'prompt');
-  }
-  return { ids: one, text: body.echo === true ? app.tokenizer.decode(one, { skipSpecialTokens: false }) : '' };
-}
-
-export async function prepareCompletion(app: FastifyInstance, body: CompletionRequest): Promise<PreparedCompletion> {
+/**
+ * `ticket`: the request's admission ticket (updated with its real size once tokenized), if it has one;
+ * `derived`: the prompt already prepared by the prompt worker (a large body), or null.
+ */
+export async function prepareCompletion(
+  app: FastifyInstance,
+  body: CompletionRequest,
+  ticket: AdmissionTicket | null = null,
+  derived: DerivedPrompt | null = null,
+): Promise<PreparedCompletion> {
   checkModel(app, body.model);
   const engine = app.serving.requireEngine();
   const n = body.n ?? 1;
@@ -56,21 +40,21 @@ export async function prepareCompletion(app: FastifyInstance, body: CompletionRe
     throw new InvalidRequestError("'best_of' is not supported (only best_of = n)", 'best_of');
   }
   const constraint = outputConstraint(body);
-  const { ids, text } = await promptTokens(app, body, engine.config.vocabSize);
-  if (ids.length === 0) throw new InvalidRequestError('the prompt is empty', 'prompt');
+  const prompt = await promptOf(derived, () => prepareCompletionPrompt(app, body, engine.config.vocabSize));
+  body.prompt = ''; // the request keeps no copy of the prompt's text: `prompt.text` holds it when echo needs it
   const echo = body.echo === true;
   const logprobs = body.logprobs ?? null;
-  const { spec, identity, streamOptions, stream } = prepareGeneration(app, engine, body, ids, 'cmpl', {
+  const { spec, identity, streamOptions, stream } = prepareGeneration(app, engine, body, prompt.ids, 'cmpl', {
     promptParam: 'prompt',
     defaultMaxTokens: 16,
     logprobs,
     promptLogprobs: echo && logprobs !== null ? logprobs : null,
     extraStopTokenIds: [],
-  });
+  }, ticket);
   return {
     engine,
     spec: constraint === undefined ? spec : { ...spec, constraint },
-    format: { ...identity, promptTokenIds: ids, promptText: text, echo, logprobs },
+    format: { ...identity, promptTokenIds: prompt.ids, promptText: prompt.text ?? '', echo, logprobs },
     streamOptions,
     stream,
   };

@@ -1,24 +1,18 @@
-// POST /detokenize — `{tokens}` → `{prompt}` (special tokens kept, as the ids say).
+// POST /detokenize — `{tokens}` → `{prompt}` (special tokens kept, as the ids say). The text is made by
+// ./text.ts, in the prompt worker for a large body (json-body.ts).
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
-import { InvalidRequestError } from '../../server/errors.ts';
+import { textOf, type DerivedText } from '../common/prompt-context.ts';
 import { checkModel } from '../common/usage.ts';
-
-const DetokenizeRequest = Type.Object({
-  model: Type.Optional(Type.String()),
-  tokens: Type.Array(Type.Integer({ minimum: 0 })),
-});
+import { DetokenizeRequest } from './schema.ts';
+import { detokenizeText } from './text.ts';
 
 const DetokenizeResponse = Type.Object({ prompt: Type.String() });
 
 const detokenizeRoute: FastifyPluginAsyncTypebox = async (app) => {
   app.post('/detokenize', { schema: { body: DetokenizeRequest, response: { 200: DetokenizeResponse } } }, async (request) => {
     checkModel(app, request.body.model);
-    const vocabSize = app.tokenizer.vocabSize;
-    for (const id of request.body.tokens) {
-      if (id >= vocabSize) throw new InvalidRequestError(`'tokens' holds token id ${id}, but the vocabulary has ${vocabSize} tokens`, 'tokens');
-    }
-    return { prompt: app.tokenizer.decode(request.body.tokens, { skipSpecialTokens: false }) };
+    return { prompt: textOf(request.derivedBody as DerivedText | null, () => detokenizeText(app, request.body)) };
   });
 };
 

@@ -135,7 +135,10 @@ const prefixCacheRoute: FastifyPluginAsyncTypebox = async (app) => {
           else if (ev.type === 'finish') yield warmResult(promptTokens, ev);
         }
       };
-      await streamSse(request, reply, chunks(), app.serverConfig.keepaliveSeconds * 1000);
+      await streamSse(request, reply, chunks(), {
+        keepaliveMs: app.serverConfig.keepaliveSeconds * 1000,
+        maxBufferBytes: app.serverConfig.maxStreamBufferBytes,
+      });
       return reply;
     } finally {
       life.release();

@@ -1,0 +1,238 @@
+// The HTTP thread's worst stall while the server handles one large or heavy request (issue: "nothing
+// long on the HTTP thread"). The server (default model, --max-model-len 65536, so a prompt too long
+// to run is refused right after it is tokenized) runs in this process with a 1 ms interval probe;
+// each request is built and sent by a child process, so the client's own work is not measured.
+//
+//   node --import tsx bench/event-loop-stall.ts [--only NAME]
+//
+// Columns: status of the answer, request body MiB, response MiB, the probe's longest gap minus 1 ms
+// ("stall") with the main thread's time running and waiting for a core during it (Linux schedstat: on a
+// loaded 2-core machine much of a gap is waiting), the most the main thread ran between two ticks, and
+// the request's wall time. The tool-call parser is measured on its own (no HTTP): a
+// 256 KiB call streamed 4 characters at a time, total time.
+//
+// PREDICTION (written before measuring, for the code before and after the change):
+//   64 MiB chat body: before, Buffer.concat + UTF-8 check + JSON.parse + the clone into the tokenizer
+//   worker, each in one block: ~1-2 s; after, each chunk is handed on as it arrives and the body is
+//   parsed, rendered and tokenized in the prompt worker: stalls ≤ 10-20 ms (the machine's load adds
+//   waits for a core).
+//   48 MiB token-id body: before ~2-3 s (JSON.parse of 8 M numbers, schema check, Int32Array.from);
+//   after ≤ 20 ms.
+//   2,000 messages / 128 tools: before ~100-500 ms of template rendering; after ≤ 10-20 ms.
+//   /detokenize of 262,144 ids: before ~50-100 ms; after ≤ 10 ms.
+//   /tokenize of 16 MiB (~4 M ids in the answer): before ~1 s (serializing the array); after ≤ 20 ms.
+//   echo + 20 logprobs of 4,096 prompt tokens: ~50-100 ms of formatting before and after (bounded by
+//   --max-prompt-logprobs-tokens, not moved off the thread).
+//   Tool-call parser, 256 KiB block in 4-char pieces: before quadratic (~10 s), after ~50 ms.
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { resolve } from 'node:path';
+import { Engine } from '../src/engine/engine.ts';
+import { TextTokenizer } from '../src/engine/tokenizer.ts';
+import { buildApp } from '../src/main/app.ts';
+import { ToolCallParser } from '../src/routes/chat-completions/tool-calls.ts';
+import { loadChatAssets } from '../src/routes/chat-template.ts';
+import { DEFAULT_MODEL_DIR, parseServerConfig } from '../src/server/config.ts';
+import { ServerMetrics } from '../src/server/metrics.ts';
+import { loadAverage } from './common.ts';
+
+const MiB = 2 ** 20;
+
+interface Scenario {
+  readonly name: string;
+  readonly path: string;
+  /** Builds the request body (in the client process). */
+  readonly body: () => string;
+}
+
+const VERSE = 'And it came to pass, in the days of the judges, that there was a famine in the land. ';
+
+const SCENARIOS: readonly Scenario[] = [
+  {
+    name: 'chat, one message of 63.9 MiB',
+    path: '/v1/chat/completions',
+    body: () => JSON.stringify({ messages: [{ role: 'user', content: VERSE.repeat(Math.floor((64 * MiB - 4096) / VERSE.length)) }], max_tokens: 1 }),
+  },
+  {
+    name: 'completions, 8 M token ids',
+    path: '/v1/completions',
+    body: () => JSON.stringify({ prompt: Array.from({ length: 8_000_000 }, (_, i) => 3 + ((i * 7919) % 4000)), max_tokens: 1 }),
+  },
+  {
+    name: 'chat, 2,000 messages',
+    path: '/v1/chat/completions',
+    body: () =>
+      JSON.stringify({
+        messages: Array.from({ length: 2000 }, (_, i) => ({ role: i % 2 === 0 ? 'user' : 'assistant', content: `${VERSE} (${i})` })),
+        max_tokens: 1,
+      }),
+  },
+  {
+    name: 'chat, 128 tools',
+    path: '/v1/chat/completions',
+    body: () =>
+      JSON.stringify({
+        messages: [{ role: 'user', content: 'What is the weather?' }],
+        tools: Array.from({ length: 128 }, (_, i) => ({
+          type: 'function',
+          function: { name: `tool_${i}`, description: VERSE.repeat(8), parameters: { type: 'object', properties: { city: { type: 'string' }, days: { type: 'integer' } } } },
+        })),
+        max_tokens: 1,
+      }),
+  },
+  {
+    name: '/detokenize, 262,144 ids',
+    path: '/detokenize',
+    body: () => JSON.stringify({ tokens: Array.from({ length: 262_144 }, (_, i) => 3 + ((i * 7919) % 4000)) }),
+  },
+  {
+    name: '/tokenize, 16 MiB prompt',
+    path: '/tokenize',
+    body: () => JSON.stringify({ prompt: VERSE.repeat(Math.floor((16 * MiB) / VERSE.length)) }),
+  },
+  {
+    name: 'echo + 20 logprobs, 4,096 prompt tokens',
+    path: '/v1/completions',
+    body: () => JSON.stringify({ prompt: Array.from({ length: 4096 }, (_, i) => 3 + ((i * 7919) % 4000)), max_tokens: 1, echo: true, logprobs: 20 }),
+  },
+];
+
+/** Client mode: build the body, send it, print status and response size. */
+async function client(name: string, port: number): Promise<void> {
+  const scenario = SCENARIOS.find((s) => s.name === name);
+  if (scenario === undefined) throw new Error(`no scenario ${name}`);
+  const body = Buffer.from(scenario.body());
+  process.send?.({ ready: body.length });
+  await new Promise<void>((r) => process.once('message', () => r()));
+  const result = await new Promise<{ status: number; bytes: number }>((resolvePromise, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: scenario.path, headers: { 'content-type': 'application/json', 'content-length': body.length } }, (res) => {
+      let bytes = 0;
+      res.on('data', (d: Buffer) => (bytes += d.length));
+      res.on('end', () => resolvePromise({ status: res.statusCode ?? 0, bytes }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+  process.send?.({ done: result });
+}
+
+/** The main thread's time on a core and waiting for one, ns (Linux schedstat; zeros elsewhere). */
+function mainThreadSched(): { runNs: number; waitNs: number } {
+  try {
+    const [run, wait] = readFileSync(`/proc/self/task/${process.pid}/schedstat`, 'utf8').split(' ');
+    return { runNs: Number(run), waitNs: Number(wait) };
+  } catch {
+    return { runNs: 0, waitNs: 0 };
+  }
+}
+
+/**
+ * 1 ms interval probe: the longest gap between ticks, minus the interval, and how much of that gap the
+ * main thread spent running (its own work, GC included) and waiting for a core (the machine's load).
+ */
+class StallProbe {
+  #last = performance.now();
+  #lastSched = mainThreadSched();
+  #worst = { ms: 0, runMs: 0, waitMs: 0, maxRunMs: 0 };
+  readonly #timer = setInterval(() => {
+    const now = performance.now();
+    const sched = mainThreadSched();
+    const ms = now - this.#last - 1;
+    const runMs = (sched.runNs - this.#lastSched.runNs) / 1e6;
+    const maxRunMs = Math.max(this.#worst.maxRunMs, runMs);
+    if (ms > this.#worst.ms) this.#worst = { ms, runMs, waitMs: (sched.waitNs - this.#lastSched.waitNs) / 1e6, maxRunMs };
+    else this.#worst = { ...this.#worst, maxRunMs };
+    this.#last = now;
+    this.#lastSched = sched;
+  }, 1);
+
+  reset(): void {
+    this.#last = performance.now();
+    this.#lastSched = mainThreadSched();
+    this.#worst = { ms: 0, runMs: 0, waitMs: 0, maxRunMs: 0 };
+  }
+
+  /** The longest gap (ms: its length; runMs / waitMs: the main thread's share of it), and the most CPU one gap took (maxRunMs). */
+  get worst(): { ms: number; runMs: number; waitMs: number; maxRunMs: number } {
+    return this.#worst;
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+  }
+}
+
+function runScenario(scenario: Scenario, port: number, probe: StallProbe): Promise<{ status: number; bodyBytes: number; responseBytes: number; stall: StallProbe['worst']; wallMs: number }> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', import.meta.filename, '--client', scenario.name, '--port', String(port)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    let bodyBytes = 0;
+    let start = 0;
+    child.on('message', (msg: { ready?: number; done?: { status: number; bytes: number } }) => {
+      if (msg.ready !== undefined) {
+        bodyBytes = msg.ready;
+        probe.reset();
+        start = performance.now();
+        child.send('go');
+      } else if (msg.done !== undefined) {
+        resolvePromise({ status: msg.done.status, bodyBytes, responseBytes: msg.done.bytes, stall: probe.worst, wallMs: performance.now() - start });
+      }
+    });
+    child.on('error', reject);
+    child.on('exit', (code) => {
+      if (code !== 0) reject(new Error(`client ${scenario.name} exited ${code}`));
+    });
+  });
+}
+
+/** The tool-call parser alone: one call of `bytes` streamed `pieceChars` at a time. */
+function toolCallParserMs(bytes: number, pieceChars: number): number {
+  const reply = `<tool_call>\n{"name": "f", "arguments": {"data": "${'y'.repeat(bytes)}"}}\n</tool_call>`;
+  const start = performance.now();
+  const parser = new ToolCallParser();
+  let calls = 0;
+  for (let at = 0; at < reply.length; at += pieceChars) calls += parser.push(reply.slice(at, at + pieceChars)).calls.length;
+  calls += parser.finish().calls.length;
+  if (calls !== 1) throw new Error('the parser missed the call');
+  return performance.now() - start;
+}
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  const clientAt = args.indexOf('--client');
+  if (clientAt >= 0) return client(args[clientAt + 1] as string, Number(args[args.indexOf('--port') + 1]));
+  const onlyAt = args.indexOf('--only');
+  const only = onlyAt >= 0 ? args[onlyAt + 1] : undefined;
+
+  const modelDir = DEFAULT_MODEL_DIR;
+  const tokenizer = await TextTokenizer.load(modelDir);
+  const engine = await Engine.start({ modelDir, maxModelLen: 65536, intraOpThreads: 1, cacheDir: resolve(import.meta.dirname, '..', '.cache', 'bench-onnx') });
+  const config = parseServerConfig(['--model', modelDir, '--max-model-len', '65536'], {});
+  const app = buildApp({ engine, tokenizer, chatAssets: await loadChatAssets(modelDir, tokenizer), config, metrics: new ServerMetrics(config.servedModelName), version: 'bench', logger: false });
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const port = (app.server.address() as AddressInfo).port;
+  const probe = new StallProbe();
+
+  console.log(`load average at start: ${loadAverage()}`);
+  console.log('| request | status | body MiB | response MiB | worst stall ms | of it: running / waiting for a core ms | longest run between two ticks ms | wall s |');
+  console.log('|---|---|---|---|---|---|---|---|');
+  for (const scenario of SCENARIOS) {
+    if (only !== undefined && !scenario.name.includes(only)) continue;
+    const r = await runScenario(scenario, port, probe);
+    console.log(
+      `| ${scenario.name} | ${r.status} | ${(r.bodyBytes / MiB).toFixed(1)} | ${(r.responseBytes / MiB).toFixed(2)} | ${r.stall.ms.toFixed(1)} | ${r.stall.runMs.toFixed(1)} / ${r.stall.waitMs.toFixed(1)} | ${r.stall.maxRunMs.toFixed(1)} | ${(r.wallMs / 1000).toFixed(2)} |`,
+    );
+  }
+  if (only === undefined || 'tool-call parser'.includes(only)) {
+    const ms = toolCallParserMs(256 * 1024, 4);
+    console.log(`| tool-call parser, a 256 KiB call in 4-char pieces (no HTTP) | — | — | — | ${ms.toFixed(1)} (all of it) | — | — | ${(ms / 1000).toFixed(2)} |`);
+  }
+  console.log(`load average at end: ${loadAverage()}`);
+  probe.stop();
+  await app.close();
+  await engine.shutdown();
+  await tokenizer.close();
+}
+
+await main();
