@@ -434,7 +434,7 @@ const HISTOGRAMS = [
   'request_queue_time_seconds', 'request_prefill_time_seconds', 'request_decode_time_seconds',
 ];
 const GAUGES = [
-  'num_requests_running', 'num_requests_waiting', 'kv_cache_usage_perc', 'kv_pages_used', 'kv_pages_capacity',
+  'num_requests_running', 'num_requests_waiting', 'num_waiting_prompt_tokens', 'kv_cache_usage_perc', 'kv_pages_used', 'kv_pages_capacity',
   'recurrent_state_bytes', 'prefill_tokens_per_second', 'prefix_store_bytes', 'prefix_store_files', 'prefix_store_read_buffer_bytes',
 ];
 const COUNTERS = [
