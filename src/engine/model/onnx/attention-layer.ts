@@ -5,38 +5,46 @@ import { pastKey, pastValue, presentKey, presentValue } from '../io-names.ts';
 import type { LayerTensorNames } from '../tensor-names.ts';
 import { splitLast } from './blocks.ts';
 import { linear, matmulWeight, reshape, transpose, vectorWeight, type GraphContext } from './context.ts';
-import { float, int } from './graph-builder.ts';
+import type { ModelConfig } from '../config.ts';
+import { ropeInverseFrequencies } from '../rope.ts';
+import { float, int, type GraphBuilder } from './graph-builder.ts';
 import { linearInput, perHead, quantize8, spikeCode } from './spike-coding.ts';
 import { DataType } from './proto.ts';
 
-/** Rotary tables for the chunk, from angles p·θ^(−2i/d) computed in float64 (exact for long positions). */
+/** Rotary tables for the chunk, from the angles p·θ^(−2i/d) (../rope.ts). */
 export interface RopeTables {
+  /** Fused path (ONNX RotaryEmbedding, opset 23, without position ids): [B, T, d/2] cos and sin. */
+  readonly cos: string;
+  readonly sin: string;
   /** Plain path: [B, T, 1, d] cos of each half, and [B, T, 1, d] (−sin, sin). */
   readonly cosFull: string;
   readonly sinSigned: string;
-  /** Fused path (com.microsoft RotaryEmbedding): [B·T, d/2] caches indexed by row ids [B, T] = 0…B·T−1. */
-  readonly cosCache: string;
-  readonly sinCache: string;
-  readonly rowIds: string;
+}
+
+/**
+ * The step graph's RoPE angles from its positions [B, T] (int32): [B, T, d/2] float32 cos and sin,
+ * computed in float64 (exact for long positions) and rounded at the end, as ../rope.ts does in JS.
+ */
+export function ropeAnglesFromPositions(g: GraphBuilder, config: ModelConfig, positions: string): { cos: string; sin: string } {
+  const d = config.headDim;
+  return g.scope('rope', () => {
+    const pos = g.op('Cast', [g.op('Unsqueeze', [positions, g.i64([2])])], { to: int(DataType.DOUBLE) }); // [B, T, 1]
+    const angles = g.op('Mul', [pos, g.f64(ropeInverseFrequencies(config.ropeTheta, d), [1, 1, d / 2])]); // [B, T, d/2]
+    return {
+      cos: g.op('Cast', [g.op('Cos', [angles])], { to: int(DataType.FLOAT) }),
+      sin: g.op('Cast', [g.op('Sin', [angles])], { to: int(DataType.FLOAT) }),
+    };
+  });
 }
 
 export function ropeTables(ctx: GraphContext): RopeTables {
-  const { g, config } = ctx;
-  const d = config.headDim;
+  const { g } = ctx;
+  const { cos, sin } = ctx.ropeAngles();
+  if (ctx.options.fusedOps) return { cos, sin, cosFull: '', sinSigned: '' };
   return g.scope('rope', () => {
-    const invFreq = Array.from({ length: d / 2 }, (_, i) => Math.pow(config.ropeTheta, (-2 * i) / d));
-    const pos = g.op('Cast', [g.op('Unsqueeze', [ctx.positions, g.i64([2])])], { to: int(DataType.DOUBLE) }); // [B, T, 1]
-    const angles = g.op('Mul', [pos, g.f64(invFreq, [1, 1, d / 2])]); // [B, T, d/2]
-    const cos = g.op('Cast', [g.op('Cos', [angles])], { to: int(DataType.FLOAT) });
-    const sin = g.op('Cast', [g.op('Sin', [angles])], { to: int(DataType.FLOAT) });
-    if (ctx.options.fusedOps) {
-      const rows = g.op('Mul', [ctx.B, ctx.T]);
-      const rowIds = reshape(ctx, g.op('Range', [g.i64([0], []), g.op('Squeeze', [rows]), g.i64([1], [])]), [ctx.B, ctx.T]);
-      return { cosFull: '', sinSigned: '', cosCache: reshape(ctx, cos, [-1, d / 2]), sinCache: reshape(ctx, sin, [-1, d / 2]), rowIds };
-    }
     const cosFull = g.op('Unsqueeze', [g.op('Concat', [cos, cos], { axis: int(-1) }), g.i64([2])]);
     const sinSigned = g.op('Unsqueeze', [g.op('Concat', [g.op('Neg', [sin]), sin], { axis: int(-1) }), g.i64([2])]);
-    return { cosFull, sinSigned, cosCache: '', sinCache: '', rowIds: '' };
+    return { cos: '', sin: '', cosFull, sinSigned };
   });
 }
 
@@ -125,10 +133,9 @@ function plainAttention(ctx: GraphContext, qkLin: string, v: string, kPast: stri
 function fusedAttention(ctx: GraphContext, qkLin: string, v: string, kPast: string, vPast: string, rope: RopeTables, kind: 'swa' | 'full'): AttentionParts {
   const { g } = ctx;
   const { numHeads: H, numKvHeads: Hkv, headDim: d } = ctx.config;
-  // RotaryEmbedding keeps the [B, T, (H+Hkv)·d] layout Attention takes: no reshapes around it.
-  const qk = g.scope('rope', () =>
-    g.op('RotaryEmbedding', [qkLin, rope.rowIds, rope.cosCache, rope.sinCache], { interleaved: int(0), num_heads: int(H + Hkv) }, { domain: 'com.microsoft' }),
-  );
+  // RotaryEmbedding keeps the [B, T, (H+Hkv)·d] layout Attention takes: no reshapes around it. The
+  // ONNX op (opset 23) takes per-row tables [B, T, d/2] without position ids, so nothing indexes them.
+  const qk = g.scope('rope', () => g.op('RotaryEmbedding', [qkLin, rope.cos, rope.sin], { interleaved: int(0), num_heads: int(H + Hkv) }));
   const [qRoped, kRoped] = splitLast(ctx, qk, [H * d, Hkv * d]) as [string, string];
   const q = ctx.spiking ? perHead(ctx, qRoped, H, (x4) => spikeCode(ctx, x4, 'q_spike')) : qRoped;
   const k = ctx.spiking ? perHead(ctx, kRoped, Hkv, (x4) => quantize8(ctx, x4, 'k_quant8')) : kRoped;
