@@ -90,8 +90,10 @@ export function attentionMixer(ctx: GraphContext, layer: number, names: LayerTen
     const [o, kPresent, vPresent] = ctx.options.fusedOps
       ? fusedAttention(ctx, qkLin, v, kPast, vPast, rope, kind)
       : plainAttention(ctx, qkLin, v, kPast, vPast, rope, kind);
-    g.output(presentKey(layer), kPresent, DataType.FLOAT, ['batch', Hkv, 'tokens', d]);
-    g.output(presentValue(layer), vPresent, DataType.FLOAT, ['batch', Hkv, 'tokens', d]);
+    // Decode graph (fused): [B, 1, Hkv·d], the same memory as [B, Hkv, 1, d] (see fusedAttention).
+    const presentDims = ctx.singleToken && ctx.options.fusedOps ? ['batch', 1, Hkv * d] : ['batch', Hkv, 'tokens', d];
+    g.output(presentKey(layer), kPresent, DataType.FLOAT, presentDims);
+    g.output(presentValue(layer), vPresent, DataType.FLOAT, presentDims);
     const wO = matmulWeight(ctx, `layers.${layer}.attn.o_proj.weight`, [{ name: names.oWeight, rows: D }], H * d);
     return linear(ctx, linearInput(ctx, o), wO, null, 'o_proj');
   });
@@ -128,7 +130,8 @@ function plainAttention(ctx: GraphContext, qkLin: string, v: string, kPast: stri
 /**
  * ONNX Attention (opset 23; GQA, additive mask, past keys/values) on q, k, v [B, T, ·]: no
  * transposes of queries or outputs and one pass for mask + softmax. Its present K/V are past ⧺ chunk
- * [B, Hkv, P+T, d]; the chunk's part is the last T slots.
+ * [B, Hkv, P+T, d]; the chunk's part is the last T slots. With T = 1 (the decode graph) that part is
+ * k and v themselves: [B, 1, Hkv·d] and [B, Hkv, 1, d] lay out the same floats, so no Slice runs.
  */
 function fusedAttention(ctx: GraphContext, qkLin: string, v: string, kPast: string, vPast: string, rope: RopeTables, kind: 'swa' | 'full'): AttentionParts {
   const { g } = ctx;
@@ -145,6 +148,7 @@ function fusedAttention(ctx: GraphContext, qkLin: string, v: string, kPast: stri
     { q_num_heads: int(H), kv_num_heads: int(Hkv), scale: float(1) },
     { outputs: 3 },
   ) as [string, string, string];
+  if (ctx.singleToken) return [o, k, v];
   const minusT = ctx.minusT();
   const last = (x: string): string => g.op('Slice', [x, minusT, g.i64([Number.MAX_SAFE_INTEGER]), g.i64([2])]);
   return [o, last(kAll), last(vAll)];

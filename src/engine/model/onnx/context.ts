@@ -33,9 +33,11 @@ export interface GraphContext {
   readonly spiking: boolean;
   /** [] int64 counts (zero spikes, all spikes) of each spike-coded linear input, summed into the graph's outputs. */
   readonly spikeCounts: { readonly zeros: string; readonly values: string }[];
-  /** [1] int64 values (T is the constant 1 in the decode graph). */
+  /** [1] int64 values (T is the constant 1 in the decode graph), built on first use. */
   readonly B: string;
   readonly T: string;
+  /** The decode graph: every row brings one token (T = 1). */
+  readonly singleToken: boolean;
   /** [B, T, d/2] float32 cos and sin of the chunk's RoPE angles (built, or declared as inputs, on first use). */
   ropeAngles(): { cos: string; sin: string };
   /** Reshape targets already built, keyed by their parts (so each dynamic shape is one Concat). */
@@ -46,7 +48,10 @@ export interface GraphContext {
   minusT(): string;
 }
 
-/** A Reshape target from fixed dims (numbers) and dynamic [1] int64 values (strings). */
+/**
+ * A Reshape target from fixed dims (numbers; 0 keeps the input's dim at that index, as ONNX Reshape
+ * reads it) and dynamic [1] int64 values (strings).
+ */
 export function shapeOf(ctx: GraphContext, parts: readonly (number | string)[]): string {
   const key = parts.join('|');
   const cached = ctx.shapeCache.get(key);

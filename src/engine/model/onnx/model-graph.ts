@@ -45,12 +45,16 @@ export function buildModelGraph(source: Checkpoint, options: GraphOptions, kind:
   const pastPositions = decode ? '' : g.input(PAST_POSITIONS, DataType.INT32, ['batch', 'past']);
   const numLogits = decode ? '' : g.input(NUM_LOGITS, DataType.INT64, [1]);
 
-  const dims = g.scope('dims', () => {
-    const shape = g.op('Shape', [ids]);
-    const B = g.op('Slice', [shape, g.i64([0]), g.i64([1])]);
-    const T = decode ? g.i64([1]) : g.op('Slice', [shape, g.i64([1]), g.i64([2])]);
-    return { B, T };
-  });
+  // B and T as [1] int64 values, built on first use (the fused decode graph never needs B: its
+  // reshapes keep leading dims with 0).
+  let dims: { B: string; T: string } | null = null;
+  const dimsOf = (): { B: string; T: string } =>
+    (dims ??= g.scope('dims', () => {
+      const shape = g.op('Shape', [ids]);
+      const B = g.op('Slice', [shape, g.i64([0]), g.i64([1])]);
+      const T = decode ? g.i64([1]) : g.op('Slice', [shape, g.i64([1]), g.i64([2])]);
+      return { B, T };
+    }));
 
   const masks = new Map<'swa' | 'full', string>();
   let angles: { cos: string; sin: string } | null = null;
@@ -62,7 +66,13 @@ export function buildModelGraph(source: Checkpoint, options: GraphOptions, kind:
     options,
     spiking,
     spikeCounts: [],
-    ...dims,
+    singleToken: decode,
+    get B() {
+      return dimsOf().B;
+    },
+    get T() {
+      return decode ? g.i64([1]) : dimsOf().T;
+    },
     shapeCache: new Map(),
     ropeAngles() {
       if (angles !== null) return angles;
@@ -96,7 +106,7 @@ export function buildModelGraph(source: Checkpoint, options: GraphOptions, kind:
       return mask;
     },
     minusT() {
-      minusT ??= decode ? g.i64([-1]) : g.op('Neg', [dims.T], {}, { name: 'minus_T' });
+      minusT ??= decode ? g.i64([-1]) : g.op('Neg', [dimsOf().T], {}, { name: 'minus_T' });
       return minusT;
     },
   };
