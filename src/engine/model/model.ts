@@ -13,6 +13,7 @@ import { basename, dirname, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { EngineError } from '../errors.ts';
 import type { Checkpoint } from './checkpoint.ts';
+import { isW8ASpike } from './w8aspike.ts';
 import { kvBytesPerToken, type ModelConfig } from './config.ts';
 import { attentionLayerIndices, stateBytesPerSequence, stateTensorSpecs, type StateTensorSpec } from './layer-plan.ts';
 import type { ForwardInput, ForwardOutput } from './forward.ts';
@@ -47,8 +48,9 @@ export interface ModelLoadOptions {
   /**
    * Storage of weight matrices (default: float32 on cpu, float16 on GPUs; compute is float32). int8:
    * linear layers run as MatMulNBits on 8-bit blocks (see onnx/quantize.ts), a quarter of the bytes.
+   * 'auto' (the server's default): see autoWeightDtype.
    */
-  readonly weightDtype?: WeightDtype;
+  readonly weightDtype?: WeightDtype | 'auto';
   /** int8 weights only: also quantize activations per block (default true, the fast kernels). */
   readonly int8Activations?: boolean;
   /**
@@ -66,8 +68,9 @@ export interface ModelLoadOptions {
    * the reference size in int8); it pays where a step is too small to share between threads: at the
    * reference size a 2-thread pool spends 16–28% more CPU per decode token on waking its second thread
    * for ~40 small parallel ops, and the decode graph runs ~30 fewer nodes (bench/README.md, "Decode").
+   * 'auto' (the server's default): see autoDecodeThreads.
    */
-  readonly decodeIntraOpThreads?: number;
+  readonly decodeIntraOpThreads?: number | 'auto';
   /**
    * Let idle onnxruntime pool threads spin (default false). Spinning wins a little on a dedicated
    * machine and loses badly when cores are shared (measured: 2 spinning threads decode at half the
@@ -86,6 +89,31 @@ export interface ModelLoadOptions {
 
 /** Decode steps (T = 1) of at most this many sequences run on the decode session when there is one. */
 export const DECODE_MAX_TOKENS = 4;
+
+/**
+ * 'auto' weights: int8 on the CPU (decode 2× faster, −0.08% validation NLL and 97.6% the same most
+ * likely token on the default model: README, "Quantized weights"), except for W8ASpike checkpoints,
+ * whose exact computation is the float32 build (int8 re-quantizes their spike-coded activations);
+ * float16 on GPUs.
+ */
+export function autoWeightDtype(ckpt: Checkpoint, device: Device): WeightDtype {
+  if (device !== 'cpu') return 'float16';
+  return isW8ASpike(ckpt) ? 'float32' : 'int8';
+}
+
+/**
+ * 'auto' decode session: models up to this many parameters get a 1-thread decode session on the CPU.
+ * At the reference size (9.7 M) one thread decodes 2.6× faster than two with int8 (a 2-thread pool
+ * wakes its second thread for ~40 small ops a step) and the second copy of the int8 weights costs
+ * 13.5 MiB; larger models have more arithmetic per op to share between threads and a larger copy to
+ * hold (bench/README.md, "Issue 18").
+ */
+export const AUTO_DECODE_SESSION_MAX_PARAMETERS = 64e6;
+
+/** 'auto' decode threads: 1 on the CPU for models of at most AUTO_DECODE_SESSION_MAX_PARAMETERS, else none. */
+export function autoDecodeThreads(ckpt: Checkpoint, device: Device): number | undefined {
+  return device === 'cpu' && ckpt.numParameters <= AUTO_DECODE_SESSION_MAX_PARAMETERS ? 1 : undefined;
+}
 
 /** The additive mask value of a key slot a query must not attend (as the step graph's masks). */
 const MASKED = -1e30;
@@ -110,6 +138,10 @@ export class Model {
   readonly kvBytesPerToken: number;
   /** W: past tokens an SWA layer needs; null when attention layers are full (keep everything). */
   readonly windowTokens: number | null;
+  /** What the weights were built as, and the decode session's threads (null: none). */
+  readonly numParameters: number;
+  readonly weightDtype: WeightDtype;
+  readonly decodeThreads: number | null;
   /** Attention kinds of the model: one decode-graph mask input each. */
   private readonly attentionKinds: readonly ('swa' | 'full')[];
   private readonly ropeInvFreq: Float64Array;
@@ -127,7 +159,11 @@ export class Model {
     private readonly decodeSession: ort.InferenceSession | null,
     readonly modelPath: string,
     private readonly profileFilePrefix: string | undefined,
+    built: { readonly weightDtype: WeightDtype; readonly decodeThreads: number | null; readonly numParameters: number },
   ) {
+    this.numParameters = built.numParameters;
+    this.weightDtype = built.weightDtype;
+    this.decodeThreads = built.decodeThreads;
     this.stateSpecs = stateTensorSpecs(config);
     this.attentionLayers = attentionLayerIndices(config);
     this.stateBytesPerSequence = stateBytesPerSequence(config);
@@ -143,13 +179,20 @@ export class Model {
     return this.decodeSession !== null;
   }
 
+  /** One line for the log: weights and sessions. */
+  get summary(): string {
+    const params = `${(this.numParameters / 1e6).toFixed(1)}M parameters`;
+    const decode = this.decodeThreads === null ? 'one session' : `decode session of ${this.decodeThreads} thread${this.decodeThreads === 1 ? '' : 's'} on the decode graph`;
+    return `model: ${params}, weights ${this.weightDtype}, ${decode}`;
+  }
+
   static async load(ckpt: Checkpoint, options: ModelLoadOptions = {}): Promise<Model> {
     const device = options.device ?? 'cpu';
     await probeDevice(device); // before a build that may take minutes
     const graphOptions = {
       fusedOps: options.fusedOps ?? device === 'cpu',
       glaSubChunk: options.glaSubChunk ?? 16,
-      weightDtype: options.weightDtype ?? (device === 'cpu' ? 'float32' : 'float16'),
+      weightDtype: options.weightDtype === 'auto' ? autoWeightDtype(ckpt, device) : (options.weightDtype ?? (device === 'cpu' ? 'float32' : 'float16')),
       ...(options.int8Activations !== undefined ? { int8Activations: options.int8Activations } : {}),
     } as const;
     const modelPath = ensureBuiltModel(ckpt, graphOptions, {
@@ -171,12 +214,12 @@ export class Model {
       });
     const prefix = options.profileFilePrefix;
     const session = await create(modelPath, intraOpThreads, prefix);
-    const decodeThreads = options.decodeIntraOpThreads;
+    const decodeThreads = options.decodeIntraOpThreads === 'auto' ? autoDecodeThreads(ckpt, device) : options.decodeIntraOpThreads;
     const decodeSession =
       decodeThreads === undefined
         ? null
         : await create(ensureDecodeGraph(ckpt, graphOptions, modelPath), decodeThreads, prefix === undefined ? undefined : `${prefix}-decode`);
-    return new Model(ckpt.config, session, decodeSession, modelPath, prefix);
+    return new Model(ckpt.config, session, decodeSession, modelPath, prefix, { weightDtype: graphOptions.weightDtype, decodeThreads: decodeThreads ?? null, numParameters: ckpt.numParameters });
   }
 
   /**
