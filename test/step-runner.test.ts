@@ -5,7 +5,7 @@
 // and values that are a function of (position, token, layer, head, dim), so a stale or missing copy
 // shows. Runs mix prefill chunks, decode batches whose members come and go, page boundaries (P = 4),
 // a sliding window and prefix-snapshot restores: the incremental gather (step-runner.ts) must give the
-// full gather's result at every step.
+// full gather's result at every step, also across a replacement of its (shrunk) scratch buffers.
 import { describe, expect, it } from 'vitest';
 import { EngineCore } from '../src/engine/engine-core.ts';
 import { parseModelConfig, type ModelConfig } from '../src/engine/model/config.ts';
@@ -125,8 +125,11 @@ describe('step runner: the past of every run', () => {
       [14, 30, 20],
       [20, 5, 25],
       [26, 13, 6],
+      // then one stream alone for longer than the scratch buffers' shrink check (256 runs): the
+      // buffers sized for the batch above are replaced by smaller ones mid-stream.
+      [28, 9, 700],
     ] as const;
-    for (let step = 0; step < 400 && (core.hasWork || step <= 26); step++) {
+    for (let step = 0; step < 1500 && (core.hasWork || step <= 28); step++) {
       for (const [at, prompt, max] of plan) if (at === step) submit(prompt, max);
       if (core.hasWork) await core.step();
     }

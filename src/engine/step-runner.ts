@@ -40,33 +40,45 @@ export interface SampledResult {
   readonly token: SampledToken;
 }
 
+/** Views requested between two checks of whether a scratch buffer should shrink. */
+const SHRINK_CHECK_VIEWS = 256;
+
 /**
- * A Float32Array / Int32Array that only grows; views of the requested length are handed out. `grown`
- * counts reallocations (after one, earlier contents are gone).
+ * A reused Float32Array / Int32Array: views of the requested length are handed out, and the array
+ * grows when one does not fit. A burst of large batches (64 decodes gather 64 windows: 42 MiB at the
+ * default model) would otherwise hold its peak forever: every SHRINK_CHECK_VIEWS views, an array more
+ * than twice the largest view since the last check is replaced by one of that size. `generation`
+ * counts replacements (after one, earlier contents are gone).
  */
-class GrowableF32 {
-  private data = new Float32Array(0);
-  grown = 0;
-  view(length: number): Float32Array {
-    if (this.data.length < length) {
-      this.data = new Float32Array(Math.max(length, Math.ceil(this.data.length * 1.5)));
-      this.grown++;
+class Scratch<A extends Float32Array | Int32Array> {
+  private data: A;
+  private peakLength = 0;
+  private viewsSinceCheck = 0;
+  generation = 0;
+
+  constructor(private readonly make: (length: number) => A) {
+    this.data = make(0);
+  }
+
+  view(length: number): A {
+    this.peakLength = Math.max(this.peakLength, length);
+    if (++this.viewsSinceCheck >= SHRINK_CHECK_VIEWS) {
+      if (this.data.length > 2 * this.peakLength) this.replace(this.peakLength);
+      this.viewsSinceCheck = 0;
+      this.peakLength = length;
     }
-    return this.data.subarray(0, length);
+    if (this.data.length < length) this.replace(Math.max(length, Math.ceil(this.data.length * 1.5)));
+    return this.data.subarray(0, length) as A;
+  }
+
+  private replace(length: number): void {
+    this.data = this.make(length);
+    this.generation++;
   }
 }
 
-class GrowableI32 {
-  private data = new Int32Array(0);
-  grown = 0;
-  view(length: number): Int32Array {
-    if (this.data.length < length) {
-      this.data = new Int32Array(Math.max(length, Math.ceil(this.data.length * 1.5)));
-      this.grown++;
-    }
-    return this.data.subarray(0, length);
-  }
-}
+const f32Scratch = (): Scratch<Float32Array> => new Scratch((n) => new Float32Array(n));
+const i32Scratch = (): Scratch<Int32Array> => new Scratch((n) => new Int32Array(n));
 
 /** dst[dstOff …) = src[srcOff …) for `length` floats; short runs by a loop (no view allocation). */
 function copyFloats(src: Float32Array, srcOff: number, dst: Float32Array, dstOff: number, length: number): void {
@@ -137,16 +149,16 @@ export class StepRunner {
   /** Pages of the model's attention layers (null without attention layers). */
   private readonly pool: BlockPool | null;
   private readonly samplers = new Map<string, SequenceSampler>();
-  private readonly tokenBuf = new GrowableI32();
-  private readonly positionBuf = new GrowableI32();
-  private readonly pastPositionBuf = new GrowableI32();
-  private readonly stateBufs: GrowableF32[];
-  private readonly keyBufs: GrowableF32[];
-  private readonly valueBufs: GrowableF32[];
+  private readonly tokenBuf = i32Scratch();
+  private readonly positionBuf = i32Scratch();
+  private readonly pastPositionBuf = i32Scratch();
+  private readonly stateBufs: Scratch<Float32Array>[];
+  private readonly keyBufs: Scratch<Float32Array>[];
+  private readonly valueBufs: Scratch<Float32Array>[];
   /** What the gather buffers hold per row, at gatheredSlots (Pp) slots per row. */
   private readonly gathered: GatheredRow[] = [];
   private gatheredSlots = -1;
-  /** Σ `grown` of the gather buffers when they were last filled (a reallocation drops their contents). */
+  /** Σ `generation` of the gather buffers when they were last filled (a replacement drops their contents). */
   private gatheredGrowth = 0;
   /** W8ASpike models: zero spikes and all spikes over every run so far (sparsity = zeros / values). */
   spikeZeros = 0;
@@ -161,9 +173,9 @@ export class StepRunner {
     // attention layers would need a past per group.
     if (cache.groups.length > 1) throw new RangeError('StepRunner: models with more than one kind of attention layer are not supported yet');
     this.pool = cache.groups[0]?.pool ?? null;
-    this.stateBufs = Array.from({ length: cache.slots.numTensors }, () => new GrowableF32());
-    this.keyBufs = Array.from({ length: this.numAttnLayers }, () => new GrowableF32());
-    this.valueBufs = Array.from({ length: this.numAttnLayers }, () => new GrowableF32());
+    this.stateBufs = Array.from({ length: cache.slots.numTensors }, f32Scratch);
+    this.keyBufs = Array.from({ length: this.numAttnLayers }, f32Scratch);
+    this.valueBufs = Array.from({ length: this.numAttnLayers }, f32Scratch);
   }
 
   /** Drops the sampler of a finished or aborted request (by its seqId). */
@@ -370,7 +382,8 @@ export class StepRunner {
       maxPages = Math.max(maxPages, n);
     }
     const Pp = maxPages * P;
-    // Same lengths as the previous run's views whenever Pp and B are: the buffers are not reallocated.
+    // Same lengths as the previous run's views whenever Pp and B are: the buffers keep their contents
+    // (unless one was replaced: see Scratch).
     const pastPositions = this.pastPositionBuf.view(B * Pp);
     const keys: Float32Array[] = [];
     const values: Float32Array[] = [];
@@ -378,7 +391,7 @@ export class StepRunner {
       keys.push(this.keyBufs[a]!.view(B * Hkv * Pp * d));
       values.push(this.valueBufs[a]!.view(B * Hkv * Pp * d));
     }
-    // Rows sit at a stride of Pp slots: another Pp, or a reallocated buffer, leaves nothing to build on.
+    // Rows sit at a stride of Pp slots: another Pp, or a replaced buffer, leaves nothing to build on.
     const growth = this.gatherGrowth();
     if (Pp !== this.gatheredSlots || growth !== this.gatheredGrowth) this.forgetGathered();
     this.gatheredSlots = Pp;
@@ -398,8 +411,8 @@ export class StepRunner {
   }
 
   private gatherGrowth(): number {
-    let n = this.pastPositionBuf.grown;
-    for (let a = 0; a < this.numAttnLayers; a++) n += this.keyBufs[a]!.grown + this.valueBufs[a]!.grown;
+    let n = this.pastPositionBuf.generation;
+    for (let a = 0; a < this.numAttnLayers; a++) n += this.keyBufs[a]!.generation + this.valueBufs[a]!.generation;
     return n;
   }
 
