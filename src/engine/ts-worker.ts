@@ -1,13 +1,19 @@
 // Starting a worker thread whose entry module is TypeScript (the engine's inference worker, the
 // tokenizer worker). Node 20 does not apply `--import tsx` hooks (from execArgv) to a worker's entry
 // module, so the worker is a tiny bootstrap that registers tsx's loader in its own thread first and
-// then imports the entry. Works under `node --import tsx` and inside vitest.
+// then imports the entry. Works under `node --import tsx` and inside vitest; from the compiled copy
+// (bin/spikeserve.js) the worker starts from the compiled entry directly.
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { Worker, type WorkerOptions } from 'node:worker_threads';
 
-/** Starts `entry` (a file: URL of a .ts module) in a new worker thread. */
+/**
+ * Starts `entry` (a file: URL of a .ts module) in a new worker thread. Compiled to JavaScript
+ * (bin/spikeserve.js runs the server from .cache/js/), this module is a .js file and so is the entry
+ * beside it: that one starts as it is, without tsx.
+ */
 export function spawnTsWorker(entry: URL, options: Omit<WorkerOptions, 'eval'> = {}): Worker {
+  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL(entry.href.replace(/\.ts$/, '.js')), options);
   const bootstrap =
     `import(${JSON.stringify(tsxApiUrl())}).then((tsx) => { tsx.register(); return import(${JSON.stringify(entry.href)}); })` +
     `.catch((err) => { setImmediate(() => { throw err; }); });`;

@@ -1,11 +1,11 @@
 // Server configuration: one table of flags (each also readable from SPIKESERVE_<UPPER_SNAKE>),
 // parsed and validated into a frozen ServerConfig. Bad input throws ConfigError naming the flag;
 // the CLI prints it and exits 2. Flags beat environment variables, which beat defaults.
-import { basename, dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { basename, resolve } from 'node:path';
+import { packageRoot } from '../engine/package-root.ts';
 
-/** The repository root (two levels above this file), so the default model resolves from any cwd. */
-export const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+/** The repository root, so the default model resolves from any cwd (and from the compiled copy). */
+export const PACKAGE_ROOT = packageRoot(import.meta.url);
 export const DEFAULT_MODEL_DIR = resolve(PACKAGE_ROOT, 'models', 'spikingbrain-tiny');
 
 export type Device = 'cpu' | 'webgpu' | 'cuda';

@@ -3,8 +3,8 @@
 // writes into a private temporary folder and renames it into place, so concurrent processes never see
 // half-written files; a finished folder is reused as it is.
 import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+import { packageRoot } from '../../package-root.ts';
 import type { Checkpoint } from '../checkpoint.ts';
 import type { GraphOptions } from './context.ts';
 import type { GraphBuilder } from './graph-builder.ts';
@@ -20,7 +20,7 @@ export const BUILDER_VERSION = 'g7';
 export const MODEL_FILE = 'model.onnx';
 export const DECODE_MODEL_FILE = 'decode.onnx';
 
-export const DEFAULT_CACHE_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '../../../../.cache/models');
+export const DEFAULT_CACHE_DIR = join(packageRoot(import.meta.url), '.cache', 'models');
 
 export interface BuildProgress {
   readonly tensorsDone: number;
