@@ -37,6 +37,7 @@ import { probeDevice, resolveExecutionProviders, type Device } from './device.ts
 import { ensureBuiltModel, ensureDecodeGraph, type BuildProgress } from './onnx/build-cache.ts';
 import type { WeightDtype } from './onnx/graph-builder.ts';
 import { ropeInverseFrequencies, writeRopeTables } from './rope.ts';
+import { f32Scratch, type Scratch } from '../scratch.ts';
 
 export interface ModelLoadOptions {
   /** Built-model cache folder (default `<repo>/.cache/models`). */
@@ -118,15 +119,6 @@ export function autoDecodeThreads(ckpt: Checkpoint, device: Device): number | un
 /** The additive mask value of a key slot a query must not attend (as the step graph's masks). */
 const MASKED = -1e30;
 
-/** A Float32Array that only grows; views of the requested length are handed out. */
-class Scratch {
-  private data = new Float32Array(0);
-  view(length: number): Float32Array {
-    if (this.data.length < length) this.data = new Float32Array(Math.max(length, Math.ceil(this.data.length * 1.5)));
-    return this.data.subarray(0, length);
-  }
-}
-
 export class Model {
   /** Recurrent state tensors (GLA states …), in the order of ForwardInput.states. */
   readonly stateSpecs: readonly StateTensorSpec[];
@@ -138,17 +130,17 @@ export class Model {
   readonly kvBytesPerToken: number;
   /** W: past tokens an SWA layer needs; null when attention layers are full (keep everything). */
   readonly windowTokens: number | null;
-  /** What the weights were built as, and the decode session's threads (null: none). */
   readonly numParameters: number;
+  /** What the weights were built as, and the decode session's threads (null: none). */
   readonly weightDtype: WeightDtype;
   readonly decodeThreads: number | null;
   /** Attention kinds of the model: one decode-graph mask input each. */
   private readonly attentionKinds: readonly ('swa' | 'full')[];
   private readonly ropeInvFreq: Float64Array;
   /** Decode-graph inputs computed here, reused from step to step. */
-  private readonly ropeCos = new Scratch();
-  private readonly ropeSin = new Scratch();
-  private readonly masks = new Map<'swa' | 'full', Scratch>();
+  private readonly ropeCos = f32Scratch();
+  private readonly ropeSin = f32Scratch();
+  private readonly masks = new Map<'swa' | 'full', Scratch<Float32Array>>();
   /** A run is in flight (its inputs may still be read): the scratch buffers are not reentrant. */
   private running = false;
 
@@ -170,7 +162,7 @@ export class Model {
     this.kvBytesPerToken = kvBytesPerToken(config);
     this.windowTokens = config.layerKinds.includes('full') ? null : config.slidingWindow;
     this.attentionKinds = (['swa', 'full'] as const).filter((k) => config.layerKinds.includes(k));
-    for (const kind of this.attentionKinds) this.masks.set(kind, new Scratch());
+    for (const kind of this.attentionKinds) this.masks.set(kind, f32Scratch());
     this.ropeInvFreq = ropeInverseFrequencies(config.ropeTheta, config.headDim);
   }
 
