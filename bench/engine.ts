@@ -130,7 +130,8 @@ async function profileDecode(dir: string, ckpt: ReturnType<typeof randomCheckpoi
   for (let i = 0; i < DECODE_STEPS; i++) await decodeBatch(model, [seq], [(i * 31 + 1) % V]);
   const stepMs = (performance.now() - t0) / DECODE_STEPS;
   const cpuMs = (cpuSeconds(c0) * 1000) / DECODE_STEPS;
-  const events = JSON.parse(readFileSync(model.endProfiling(), 'utf8')) as TraceEvent[];
+  const profiles = model.endProfiling();
+  const events = JSON.parse(readFileSync(profiles.decode ?? profiles.step, 'utf8')) as TraceEvent[];
   await model.close();
   // The last DECODE_STEPS runs are the decode steps; their kernels are those that start after the first.
   const runs = events.filter((e) => e.cat === 'Session' && e.name === 'model_run').slice(-DECODE_STEPS);

@@ -378,8 +378,8 @@ describe('Dockerfile', () => {
   const startCommand = startScript.slice(startScript.match(/^(?:\w+=\S+\s+)*/)?.[0].length ?? 0);
 
   it('the start script is the documented one', () => {
-    expect(startCommand).toBe('node --import tsx src/main/cli.ts serve');
-    expect(startEnv).toEqual(['GLIBC_TUNABLES=glibc.malloc.hugetlb=1']);
+    expect(startCommand).toBe('node --max-semi-space-size=1 bin/spikeserve.js serve');
+    expect(startEnv).toEqual(['GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1']);
     // The root README documents `npm start` (this script); deploy/README.md spells the command out.
     expect(read('README.md')).toMatch(/npm start|src\/main\/cli\.ts serve/);
     expect(read('deploy/README.md')).toContain(`${startCommand} --host 0.0.0.0`);

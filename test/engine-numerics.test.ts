@@ -1,7 +1,8 @@
 // Engine numerics: the built ONNX graph in a real onnxruntime session, on tiny random checkpoints
 // written to disk and read back, against the float64 reference (test/helpers/reference-forward.ts).
 // Tolerance: 1e-4 max abs on logits (of magnitude ~1–5) everywhere below.
-// Both graph variants are checked: the plain-op reference graph and the fused (contrib-op) fast path.
+// Both graph variants are checked: the plain-op reference graph and the fused (contrib-op) fast path,
+// each also with the decode graph (T = 1 steps on a second session, RoPE tables and masks from JS).
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -46,11 +47,12 @@ function maxAbs32(a: Float32Array, b: Float32Array): number {
 }
 
 let caseNo = 0;
-async function loadCase(opts: TinyCheckpointOptions, fusedOps: boolean) {
+async function loadCase(opts: TinyCheckpointOptions, fusedOps: boolean, decodeGraph = false) {
   const dir = join(root, `ckpt-${caseNo++}`);
   makeRandomTinyCheckpoint(dir, opts);
   const ckpt = openCheckpoint(dir);
-  const model = await Model.load(ckpt, { cacheDir: join(root, 'models'), fusedOps, intraOpThreads: 1 });
+  const model = await Model.load(ckpt, { cacheDir: join(root, 'models'), fusedOps, intraOpThreads: 1, ...(decodeGraph ? { decodeIntraOpThreads: 1 } : {}) });
+  expect(model.hasDecodeSession).toBe(decodeGraph);
   return { ckpt, model };
 }
 
@@ -80,15 +82,17 @@ describe.each([
 });
 
 describe.each([
-  { variant: 'fused', fusedOps: true },
-  { variant: 'plain', fusedOps: false },
-])('chunked prefill, decode and batching ($variant graph)', ({ fusedOps }) => {
+  { variant: 'fused', fusedOps: true, decodeGraph: false },
+  { variant: 'plain', fusedOps: false, decodeGraph: false },
+  { variant: 'fused, decode graph', fusedOps: true, decodeGraph: true },
+  { variant: 'plain, decode graph', fusedOps: false, decodeGraph: true },
+])('chunked prefill, decode and batching ($variant)', ({ fusedOps, decodeGraph }) => {
   let ctx: Awaited<ReturnType<typeof loadCase>>;
   let ids: number[];
   let oneShot: Float32Array;
   const V = 96;
   beforeAll(async () => {
-    ctx = await loadCase({ kvRatio: 2, headDim: 16, vocabSize: V, seed: 7 }, fusedOps);
+    ctx = await loadCase({ kvRatio: 2, headDim: 16, vocabSize: V, seed: 7 }, fusedOps, decodeGraph);
     ids = prompt(PROMPT, V, 1);
     oneShot = await prefill(ctx.model, newSequence(ctx.model), ids, { allLogits: true });
     expect(maxAbsDiff(oneShot, referenceForward(ctx.ckpt, ids), V)).toBeLessThan(TOL);
@@ -203,6 +207,62 @@ describe.each([
       await expect(model.run({ ...ok, states: [] })).rejects.toThrow(/states/);
     } finally {
       await model.close();
+    }
+  });
+});
+
+describe('the decode graph (T = 1 on a second session)', () => {
+  // Same checkpoint loaded twice: one Model runs T = 1 on the step graph, the other on the decode graph,
+  // whose RoPE tables and masks come from JS. Same inputs → the same outputs to float32 rounding.
+  const EXACT = 1e-5;
+  it.each([
+    { name: 'SWA, fp32', opts: { kvRatio: 2, headDim: 16, seed: 21 }, weightDtype: 'float32' as const },
+    { name: 'full attention, fp32', opts: { slidingWindow: null, attnLayers: [1], numLayers: 3, seed: 22 }, weightDtype: 'float32' as const },
+    { name: 'SWA, int8 weights', opts: { kvRatio: 2, headDim: 16, seed: 23 }, weightDtype: 'int8' as const },
+  ])('$name: a batch of 3 rows over unordered, partly empty pasts, at positions up to 2^30, equals the step graph', async ({ opts, weightDtype }) => {
+    const dir = join(root, `ckpt-${caseNo++}`);
+    makeRandomTinyCheckpoint(dir, opts);
+    const ckpt = openCheckpoint(dir);
+    const common = { cacheDir: join(root, 'models'), intraOpThreads: 1, weightDtype };
+    const step = await Model.load(ckpt, common);
+    const decode = await Model.load(ckpt, { ...common, decodeIntraOpThreads: 1 });
+    try {
+      const { numKvHeads: Hkv, headDim: d, vocabSize: V } = ckpt.config;
+      const B = 3;
+      const P = W + 3;
+      const qp = [5, W + 9, 2 ** 30];
+      // Row 0 has 5 past tokens, row 1 a wrapped window (slots out of order, some beyond W back),
+      // row 2 a window just below 2^30; −1 marks empty slots.
+      const pastPositions = new Int32Array(B * P).fill(-1);
+      for (let j = 0; j < 5; j++) pastPositions[j] = 4 - j;
+      for (let j = 0; j < P; j++) pastPositions[P + j] = (W + 8 - ((j * 5) % (W + 3)));
+      for (let j = 0; j < W; j++) pastPositions[2 * P + j] = 2 ** 30 - 1 - j;
+      const rand = (n: number, seed: number): Float32Array => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898 + seed) * 0.5);
+      const input = {
+        batchSize: B,
+        chunkTokens: 1,
+        tokenIds: Int32Array.of(3, 17, 42),
+        positions: Int32Array.from(qp),
+        states: step.stateSpecs.map((s, i) => rand(B * s.floats, i)),
+        pastTokens: P,
+        pastPositions,
+        pastKeys: step.attentionLayers.map((_, i) => rand(B * Hkv * P * d, 10 + i)),
+        pastValues: step.attentionLayers.map((_, i) => rand(B * Hkv * P * d, 20 + i)),
+        allLogits: false,
+      };
+      const a = await step.run(input);
+      const b = await decode.run(input);
+      expect(b.logits.length).toBe(B * V);
+      expect(maxAbs32(b.logits, a.logits)).toBeLessThan(EXACT);
+      b.states.forEach((s, i) => expect(maxAbs32(s, a.states[i]!)).toBeLessThan(EXACT));
+      b.presentKeys.forEach((k, i) => expect(maxAbs32(k, a.presentKeys[i]!)).toBeLessThan(EXACT));
+      b.presentValues.forEach((v, i) => expect(maxAbs32(v, a.presentValues[i]!)).toBeLessThan(EXACT));
+      // A mask that attended every slot would change the logits: the empty and out-of-window slots matter.
+      const unmasked = await decode.run({ ...input, pastPositions: pastPositions.map((p, j) => (p < 0 ? qp[Math.floor(j / P)]! - 1 : p)) });
+      expect(maxAbs32(unmasked.logits, a.logits)).toBeGreaterThan(1e-3);
+    } finally {
+      await step.close();
+      await decode.close();
     }
   });
 });

@@ -3,13 +3,13 @@
 // on-disk build cache (reuse, no leftovers).
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import protobuf from 'protobufjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseModelConfig } from '../src/engine/model/config.ts';
 import { randomCheckpoint } from '../src/engine/model/random-checkpoint.ts';
-import { BUILDER_VERSION, ensureBuiltModel, type BuildProgress } from '../src/engine/model/onnx/build-cache.ts';
+import { BUILDER_VERSION, DECODE_MODEL_FILE, ensureBuiltModel, ensureDecodeGraph, type BuildProgress } from '../src/engine/model/onnx/build-cache.ts';
 import { EXTERNAL_ALIGN_BYTES, GraphBuilder, int } from '../src/engine/model/onnx/graph-builder.ts';
 import { DataType, encodeModel } from '../src/engine/model/onnx/proto.ts';
 import { tinyRawConfig } from './helpers/checkpoint-writer.ts';
@@ -146,5 +146,18 @@ describe('build cache', () => {
     const plain = ensureBuiltModel(ckpt, { fusedOps: false, glaSubChunk: 8 }, { cacheDir });
     expect(plain).not.toBe(path);
     expect(readdirSync(cacheDir).filter((n) => n.includes('.tmp-'))).toEqual([]);
+  });
+
+  it('writes the decode graph beside the step graph, and again when a folder lacks it', () => {
+    const config = parseModelConfig(tinyRawConfig({ numLayers: 2 }));
+    const ckpt = randomCheckpoint(config, { seed: 10, gkLayout: 'lowrank' });
+    const options = { fusedOps: true, glaSubChunk: 16 };
+    const path = ensureBuiltModel(ckpt, options, { cacheDir: join(root, 'decode-models') });
+    const decodePath = join(dirname(path), DECODE_MODEL_FILE);
+    const built = readFileSync(decodePath);
+    rmSync(decodePath);
+    expect(ensureDecodeGraph(ckpt, options, path)).toBe(decodePath);
+    expect(readFileSync(decodePath).equals(built)).toBe(true);
+    expect(readdirSync(dirname(path)).filter((n) => n.includes('.tmp-'))).toEqual([]);
   });
 });

@@ -15,11 +15,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCheckpoint } from '../src/engine/model/hf-checkpoint.ts';
 import type { Tensor32 } from '../src/engine/model/checkpoint.ts';
 import { scoreNextTokens, type NextTokenScore } from '../src/engine/model/evaluate.ts';
-import { Model } from '../src/engine/model/model.ts';
+import { AUTO_DECODE_SESSION_MAX_PARAMETERS, Model, autoDecodeThreads, autoWeightDtype } from '../src/engine/model/model.ts';
 import { EXTERNAL_DATA_FILE } from '../src/engine/model/onnx/model-graph.ts';
 import { QUANT_BLOCK, codeAt, maxLevel, quantize, zeroCode, type QuantBits } from '../src/engine/model/onnx/quantize.ts';
 import { newSequence, prefill } from '../src/engine/model/sequence.ts';
-import { makeRandomTinyCheckpoint, tensorMapCheckpoint, type TinyCheckpointOptions } from './helpers/checkpoint-writer.ts';
+import { makeRandomTinyCheckpoint, makeW8ASpikeTinyCheckpoint, tensorMapCheckpoint, type TinyCheckpointOptions } from './helpers/checkpoint-writer.ts';
 import { referenceForward } from './helpers/reference-forward.ts';
 
 let root = '';
@@ -207,6 +207,24 @@ describe('int8 weights on the default model', () => {
     } finally {
       await m32.close();
       await m8.close();
+    }
+  });
+});
+
+describe("the server's 'auto' weights and decode session", () => {
+  it('int8 and a 1-thread decode session on the CPU for a small model; float32 for W8ASpike; float16 and one session on GPUs', async () => {
+    const plain = openCheckpoint(makeRandomTinyCheckpoint(join(root, 'auto-plain'), { numLayers: 2, seed: 3 }).dir);
+    const spiking = openCheckpoint(makeW8ASpikeTinyCheckpoint(join(root, 'auto-w8'), { numLayers: 2, slidingWindow: 8, seed: 3 }).dir);
+    expect([autoWeightDtype(plain, 'cpu'), autoWeightDtype(spiking, 'cpu'), autoWeightDtype(plain, 'webgpu'), autoWeightDtype(plain, 'cuda')]).toEqual(['int8', 'float32', 'float16', 'float16']);
+    const large = Object.assign(Object.create(plain) as typeof plain, { numParameters: AUTO_DECODE_SESSION_MAX_PARAMETERS + 1 });
+    expect([autoDecodeThreads(plain, 'cpu'), autoDecodeThreads(large, 'cpu'), autoDecodeThreads(plain, 'webgpu')]).toEqual([1, undefined, undefined]);
+
+    const model = await Model.load(plain, { cacheDir: join(root, 'auto-models'), intraOpThreads: 1, weightDtype: 'auto', decodeIntraOpThreads: 'auto' });
+    try {
+      expect([model.weightDtype, model.decodeThreads, model.hasDecodeSession]).toEqual(['int8', 1, true]);
+      expect(model.summary).toMatch(/weights int8, decode session of 1 thread/);
+    } finally {
+      await model.close();
     }
   });
 });

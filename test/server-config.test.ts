@@ -32,7 +32,8 @@ describe('parseServerConfig', () => {
     expect(DEFAULT_MODEL_DIR).toBe(join(PACKAGE_ROOT, 'models', 'spikingbrain-tiny'));
     expect(c).toMatchObject({ servedModelName: 'spikingbrain-tiny', host: '127.0.0.1', port: 8000, apiKeys: [], device: 'cpu', bodyLimitBytes: 64 * 1024 * 1024, drainTimeoutSeconds: 30, logLevel: 'info', keepaliveSeconds: 5 });
     expect(c.maxNumSeqs).toBeUndefined();
-    expect(c.weights).toBeUndefined(); // the engine picks float32 on cpu, float16 on GPUs
+    expect(c.weights).toBeUndefined(); // the engine picks ('auto'): int8 on cpu (float32 for W8ASpike), float16 on GPUs
+    expect(c.decodeThreads).toBeUndefined(); // 'auto': a 1-thread decode session for small models on cpu
   });
 
   it('has the documented request limits, each settable', () => {
@@ -72,6 +73,8 @@ describe('parseServerConfig', () => {
     expect(parseServerConfig(['--weights', 'int4'], { SPIKESERVE_WEIGHTS: 'int8' }).weights).toBe('int4');
     expect(parseServerConfig([], { SPIKESERVE_DECODE_THREADS: '1' }).decodeThreads).toBe(1);
     expect(parseServerConfig([], {}).decodeThreads).toBeUndefined();
+    expect(parseServerConfig(['--decode-threads', '0'], {}).decodeThreads).toBe(0); // one session
+    expect(parseServerConfig(['--device', 'webgpu', '--decode-threads', '0'], {}).decodeThreads).toBe(0);
   });
 
   it.each([
@@ -82,6 +85,7 @@ describe('parseServerConfig', () => {
     [['--weights', 'bf16'], /--weights must be one of float32, float16, int8, int4/],
     [['--prefix-cache-dir', '/tmp/x', '--prefix-cache-bytes', '0'], /--prefix-cache-dir needs the prefix cache/],
     [['--device', 'webgpu', '--decode-threads', '1'], /--decode-threads is for --device cpu/],
+    [['--decode-threads', '-1'], /--decode-threads must be ≥ 0/],
     [['--max-num-seqs', '0'], /--max-num-seqs must be ≥ 1/],
     [['--nope', '1'], /unknown flag --nope/],
     [['--port'], /--port needs a value/],

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine } from '../src/engine/engine.ts';
+import { OffThreadEncoder } from '../src/engine/off-thread-encoder.ts';
 import { TextTokenizer } from '../src/engine/tokenizer.ts';
 import type { SubmitRequest } from '../src/engine/types.ts';
 import { makeRandomTinyCheckpoint } from './helpers/checkpoint-writer.ts';
@@ -120,5 +121,26 @@ describe('Engine.generate with an Int32Array prompt', () => {
     expect(asTyped).toEqual(asArray);
     expect(asTyped.promptTokens).toBe(40);
     expect(Array.from(typed)).toEqual(prompt); // copied to the worker, not transferred away
+  });
+});
+
+describe('the tokenizer worker when idle', () => {
+  it('stops after its idle time and starts again for the next long text, with the same ids', async () => {
+    const tok = await TextTokenizer.load(TINY_DIR);
+    const encoder = new OffThreadEncoder({ dir: TINY_DIR, options: {} }, 100);
+    try {
+      const text = longText(70_000, 5);
+      const expected = await tok.encode(text);
+      expect(Array.from(await encoder.encode(text))).toEqual(expected);
+      expect(encoder.running).toBe(true);
+      for (let i = 0; i < 200 && encoder.running; i++) await new Promise((r) => setTimeout(r, 50));
+      expect(encoder.running).toBe(false);
+      expect(Array.from(await encoder.encode(text))).toEqual(expected);
+      expect(encoder.running).toBe(true);
+    } finally {
+      await encoder.close();
+      await tok.close();
+    }
+    expect(encoder.running).toBe(false);
   });
 });

@@ -43,13 +43,13 @@ export interface EngineOptions extends EngineCoreOptions {
   readonly cacheDir?: string;
   readonly intraOpThreads?: number;
   /**
-   * Threads of a second onnxruntime session for steps of ≤ 4 tokens (decode of 1–4 streams), or unset
-   * for one session (Model.load's decodeIntraOpThreads: a second copy of the weights).
+   * Threads of a second onnxruntime session over the decode graph for decode steps of 1–4 streams, or
+   * unset for one session, or 'auto' (Model.load's decodeIntraOpThreads: a second copy of the weights).
    */
-  readonly decodeIntraOpThreads?: number;
+  readonly decodeIntraOpThreads?: number | 'auto';
   readonly device?: 'cpu' | 'webgpu' | 'cuda';
-  /** Storage of weight matrices (Model.load's weightDtype; default float32 on cpu, float16 on GPUs). */
-  readonly weightDtype?: WeightDtype;
+  /** Storage of weight matrices (Model.load's weightDtype; default float32 on cpu, float16 on GPUs; or 'auto'). */
+  readonly weightDtype?: WeightDtype | 'auto';
   /** Random weights with this raw config.json object instead of reading modelDir (benchmarks). */
   readonly randomWeightsConfig?: Record<string, unknown>;
   /** Compiled grammars the grammar worker keeps for structured outputs (LRU; default 64). */

@@ -32,17 +32,35 @@ interface Pending {
   readonly reject: (err: Error) => void;
 }
 
+/**
+ * A worker idle this long is stopped: it holds a V8 isolate and its own tokenizer (~10–40 MiB,
+ * bench/README.md, "Memory") for prompts of ≥ 64 K chars, which most servers see rarely; the next
+ * such prompt starts a fresh one (a fraction of the time its encode takes).
+ */
+const IDLE_STOP_MS = 30_000;
+
 /** Main-thread handle of one tokenizer worker, started on first use; it keeps the process alive only while
- * an encode is in flight. */
+ * an encode is in flight, and is stopped after `idleStopMs` without one. */
 export class OffThreadEncoder {
   private worker: Worker | null = null;
   private nextId = 0;
   private readonly pending = new Map<number, Pending>();
+  private idleTimer: NodeJS.Timeout | null = null;
 
-  constructor(private readonly init: TokenizerWorkerInit) {}
+  constructor(
+    private readonly init: TokenizerWorkerInit,
+    private readonly idleStopMs = IDLE_STOP_MS,
+  ) {}
+
+  /** Whether a worker is running now. */
+  get running(): boolean {
+    return this.worker !== null;
+  }
 
   encode(text: string, options: EncodeOptions = {}): Promise<Int32Array<ArrayBuffer>> {
     const worker = this.worker ?? this.start();
+    if (this.idleTimer !== null) clearTimeout(this.idleTimer);
+    this.idleTimer = null;
     const job: EncodeJob = { id: this.nextId++, text, addSpecialTokens: options.addSpecialTokens ?? true, specialTokensAsText: options.specialTokensAsText ?? false };
     return new Promise<Int32Array<ArrayBuffer>>((resolve, reject) => {
       if (this.pending.size === 0) worker.ref();
@@ -51,10 +69,23 @@ export class OffThreadEncoder {
     });
   }
 
+  /** After the last answer: stop the worker if nothing else comes within idleStopMs. */
+  private stopWhenIdle(worker: Worker): void {
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = null;
+      if (this.worker !== worker || this.pending.size > 0) return;
+      this.worker = null; // before terminate: its exit is not a loss
+      void worker.terminate();
+    }, this.idleStopMs);
+    this.idleTimer.unref();
+  }
+
   /** Stops the worker; encodes still in flight reject. */
   async close(): Promise<void> {
     const worker = this.worker;
     this.worker = null;
+    if (this.idleTimer !== null) clearTimeout(this.idleTimer);
+    this.idleTimer = null;
     this.failAll(new EngineError('the tokenizer worker was closed'));
     await worker?.terminate();
   }
@@ -65,7 +96,10 @@ export class OffThreadEncoder {
     worker.on('message', (answer: EncodeAnswer) => {
       const p = this.pending.get(answer.id);
       this.pending.delete(answer.id);
-      if (this.pending.size === 0) worker.unref();
+      if (this.pending.size === 0) {
+        worker.unref();
+        this.stopWhenIdle(worker);
+      }
       if ('ids' in answer) p?.resolve(answer.ids);
       else p?.reject(new EngineError(`tokenizer worker: ${answer.error}`));
     });

@@ -1,24 +1,16 @@
 // StepRunner: executes one SchedulerOutput on the model. For each run it gathers a ForwardInput from
-// the cache pools, calls model.run, scatters the new recurrent states and the chunk's keys/values back, and
-// samples the next token of every sequence that has consumed its whole prompt.
+// the cache pools (the past keys/values through KvGather, ./kv-gather.ts), calls model.run, scatters
+// the new recurrent states and the chunk's keys/values back, and samples the next token of every
+// sequence that has consumed its whole prompt.
 //
 //   one-token rows (decodes, folds, one-token prefill chunks): one run, B = #rows, T = 1 (full attention:
 //              grouped by context length, see oneTokenGroups)
 //   prefills:  one run per chunk, B = 1, T = chunk length (allLogits when prompt logprobs are asked)
 //
-// Gather (per attention layer a, per sequence b with chunk start p0 and block table pages[k]):
-//   past slots of b = its pages that start before p0, page by page: slot k·P + j ↔ position
-//   (firstPage + k)·P + j; positions outside [p0 − W, p0) are −1 (never attended).
-//   pastKeys[a] [B, Hkv, Pmax, d] ← page[a, 0, h, :, :] copied as P·d runs; same for values.
-// Scatter: present*[a] [B, Hkv, T, d] → the pages holding positions p0 … p0+T−1 (runs of ≤ P tokens).
-// Buffers are reused between steps: their size is bounded by (max batch) × (window + chunk), never by
-// the context length (except for full attention, where the past is the context).
-//
 // Constrained sequences (structured outputs): the grammar worker computes each one's next-token mask
 // while the model runs; sampling waits for it at most MASK_WAIT_MS, and not at all while the grammar
 // worker compiles. A sequence whose mask is late keeps its logits row and waits (awaitingGrammar, the
 // scheduler skips it); sampleHeld() samples it once the mask is there. Unconstrained rows pay nothing.
-import type { BlockPool } from '../cache/block-pool.ts';
 import type { TokenConstraint } from './grammar/token-constraint.ts';
 import type { CacheManager } from '../cache/cache-manager.ts';
 import type { ModelConfig } from './model/config.ts';
@@ -26,6 +18,8 @@ import { attentionLayerIndices } from './model/layer-plan.ts';
 import type { ForwardInput, ForwardOutput } from './model/forward.ts';
 import type { RequestState } from './request-state.ts';
 import type { ScheduledChunk, SchedulerOutput } from './scheduler.ts';
+import { KvGather } from './kv-gather.ts';
+import { f32Scratch, i32Scratch, type Scratch } from './scratch.ts';
 import { logSoftmax, SequenceSampler, topLogprobs, type SampledToken } from './sampler.ts';
 
 /** The part of the Model the runner needs. */
@@ -40,32 +34,6 @@ export type SampledResult =
 
 /** Longest wait for a grammar mask after the model ran (it is normally computed during the run). */
 const MASK_WAIT_MS = 100;
-
-/** A Float32Array / Int32Array that only grows; views of the requested length are handed out. */
-class GrowableF32 {
-  private data = new Float32Array(0);
-  view(length: number): Float32Array {
-    if (this.data.length < length) this.data = new Float32Array(Math.max(length, Math.ceil(this.data.length * 1.5)));
-    return this.data.subarray(0, length);
-  }
-}
-
-class GrowableI32 {
-  private data = new Int32Array(0);
-  view(length: number): Int32Array {
-    if (this.data.length < length) this.data = new Int32Array(Math.max(length, Math.ceil(this.data.length * 1.5)));
-    return this.data.subarray(0, length);
-  }
-}
-
-/** dst[dstOff …) = src[srcOff …) for `length` floats; short runs by a loop (no view allocation). */
-function copyFloats(src: Float32Array, srcOff: number, dst: Float32Array, dstOff: number, length: number): void {
-  if (length >= 256) {
-    dst.set(src.subarray(srcOff, srcOff + length), dstOff);
-    return;
-  }
-  for (let i = 0; i < length; i++) dst[dstOff + i] = src[srcOff + i]!;
-}
 
 /** A one-token row of a step: a decode or fold (chunk null), or a prefill chunk of one token. */
 interface OneTokenRow {
@@ -86,19 +54,15 @@ export class StepRunner {
   private readonly config: ModelConfig;
   private readonly cache: CacheManager;
   private readonly numAttnLayers: number;
-  /** Pages of the model's attention layers (null without attention layers). */
-  private readonly pool: BlockPool | null;
   private readonly samplers = new Map<string, SequenceSampler>();
   /** Grammars of requests whose sampler does not exist yet. */
   private readonly constraints = new Map<string, TokenConstraint>();
   /** Constrained requests holding logits until their mask is ready. */
   private readonly held = new Set<RequestState>();
-  private readonly tokenBuf = new GrowableI32();
-  private readonly positionBuf = new GrowableI32();
-  private readonly pastPositionBuf = new GrowableI32();
-  private readonly stateBufs: GrowableF32[];
-  private readonly keyBufs: GrowableF32[];
-  private readonly valueBufs: GrowableF32[];
+  private readonly tokenBuf = i32Scratch();
+  private readonly positionBuf = i32Scratch();
+  private readonly stateBufs: Scratch<Float32Array>[];
+  private readonly kv: KvGather;
   /** W8ASpike models: zero spikes and all spikes over every run so far (sparsity = zeros / values). */
   spikeZeros = 0;
   spikeValues = 0;
@@ -111,10 +75,8 @@ export class StepRunner {
     // One KV group at most (ForwardInput has one past per run); a model mixing window and full
     // attention layers would need a past per group.
     if (cache.groups.length > 1) throw new RangeError('StepRunner: models with more than one kind of attention layer are not supported yet');
-    this.pool = cache.groups[0]?.pool ?? null;
-    this.stateBufs = Array.from({ length: cache.slots.numTensors }, () => new GrowableF32());
-    this.keyBufs = Array.from({ length: this.numAttnLayers }, () => new GrowableF32());
-    this.valueBufs = Array.from({ length: this.numAttnLayers }, () => new GrowableF32());
+    this.kv = new KvGather(config, cache, cache.groups[0]?.pool ?? null, this.numAttnLayers);
+    this.stateBufs = Array.from({ length: cache.slots.numTensors }, f32Scratch);
   }
 
   /** Drops the sampler of a finished or aborted request (by its seqId), and frees its grammar matcher. */
@@ -289,7 +251,6 @@ export class StepRunner {
   /** Gathers, runs and scatters one batch of rows that all bring T new tokens. */
   private async runRows(rows: readonly RunRow[], T: number, allLogits: boolean): Promise<ForwardOutput> {
     const B = rows.length;
-    const { numKvHeads: Hkv, headDim: d } = this.config;
     const slots = this.cache.slots;
 
     const tokenIds = this.tokenBuf.view(B * T);
@@ -316,7 +277,7 @@ export class StepRunner {
       states.push(buf);
     }
 
-    const past = this.gatherPast(rows);
+    const past = this.kv.gather(rows);
     const input: ForwardInput = {
       batchSize: B,
       chunkTokens: T,
@@ -329,7 +290,13 @@ export class StepRunner {
       pastValues: past.values,
       allLogits,
     };
-    const output = await this.model.run(input);
+    let output: ForwardOutput;
+    try {
+      output = await this.model.run(input);
+    } catch (err) {
+      this.kv.forget(); // the run's positions were not written: nothing to build on
+      throw err;
+    }
     if (output.spikes !== undefined) {
       this.spikeZeros += output.spikes.zeros;
       this.spikeValues += output.spikes.values;
@@ -340,88 +307,15 @@ export class StepRunner {
       const floats = slots.floatsOf(i);
       for (let b = 0; b < B; b++) slots.state(i, slotIds[b]!).set(out.subarray(b * floats, (b + 1) * floats));
     }
-    if (this.numAttnLayers > 0) this.scatterPresent(rows, T, output, Hkv, d);
+    if (this.numAttnLayers > 0) {
+      try {
+        this.kv.scatter(rows, T, output);
+      } catch (err) {
+        this.kv.forget();
+        throw err;
+      }
+    }
     return output;
   }
 
-  private gatherPast(rows: readonly RunRow[]): { pastTokens: number; pastPositions: Int32Array; keys: Float32Array[]; values: Float32Array[] } {
-    const B = rows.length;
-    const pool = this.pool;
-    const P = this.cache.pageTokens;
-    const W = this.config.slidingWindow;
-    const { numKvHeads: Hkv, headDim: d } = this.config;
-    if (this.numAttnLayers === 0 || pool === null) return { pastTokens: 0, pastPositions: this.pastPositionBuf.view(0), keys: [], values: [] };
-
-    // Past pages of each row: those that start before its first new position.
-    const pastPages: number[] = [];
-    let maxPages = 0;
-    for (const row of rows) {
-      const table = this.cache.tableOf(row.request.seqId);
-      const n = table === undefined ? 0 : Math.max(0, Math.min(table.pages.length, Math.ceil(row.startPos / P) - table.firstPage));
-      pastPages.push(n);
-      maxPages = Math.max(maxPages, n);
-    }
-    const Pp = maxPages * P;
-    const pastPositions = this.pastPositionBuf.view(B * Pp);
-    pastPositions.fill(-1);
-    const keys: Float32Array[] = [];
-    const values: Float32Array[] = [];
-    for (let a = 0; a < this.numAttnLayers; a++) {
-      keys.push(this.keyBufs[a]!.view(B * Hkv * Pp * d));
-      values.push(this.valueBufs[a]!.view(B * Hkv * Pp * d));
-    }
-    for (let b = 0; b < B; b++) {
-      const row = rows[b]!;
-      const n = pastPages[b]!;
-      if (n === 0) continue;
-      const table = this.cache.tableOf(row.request.seqId)!;
-      const lo = W === null ? 0 : row.startPos - W;
-      for (let k = 0; k < n; k++) {
-        const page = table.pages[k]!;
-        const firstPos = (table.firstPage + k) * P;
-        for (let j = 0; j < P; j++) {
-          const pos = firstPos + j;
-          if (pos >= lo && pos < row.startPos) pastPositions[b * Pp + k * P + j] = pos;
-        }
-        // Only the slots before startPos hold keys; the rest of the page is masked (−1) and not copied.
-        const floats = Math.min(P, row.startPos - firstPos) * d;
-        for (let a = 0; a < this.numAttnLayers; a++) {
-          for (let h = 0; h < Hkv; h++) {
-            const dst = ((b * Hkv + h) * Pp + k * P) * d;
-            copyFloats(pool.slab(page, a, 0, h), 0, keys[a]!, dst, floats);
-            copyFloats(pool.slab(page, a, 1, h), 0, values[a]!, dst, floats);
-          }
-        }
-      }
-    }
-    return { pastTokens: Pp, pastPositions, keys, values };
-  }
-
-  private scatterPresent(rows: readonly RunRow[], T: number, output: ForwardOutput, Hkv: number, d: number): void {
-    const pool = this.pool;
-    if (pool === null) return;
-    const P = this.cache.pageTokens;
-    for (let b = 0; b < rows.length; b++) {
-      const row = rows[b]!;
-      const table = this.cache.tableOf(row.request.seqId)!;
-      // Runs [s, e) of positions that share a page.
-      for (let s = row.startPos; s < row.startPos + T; ) {
-        const logical = Math.floor(s / P);
-        const e = Math.min((logical + 1) * P, row.startPos + T);
-        const page = table.pages[logical - table.firstPage];
-        if (page === undefined) throw new Error(`request ${row.request.requestId}: no page for position ${s}`);
-        for (let a = 0; a < this.numAttnLayers; a++) {
-          const pk = output.presentKeys[a]!;
-          const pv = output.presentValues[a]!;
-          for (let h = 0; h < Hkv; h++) {
-            const src = ((b * Hkv + h) * T + (s - row.startPos)) * d;
-            const dst = (s % P) * d;
-            copyFloats(pk, src, pool.slab(page, a, 0, h), dst, (e - s) * d);
-            copyFloats(pv, src, pool.slab(page, a, 1, h), dst, (e - s) * d);
-          }
-        }
-        s = e;
-      }
-    }
-  }
 }

@@ -65,7 +65,9 @@ async function loadModel(): Promise<Model> {
       post({ type: 'log', message: `building model: ${p.tensorsDone}/${p.tensorsTotal} tensors, ${(p.bytesDone / 2 ** 20).toFixed(0)}/${(p.bytesTotal / 2 ** 20).toFixed(0)} MiB` });
     },
   };
-  return Model.load(ckpt, options);
+  const model = await Model.load(ckpt, options);
+  post({ type: 'log', message: model.summary });
+  return model;
 }
 
 let pending: RoutedEvent[] = [];

@@ -23,16 +23,20 @@ function fail(message: string, code: number): never {
 }
 
 function engineOptions(config: ServerConfig): EngineOptions {
+  // Unset --weights and --decode-threads: the engine picks them for the checkpoint and device ('auto',
+  // Model.load: int8 and a 1-thread decode session for small models on the CPU).
   const opts: { -readonly [K in keyof EngineOptions]: EngineOptions[K] } = {
     modelDir: config.modelDir,
     device: config.device,
+    weightDtype: config.weights ?? 'auto',
     supervision: {
       maxRestarts: config.engineMaxRestarts,
       restartWindowMs: config.engineRestartWindowSeconds * 1000,
       stepTimeoutMs: config.stepTimeoutSeconds * 1000,
     },
   };
-  if (config.weights !== undefined) opts.weightDtype = config.weights;
+  if (config.decodeThreads === undefined) opts.decodeIntraOpThreads = 'auto';
+  else if (config.decodeThreads > 0) opts.decodeIntraOpThreads = config.decodeThreads;
   if (config.cacheDir !== undefined) opts.cacheDir = config.cacheDir;
   if (config.maxNumSeqs !== undefined) opts.maxNumSeqs = config.maxNumSeqs;
   if (config.kvCacheBytes !== undefined) opts.kvCacheBytes = config.kvCacheBytes;
@@ -47,7 +51,6 @@ function engineOptions(config: ServerConfig): EngineOptions {
   if (config.maxQueue !== undefined) opts.maxQueue = config.maxQueue;
   if (config.maxModelLen !== undefined) opts.maxModelLen = config.maxModelLen;
   if (config.threads !== undefined) opts.intraOpThreads = config.threads;
-  if (config.decodeThreads !== undefined) opts.decodeIntraOpThreads = config.decodeThreads;
   if (config.grammarCacheEntries !== undefined) opts.grammarCacheEntries = config.grammarCacheEntries;
   opts.maxPromptLogprobsTokens = config.maxPromptLogprobsTokens;
   return opts;
@@ -80,7 +83,7 @@ async function serve(argv: readonly string[]): Promise<void> {
   enginePromise.then(
     (engine) =>
       app.log.info(
-        { model: config.servedModelName, device: config.device, weights: config.weights ?? (config.device === 'cpu' ? 'float32' : 'float16'), maxModelLen: engine.maxModelLen },
+        { model: config.servedModelName, device: config.device, weights: config.weights ?? 'auto', maxModelLen: engine.maxModelLen },
         'model loaded; ready',
       ),
     (err: unknown) => {

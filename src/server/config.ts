@@ -1,11 +1,11 @@
 // Server configuration: one table of flags (each also readable from SPIKESERVE_<UPPER_SNAKE>),
 // parsed and validated into a frozen ServerConfig. Bad input throws ConfigError naming the flag;
 // the CLI prints it and exits 2. Flags beat environment variables, which beat defaults.
-import { basename, dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { basename, resolve } from 'node:path';
+import { packageRoot } from '../engine/package-root.ts';
 
-/** The repository root (two levels above this file), so the default model resolves from any cwd. */
-export const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+/** The repository root, so the default model resolves from any cwd (and from the compiled copy). */
+export const PACKAGE_ROOT = packageRoot(import.meta.url);
 export const DEFAULT_MODEL_DIR = resolve(PACKAGE_ROOT, 'models', 'spikingbrain-tiny');
 
 export type Device = 'cpu' | 'webgpu' | 'cuda';
@@ -24,7 +24,7 @@ export interface ServerConfig {
   /** Origins allowed to call from a browser (CORS); empty = same-origin only, ['*'] = any. */
   readonly allowedOrigins: readonly string[];
   readonly device: Device;
-  /** Unset: float32 on cpu, float16 on GPUs. */
+  /** Unset: auto (int8 on cpu, float32 for W8ASpike checkpoints; float16 on GPUs). */
   readonly weights?: Weights;
   readonly maxNumSeqs?: number;
   readonly kvCacheBytes?: number;
@@ -62,6 +62,7 @@ export interface ServerConfig {
   readonly stepTimeoutSeconds: number;
   readonly cacheDir?: string;
   readonly threads?: number;
+  /** Unset: auto (1 on cpu for models of ≤ 64 M parameters, else one session); 0: one session. */
   readonly decodeThreads?: number;
   readonly grammarCacheEntries?: number;
   readonly logLevel: LogLevel;
@@ -94,7 +95,7 @@ export const FLAGS: readonly FlagSpec[] = [
   { flag: 'api-key', kind: 'string', help: 'required Bearer key(s), comma-separated; unset = no auth' },
   { flag: 'allowed-origins', kind: 'string', help: 'origins browsers may call from (CORS), comma-separated, or *; unset = same-origin only' },
   { flag: 'device', kind: 'enum', choices: ['cpu', 'webgpu', 'cuda'], help: 'onnxruntime execution provider', defaultText: 'cpu' },
-  { flag: 'weights', kind: 'enum', choices: ['float32', 'float16', 'int8', 'int4'], help: 'storage of weight matrices; int8/int4: linear layers on 8/4-bit blocks (about 2× faster decode on CPUs; int4 loses quality)', defaultText: 'float32 on cpu, float16 on GPUs' },
+  { flag: 'weights', kind: 'enum', choices: ['float32', 'float16', 'int8', 'int4'], help: 'storage of weight matrices; int8/int4: linear layers on 8/4-bit blocks (about 2× faster decode on CPUs; int4 loses quality)', defaultText: 'int8 on cpu (float32 for W8ASpike checkpoints), float16 on GPUs' },
   { flag: 'max-num-seqs', kind: 'int', min: 1, help: 'sequences decoded together in one step' },
   { flag: 'kv-cache-bytes', kind: 'int', min: 1, help: 'bytes of the paged KV pool' },
   { flag: 'page-tokens', kind: 'int', min: 1, help: 'tokens per KV page' },
@@ -126,7 +127,7 @@ export const FLAGS: readonly FlagSpec[] = [
   { flag: 'step-timeout-seconds', kind: 'number', min: 0, help: 'a step running longer means a hung inference worker: it is restarted (0 = never)', defaultText: '600' },
   { flag: 'cache-dir', kind: 'string', help: 'where built ONNX graphs are cached' },
   { flag: 'threads', kind: 'int', min: 1, help: 'onnxruntime intra-op threads' },
-  { flag: 'decode-threads', kind: 'int', min: 1, help: 'threads of a second session for steps of ≤ 4 tokens (1 wins on small models; costs a second copy of the weights)', defaultText: 'unset: one session' },
+  { flag: 'decode-threads', kind: 'int', min: 0, help: 'threads of a second session, on the decode graph, for decode steps of ≤ 4 streams (costs a second copy of the weights); 0 = one session', defaultText: '1 on cpu for models of ≤ 64M parameters, else 0' },
   { flag: 'grammar-cache-entries', kind: 'int', min: 1, help: 'compiled grammars kept for structured outputs (LRU)', defaultText: '64' },
   { flag: 'log-level', kind: 'enum', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], help: 'pino log level', defaultText: 'info' },
   { flag: 'keepalive-seconds', kind: 'number', min: 0.001, max: 10, help: 'SSE keep-alive comment interval while nothing else is sent', defaultText: '5' },
@@ -240,7 +241,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     keepaliveSeconds: num('keepalive-seconds') ?? 5,
     metricsCompat: (str('metrics-compat') ?? 'none') as MetricsCompat,
   };
-  if (config.device !== 'cpu' && num('decode-threads') !== undefined) {
+  if (config.device !== 'cpu' && (num('decode-threads') ?? 0) > 0) {
     throw new ConfigError(`--decode-threads is for --device cpu (a second GPU session would hold a second copy of the weights on the device)`);
   }
   const prefixCacheDir = str('prefix-cache-dir');

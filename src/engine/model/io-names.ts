@@ -9,8 +9,15 @@ export const POSITIONS = 'positions';
 export const PAST_POSITIONS = 'past_positions';
 /** [1] int64: logits are computed for the last `num_logits` positions of each row (1 or T). */
 export const NUM_LOGITS = 'num_logits';
-/** [B, num_logits, V] float32. */
+/** [B, num_logits, V] float32 ([B, V] in the decode graph). */
 export const LOGITS = 'logits';
+/**
+ * Decode graph (T = 1) only, replacing POSITIONS: [B, 1, r/2] float32 cos and sin of the new token's
+ * RoPE angles p·θ^(−2i/r) (r = rotary dims), computed by the caller in float64 (../rope.ts) and rounded to float32,
+ * as the step graph computes them from POSITIONS.
+ */
+export const ROPE_COS = 'rope_cos';
+export const ROPE_SIN = 'rope_sin';
 /**
  * W8ASpike graphs only: [] int64 counts over the run's spike-coded linear-layer inputs, of spikes
  * that are 0 and of all spikes (sparsity = zeros / values; DESIGN §2).
@@ -18,6 +25,11 @@ export const LOGITS = 'logits';
 export const SPIKE_ZEROS = 'spike_zeros';
 export const SPIKE_VALUES = 'spike_values';
 
+/**
+ * Decode graph only, replacing PAST_POSITIONS: [B, 1, 1, P+1] float32 additive mask of one attention
+ * kind over the P past slots then the new token (0 = attended, −1e30 = not), computed by the caller.
+ */
+export const attentionBias = (kind: 'swa' | 'full'): string => `attention_bias.${kind}`;
 /** GLA layer: [B, Hkv, d, d] state before the chunk; GDN layer: [B, Hv, dk, dv] delta-rule state. */
 export const stateIn = (layer: number): string => `state.${layer}`;
 /** The same state after the chunk. */

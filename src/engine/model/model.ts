@@ -1,12 +1,19 @@
-// class Model: owns the onnxruntime session of one built checkpoint and runs one forward pass
+// class Model: owns the onnxruntime sessions of one built checkpoint and runs one forward pass
 // (../forward.ts) per call. Inputs are wrapped without copying (ort.Tensor views the typed arrays);
 // outputs are the fresh arrays onnxruntime returns.
+//
+// Two sessions when `decodeIntraOpThreads` is set: the step graph (any chunk) on `intraOpThreads`, and
+// the decode graph (T = 1, onnx/model-graph.ts) on its own thread count for steps of one token per
+// sequence and at most DECODE_MAX_TOKENS sequences. For the decode graph this class computes what the
+// step graph derives in nodes: the RoPE tables [B, 1, d/2] (../rope.ts) and the additive attention
+// masks [B, 1, 1, P+1], into buffers reused from step to step.
 import { readdirSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { EngineError } from '../errors.ts';
 import type { Checkpoint } from './checkpoint.ts';
+import { isW8ASpike } from './w8aspike.ts';
 import { kvBytesPerToken, type ModelConfig } from './config.ts';
 import { attentionLayerIndices, stateBytesPerSequence, stateTensorSpecs, type StateTensorSpec } from './layer-plan.ts';
 import type { ForwardInput, ForwardOutput } from './forward.ts';
@@ -16,16 +23,21 @@ import {
   NUM_LOGITS,
   PAST_POSITIONS,
   POSITIONS,
+  ROPE_COS,
+  ROPE_SIN,
   SPIKE_VALUES,
   SPIKE_ZEROS,
+  attentionBias,
   pastKey,
   pastValue,
   presentKey,
   presentValue,
 } from './io-names.ts';
 import { probeDevice, resolveExecutionProviders, type Device } from './device.ts';
-import { ensureBuiltModel, type BuildProgress } from './onnx/build-cache.ts';
+import { ensureBuiltModel, ensureDecodeGraph, type BuildProgress } from './onnx/build-cache.ts';
 import type { WeightDtype } from './onnx/graph-builder.ts';
+import { ropeInverseFrequencies, writeRopeTables } from './rope.ts';
+import { f32Scratch, type Scratch } from '../scratch.ts';
 
 export interface ModelLoadOptions {
   /** Built-model cache folder (default `<repo>/.cache/models`). */
@@ -37,8 +49,9 @@ export interface ModelLoadOptions {
   /**
    * Storage of weight matrices (default: float32 on cpu, float16 on GPUs; compute is float32). int8:
    * linear layers run as MatMulNBits on 8-bit blocks (see onnx/quantize.ts), a quarter of the bytes.
+   * 'auto' (the server's default): see autoWeightDtype.
    */
-  readonly weightDtype?: WeightDtype;
+  readonly weightDtype?: WeightDtype | 'auto';
   /** int8 weights only: also quantize activations per block (default true, the fast kernels). */
   readonly int8Activations?: boolean;
   /**
@@ -50,13 +63,15 @@ export interface ModelLoadOptions {
   /** Sub-chunk C of the plain-op chunked GLA (default 16). */
   readonly glaSubChunk?: number;
   /**
-   * Intra-op threads of a second onnxruntime session over the same model file that runs the small
-   * steps (B·T ≤ DECODE_MAX_TOKENS: decode). Unset: one session runs everything. The second session
-   * holds its own copy of the weights (twice the model's memory); it pays where a step is too small to
-   * share between threads: at the reference size a 2-thread pool spends 16–28% more CPU per decode
-   * token on waking its second thread for ~40 small parallel ops (bench/README.md, "Decode").
+   * Intra-op threads of a second onnxruntime session, over the decode graph (same data file), that runs
+   * decode steps (T = 1, B ≤ DECODE_MAX_TOKENS). Unset: one session runs everything on the step graph.
+   * The second session holds its own copy of the weights (twice the model's weight memory; 13.5 MiB at
+   * the reference size in int8); it pays where a step is too small to share between threads: at the
+   * reference size a 2-thread pool spends 16–28% more CPU per decode token on waking its second thread
+   * for ~40 small parallel ops, and the decode graph runs ~30 fewer nodes (bench/README.md, "Decode").
+   * 'auto' (the server's default): see autoDecodeThreads.
    */
-  readonly decodeIntraOpThreads?: number;
+  readonly decodeIntraOpThreads?: number | 'auto';
   /**
    * Let idle onnxruntime pool threads spin (default false). Spinning wins a little on a dedicated
    * machine and loses badly when cores are shared (measured: 2 spinning threads decode at half the
@@ -64,17 +79,45 @@ export interface ModelLoadOptions {
    */
   readonly allowSpinning?: boolean;
   /**
-   * Write an onnxruntime profile (Chrome trace JSON, one event per node run) of the main session to
-   * `<prefix>_<date>.json`; `endProfiling()` finishes the file and returns its path. For benchmarks:
-   * it slows every run. Without `decodeIntraOpThreads` the main session runs every step.
+   * Write onnxruntime profiles (Chrome trace JSON, one event per node run) to `<prefix>_<date>.json`
+   * (the step session) and `<prefix>-decode_<date>.json` (the decode session, when there is one);
+   * `endProfiling()` finishes the files and returns their paths. For benchmarks: it slows every run.
    */
   readonly profileFilePrefix?: string;
   /** Build progress (only when the model is built, not on a cache hit). */
   readonly onProgress?: (p: BuildProgress) => void;
 }
 
-/** Steps of at most this many tokens (B·T) run on the decode session when there is one. */
+/** Decode steps (T = 1) of at most this many sequences run on the decode session when there is one. */
 export const DECODE_MAX_TOKENS = 4;
+
+/**
+ * 'auto' weights: int8 on the CPU (decode 2× faster, −0.08% validation NLL and 97.6% the same most
+ * likely token on the default model: README, "Quantized weights"), except for W8ASpike checkpoints,
+ * whose exact computation is the float32 build (int8 re-quantizes their spike-coded activations);
+ * float16 on GPUs.
+ */
+export function autoWeightDtype(ckpt: Checkpoint, device: Device): WeightDtype {
+  if (device !== 'cpu') return 'float16';
+  return isW8ASpike(ckpt) ? 'float32' : 'int8';
+}
+
+/**
+ * 'auto' decode session: models up to this many parameters get a 1-thread decode session on the CPU.
+ * At the reference size (9.7 M) one thread decodes 2.6× faster than two with int8 (a 2-thread pool
+ * wakes its second thread for ~40 small ops a step) and the second copy of the int8 weights costs
+ * 13.5 MiB; larger models have more arithmetic per op to share between threads and a larger copy to
+ * hold (bench/README.md, "Issue 18").
+ */
+export const AUTO_DECODE_SESSION_MAX_PARAMETERS = 64e6;
+
+/** 'auto' decode threads: 1 on the CPU for models of at most AUTO_DECODE_SESSION_MAX_PARAMETERS, else none. */
+export function autoDecodeThreads(ckpt: Checkpoint, device: Device): number | undefined {
+  return device === 'cpu' && ckpt.numParameters <= AUTO_DECODE_SESSION_MAX_PARAMETERS ? 1 : undefined;
+}
+
+/** The additive mask value of a key slot a query must not attend (as the step graph's masks). */
+const MASKED = -1e30;
 
 export class Model {
   /** Recurrent state tensors (GLA states …), in the order of ForwardInput.states. */
@@ -87,62 +130,104 @@ export class Model {
   readonly kvBytesPerToken: number;
   /** W: past tokens an SWA layer needs; null when attention layers are full (keep everything). */
   readonly windowTokens: number | null;
+  readonly numParameters: number;
+  /** What the weights were built as, and the decode session's threads (null: none). */
+  readonly weightDtype: WeightDtype;
+  readonly decodeThreads: number | null;
+  /** Attention kinds of the model: one decode-graph mask input each. */
+  private readonly attentionKinds: readonly ('swa' | 'full')[];
+  private readonly ropeInvFreq: Float64Array;
+  /** Decode-graph inputs computed here, reused from step to step. */
+  private readonly ropeCos = f32Scratch();
+  private readonly ropeSin = f32Scratch();
+  private readonly masks = new Map<'swa' | 'full', Scratch<Float32Array>>();
+  /** A run is in flight (its inputs may still be read): the scratch buffers are not reentrant. */
+  private running = false;
 
   private constructor(
     readonly config: ModelConfig,
     private readonly session: ort.InferenceSession,
-    /** Runs steps of at most DECODE_MAX_TOKENS tokens when set (`decodeIntraOpThreads`). */
+    /** Runs decode steps (T = 1, B ≤ DECODE_MAX_TOKENS) on the decode graph when set (`decodeIntraOpThreads`). */
     private readonly decodeSession: ort.InferenceSession | null,
     readonly modelPath: string,
     private readonly profileFilePrefix: string | undefined,
+    built: { readonly weightDtype: WeightDtype; readonly decodeThreads: number | null; readonly numParameters: number },
   ) {
+    this.numParameters = built.numParameters;
+    this.weightDtype = built.weightDtype;
+    this.decodeThreads = built.decodeThreads;
     this.stateSpecs = stateTensorSpecs(config);
     this.attentionLayers = attentionLayerIndices(config);
     this.stateBytesPerSequence = stateBytesPerSequence(config);
     this.kvBytesPerToken = kvBytesPerToken(config);
     this.windowTokens = config.layerKinds.includes('full') ? null : config.slidingWindow;
+    this.attentionKinds = (['swa', 'full'] as const).filter((k) => config.layerKinds.includes(k));
+    for (const kind of this.attentionKinds) this.masks.set(kind, f32Scratch());
+    this.ropeInvFreq = ropeInverseFrequencies(config.ropeTheta, config.attention.rotaryDim);
+  }
+
+  /** Whether decode steps run on a second session over the decode graph. */
+  get hasDecodeSession(): boolean {
+    return this.decodeSession !== null;
+  }
+
+  /** One line for the log: weights and sessions. */
+  get summary(): string {
+    const params = `${(this.numParameters / 1e6).toFixed(1)}M parameters`;
+    const decode = this.decodeThreads === null ? 'one session' : `decode session of ${this.decodeThreads} thread${this.decodeThreads === 1 ? '' : 's'} on the decode graph`;
+    return `model: ${params}, weights ${this.weightDtype}, ${decode}`;
   }
 
   static async load(ckpt: Checkpoint, options: ModelLoadOptions = {}): Promise<Model> {
     const device = options.device ?? 'cpu';
     await probeDevice(device); // before a build that may take minutes
-    const modelPath = ensureBuiltModel(
-      ckpt,
-      {
-        fusedOps: options.fusedOps ?? device === 'cpu',
-        glaSubChunk: options.glaSubChunk ?? 16,
-        weightDtype: options.weightDtype ?? (device === 'cpu' ? 'float32' : 'float16'),
-        ...(options.int8Activations !== undefined ? { int8Activations: options.int8Activations } : {}),
-      },
-      { ...(options.cacheDir !== undefined ? { cacheDir: options.cacheDir } : {}), ...(options.onProgress !== undefined ? { onProgress: options.onProgress } : {}) },
-    );
+    const graphOptions = {
+      fusedOps: options.fusedOps ?? device === 'cpu',
+      glaSubChunk: options.glaSubChunk ?? 16,
+      weightDtype: options.weightDtype === 'auto' ? autoWeightDtype(ckpt, device) : (options.weightDtype ?? (device === 'cpu' ? 'float32' : 'float16')),
+      ...(options.int8Activations !== undefined ? { int8Activations: options.int8Activations } : {}),
+    } as const;
+    const modelPath = ensureBuiltModel(ckpt, graphOptions, {
+      ...(options.cacheDir !== undefined ? { cacheDir: options.cacheDir } : {}),
+      ...(options.onProgress !== undefined ? { onProgress: options.onProgress } : {}),
+    });
     const intraOpThreads = options.intraOpThreads ?? availableParallelism();
-    // Only the main session is profiled (both would write to the same file name).
-    const create = (threads: number, profile: boolean): Promise<ort.InferenceSession> =>
-      ort.InferenceSession.create(modelPath, {
+    const create = (path: string, threads: number, profilePrefix: string | undefined): Promise<ort.InferenceSession> =>
+      ort.InferenceSession.create(path, {
         executionProviders: resolveExecutionProviders(device),
         graphOptimizationLevel: 'all',
         intraOpNumThreads: threads,
         interOpNumThreads: 1,
         executionMode: 'sequential',
         enableCpuMemArena: true,
-        enableMemPattern: true,
+        // Memory patterns plan one block per set of input shapes; with a different (T, P) almost every
+        // prefill chunk the arena only grows. Off: 12 MiB less resident after a 2,400-token prompt,
+        // prefill and decode CPU unchanged (bench/README.md, "Memory").
+        enableMemPattern: false,
         extra: { session: { intra_op: { allow_spinning: options.allowSpinning === true ? '1' : '0' } } },
-        ...(profile && options.profileFilePrefix !== undefined ? { enableProfiling: true, profileFilePrefix: options.profileFilePrefix } : {}),
+        ...(profilePrefix !== undefined ? { enableProfiling: true, profileFilePrefix: profilePrefix } : {}),
       });
-    const session = await create(intraOpThreads, true);
-    const decodeThreads = options.decodeIntraOpThreads;
-    const decodeSession = decodeThreads !== undefined && decodeThreads !== intraOpThreads ? await create(decodeThreads, false) : null;
-    return new Model(ckpt.config, session, decodeSession, modelPath, options.profileFilePrefix);
+    const prefix = options.profileFilePrefix;
+    const session = await create(modelPath, intraOpThreads, prefix);
+    const decodeThreads = options.decodeIntraOpThreads === 'auto' ? autoDecodeThreads(ckpt, device) : options.decodeIntraOpThreads;
+    const decodeSession =
+      decodeThreads === undefined
+        ? null
+        : await create(ensureDecodeGraph(ckpt, graphOptions, modelPath), decodeThreads, prefix === undefined ? undefined : `${prefix}-decode`);
+    return new Model(ckpt.config, session, decodeSession, modelPath, prefix, { weightDtype: graphOptions.weightDtype, decodeThreads: decodeThreads ?? null, numParameters: ckpt.numParameters });
   }
 
-  /** One forward pass over B sequences × T new tokens. */
+  /**
+   * One forward pass over B sequences × T new tokens. Not reentrant: the next call waits for this
+   * one's promise (the engine runs one step at a time).
+   */
   async run(input: ForwardInput): Promise<ForwardOutput> {
     const { batchSize: B, chunkTokens: T, pastTokens: P } = input;
     const { numKvHeads: Hkv, headDim: d, vocabSize: V } = this.config;
     const check = (what: string, got: number, want: number): void => {
       if (got !== want) throw new EngineError(`Model.run: ${what} has ${got} elements, expected ${want}`);
     };
+    if (this.running) throw new EngineError('Model.run: a run is already in flight');
     if (B < 1 || T < 1 || P < 0) throw new EngineError(`Model.run: need B ≥ 1, T ≥ 1, P ≥ 0; got B=${B}, T=${T}, P=${P}`);
     check('tokenIds', input.tokenIds.length, B * T);
     check('positions', input.positions.length, B * T);
@@ -151,12 +236,8 @@ export class Model {
     check('pastKeys (count)', input.pastKeys.length, this.attentionLayers.length);
     check('pastValues (count)', input.pastValues.length, this.attentionLayers.length);
 
-    const feeds: Record<string, ort.Tensor> = {
-      [INPUT_IDS]: new ort.Tensor('int32', input.tokenIds, [B, T]),
-      [POSITIONS]: new ort.Tensor('int32', input.positions, [B, T]),
-      [PAST_POSITIONS]: new ort.Tensor('int32', input.pastPositions, [B, P]),
-      [NUM_LOGITS]: new ort.Tensor('int64', BigInt64Array.of(BigInt(input.allLogits ? T : 1)), [1]),
-    };
+    const decode = this.decodeSession !== null && T === 1 && B <= DECODE_MAX_TOKENS;
+    const feeds: Record<string, ort.Tensor> = decode ? this.decodeFeeds(input) : this.stepFeeds(input);
     this.stateSpecs.forEach((spec, i) => {
       const s = input.states[i] ?? new Float32Array(0);
       check(`states[${i}] (${spec.inputName})`, s.length, B * spec.floats);
@@ -171,8 +252,14 @@ export class Model {
       feeds[pastValue(layer)] = new ort.Tensor('float32', v, [B, Hkv, P, d]);
     });
 
-    const session = this.decodeSession !== null && B * T <= DECODE_MAX_TOKENS ? this.decodeSession : this.session;
-    const out = await session.run(feeds);
+    const session = decode && this.decodeSession !== null ? this.decodeSession : this.session;
+    this.running = true;
+    let out: ort.InferenceSession.ReturnType;
+    try {
+      out = await session.run(feeds);
+    } finally {
+      this.running = false;
+    }
     const f32 = (name: string): Float32Array => {
       const t = out[name];
       if (t === undefined || !(t.data instanceof Float32Array)) throw new EngineError(`Model.run: output ${name} missing`);
@@ -195,20 +282,67 @@ export class Model {
     };
   }
 
+  /** Inputs of the step graph other than states and past keys/values. */
+  private stepFeeds(input: ForwardInput): Record<string, ort.Tensor> {
+    const { batchSize: B, chunkTokens: T, pastTokens: P } = input;
+    return {
+      [INPUT_IDS]: new ort.Tensor('int32', input.tokenIds, [B, T]),
+      [POSITIONS]: new ort.Tensor('int32', input.positions, [B, T]),
+      [PAST_POSITIONS]: new ort.Tensor('int32', input.pastPositions, [B, P]),
+      [NUM_LOGITS]: new ort.Tensor('int64', BigInt64Array.of(BigInt(input.allLogits ? T : 1)), [1]),
+    };
+  }
+
   /**
-   * Ends the profile started by `profileFilePrefix` and returns its file (onnxruntime-node does not
-   * return the name: it is the newest `<prefix>_*.json`).
+   * Inputs of the decode graph (T = 1) other than states and past keys/values: the RoPE tables of each
+   * row's position and, per attention kind, the additive mask over its P past slots then itself. A past
+   * slot at position kp is attended by the query at qp iff kp ≥ 0, kp ≤ qp and (full, or kp ≥ qp − W);
+   * the new token always attends itself. Same rule and values as the step graph's masks.
    */
-  endProfiling(): string {
+  private decodeFeeds(input: ForwardInput): Record<string, ort.Tensor> {
+    const { batchSize: B, pastTokens: P, positions, pastPositions } = input;
+    const feeds: Record<string, ort.Tensor> = { [INPUT_IDS]: new ort.Tensor('int32', input.tokenIds, [B, 1]) };
+    if (this.attentionKinds.length === 0) return feeds;
+    const half = this.config.headDim / 2;
+    const cos = this.ropeCos.view(B * half);
+    const sin = this.ropeSin.view(B * half);
+    writeRopeTables(positions, B, this.ropeInvFreq, cos, sin);
+    feeds[ROPE_COS] = new ort.Tensor('float32', cos, [B, 1, half]);
+    feeds[ROPE_SIN] = new ort.Tensor('float32', sin, [B, 1, half]);
+    const W = this.config.slidingWindow ?? 0;
+    for (const [kind, scratch] of this.masks) {
+      const mask = scratch.view(B * (P + 1));
+      for (let b = 0; b < B; b++) {
+        const qp = positions[b] as number;
+        const lo = kind === 'swa' ? Math.max(0, qp - W) : 0;
+        const row = b * (P + 1);
+        for (let j = 0; j < P; j++) {
+          const kp = pastPositions[b * P + j] as number;
+          mask[row + j] = kp >= lo && kp <= qp ? 0 : MASKED;
+        }
+        mask[row + P] = 0;
+      }
+      feeds[attentionBias(kind)] = new ort.Tensor('float32', mask, [B, 1, 1, P + 1]);
+    }
+    return feeds;
+  }
+
+  /**
+   * Ends the profiles started by `profileFilePrefix` and returns their files (onnxruntime-node does not
+   * return the names: each is the newest `<prefix>_*.json`, `<prefix>-decode_*.json`).
+   */
+  endProfiling(): { step: string; decode: string | null } {
     const prefix = this.profileFilePrefix;
     if (prefix === undefined) throw new EngineError('Model.endProfiling: the model was loaded without profileFilePrefix');
+    const newest = (stem: string): string => {
+      const files = readdirSync(dirname(prefix)).filter((f) => f.startsWith(`${stem}_`) && f.endsWith('.json')).sort();
+      const last = files[files.length - 1];
+      if (last === undefined) throw new EngineError(`Model.endProfiling: no profile ${join(dirname(prefix), stem)}_*.json was written`);
+      return join(dirname(prefix), last);
+    };
     this.session.endProfiling();
-    const dir = dirname(prefix);
-    const stem = basename(prefix);
-    const files = readdirSync(dir).filter((f) => f.startsWith(`${stem}_`) && f.endsWith('.json')).sort();
-    const newest = files[files.length - 1];
-    if (newest === undefined) throw new EngineError(`Model.endProfiling: no profile ${prefix}_*.json was written`);
-    return join(dir, newest);
+    this.decodeSession?.endProfiling();
+    return { step: newest(basename(prefix)), decode: this.decodeSession === null ? null : newest(`${basename(prefix)}-decode`) };
   }
 
   async close(): Promise<void> {

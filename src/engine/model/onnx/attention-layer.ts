@@ -8,41 +8,49 @@ import { pastKey, pastValue, presentKey, presentValue } from '../io-names.ts';
 import type { LayerTensorNames } from '../tensor-names.ts';
 import { normWeight, rmsNorm, splitLast } from './blocks.ts';
 import { linear, matmulWeight, reshape, transpose, vectorWeight, type GraphContext } from './context.ts';
-import { float, int } from './graph-builder.ts';
+import type { ModelConfig } from '../config.ts';
+import { ropeInverseFrequencies } from '../rope.ts';
+import { float, int, type GraphBuilder } from './graph-builder.ts';
 import { linearInput, perHead, quantize8, spikeCode } from './spike-coding.ts';
 import { DataType } from './proto.ts';
 
 /**
- * Rotary tables for the chunk, from angles p·θ^(−2i/r) computed in float64 (exact for long positions);
- * r = config.attention.rotaryDim (d unless RoPE is partial).
+ * Rotary tables for the chunk, from the angles p·θ^(−2i/r) (../rope.ts); r = config.attention.rotaryDim
+ * (d unless RoPE is partial).
  */
 export interface RopeTables {
+  /** Fused path (ONNX RotaryEmbedding, opset 23, without position ids): [B, T, r/2] cos and sin. */
+  readonly cos: string;
+  readonly sin: string;
   /** Plain path: [B, T, 1, r] cos of each half, and [B, T, 1, r] (−sin, sin). */
   readonly cosFull: string;
   readonly sinSigned: string;
-  /** Fused path (com.microsoft RotaryEmbedding): [B·T, r/2] caches indexed by row ids [B, T] = 0…B·T−1. */
-  readonly cosCache: string;
-  readonly sinCache: string;
-  readonly rowIds: string;
+}
+
+/**
+ * The step graph's RoPE angles from its positions [B, T] (int32): [B, T, r/2] float32 cos and sin,
+ * computed in float64 (exact for long positions) and rounded at the end, as ../rope.ts does in JS.
+ */
+export function ropeAnglesFromPositions(g: GraphBuilder, config: ModelConfig, positions: string): { cos: string; sin: string } {
+  const r = config.attention.rotaryDim;
+  return g.scope('rope', () => {
+    const pos = g.op('Cast', [g.op('Unsqueeze', [positions, g.i64([2])])], { to: int(DataType.DOUBLE) }); // [B, T, 1]
+    const angles = g.op('Mul', [pos, g.f64(ropeInverseFrequencies(config.ropeTheta, r), [1, 1, r / 2])]); // [B, T, r/2]
+    return {
+      cos: g.op('Cast', [g.op('Cos', [angles])], { to: int(DataType.FLOAT) }),
+      sin: g.op('Cast', [g.op('Sin', [angles])], { to: int(DataType.FLOAT) }),
+    };
+  });
 }
 
 export function ropeTables(ctx: GraphContext): RopeTables {
-  const { g, config } = ctx;
-  const d = config.attention.rotaryDim;
+  const { g } = ctx;
+  const { cos, sin } = ctx.ropeAngles();
+  if (ctx.options.fusedOps) return { cos, sin, cosFull: '', sinSigned: '' };
   return g.scope('rope', () => {
-    const invFreq = Array.from({ length: d / 2 }, (_, i) => Math.pow(config.ropeTheta, (-2 * i) / d));
-    const pos = g.op('Cast', [g.op('Unsqueeze', [ctx.positions, g.i64([2])])], { to: int(DataType.DOUBLE) }); // [B, T, 1]
-    const angles = g.op('Mul', [pos, g.f64(invFreq, [1, 1, d / 2])]); // [B, T, d/2]
-    const cos = g.op('Cast', [g.op('Cos', [angles])], { to: int(DataType.FLOAT) });
-    const sin = g.op('Cast', [g.op('Sin', [angles])], { to: int(DataType.FLOAT) });
-    if (ctx.options.fusedOps) {
-      const rows = g.op('Mul', [ctx.B, ctx.T]);
-      const rowIds = reshape(ctx, g.op('Range', [g.i64([0], []), g.op('Squeeze', [rows]), g.i64([1], [])]), [ctx.B, ctx.T]);
-      return { cosFull: '', sinSigned: '', cosCache: reshape(ctx, cos, [-1, d / 2]), sinCache: reshape(ctx, sin, [-1, d / 2]), rowIds };
-    }
     const cosFull = g.op('Unsqueeze', [g.op('Concat', [cos, cos], { axis: int(-1) }), g.i64([2])]);
     const sinSigned = g.op('Unsqueeze', [g.op('Concat', [g.op('Neg', [sin]), sin], { axis: int(-1) }), g.i64([2])]);
-    return { cosFull, sinSigned, cosCache: '', sinCache: '', rowIds: '' };
+    return { cos: '', sin: '', cosFull, sinSigned };
   });
 }
 
@@ -134,8 +142,10 @@ export function attentionMixer(ctx: GraphContext, layer: number, names: LayerTen
     const [o, kPresent, vPresent] = ctx.options.fusedOps
       ? fusedAttention(ctx, qkLin, v, kPast, vPast, rope, kind)
       : plainAttention(ctx, qkLin, v, kPast, vPast, rope, kind);
-    g.output(presentKey(layer), kPresent, DataType.FLOAT, ['batch', Hkv, 'tokens', d]);
-    g.output(presentValue(layer), vPresent, DataType.FLOAT, ['batch', Hkv, 'tokens', d]);
+    // Decode graph (fused): [B, 1, Hkv·d], the same memory as [B, Hkv, 1, d] (see fusedAttention).
+    const presentDims = ctx.singleToken && ctx.options.fusedOps ? ['batch', 1, Hkv * d] : ['batch', Hkv, 'tokens', d];
+    g.output(presentKey(layer), kPresent, DataType.FLOAT, presentDims);
+    g.output(presentValue(layer), vPresent, DataType.FLOAT, presentDims);
     const gated = gate === null ? o : g.op('Mul', [o, g.op('Sigmoid', [gate])], {}, { name: 'output_gate' });
     const wO = matmulWeight(ctx, `layers.${layer}.attn.o_proj.weight`, [{ name: names.oWeight, rows: D }], H * d);
     return linear(ctx, linearInput(ctx, gated), wO, null, 'o_proj');
@@ -173,18 +183,20 @@ function plainAttention(ctx: GraphContext, qkLin: string, v: string, kPast: stri
 /**
  * ONNX Attention (opset 23; GQA, additive mask, past keys/values) on q, k, v [B, T, ·]: no
  * transposes of queries or outputs and one pass for mask + softmax. Its present K/V are past ⧺ chunk
- * [B, Hkv, P+T, d]; the chunk's part is the last T slots.
+ * [B, Hkv, P+T, d]; the chunk's part is the last T slots. With T = 1 (the decode graph) that part is
+ * k and v themselves: [B, 1, Hkv·d] and [B, Hkv, 1, d] lay out the same floats, so no Slice runs.
  */
 function fusedAttention(ctx: GraphContext, qkLin: string, v: string, kPast: string, vPast: string, rope: RopeTables, kind: 'swa' | 'full'): AttentionParts {
   const { g } = ctx;
   const { numHeads: H, numKvHeads: Hkv, headDim: d } = ctx.config;
-  // RotaryEmbedding keeps the [B, T, (H+Hkv)·d] layout Attention takes: no reshapes around it.
+  // RotaryEmbedding keeps the [B, T, (H+Hkv)·d] layout Attention takes: no reshapes around it. The
+  // ONNX op (opset 23) takes per-row tables [B, T, r/2] without position ids, so nothing indexes them.
   const qk = g.scope('rope', () =>
-    g.op('RotaryEmbedding', [qkLin, rope.rowIds, rope.cosCache, rope.sinCache], {
+    g.op('RotaryEmbedding', [qkLin, rope.cos, rope.sin], {
       interleaved: int(0),
       num_heads: int(H + Hkv),
       ...(ctx.config.attention.rotaryDim < d ? { rotary_embedding_dim: int(ctx.config.attention.rotaryDim) } : {}),
-    }, { domain: 'com.microsoft' }),
+    }),
   );
   const [qRoped, kRoped] = splitLast(ctx, qk, [H * d, Hkv * d]) as [string, string];
   const q = ctx.spiking ? perHead(ctx, qRoped, H, (x4) => spikeCode(ctx, x4, 'q_spike')) : qRoped;
@@ -195,6 +207,7 @@ function fusedAttention(ctx: GraphContext, qkLin: string, v: string, kPast: stri
     { q_num_heads: int(H), kv_num_heads: int(Hkv), scale: float(1) },
     { outputs: 3 },
   ) as [string, string, string];
+  if (ctx.singleToken) return [o, k, v];
   const minusT = ctx.minusT();
   const last = (x: string): string => g.op('Slice', [x, minusT, g.i64([Number.MAX_SAFE_INTEGER]), g.i64([2])]);
   return [o, last(kAll), last(vAll)];

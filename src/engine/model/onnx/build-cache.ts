@@ -1,24 +1,30 @@
 // The on-disk cache of built models: `<cacheDir>/<model identity>-<BUILDER_VERSION>-<variant>/model.onnx`
-// (+ `model.onnx.data`). A build writes into a private temporary folder and renames it into place,
-// so concurrent processes never see half-written files; a finished folder is reused as it is.
+// (the step graph), `decode.onnx` (the decode graph) and the `model.onnx.data` both read. A build
+// writes into a private temporary folder and renames it into place, so concurrent processes never see
+// half-written files; a finished folder is reused as it is.
 // The model identity of a checkpoint on disk is the sha256 of its whole weight files
 // (../weights-identity.ts, remembered in `<cacheDir>/weights-identity.json`); the folder name also
 // names the prefix snapshots of the model (engine-core.ts), so neither is ever reused by a fine-tune.
 import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+import { packageRoot } from '../../package-root.ts';
 import type { Checkpoint } from '../checkpoint.ts';
 import { weightsIdentity } from '../weights-identity.ts';
 import type { GraphOptions } from './context.ts';
+import type { GraphBuilder } from './graph-builder.ts';
 import { EXTERNAL_DATA_FILE, buildModelGraph } from './model-graph.ts';
 import { encodeModel } from './proto.ts';
 
-/** Bump whenever the graph a checkpoint builds to changes. */
-export const BUILDER_VERSION = 'g7';
+/**
+ * Bump whenever the graph a checkpoint builds to changes. g8: the decode graph, MatMulNBits adds the
+ * biases, ONNX RotaryEmbedding (opset 23) on per-row tables (with the Gated DeltaNet layers of g7).
+ */
+export const BUILDER_VERSION = 'g8';
 
 export const MODEL_FILE = 'model.onnx';
+export const DECODE_MODEL_FILE = 'decode.onnx';
 
-export const DEFAULT_CACHE_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '../../../../.cache/models');
+export const DEFAULT_CACHE_DIR = join(packageRoot(import.meta.url), '.cache', 'models');
 
 export interface BuildProgress {
   readonly tensorsDone: number;
@@ -87,6 +93,7 @@ export function ensureBuiltModel(ckpt: Checkpoint, graphOptions: GraphOptions, o
       if (drawBar) process.stderr.write(progressBar(p) + (tensorsDone === tensorsTotal ? '\n' : ''));
     });
     writeFileSync(join(tmp, MODEL_FILE), encodeModel(model));
+    writeFileSync(join(tmp, DECODE_MODEL_FILE), decodeGraphBytes(ckpt, graphOptions, builder));
     try {
       renameSync(tmp, dir);
     } catch (err) {
@@ -99,4 +106,40 @@ export function ensureBuiltModel(ckpt: Checkpoint, graphOptions: GraphOptions, o
     throw err;
   }
   return modelPath;
+}
+
+/**
+ * The decode graph (model-graph.ts) of a built model, encoded. It reads the step graph's data file, so
+ * every external tensor it declares must be the step graph's (same name, type, shape, offset and
+ * length): both declare the same weights in the same order, and this checks it rather than trusting it.
+ */
+function decodeGraphBytes(ckpt: Checkpoint, graphOptions: GraphOptions, step: GraphBuilder): Uint8Array {
+  const decode = buildModelGraph(ckpt, graphOptions, 'decode');
+  const stepTensors = new Map(step.externalTensors.map((t) => [t.name, t]));
+  for (const t of decode.builder.externalTensors) {
+    const s = stepTensors.get(t.name);
+    if (s === undefined || s.offset !== t.offset || s.length !== t.length || s.dataType !== t.dataType || s.dims.join() !== t.dims.join()) {
+      throw new Error(`decode graph: weight ${t.name} does not match the step graph's data file`);
+    }
+  }
+  return encodeModel(decode.model);
+}
+
+/**
+ * Path of the decode graph of the built model at `modelPath` (ensureBuiltModel's result). Folders
+ * written before it existed, or by a tool that writes only model.onnx, get it now: it holds no weights,
+ * so this is quick. Written to a temporary name and renamed, like a build.
+ */
+export function ensureDecodeGraph(ckpt: Checkpoint, graphOptions: GraphOptions, modelPath: string): string {
+  const path = join(dirname(modelPath), DECODE_MODEL_FILE);
+  if (existsSync(path)) return path;
+  const bytes = decodeGraphBytes(ckpt, graphOptions, buildModelGraph(ckpt, graphOptions, 'step').builder);
+  const tmp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
+  try {
+    writeFileSync(tmp, bytes);
+    renameSync(tmp, path);
+  } finally {
+    rmSync(tmp, { force: true });
+  }
+  return path;
 }

@@ -33,20 +33,25 @@ export interface GraphContext {
   readonly spiking: boolean;
   /** [] int64 counts (zero spikes, all spikes) of each spike-coded linear input, summed into the graph's outputs. */
   readonly spikeCounts: { readonly zeros: string; readonly values: string }[];
-  /** [1] int64 values. */
+  /** [1] int64 values (T is the constant 1 in the decode graph), built on first use. */
   readonly B: string;
   readonly T: string;
-  /** [B, T] int32 positions (graph input). */
-  readonly positions: string;
+  /** The decode graph: every row brings one token (T = 1). */
+  readonly singleToken: boolean;
+  /** [B, T, d/2] float32 cos and sin of the chunk's RoPE angles (built, or declared as inputs, on first use). */
+  ropeAngles(): { cos: string; sin: string };
   /** Reshape targets already built, keyed by their parts (so each dynamic shape is one Concat). */
   readonly shapeCache: Map<string, string>;
-  /** Additive attention mask [B, 1, T, P+T] (0 or −1e30) per attention kind, built on first use. */
+  /** Additive attention mask [B, 1, T, P+T] (0 or −1e30) per attention kind, built (or declared as an input) on first use. */
   attentionMask(kind: 'swa' | 'full'): string;
   /** [1] int64 −T, built on first use. */
   minusT(): string;
 }
 
-/** A Reshape target from fixed dims (numbers) and dynamic [1] int64 values (strings). */
+/**
+ * A Reshape target from fixed dims (numbers; 0 keeps the input's dim at that index, as ONNX Reshape
+ * reads it) and dynamic [1] int64 values (strings).
+ */
 export function shapeOf(ctx: GraphContext, parts: readonly (number | string)[]): string {
   const key = parts.join('|');
   const cached = ctx.shapeCache.get(key);
@@ -154,19 +159,23 @@ export function vectorWeight(ctx: GraphContext, graphName: string, parts: readon
   });
 }
 
-/** x [..., in] @ W + b: one MatMul (or MatMulNBits) and an Add. */
+/**
+ * x [..., in] @ W + b: a MatMul and an Add, or one MatMulNBits, whose optional bias input (after the
+ * absent zero points and g_idx) adds b in the kernel: no separate Add node per biased projection.
+ */
 export function linear(ctx: GraphContext, x: string, weight: LinearWeight, bias: string | null, name: string): string {
   return ctx.g.scope(name, () => {
-    const y =
-      weight.kind === 'dense'
-        ? ctx.g.op('MatMul', [x, weight.value])
-        : ctx.g.op('MatMulNBits', [x, weight.names.codes, weight.names.scales], {
-            K: int(weight.inDim),
-            N: int(weight.outDim),
-            bits: int(weight.names.bits),
-            block_size: int(QUANT_BLOCK),
-            accuracy_level: int(ctx.options.int8Activations === false ? 0 : 4),
-          }, { domain: 'com.microsoft' });
-    return bias === null ? y : ctx.g.op('Add', [y, bias]);
+    if (weight.kind === 'dense') {
+      const y = ctx.g.op('MatMul', [x, weight.value]);
+      return bias === null ? y : ctx.g.op('Add', [y, bias]);
+    }
+    const { codes, scales, bits } = weight.names;
+    return ctx.g.op('MatMulNBits', bias === null ? [x, codes, scales] : [x, codes, scales, '', '', bias], {
+      K: int(weight.inDim),
+      N: int(weight.outDim),
+      bits: int(bits),
+      block_size: int(QUANT_BLOCK),
+      accuracy_level: int(ctx.options.int8Activations === false ? 0 : 4),
+    }, { domain: 'com.microsoft' });
   });
 }

@@ -55,9 +55,9 @@ export function glaMixer(ctx: GraphContext, layer: number, names: LayerTensorNam
     const [o, s1] = ctx.options.fusedOps ? fusedRecurrence(ctx, q, k, v, gate, s0) : chunkedRecurrence(ctx, q, k, v, gate, s0);
     g.output(stateOut(layer), s1, DataType.FLOAT, ['batch', Hkv, d, d]);
 
-    // o [B, T, H·d] → g_norm per head over d → o_proj.
+    // o [B, T, H·d] → g_norm per head over d → o_proj (the reshapes keep B and T: 0 = the input's dim).
     const gNorm = g.weight(names.gNorm, [d], () => ctx.ckpt.tensor(names.gNorm, [d]).data);
-    const normed = reshape(ctx, rmsNorm(ctx, reshape(ctx, o, [ctx.B, ctx.T, H, d]), gNorm, 'g_norm'), [ctx.B, ctx.T, H * d]);
+    const normed = reshape(ctx, rmsNorm(ctx, reshape(ctx, o, [0, 0, H, d]), gNorm, 'g_norm'), [0, 0, H * d]);
     const wO = matmulWeight(ctx, `layers.${layer}.attn.o_proj.weight`, [{ name: names.oWeight, rows: D }], H * d);
     return linear(ctx, linearInput(ctx, normed), wO, null, 'o_proj');
   });

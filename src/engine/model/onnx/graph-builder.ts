@@ -261,6 +261,11 @@ export class GraphBuilder {
     return this.weights.length;
   }
 
+  /** The external tensors (name, type, shape, offset, length) in the order they are written. */
+  get externalTensors(): readonly ExternalTensor[] {
+    return this.weights.map((w) => w.tensor);
+  }
+
   get externalBytes(): number {
     return this.dataBytes;
   }

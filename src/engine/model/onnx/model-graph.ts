@@ -1,12 +1,18 @@
-// The whole model as one ONNX graph for any B ≥ 1 and T ≥ 1 (I/O: ../forward.ts, names: ../io-names.ts):
+// The whole model as one ONNX graph (I/O: ../forward.ts, names: ../io-names.ts):
 //   h = embed(ids) [B, T, D]  (the residual stream stays [B, T, D]: MatMuls take it as it is)
 //   per layer: h += Mixer(RMSNorm(h)) (GLA, Gated DeltaNet or attention); h += MLP(RMSNorm(h))
 //   logits = lm_head(RMSNorm(h)) for the last `num_logits` positions of each row → [B, num_logits, V]
+// Two graphs over the same weights (same external tensors at the same offsets):
+//   step    any B ≥ 1, T ≥ 1: positions, past positions and num_logits are inputs; RoPE tables and
+//           attention masks are computed in the graph.
+//   decode  T = 1 only (a decode step): T is a constant, the caller passes the RoPE tables [B, 1, d/2]
+//           and the additive masks [B, 1, 1, P+1] it computes in a few µs, and logits are [B, V]. That
+//           removes the ~30 small nodes that only derive shapes, tables and masks (bench/README.md).
 import type { Checkpoint } from '../checkpoint.ts';
-import { INPUT_IDS, LOGITS, NUM_LOGITS, PAST_POSITIONS, POSITIONS, SPIKE_VALUES, SPIKE_ZEROS } from '../io-names.ts';
+import { INPUT_IDS, LOGITS, NUM_LOGITS, PAST_POSITIONS, POSITIONS, ROPE_COS, ROPE_SIN, SPIKE_VALUES, SPIKE_ZEROS, attentionBias } from '../io-names.ts';
 import { detectGkLayout, EMBEDDINGS, FINAL_NORM, LM_HEAD, layerTensorNames } from '../tensor-names.ts';
 import { checkW8ASpike, fakeQuantizedWeights, isW8ASpike } from '../w8aspike.ts';
-import { attentionMixer, ropeTables } from './attention-layer.ts';
+import { attentionMixer, ropeAnglesFromPositions, ropeTables } from './attention-layer.ts';
 import { mlp, normWeight, rmsNorm } from './blocks.ts';
 import { linear, reshape, type GraphContext, type GraphOptions } from './context.ts';
 import { gdnMixer } from './gdn-layer.ts';
@@ -16,13 +22,16 @@ import { DataType, type ModelProto } from './proto.ts';
 
 export const EXTERNAL_DATA_FILE = 'model.onnx.data';
 
+/** Which graph: `step` runs any chunk, `decode` only steps of one token per sequence (see the top). */
+export type GraphKind = 'step' | 'decode';
+
 export interface BuiltGraph {
   readonly builder: GraphBuilder;
   readonly model: ModelProto;
 }
 
 /** Builds the graph; weights stay lazy until `builder.writeExternalData` is called. */
-export function buildModelGraph(source: Checkpoint, options: GraphOptions): BuiltGraph {
+export function buildModelGraph(source: Checkpoint, options: GraphOptions, kind: GraphKind = 'step'): BuiltGraph {
   // W8ASpike: QuantLinear weights are read fake-quantized; activations are spike-coded in the graph.
   const spiking = isW8ASpike(source);
   if (spiking) checkW8ASpike(source, detectGkLayout(source.config, (n) => source.has(n)));
@@ -31,19 +40,25 @@ export function buildModelGraph(source: Checkpoint, options: GraphOptions): Buil
   const { vocabSize: V, hiddenSize: D } = config;
   const g = new GraphBuilder(EXTERNAL_DATA_FILE, options.weightDtype);
 
-  const ids = g.input(INPUT_IDS, DataType.INT32, ['batch', 'tokens']);
-  const positions = g.input(POSITIONS, DataType.INT32, ['batch', 'tokens']);
-  const pastPositions = g.input(PAST_POSITIONS, DataType.INT32, ['batch', 'past']);
-  const numLogits = g.input(NUM_LOGITS, DataType.INT64, [1]);
+  const decode = kind === 'decode';
+  const ids = g.input(INPUT_IDS, DataType.INT32, ['batch', decode ? 1 : 'tokens']);
+  const positions = decode ? '' : g.input(POSITIONS, DataType.INT32, ['batch', 'tokens']);
+  const pastPositions = decode ? '' : g.input(PAST_POSITIONS, DataType.INT32, ['batch', 'past']);
+  const numLogits = decode ? '' : g.input(NUM_LOGITS, DataType.INT64, [1]);
 
-  const dims = g.scope('dims', () => {
-    const shape = g.op('Shape', [ids]);
-    const B = g.op('Slice', [shape, g.i64([0]), g.i64([1])]);
-    const T = g.op('Slice', [shape, g.i64([1]), g.i64([2])]);
-    return { B, T };
-  });
+  // B and T as [1] int64 values, built on first use (the fused decode graph never needs B: its
+  // reshapes keep leading dims with 0).
+  let dims: { B: string; T: string } | null = null;
+  const dimsOf = (): { B: string; T: string } =>
+    (dims ??= g.scope('dims', () => {
+      const shape = g.op('Shape', [ids]);
+      const B = g.op('Slice', [shape, g.i64([0]), g.i64([1])]);
+      const T = decode ? g.i64([1]) : g.op('Slice', [shape, g.i64([1]), g.i64([2])]);
+      return { B, T };
+    }));
 
   const masks = new Map<'swa' | 'full', string>();
+  let angles: { cos: string; sin: string } | null = null;
   let minusT: string | null = null;
   const ctx: GraphContext = {
     g,
@@ -52,12 +67,30 @@ export function buildModelGraph(source: Checkpoint, options: GraphOptions): Buil
     options,
     spiking,
     spikeCounts: [],
-    ...dims,
-    positions,
+    singleToken: decode,
+    get B() {
+      return dimsOf().B;
+    },
+    get T() {
+      return decode ? g.i64([1]) : dimsOf().T;
+    },
     shapeCache: new Map(),
+    ropeAngles() {
+      if (angles !== null) return angles;
+      const half = config.attention.rotaryDim / 2;
+      angles = decode
+        ? { cos: g.input(ROPE_COS, DataType.FLOAT, ['batch', 1, half]), sin: g.input(ROPE_SIN, DataType.FLOAT, ['batch', 1, half]) }
+        : ropeAnglesFromPositions(g, config, positions);
+      return angles;
+    },
     attentionMask(kind) {
       const cached = masks.get(kind);
       if (cached !== undefined) return cached;
+      if (decode) {
+        const bias = g.input(attentionBias(kind), DataType.FLOAT, ['batch', 1, 1, 'past_plus_one']);
+        masks.set(kind, bias);
+        return bias;
+      }
       // Key slot valid iff kp ≥ 0, kp ≤ qp and (full, or kp ≥ qp − W): [B, 1, T, P+T], 0 or −1e30.
       const mask = g.scope(`mask_${kind}`, () => {
         const kp = g.op('Unsqueeze', [g.op('Concat', [pastPositions, positions], { axis: int(1) }), g.i64([1])]); // [B, 1, P+T]
@@ -74,7 +107,7 @@ export function buildModelGraph(source: Checkpoint, options: GraphOptions): Buil
       return mask;
     },
     minusT() {
-      minusT ??= g.op('Neg', [dims.T], {}, { name: 'minus_T' });
+      minusT ??= decode ? g.i64([-1]) : g.op('Neg', [dimsOf().T], {}, { name: 'minus_T' });
       return minusT;
     },
   };
@@ -119,7 +152,8 @@ export function buildModelGraph(source: Checkpoint, options: GraphOptions): Buil
   const finalNorm = normWeight(ctx, FINAL_NORM, D);
   const hf = normed(finalNorm, 'norm');
   const logits = g.scope('lm_head', () => {
-    const last = g.op('Slice', [hf, g.op('Sub', [ctx.T, numLogits]), ctx.T, g.i64([1])]); // [B, num_logits, D]
+    // Decode: the one position of each row; step: the last num_logits positions [B, num_logits, D].
+    const last = decode ? hf : g.op('Slice', [hf, g.op('Sub', [ctx.T, numLogits]), ctx.T, g.i64([1])]);
     const flat = reshape(ctx, last, [-1, D]);
     const source = config.tieWordEmbeddings ? EMBEDDINGS : LM_HEAD;
     let y: string; // [B·num_logits, V]
@@ -133,9 +167,9 @@ export function buildModelGraph(source: Checkpoint, options: GraphOptions): Buil
       const lmHead = config.tieWordEmbeddings ? embedding : g.weight(LM_HEAD, [V, D], () => ckpt.tensor(LM_HEAD, [V, D]).data);
       y = g.op('Gemm', [flat, lmHead], { transB: int(1) });
     }
-    return reshape(ctx, y, [ctx.B, -1, V]);
+    return decode ? y : reshape(ctx, y, [ctx.B, -1, V]);
   });
-  g.output(LOGITS, logits, DataType.FLOAT, ['batch', 'num_logits', V]);
+  g.output(LOGITS, logits, DataType.FLOAT, decode ? ['batch', V] : ['batch', 'num_logits', V]);
   if (ctx.spikeCounts.length > 0) {
     // Sparsity of the spike-coded linear inputs of this run (int64: a long chunk of 7B counts billions).
     const total = (pick: 'zeros' | 'values'): string =>
