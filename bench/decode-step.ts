@@ -168,7 +168,7 @@ async function makeCase(spec: CaseSpec, tree: Tree, profileDir: string | null): 
   const promptTokens = (model.windowTokens ?? 1024) + 64;
   for (let r = 0; r < spec.streams; r++) {
     const prompt = Array.from({ length: promptTokens }, (_, i) => (i * 7919 + 11 + r * 131) % V);
-    core.submit(new tree.RequestState({ requestId: `decode-${r}`, promptTokenIds: prompt, sampling: sampling(1 << 22), reportProgress: false }, performance.now()));
+    core.submit({ requestId: `decode-${r}`, promptTokenIds: prompt, sampling: sampling(1 << 22), reportProgress: false });
   }
   for (let i = 0; i < 64 + 4 * spec.streams && core.hasWork; i++) await core.step(); // prefills + warm-up decodes
   capture = true;

@@ -49,11 +49,12 @@ function maxAbs32(a: Float32Array, b: Float32Array): number {
 }
 
 let caseNo = 0;
-async function loadCase(opts: TinyCheckpointOptions, fusedOps: boolean) {
+/** decodeGraph: one-token runs of ≤ 4 rows go to a second session on the decode graph (T = 1; RoPE tables and masks from JS). */
+async function loadCase(opts: TinyCheckpointOptions, fusedOps: boolean, decodeGraph = false) {
   const dir = join(root, `ckpt-${caseNo++}`);
   makeRandomTinyCheckpoint(dir, { modelType: 'qwen3_5', vocabSize: V, ...opts });
   const ckpt = openCheckpoint(dir);
-  const model = await Model.load(ckpt, { cacheDir: join(root, 'models'), fusedOps, intraOpThreads: 1 });
+  const model = await Model.load(ckpt, { cacheDir: join(root, 'models'), fusedOps, intraOpThreads: 1, ...(decodeGraph ? { decodeIntraOpThreads: 1 } : {}) });
   return { ckpt, model };
 }
 
@@ -101,14 +102,17 @@ describe.each([
 });
 
 describe.each([
-  { variant: 'fused', fusedOps: true },
-  { variant: 'plain', fusedOps: false },
-])('Qwen3.5 chunked, resumed and batched runs equal one-shot ($variant graph)', ({ fusedOps }) => {
+  { variant: 'fused', fusedOps: true, decodeGraph: false },
+  { variant: 'plain', fusedOps: false, decodeGraph: false },
+  { variant: 'fused, decode graph', fusedOps: true, decodeGraph: true },
+  { variant: 'plain, decode graph', fusedOps: false, decodeGraph: true },
+])('Qwen3.5 chunked, resumed and batched runs equal one-shot ($variant graph)', ({ fusedOps, decodeGraph }) => {
   let ctx: Awaited<ReturnType<typeof loadCase>>;
   let ids: number[];
   let oneShot: Float32Array;
   beforeAll(async () => {
-    ctx = await loadCase({ seed: 7, numLayers: 4 }, fusedOps);
+    ctx = await loadCase({ seed: 7, numLayers: 4 }, fusedOps, decodeGraph);
+    expect(ctx.model.decodeThreads).toBe(decodeGraph ? 1 : null);
     ids = prompt(PROMPT, 1);
     oneShot = await prefill(ctx.model, newSequence(ctx.model), ids, { allLogits: true });
     expect(maxAbsDiff(oneShot, qwen3_5ReferenceForward(ctx.ckpt, ids))).toBeLessThan(TOL);

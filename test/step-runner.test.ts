@@ -114,7 +114,7 @@ describe('step runner: the past of every run', () => {
     let submitted = 0;
     const submit = (promptTokens: number, maxTokens: number): void => {
       const prompt = Array.from({ length: promptTokens }, (_, p) => streamToken(p, config.vocabSize));
-      core.submit(new RequestState({ requestId: `r${submitted++}`, promptTokenIds: prompt, sampling: greedy(maxTokens), reportProgress: false }, performance.now()));
+      core.submit({ requestId: `r${submitted++}`, promptTokenIds: prompt, sampling: greedy(maxTokens), reportProgress: false });
     };
     // Staggered arrivals: the decode batch grows and shrinks, rows move, pages fill and the window slides.
     const plan = [

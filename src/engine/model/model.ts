@@ -303,7 +303,7 @@ export class Model {
     const { batchSize: B, pastTokens: P, positions, pastPositions } = input;
     const feeds: Record<string, ort.Tensor> = { [INPUT_IDS]: new ort.Tensor('int32', input.tokenIds, [B, 1]) };
     if (this.attentionKinds.length === 0) return feeds;
-    const half = this.config.headDim / 2;
+    const half = this.config.attention.rotaryDim / 2;
     const cos = this.ropeCos.view(B * half);
     const sin = this.ropeSin.view(B * half);
     writeRopeTables(positions, B, this.ropeInvFreq, cos, sin);
