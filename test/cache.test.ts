@@ -559,6 +559,48 @@ describe('prefix snapshots', () => {
       });
     }
 
+    it('a window pool with every page taken (a running window, snapshots) still resumes an exact snapshot: another snapshot is evicted for the copied page', () => {
+      // W = 6, C = 4, P = 4: a sequence reserves ⌈(W+C)/P⌉+1 = 4 pages. 8 pages: two reservations fit,
+      // and snapshots may hold the 4 pages the running one does not use yet.
+      const cache = new CacheManager(kvSpec(6), { kvPages: 8, pageTokens: P, maxNumSeqs: 4, maxChunkTokens: 4, prefixCacheBytes: 1 << 20 });
+      const pool = cache.groups[0]!.pool;
+      const admit = (id: string, tokens: number[], extra = 4): number | null =>
+        cache.admit(id, { totalTokens: tokens.length + extra, firstChunkTokens: 4, prefix: { keys: prefixKeys(tokens, P), tokens, maxTokens: tokens.length - 1 } });
+      const turn1 = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+      expect(admit('a', turn1)).toBe(0);
+      compute(cache, 'a', turn1, 0, 8);
+      expect(cache.snapshot('a', prefixKeys(turn1, P)[1]!, 8)).toBe(true); // pages of positions 2…7
+      compute(cache, 'a', turn1, 8, 11);
+      const e = exact(turn1, 11);
+      expect(cache.snapshot('a', e.key, 11, e.exact)).toBe(true); // positions 5…10, the last page partly written
+      cache.free('a');
+      const other = [40, 41, 42, 43, 44, 45, 46];
+      expect(admit('y', other)).toBe(0);
+      compute(cache, 'y', other, 0, 4);
+      expect(cache.snapshot('y', prefixKeys(other, P)[0]!, 4)).toBe(true);
+      cache.free('y');
+      expect(pool.numPages - pool.numFree).toBe(4); // snapshot pages only
+      // A running sequence whose chunk at 9…12 spans positions 3…12: all 4 of its pages.
+      const running = [60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72];
+      expect(admit('x', running)).toBe(0);
+      compute(cache, 'x', running, 0, 9);
+      compute(cache, 'x', running, 9, 13);
+      expect(pool.numFree).toBe(0);
+      // The next turn of the first conversation: admitted (reservations fit), resumed at 11, and its
+      // copy of the partly written page came from evicting another snapshot.
+      const turn2 = [...turn1, 16, 17, 18];
+      expect(admit('b', turn2)).toBe(11);
+      const table = cache.tableOf('b')!;
+      const page = (p: number): number => table.pages[Math.floor(p / P) - table.firstPage]!;
+      expect(pool.refCount(page(11))).toBe(1);
+      for (let p = 11 - 6; p < 11; p++) expect(pool.slab(page(p), 0, 0, 0)[p % P]).toBe(turn1[p]);
+      expect(cache.usage().pagesReserved + cache.prefix!.numPages(0)).toBeLessThanOrEqual(pool.numPages);
+      cache.free('b');
+      cache.free('x');
+      cache.prefix!.clear();
+      expect(pool.numFree).toBe(pool.numPages);
+    });
+
     it('finds the longest match among several exact snapshots of one page, and the same prompt again resumes one token before its end', () => {
       const cache = new CacheManager(kvSpec(null), { kvPages: 40, pageTokens: P, maxNumSeqs: 1, maxChunkTokens: 4, prefixCacheBytes: 1 << 20 });
       const tokens = [1, 2, 3, 4, 5, 6, 7, 8, 9];

@@ -260,19 +260,22 @@ export class CacheManager {
   /**
    * Starts a just admitted sequence from a snapshot: states copied, pages shared, the page that will
    * receive the next position copied if the snapshot ends inside it. False (nothing adopted) when a
-   * full-attention pool has no page for that copy.
+   * pool has no page for that copy even after evicting other snapshots.
+   *
+   * The copy needs a free page now, in window groups too: the new sequence's reservation is counted
+   * already, but the snapshots that it pushes over the pool's size are only evicted after admission
+   * (evictSnapshotsToFit), so every page may still be taken. Snapshots are evicted first, never the
+   * hit itself (its pages are about to be shared; evicting it first would free them).
    */
   private adoptSnapshot(seqId: string, slot: number, hit: PrefixSnapshot): boolean {
     const s = hit.numTokens;
     const partial = s % this.pageTokens !== 0;
-    if (partial && !this.groups.every((g) => !g.isLazy || this.freePages(g, 1))) return false;
+    if (partial && !this.groups.every((g) => this.freePages(g, 1, hit.key))) return false;
     hit.states.forEach((state, i) => this.slots.state(i, slot).set(state));
     this.groups.forEach((g, i) => {
       const pages = hit.groups[i] ?? { firstPage: 0, pages: [] };
       g.kv.adopt(seqId, pages.firstPage, pages.pages, s);
-      // Window groups: the copy replaces a held page, within the reservation; there is a free page
-      // because the shared one is counted both by the sequence and by the snapshot.
-      if (partial && !g.kv.copyOnWrite(seqId, s)) throw new Error('no page for a copy-on-write'); // unreachable
+      if (partial && !g.kv.copyOnWrite(seqId, s)) throw new Error('no page for a copy-on-write'); // unreachable: freed above
     });
     return true;
   }
@@ -351,10 +354,10 @@ export class CacheManager {
     return true;
   }
 
-  /** Full groups: evicts LRU snapshots until `numPages` pages are free; false if even that does not do. */
-  private freePages(g: KvGroup, numPages: number): boolean {
+  /** Evicts LRU snapshots (never `keep`'s) until `numPages` pages of `g` are free; false if even that does not do. */
+  private freePages(g: KvGroup, numPages: number, keep: string | null = null): boolean {
     while (g.pool.numFree < numPages) {
-      if (this.prefix === null || !this.prefix.evictOldest()) return false;
+      if (this.prefix === null || !this.prefix.evictOldest(keep)) return false;
     }
     return true;
   }

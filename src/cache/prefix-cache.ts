@@ -173,13 +173,15 @@ export class PrefixStateCache {
     return true;
   }
 
-  /** Drops the least recently used snapshot; false when empty. */
-  evictOldest(): boolean {
-    const oldest = this.entries.values().next();
-    if (oldest.done === true) return false;
-    this.onEvict?.(oldest.value);
-    this.remove(oldest.value);
-    return true;
+  /** Drops the least recently used snapshot other than `except`'s; false when there is none. */
+  evictOldest(except: string | null = null): boolean {
+    for (const entry of this.entries.values()) {
+      if (entry.key === except) continue;
+      this.onEvict?.(entry);
+      this.remove(entry);
+      return true;
+    }
+    return false;
   }
 
   /** Drops the snapshot of `key`; false when absent. */
