@@ -155,7 +155,9 @@ async function makeCase(spec: CaseSpec, tree: Tree, profileDir: string | null): 
   const capturing = {
     async run(input: ForwardInput): Promise<ForwardOutput> {
       if (capture) {
-        c.captured = { ...input, tokenIds: input.tokenIds.slice(), positions: input.positions.slice(), pastPositions: input.pastPositions.slice(), states: input.states.map((x) => x.slice()), pastKeys: input.pastKeys.map((x) => x.slice()), pastValues: input.pastValues.map((x) => x.slice()) };
+        // Field by field (the before tree's ForwardInput names its states differently): typed arrays copied.
+        const copy = (v: unknown): unknown => (ArrayBuffer.isView(v) ? (v as Float32Array).slice() : Array.isArray(v) ? v.map(copy) : v);
+        c.captured = Object.fromEntries(Object.entries(input).map(([k, v]) => [k, copy(v)])) as unknown as ForwardInput;
         capture = false;
       }
       return model.run(input);

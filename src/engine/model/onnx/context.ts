@@ -179,3 +179,28 @@ export function linear(ctx: GraphContext, x: string, weight: LinearWeight, bias:
     }, { domain: 'com.microsoft' });
   });
 }
+
+/** The time axis padded to whole sub-chunks of C (the chunked recurrences of gla-layer.ts and gdn-layer.ts). */
+export interface ChunkPadding {
+  /** [1] int64 Nc = ⌈T/C⌉ and Tp = Nc·C. */
+  readonly nc: string;
+  readonly tp: string;
+  /** x of rank `rank` with Tp − T zeros appended on `axis`. */
+  pad(x: string, rank: number, axis: number): string;
+}
+
+export function chunkPadding(ctx: GraphContext, C: number): ChunkPadding {
+  const { g } = ctx;
+  const nc = g.op('Div', [g.op('Add', [ctx.T, g.i64([C - 1])]), g.i64([C])]);
+  const tp = g.op('Mul', [nc, g.i64([C])]);
+  const padT = g.op('Sub', [tp, ctx.T]);
+  return {
+    nc,
+    tp,
+    pad(x, rank, axis) {
+      const parts: (number | string)[] = Array.from({ length: 2 * rank }, () => 0);
+      parts[rank + axis] = padT;
+      return g.op('Pad', [x, shapeOf(ctx, parts)]);
+    },
+  };
+}

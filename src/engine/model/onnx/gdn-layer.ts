@@ -14,7 +14,7 @@ import type { ModelConfig } from '../config.ts';
 import { convStateIn, convStateOut, stateIn, stateOut } from '../io-names.ts';
 import { gdnConvDim, type LayerTensorNames } from '../tensor-names.ts';
 import { splitLast } from './blocks.ts';
-import { linear, matmulWeight, reshape, shapeOf, transpose, type GraphContext } from './context.ts';
+import { chunkPadding, linear, matmulWeight, reshape, shapeOf, transpose, type GraphContext } from './context.ts';
 import { float, int, str, type GraphBuilder } from './graph-builder.ts';
 import { DataType } from './proto.ts';
 
@@ -155,14 +155,8 @@ function chunkedDeltaRule(ctx: GraphContext, q: string, k: string, v: string, de
   const C = ctx.options.glaSubChunk;
   return g.scope('chunked_delta', () => {
     const i64 = (n: number): string => g.i64([n]);
-    const nc = g.op('Div', [g.op('Add', [ctx.T, i64(C - 1)]), i64(C)]);
-    const tp = g.op('Mul', [nc, i64(C)]);
-    const padT = g.op('Sub', [tp, ctx.T]);
-    const pad = (x: string, rank: number, axis: number): string => {
-      const parts: (number | string)[] = Array.from({ length: 2 * rank }, () => 0);
-      parts[rank + axis] = padT;
-      return g.op('Pad', [x, shapeOf(ctx, parts)]);
-    };
+    // Tp = ⌈T/C⌉·C, Nc = Tp/C, padding = Tp − T.
+    const { nc, tp, pad } = chunkPadding(ctx, C);
     // q, k [B, T, Hk·dk] → per value head [B, Hv, Nc, C, dk] (repeat_interleave: head h reads ⌊h/G⌋).
     const keyHeads = (x: string, scale: number): string => {
       let x5 = reshape(ctx, x, [ctx.B, ctx.T, Hk, 1, dk]);

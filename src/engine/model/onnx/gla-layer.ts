@@ -9,7 +9,7 @@ import { stateIn, stateOut } from '../io-names.ts';
 import { GK_RANK, type LayerTensorNames } from '../tensor-names.ts';
 import { rmsNorm, splitLast } from './blocks.ts';
 import { linearInput } from './spike-coding.ts';
-import { linear, matmulWeight, reshape, shapeOf, transpose, vectorWeight, type GraphContext, type WeightPart } from './context.ts';
+import { chunkPadding, linear, matmulWeight, reshape, transpose, vectorWeight, type GraphContext, type WeightPart } from './context.ts';
 import { float, int, str } from './graph-builder.ts';
 import { DataType } from './proto.ts';
 
@@ -91,14 +91,7 @@ function chunkedRecurrence(ctx: GraphContext, q: string, k: string, v: string, g
   return g.scope('chunked_gla', () => {
     const i64 = (n: number): string => g.i64([n]);
     // Tp = ⌈T/C⌉·C, Nc = Tp/C, padding = Tp − T.
-    const nc = g.op('Div', [g.op('Add', [ctx.T, i64(C - 1)]), i64(C)]);
-    const tp = g.op('Mul', [nc, i64(C)]);
-    const padT = g.op('Sub', [tp, ctx.T]);
-    const pad = (x: string, rank: number, axis: number): string => {
-      const parts: (number | string)[] = Array.from({ length: 2 * rank }, () => 0);
-      parts[rank + axis] = padT;
-      return g.op('Pad', [x, shapeOf(ctx, parts)]);
-    };
+    const { nc, tp, pad } = chunkPadding(ctx, C);
     // [B, T, Hkv·d] → [B, Hkv, Nc, C, d]; q [B, T, H·d] → [B, Hkv, Nc, C, G, d].
     const heads = (x: string): string =>
       reshape(ctx, pad(transpose(ctx, reshape(ctx, x, [ctx.B, ctx.T, Hkv, d]), [0, 2, 1, 3]), 4, 2), [ctx.B, Hkv, nc, C, d]);
