@@ -15,6 +15,7 @@ import type { IncomingMessage } from 'node:http';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify';
 import fp from 'fastify-plugin';
 import { ENGINE_DEFAULTS } from '../engine/engine-core.ts';
+import { ReplyIdsCache } from '../routes/chat-completions/reply-ids.ts';
 import { PromptWorker } from '../routes/common/prompt-worker-client.ts';
 import { registerRoutes } from '../routes/index.ts';
 import admissionPlugin from '../server/admission.ts';
@@ -78,11 +79,15 @@ export function buildApp(deps: AppDeps): FastifyInstance {
 
   const serving = new ServingState();
   serving.attach(deps.engine, (err) => app.log.error({ err }, 'the model failed to load'));
+  // Recent chat replies and their generated ids: the next turn of a conversation resumes after them.
+  const replies = new ReplyIdsCache(deps.tokenizer, { maxEntries: deps.config.conversationCacheEntries, maxTokens: deps.config.conversationCacheTokens });
+  app.decorate('replies', replies);
   // Large bodies and heavy prompts are parsed, rendered and tokenized off the HTTP thread.
   const promptWorker = new PromptWorker(
     { modelDir: deps.config.modelDir, chatAssets: deps.chatAssets, serverConfig: deps.config },
     () => serving.loadedEngine?.config.vocabSize ?? null,
     (err, message) => app.log.error({ err }, message),
+    replies,
   );
   app.decorate('promptWorker', promptWorker);
   app.addHook('onClose', async () => promptWorker.close());

@@ -54,6 +54,10 @@ export interface ServerConfig {
   readonly maxStreamBufferBytes: number;
   /** Special tokens typed in user and tool message content become control tokens (default: plain text). */
   readonly allowSpecialTokensInContent: boolean;
+  /** Recent chat replies whose token ids are remembered (conversation reuse); 0 = off. */
+  readonly conversationCacheEntries: number;
+  /** Bound of those replies' token ids, all together; 0 = off. */
+  readonly conversationCacheTokens: number;
   readonly drainTimeoutSeconds: number;
   /** Restarts of a lost inference worker allowed within engineRestartWindowSeconds; one more failure gives up. */
   readonly engineMaxRestarts: number;
@@ -121,6 +125,8 @@ export const FLAGS: readonly FlagSpec[] = [
   { flag: 'max-prompt-logprobs-tokens', kind: 'int', min: 0, help: 'longest prompt whose logprobs a completion may return (echo + logprobs)', defaultText: '4096' },
   { flag: 'max-stream-buffer-bytes', kind: 'int', min: 65536, help: 'output a streaming client has not read yet; past it the client is disconnected and its request aborted', defaultText: '8388608 (8 MiB)' },
   { flag: 'allow-special-tokens-in-content', kind: 'bool', help: 'special tokens typed in user and tool message content become control tokens (otherwise they are encoded as plain text)', defaultText: 'off' },
+  { flag: 'conversation-cache-entries', kind: 'int', min: 0, help: 'recent chat replies whose generated token ids are remembered, so the next turn sends the model those ids and resumes from the snapshot of the reply (LRU; 0 = off)', defaultText: '1024' },
+  { flag: 'conversation-cache-tokens', kind: 'int', min: 0, help: 'token ids of those replies, all together (a longer reply is not remembered; 0 = off)', defaultText: '1048576' },
   { flag: 'drain-timeout-seconds', kind: 'number', min: 0, help: 'on SIGTERM, how long in-flight requests may finish', defaultText: '30' },
   { flag: 'engine-max-restarts', kind: 'int', min: 0, help: 'restarts of a lost inference worker within the window before /health/live fails', defaultText: '5' },
   { flag: 'engine-restart-window-seconds', kind: 'number', min: 1, help: 'window in which engine restarts are counted', defaultText: '600' },
@@ -233,6 +239,8 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     maxPromptLogprobsTokens: num('max-prompt-logprobs-tokens') ?? 4096,
     maxStreamBufferBytes: num('max-stream-buffer-bytes') ?? 8 * 2 ** 20,
     allowSpecialTokensInContent: bool('allow-special-tokens-in-content') ?? false,
+    conversationCacheEntries: num('conversation-cache-entries') ?? 1024,
+    conversationCacheTokens: num('conversation-cache-tokens') ?? 2 ** 20,
     drainTimeoutSeconds: num('drain-timeout-seconds') ?? 30,
     engineMaxRestarts: num('engine-max-restarts') ?? 5,
     engineRestartWindowSeconds: num('engine-restart-window-seconds') ?? 600,

@@ -7,12 +7,15 @@
 // complete call), the rest stays content, and a reply that ended normally with calls finishes with
 // 'tool_calls'. For templates that write <think> blocks, the reasoning is split off first
 // (./reasoning.ts) into `reasoning_content` (streamed: `delta.reasoning_content` chunks before content).
+// A reply sent as the model wrote it (nothing taken out as a call or as reasoning) is offered, with its
+// token ids, to the conversation cache (./reply-ids.ts), so the next turn can resume after it.
 import type { FinishReasonOut, GenerationEvent } from '../../server/generation.ts';
 import { chatLogprobEntries, type ChatLogprobEntry, type TokenText } from '../common/logprobs.ts';
 import { progressChunks, responseObject, streamChunk, usageChunk, type StreamIdentity, type StreamOptions } from '../common/stream-chunks.ts';
 import { UsageCounter } from '../common/usage.ts';
 import type { ChatCompletionResponse } from './schema.ts';
 import { ReasoningParser, splitReasoning, type ReasoningMode } from './reasoning.ts';
+import type { ReplyIdsCache } from './reply-ids.ts';
 import { parseToolCalls, ToolCallParser, type ToolCall } from './tool-calls.ts';
 
 export interface ChatFormatContext extends StreamIdentity {
@@ -26,6 +29,20 @@ export interface ChatFormatContext extends StreamIdentity {
   readonly maxToolCalls?: number | null;
   /** The template writes reasoning blocks: split replies into reasoning_content and content. */
   readonly reasoning?: ReasoningMode | null;
+  /** Where replies whose content is exactly the model's text are remembered with their ids; unset: nowhere. */
+  readonly replies?: Pick<ReplyIdsCache, 'remember'> | null;
+}
+
+/** The generated ids of each choice, collected only when there is a cache to offer the replies to. */
+function replyIds(ctx: ChatFormatContext): number[][] | null {
+  return ctx.replies === undefined || ctx.replies === null ? null : Array.from({ length: ctx.n }, () => []);
+}
+
+/** Offers a finished reply to the cache when its content is the whole text the model wrote. */
+function offerReply(ctx: ChatFormatContext, ids: number[][] | null, index: number, text: string, content: string | null, numCalls: number): void {
+  const own = ids?.[index];
+  if (own === undefined || numCalls > 0 || content !== text) return;
+  ctx.replies?.remember(content, own);
 }
 
 type ChatFinishReason = FinishReasonOut | 'tool_calls';
@@ -41,9 +58,11 @@ export async function chatCompletion(events: AsyncIterable<GenerationEvent>, ctx
   const logprobs: ChatLogprobEntry[][] = Array.from({ length: ctx.n }, () => []);
   const reasons: (FinishReasonOut | null)[] = Array.from({ length: ctx.n }, () => null);
   const usage = new UsageCounter(ctx.promptTokens);
+  const ids = replyIds(ctx);
   for await (const ev of events) {
     if (ev.type === 'delta') {
       texts[ev.index] += ev.text;
+      ids?.[ev.index]?.push(...ev.tokens.map((t) => t.tokenId));
       if (ctx.withLogprobs) logprobs[ev.index]?.push(...chatLogprobEntries(ev.tokens, ctx.tokenText));
     } else if (ev.type === 'finish') {
       reasons[ev.index] = ev.finishReason;
@@ -55,6 +74,7 @@ export async function chatCompletion(events: AsyncIterable<GenerationEvent>, ctx
     const { reasoning, content: text } = mode === null ? { reasoning: null, content: reply } : splitReasoning(reply, mode);
     const { content, calls: all } = ctx.parseToolCalls ? parseToolCalls(text) : { content: text, calls: [] };
     const calls = ctx.maxToolCalls === undefined || ctx.maxToolCalls === null ? all : all.slice(0, ctx.maxToolCalls);
+    offerReply(ctx, ids, index, reply, content, all.length);
     return {
       index,
       message: {
@@ -84,6 +104,9 @@ export async function* chatChunks(events: AsyncIterable<GenerationEvent>, ctx: C
   const parsers = new Map<number, ToolCallParser>();
   const callsSent = new Map<number, number>();
   const reasoners = new Map<number, ReasoningParser>();
+  // Per choice: the model's text and the content sent, to offer the reply to the cache at its end.
+  const ids = replyIds(ctx);
+  const written = ids === null ? null : Array.from({ length: ctx.n }, () => ({ text: '', content: '', numCalls: 0 }));
   function* textChunks(index: number, reply: string, entries: readonly ChatLogprobEntry[], final: boolean): Generator<object> {
     let text = reply;
     const mode = ctx.reasoning ?? null;
@@ -106,6 +129,12 @@ export async function* chatChunks(events: AsyncIterable<GenerationEvent>, ctx: C
       content = pushed.content + flushed.content;
       calls = pushed.calls;
     }
+    const w = written?.[index];
+    if (w !== undefined) {
+      w.text += reply;
+      w.content += content;
+      w.numCalls += calls.length;
+    }
     if (content !== '' || entries.length > 0) {
       yield chunk([{ index, delta: { content }, logprobs: ctx.withLogprobs ? { content: entries } : null, finish_reason: null }]);
     }
@@ -124,12 +153,14 @@ export async function* chatChunks(events: AsyncIterable<GenerationEvent>, ctx: C
       case 'prompt_logprobs':
         break;
       case 'delta':
+        ids?.[ev.index]?.push(...ev.tokens.map((t) => t.tokenId));
         yield* roleChunk(ev.index);
         yield* textChunks(ev.index, ev.text, ctx.withLogprobs ? chatLogprobEntries(ev.tokens, ctx.tokenText) : [], false);
         break;
       case 'finish':
         yield* roleChunk(ev.index);
         yield* textChunks(ev.index, '', [], true); // text a parser still held back
+        if (written?.[ev.index] !== undefined) offerReply(ctx, ids, ev.index, written[ev.index]!.text, written[ev.index]!.content, written[ev.index]!.numCalls);
         usage.add(ev);
         yield chunk([{ index: ev.index, delta: {}, logprobs: null, finish_reason: finishReason(ev.finishReason, (callsSent.get(ev.index) ?? 0) > 0) }]);
         break;

@@ -22,6 +22,8 @@ export interface PreparedChat {
   readonly format: ChatFormatContext;
   readonly streamOptions: StreamOptions;
   readonly stream: boolean;
+  /** Prompt tokens that are remembered replies' own ids (logged). */
+  readonly splicedTokens: number;
 }
 
 /**
@@ -83,8 +85,10 @@ export async function prepareChat(
       parseToolCalls: toolPlan.parseToolCalls,
       maxToolCalls: toolPlan.maxToolCalls,
       reasoning: prompt.reasoning ?? null,
+      replies: app.replies,
     },
     streamOptions,
     stream,
+    splicedTokens: prompt.splicedTokens ?? 0,
   };
 }

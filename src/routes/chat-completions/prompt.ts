@@ -11,6 +11,11 @@
 // tokens as plain text (TextTokenizer's specialTokensAsText). Contents without special-token text —
 // nearly all — are rendered and encoded exactly as before.
 //
+// Assistant messages that are recent replies of this server (./reply-ids.ts) are encoded as the ids the
+// model generated them as, where the template and the tokenizer allow it (./reply-splice.ts): the next
+// turn's prompt then starts with the previous request's exact ids, and the engine resumes from its
+// snapshot instead of prefilling the whole exchange again.
+//
 // prepareChatPrompt is the whole prompt work of a chat request (limits, template, tokens); it runs on
 // the HTTP thread for ordinary requests and in the prompt worker for large or heavy ones.
 import { randomBytes } from 'node:crypto';
@@ -20,6 +25,7 @@ import type { PreparedPrompt, PromptContext } from '../common/prompt-context.ts'
 import { stopStrings } from '../common/sampling.ts';
 import { InvalidRequestError } from '../../server/errors.ts';
 import { reasoningMode } from './reasoning.ts';
+import { spliceReplies } from './reply-splice.ts';
 import type { ChatCompletionRequest } from './schema.ts';
 import { planTools } from './tool-choice.ts';
 
@@ -73,11 +79,15 @@ export async function chatPromptTokens(ctx: PromptContext, opts: ChatPromptOptio
   return (await chatPrompt(ctx, opts)).ids;
 }
 
+/** A piece of the rendered prompt: template text, an untrusted content (its special tokens as text), or a reply's own ids. */
+type Segment = { readonly text: string; readonly specialTokensAsText: boolean } | { readonly ids: Int32Array };
+
 /**
  * The rendered prompt and its tokens. In `text`, a content encoded with its special tokens as plain
  * text is a placeholder (so a `<think>` a user typed there does not count as the template's).
+ * `splicedTokens`: prompt tokens that are a remembered reply's ids (./reply-splice.ts).
  */
-export async function chatPrompt(ctx: PromptContext, opts: ChatPromptOptions): Promise<{ text: string; ids: Int32Array }> {
+export async function chatPrompt(ctx: PromptContext, opts: ChatPromptOptions): Promise<{ text: string; ids: Int32Array; splicedTokens: number }> {
   const tokenizer = ctx.tokenizer;
   const literal: string[] = [];
   let messages = opts.messages;
@@ -88,22 +98,30 @@ export async function chatPrompt(ctx: PromptContext, opts: ChatPromptOptions): P
       const text = contentText(m['content']);
       if (text === null || !tokenizer.containsSpecialTokenText(text)) return m;
       literal.push(text);
-      return { ...m, content: `\uE000${nonce}:${literal.length - 1}\uE001` };
+      return { ...m, content: `\uE000${nonce}:t${literal.length - 1}\uE001` };
     });
   }
-  const rendered = renderChatPrompt(ctx, { ...opts, messages });
-  if (literal.length === 0) return { text: rendered, ids: await tokenizer.encodeToInt32(rendered, { addSpecialTokens: false }) };
-  const segments: { text: string; specialTokensAsText: boolean }[] = [];
-  const placeholder = new RegExp(`\uE000${nonce}:(\\d+)\uE001`, 'g');
+  const render = (msgs: readonly ChatTemplateMessage[]): string => renderChatPrompt(ctx, { ...opts, messages: msgs });
+  const rendered = render(messages);
+  const placeholder = new RegExp(`\uE000${nonce}:([tr])(\\d+)\uE001`, 'g');
+  const spliced = await spliceReplies(ctx, messages, rendered, render, nonce, placeholder);
+  if (literal.length === 0 && spliced === null) {
+    return { text: rendered, ids: await tokenizer.encodeToInt32(rendered, { addSpecialTokens: false }), splicedTokens: 0 };
+  }
+  const encoded = spliced?.text ?? rendered;
+  const segments: Segment[] = [];
   let at = 0;
-  for (let m = placeholder.exec(rendered); m !== null; m = placeholder.exec(rendered)) {
-    segments.push({ text: rendered.slice(at, m.index), specialTokensAsText: false });
-    segments.push({ text: literal[Number(m[1])] ?? '', specialTokensAsText: true });
+  for (const m of encoded.matchAll(placeholder)) {
+    segments.push({ text: encoded.slice(at, m.index), specialTokensAsText: false });
+    const k = Number(m[2]);
+    segments.push(m[1] === 'r' ? { ids: spliced?.ids[k] ?? new Int32Array(0) } : { text: literal[k] ?? '', specialTokensAsText: true });
     at = m.index + m[0].length;
   }
-  segments.push({ text: rendered.slice(at), specialTokensAsText: false });
+  segments.push({ text: encoded.slice(at), specialTokensAsText: false });
   const parts = await Promise.all(
-    segments.filter((s) => s.text !== '').map((s) => tokenizer.encodeToInt32(s.text, { addSpecialTokens: false, specialTokensAsText: s.specialTokensAsText })),
+    segments
+      .filter((s) => !('text' in s) || s.text !== '')
+      .map((s) => ('ids' in s ? s.ids : tokenizer.encodeToInt32(s.text, { addSpecialTokens: false, specialTokensAsText: s.specialTokensAsText }))),
   );
   const ids = new Int32Array(parts.reduce((n, p) => n + p.length, 0));
   let offset = 0;
@@ -111,7 +129,8 @@ export async function chatPrompt(ctx: PromptContext, opts: ChatPromptOptions): P
     ids.set(p, offset);
     offset += p.length;
   }
-  return { text: rendered, ids };
+  const splicedTokens = segments.reduce((n, s) => n + ('ids' in s ? s.ids.length : 0), 0);
+  return { text: rendered, ids, splicedTokens };
 }
 
 /**
@@ -161,9 +180,9 @@ export async function prepareChatPrompt(ctx: PromptContext, body: ChatCompletion
   if (tools !== null) checkTools(limits, tools);
   checkStopStrings(limits, stopStrings(body.stop));
   const addGenerationPrompt = body.add_generation_prompt ?? true;
-  const { text, ids } = await chatPrompt(ctx, { messages: body.messages, tools, addGenerationPrompt, chatTemplateKwargs: body.chat_template_kwargs });
+  const { text, ids, splicedTokens } = await chatPrompt(ctx, { messages: body.messages, tools, addGenerationPrompt, chatTemplateKwargs: body.chat_template_kwargs });
   if (ids.length === 0) throw new InvalidRequestError('the rendered prompt is empty', 'messages');
   const shared = sharedPrefixTokens(ctx, ids, addGenerationPrompt);
   const reasoning = reasoningMode(ctx.chatAssets.template, text);
-  return { ids, reasoning, ...(shared !== undefined ? { sharedPrefixTokens: shared } : {}) };
+  return { ids, reasoning, splicedTokens, ...(shared !== undefined ? { sharedPrefixTokens: shared } : {}) };
 }

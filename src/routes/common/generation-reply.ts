@@ -11,6 +11,8 @@ export interface PreparedGeneration {
   readonly engine: EnginePort;
   readonly spec: GenerationSpec;
   readonly stream: boolean;
+  /** Chat: prompt tokens that are remembered replies' own ids (logged when there are some). */
+  readonly splicedTokens?: number;
 }
 
 export interface GenerationFormats<T> {
@@ -33,8 +35,16 @@ export async function replyWithGeneration<T>(
   formats: GenerationFormats<T>,
 ): Promise<T | FastifyReply> {
   const { spec } = prepared;
+  const spliced = prepared.splicedTokens ?? 0;
   request.log.info(
-    { completionId: spec.requestId, promptTokens: spec.promptTokenIds.length, maxTokens: spec.sampling.maxTokens, n: spec.n, stream: prepared.stream },
+    {
+      completionId: spec.requestId,
+      promptTokens: spec.promptTokenIds.length,
+      ...(spliced > 0 ? { replyTokens: spliced } : {}),
+      maxTokens: spec.sampling.maxTokens,
+      n: spec.n,
+      stream: prepared.stream,
+    },
     'generation started',
   );
   const life = beginRequestLifetime(app, reply);

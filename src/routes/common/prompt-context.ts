@@ -4,6 +4,7 @@
 // places run the same code and give the same ids and the same errors.
 import type { ServerConfig } from '../../server/config.ts';
 import type { ReasoningMode } from '../chat-completions/reasoning.ts';
+import type { RememberedReplies } from '../chat-completions/reply-ids.ts';
 import { ApiError } from '../../server/errors.ts';
 import type { ChatAssets, TokenizerPort } from '../../server/ports.ts';
 
@@ -11,6 +12,8 @@ export interface PromptContext {
   readonly tokenizer: TokenizerPort;
   readonly chatAssets: ChatAssets;
   readonly serverConfig: ServerConfig;
+  /** Recent chat replies and their generated ids (conversation reuse); unset: chat prompts are encoded as text only. */
+  readonly replies?: RememberedReplies;
 }
 
 /** A request's prompt, ready for the engine. */
@@ -21,6 +24,8 @@ export interface PreparedPrompt {
   readonly sharedPrefixTokens?: number;
   /** Chat: how the reply starts (inside a <think> block the prompt opened, or not); null when the template writes none. */
   readonly reasoning?: ReasoningMode | null;
+  /** Chat: prompt tokens that are remembered replies' own ids (./chat-completions/reply-splice.ts). */
+  readonly splicedTokens?: number;
   /** Completions with `echo`: the prompt's text. */
   readonly text?: string;
 }

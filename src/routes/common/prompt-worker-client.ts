@@ -8,6 +8,10 @@
 //   heavy small bodies (a chat of many messages or tools): the parsed body is cloned in and the prompt
 //   comes back the same way.
 //
+// A chat prompt made there asks this thread for the remembered replies among its assistant messages
+// (../chat-completions/reply-ids.ts): the worker sends their content keys (sha256), this thread answers
+// with the entries it holds (content and ids, bounded by the cache), and the worker compares contents.
+//
 // Started on first use; it keeps the process alive only while a job is in flight. A crashed worker
 // fails its jobs (a 500) and the next job starts a fresh one.
 import type { Worker } from 'node:worker_threads';
@@ -15,6 +19,7 @@ import { spawnTsWorker } from '../../engine/ts-worker.ts';
 import type { ServerConfig } from '../../server/config.ts';
 import { InternalError, InvalidRequestError, validationError } from '../../server/errors.ts';
 import type { ChatAssets, LargeBodyParser, LargeBodySession, ParsedLargeBody } from '../../server/ports.ts';
+import type { RememberedReply, ReplyIdsCache } from '../chat-completions/reply-ids.ts';
 import type { ChatCompletionRequest } from '../chat-completions/schema.ts';
 import { BODY_ROUTES, type BodyRoute, type PipelineResult } from './body-pipelines.ts';
 import { fromWireApiError, type Derived, type PreparedPrompt, type WireApiError } from './prompt-context.ts';
@@ -31,13 +36,16 @@ export type ToPromptWorker =
   | { readonly type: 'chunk'; readonly job: number; readonly bytes: Uint8Array }
   | { readonly type: 'end'; readonly job: number; readonly modelVocabSize: number | null }
   | { readonly type: 'abort'; readonly job: number }
-  | { readonly type: 'derive'; readonly job: number; readonly route: BodyRoute; readonly body: unknown; readonly modelVocabSize: number | null };
+  | { readonly type: 'derive'; readonly job: number; readonly route: BodyRoute; readonly body: unknown; readonly modelVocabSize: number | null }
+  | { readonly type: 'replies'; readonly job: number; readonly lookup: number; readonly entries: readonly (RememberedReply | null)[] };
 
 export type PromptWorkerAnswer =
   | { readonly job: number; readonly kind: 'parsed'; readonly result: PipelineResult }
   | { readonly job: number; readonly kind: 'bad-body'; readonly error: WireApiError }
   | { readonly job: number; readonly kind: 'derived'; readonly derived: Derived }
-  | { readonly job: number; readonly kind: 'fault'; readonly message: string };
+  | { readonly job: number; readonly kind: 'fault'; readonly message: string }
+  /** Not an answer: the job's chat prompt asks for the remembered replies with these content keys. */
+  | { readonly job: number; readonly kind: 'replies'; readonly lookup: number; readonly keys: readonly string[] };
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -61,6 +69,8 @@ export class PromptWorker implements LargeBodyParser {
     /** The model's vocabulary size once the engine is loaded (token-id prompts are checked against it). */
     private readonly modelVocabSize: () => number | null,
     private readonly log: (err: Error, message: string) => void = () => undefined,
+    /** Remembered replies, for the chat prompts made in the worker; null: none are spliced there. */
+    private readonly replies: ReplyIdsCache | null = null,
   ) {}
 
   /** A session for a large body of the route at `routeUrl`, or null when that route has no pipeline. */
@@ -148,7 +158,10 @@ export class PromptWorker implements LargeBodyParser {
   private start(): Worker {
     const worker = spawnTsWorker(new URL('./prompt-worker.ts', import.meta.url), { workerData: this.init });
     worker.unref();
-    worker.on('message', (answer: PromptWorkerAnswer) => this.settle(answer.job, answer));
+    worker.on('message', (answer: PromptWorkerAnswer) => {
+      if (answer.kind !== 'replies') this.settle(answer.job, answer);
+      else this.post({ type: 'replies', job: answer.job, lookup: answer.lookup, entries: this.replies?.byKeys(answer.keys) ?? answer.keys.map(() => null) });
+    });
     const lost = (why: string): void => {
       if (this.worker !== worker) return;
       this.worker = null; // the next job starts a fresh one

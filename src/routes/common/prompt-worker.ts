@@ -3,10 +3,12 @@
 // thread would otherwise do in one long block: join a large body's chunks, check its UTF-8, parse it,
 // validate it and make its prompt (./body-pipelines.ts), or make the prompt of a heavy chat. Prompt ids
 // go back in a SharedArrayBuffer, so the HTTP thread and the engine's worker read them without a copy.
+// Remembered chat replies live on the HTTP thread: a job's chat prompt asks for them by content key.
 import { TextDecoder } from 'node:util';
 import { parentPort, workerData } from 'node:worker_threads';
 import { TextTokenizer } from '../../engine/tokenizer.ts';
 import type { TokenizerPort } from '../../server/ports.ts';
+import { contentKey, type RememberedReplies, type RememberedReply } from '../chat-completions/reply-ids.ts';
 import { deriveOf, runPipeline, type BodyRoute, type PipelineResult } from './body-pipelines.ts';
 import type { Derived, PromptContext } from './prompt-context.ts';
 import type { PromptWorkerAnswer, PromptWorkerInit, ToPromptWorker } from './prompt-worker-client.ts';
@@ -30,6 +32,34 @@ const context: Promise<PromptContext> = TextTokenizer.load(init.modelDir).then((
   return { tokenizer, chatAssets: init.chatAssets, serverConfig: init.serverConfig };
 });
 context.catch(() => undefined); // reported to each job below
+
+/** Lookups of remembered replies waiting for the HTTP thread's answer, by lookup number. */
+const lookups = new Map<number, (entries: readonly (RememberedReply | null)[]) => void>();
+let nextLookup = 0;
+
+/** The remembered replies as job `job` sees them: one round trip to the HTTP thread per lookup. */
+function remoteReplies(job: number): RememberedReplies {
+  return {
+    idsOf: async (contents) => {
+      const lookup = nextLookup++;
+      const entries = await new Promise<readonly (RememberedReply | null)[]>((resolve) => {
+        lookups.set(lookup, resolve);
+        answer({ job, kind: 'replies', lookup, keys: contents.map(contentKey) });
+      });
+      return contents.map((c, i) => {
+        const e = entries[i];
+        return e !== null && e !== undefined && e.content === c ? e.ids : null;
+      });
+    },
+  };
+}
+
+/** The context of one job: the worker's, with the remembered replies when the server keeps them. */
+async function jobContext(job: number): Promise<PromptContext> {
+  const base = await context;
+  const config = base.serverConfig;
+  return config.conversationCacheEntries > 0 && config.conversationCacheTokens > 0 ? { ...base, replies: remoteReplies(job) } : base;
+}
 
 /**
  * Bodies being received: their route and their text so far, decoded chunk by chunk as it arrives (a
@@ -82,7 +112,7 @@ async function parse(job: number, body: IncomingBody, modelVocabSize: number | n
     answer({ job, kind: 'bad-body', error: { status: 400, type: 'invalid_request_error', message, param: null, code: 'invalid_json' } });
     return;
   }
-  const result: PipelineResult = await runPipeline(await context, body.route, value, modelVocabSize);
+  const result: PipelineResult = await runPipeline(await jobContext(job), body.route, value, modelVocabSize);
   answer({ job, kind: 'parsed', result: result.kind === 'ok' ? { ...result, derived: shareIds(result.derived) } : result });
 }
 
@@ -106,8 +136,14 @@ async function handle(msg: ToPromptWorker): Promise<void> {
       return;
     }
     case 'derive':
-      answer({ job: msg.job, kind: 'derived', derived: shareIds(await deriveOf(await context, msg.route, msg.body, msg.modelVocabSize)) });
+      answer({ job: msg.job, kind: 'derived', derived: shareIds(await deriveOf(await jobContext(msg.job), msg.route, msg.body, msg.modelVocabSize)) });
       return;
+    case 'replies': {
+      const resolve = lookups.get(msg.lookup);
+      lookups.delete(msg.lookup);
+      resolve?.(msg.entries);
+      return;
+    }
   }
 }
 
