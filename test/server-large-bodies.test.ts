@@ -71,6 +71,34 @@ describe('large bodies, parsed off the HTTP thread', () => {
     expect(tokenized.json.tokens).toEqual(Array.from(expected));
   });
 
+  it('a prefix-cache warm-up: the worker makes the same prompt (same snapshot) as the HTTP thread, and the same 400s', async () => {
+    const prompt = text(2);
+    const handedOver = (): number => server.app.promptWorker.bodiesByRoute.get('prefix-cache') ?? 0;
+    const before = handedOver();
+    // Padding (an undeclared field, dropped) makes the body large: the prompt worker parses it.
+    const viaWorker = await post('/v1/prefix-cache', { prompt, padding: 'x'.repeat(400_000) });
+    expect(viaWorker.status).toBe(200);
+    expect(viaWorker.json.computed_tokens).toBeGreaterThan(0);
+    const inline = await post('/v1/prefix-cache', { prompt });
+    expect(inline.status).toBe(200);
+    expect(inline.json).toMatchObject({ id: viaWorker.json.id, prompt_tokens: viaWorker.json.prompt_tokens, computed_tokens: 0 });
+    expect(handedOver()).toBe(before + 1);
+    const messages = [{ role: 'system', content: prompt }];
+    const fromMessages = await post('/v1/prefix-cache', { messages, padding: 'x'.repeat(400_000) });
+    expect(fromMessages.status).toBe(200);
+    expect(handedOver()).toBe(before + 2);
+    expect(fromMessages.json.prompt_tokens).toBe((await chatPromptTokens(server.app, { messages, addGenerationPrompt: false })).length);
+    const V = server.engine.config.vocabSize;
+    const badIds = Array.from({ length: 80_000 }, (_, i) => (i === 70_000 ? V : 3 + (i % 200)));
+    for (const body of [{ prompt: badIds }, { prompt: badIds.slice(60_000) }]) {
+      const res = await post('/v1/prefix-cache', body);
+      expect(res.status).toBe(400);
+      expect(res.json.error).toMatchObject({ param: 'prompt' });
+      expect(res.json.error.message).toContain(`holds token id ${V}`);
+    }
+    await waitEngineIdle(server.engine);
+  });
+
   it('completions: a text prompt and a list of 100,000 token ids', async () => {
     const prompt = text(512);
     const ids = await server.tokenizer.encode(prompt);

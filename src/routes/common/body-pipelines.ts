@@ -5,18 +5,20 @@
 // empty values of the same type — for the route's own validation and checks. Undeclared fields are
 // dropped (the routes ignore them anyway), so nothing large crosses back to the HTTP thread.
 import { Compile, type Validator } from 'typebox/compile';
-import type { TObject, TSchema } from 'typebox';
+import type { TObject, TSchema, TUnion } from 'typebox';
 import { prepareChatPrompt } from '../chat-completions/prompt.ts';
 import { ChatCompletionRequest } from '../chat-completions/schema.ts';
 import { prepareCompletionPrompt } from '../completions/prompt.ts';
 import { CompletionRequest } from '../completions/schema.ts';
 import { DetokenizeRequest } from '../detokenize/schema.ts';
+import { prepareWarmPrompt } from '../prefix-cache/prompt.ts';
+import { WarmRequest } from '../prefix-cache/schema.ts';
 import { detokenizeText } from '../detokenize/text.ts';
 import { prepareTokenizePrompt } from '../tokenize/prompt.ts';
 import { TokenizeRequest } from '../tokenize/schema.ts';
 import { toWireApiError, type Derived, type PromptContext } from './prompt-context.ts';
 
-export type BodyRoute = 'chat' | 'completions' | 'tokenize' | 'detokenize';
+export type BodyRoute = 'chat' | 'completions' | 'tokenize' | 'detokenize' | 'prefix-cache';
 
 /** Route URL → pipeline name, for the routes that have one. */
 export const BODY_ROUTES: Readonly<Record<string, BodyRoute>> = {
@@ -24,6 +26,7 @@ export const BODY_ROUTES: Readonly<Record<string, BodyRoute>> = {
   '/v1/completions': 'completions',
   '/tokenize': 'tokenize',
   '/detokenize': 'detokenize',
+  '/v1/prefix-cache': 'prefix-cache',
 };
 
 type Body = Record<string, unknown>;
@@ -36,7 +39,9 @@ interface Pipeline {
   derive(ctx: PromptContext, body: Body, modelVocabSize: number | null): Promise<Derived>;
 }
 
-function declaredKeys(schema: TObject): string[] {
+/** The properties a body may keep: an object's, or those of every branch of a union of objects. */
+function declaredKeys(schema: TObject | TUnion<TObject[]>): string[] {
+  if ('anyOf' in schema) return [...new Set(schema.anyOf.flatMap((branch) => Object.keys(branch.properties)))];
   return Object.keys(schema.properties);
 }
 
@@ -45,7 +50,7 @@ function roles(messages: unknown): { role: unknown }[] {
   return (messages as Body[]).map((m) => ({ role: m['role'] }));
 }
 
-function pipeline(schema: TObject, strip: Pipeline['strip'], derive: Pipeline['derive']): Pipeline {
+function pipeline(schema: TObject | TUnion<TObject[]>, strip: Pipeline['strip'], derive: Pipeline['derive']): Pipeline {
   return { validator: Compile(schema), declared: declaredKeys(schema), strip, derive };
 }
 
@@ -64,6 +69,13 @@ const PIPELINES: Readonly<Record<BodyRoute, Pipeline>> = {
     TokenizeRequest,
     (b) => ({ ...b, ...(b['prompt'] !== undefined ? { prompt: '' } : {}), ...(b['messages'] !== undefined ? { messages: roles(b['messages']) } : {}) }),
     async (ctx, b) => ({ prompt: await prepareTokenizePrompt(ctx, b as TokenizeRequest) }),
+  ),
+  // A warm-up's document: text becomes one character, token ids one id (the schema wants a non-empty
+  // prompt); the route reads the ids the worker made, never these.
+  'prefix-cache': pipeline(
+    WarmRequest,
+    (b) => ({ ...b, ...(typeof b['prompt'] === 'string' ? { prompt: ' ' } : Array.isArray(b['prompt']) ? { prompt: [0] } : {}), ...(b['messages'] !== undefined ? { messages: roles(b['messages']) } : {}) }),
+    async (ctx, b, vocab) => ({ prompt: await prepareWarmPrompt(ctx, b as WarmRequest, vocab) }),
   ),
   detokenize: pipeline(
     DetokenizeRequest,

@@ -63,6 +63,8 @@ export class PromptWorker implements LargeBodyParser {
   private worker: Worker | null = null;
   private nextJob = 0;
   private readonly pending = new Map<number, Pending>();
+  /** Large bodies handed over so far, by route (for tests and logs). */
+  readonly bodiesByRoute = new Map<BodyRoute, number>();
 
   constructor(
     private readonly init: PromptWorkerInit,
@@ -77,6 +79,7 @@ export class PromptWorker implements LargeBodyParser {
   begin(routeUrl: string): LargeBodySession | null {
     const route = BODY_ROUTES[routeUrl];
     if (route === undefined) return null;
+    this.bodiesByRoute.set(route, (this.bodiesByRoute.get(route) ?? 0) + 1);
     const job = this.nextJob++;
     const answer = this.track(job);
     this.post({ type: 'open', job, route });

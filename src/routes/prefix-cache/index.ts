@@ -11,14 +11,15 @@
 import { randomUUID } from 'node:crypto';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { keyOfSnapshotId, snapshotIdOf } from '../../cache/snapshot-store.ts';
-import type { PrefixCacheEntryInfo, PromptTokenIds, SamplingParams } from '../../engine/types.ts';
-import { InvalidRequestError, NotFoundError } from '../../server/errors.ts';
+import type { PrefixCacheEntryInfo, SamplingParams } from '../../engine/types.ts';
+import { NotFoundError } from '../../server/errors.ts';
 import { runGeneration, type GenerationEvent } from '../../server/generation.ts';
 import { beginRequestLifetime } from '../../server/request-lifetime.ts';
 import { streamSse } from '../../server/sse.ts';
-import { chatPromptTokens } from '../chat-completions/prompt.ts';
+import { promptOf, type DerivedPrompt } from '../common/prompt-context.ts';
 import { progressObject, type StreamIdentity } from '../common/stream-chunks.ts';
 import { checkModel, nowSeconds } from '../common/usage.ts';
+import { prepareWarmPrompt } from './prompt.ts';
 import { DeleteParams, DeleteResponse, ListQuery, ListResponse, WarmRequest, WarmResponse } from './schema.ts';
 
 const DEFAULT_LIST_LIMIT = 100;
@@ -97,23 +98,15 @@ const prefixCacheRoute: FastifyPluginAsyncTypebox = async (app) => {
     return { id, object: 'prefix_cache.entry.deleted' as const, deleted: true as const, where: whereOf({ inMemory: deleted.memory, onDisk: deleted.disk }) };
   });
 
-  app.post('/v1/prefix-cache', { schema: { body: WarmRequest, response: { 200: WarmResponse } } }, async (request, reply) => {
+  app.post('/v1/prefix-cache', { schema: { body: WarmRequest, response: { 200: WarmResponse } }, config: { admission: 'prompt' } }, async (request, reply) => {
     const body = request.body;
     checkModel(app, body.model);
     const engine = app.serving.requireEngine();
-    let ids: PromptTokenIds;
-    if ('messages' in body) {
-      // No generation prompt by default: the snapshot then ends where a later chat's next turn starts.
-      ids = await chatPromptTokens(app, { messages: body.messages, addGenerationPrompt: body.add_generation_prompt ?? false, chatTemplateKwargs: body.chat_template_kwargs });
-    } else if (typeof body.prompt === 'string') {
-      ids = await app.tokenizer.encodeToInt32(body.prompt, { addSpecialTokens: body.add_special_tokens ?? true });
-    } else {
-      const vocab = engine.config.vocabSize;
-      const bad = body.prompt.find((t) => t >= vocab);
-      if (bad !== undefined) throw new InvalidRequestError(`'prompt' holds token id ${bad}, but the vocabulary has ${vocab} tokens`, 'prompt');
-      ids = body.prompt;
-    }
-    if (ids.length === 0) throw new InvalidRequestError('the prompt is empty', 'messages' in body ? 'messages' : 'prompt');
+    // A large body's prompt was made by the prompt worker (json-body.ts); its shape is the pipeline's.
+    const derived = request.derivedBody as DerivedPrompt | null;
+    const { ids } = await promptOf(derived, () => prepareWarmPrompt(app, body, engine.config.vocabSize));
+    const ticket = request.admissionTicket;
+    ticket?.update(1, ids.length, 'messages' in body ? 'messages' : 'prompt');
     const identity: StreamIdentity = { id: `warm-${randomUUID().replace(/-/g, '')}`, created: nowSeconds(), model: app.serverConfig.servedModelName };
     const stream = body.stream === true;
     request.log.info({ warmId: identity.id, promptTokens: ids.length, stream }, 'prefix cache warm-up started');
@@ -121,7 +114,17 @@ const prefixCacheRoute: FastifyPluginAsyncTypebox = async (app) => {
     try {
       const events = runGeneration(
         { engine, tokenizer: app.tokenizer, metrics: app.metrics },
-        { requestId: identity.id, promptTokenIds: ids, sampling: WARM_SAMPLING, n: 1, stop: [], skipSpecialTokens: true, reportProgress: stream, prefillOnly: true },
+        {
+          requestId: identity.id,
+          promptTokenIds: ids,
+          sampling: WARM_SAMPLING,
+          n: 1,
+          stop: [],
+          skipSpecialTokens: true,
+          reportProgress: stream,
+          prefillOnly: true,
+          ...(ticket !== null ? { onSubmitted: () => ticket.release() } : {}),
+        },
         life.signal,
       );
       const promptTokens = ids.length;
