@@ -33,7 +33,9 @@ published:
         positions seqlen_offset… in float32) applied rotate-half (non-interleaved), as fla's
         `rotary_embedding_ref`.
   fla.modules.GatedMLP → down(silu(gate(x)) · up(x)) (fla's swiglu), the same parameter names.
-  fla.models.utils.Cache → the official fla_dev fla/models/utils.py (`Cache`), as published.
+  fla.models.utils.Cache → the official fla_dev fla/models/utils.py (`Cache`), with one correction for
+        the decode logits: the seen-token count (every layer's RoPE offset) grows after the last layer
+        of a step, not after layer 0 (see `CountAfterLastLayer` in main()).
   flash_attn.flash_attn_func / flash_attn_varlen_func → softmax attention with an explicit mask:
         causal aligned bottom-right (query i of Tq sees keys ≤ Tk − Tq + i), window_size (l, 0) keeps
         keys ≥ that position − l, GQA by repeating kv heads, scale d^-1/2.
@@ -340,6 +342,8 @@ def main(argv: list[str]) -> int:
         # fla's cache layer predates transformers 5's abstract `get_max_length` (never called here).
         import fla.models.utils
         fla.models.utils.FLALayer.__abstractmethods__ = frozenset()
+        import spb2.modeling_sse_swa_moba as official_model
+        published_cache = official_model.Cache
         torch.manual_seed(0)
         model = SSESWAMoBAForCausalLM(SSESWAMoBAConfig(**json.loads(json.dumps(CONFIG))))
         randomize(model, 1)
@@ -357,7 +361,26 @@ def main(argv: list[str]) -> int:
 
         V = CONFIG["vocab_size"]
         ids = [(3 + i * 7 + (i * i) % 5) % V for i in range(PROMPT_TOKENS + DECODE_TOKENS)]
+        # fla's Cache (FLACache, the one used with transformers > 4.53.3) adds a step's tokens to its
+        # seen-token count when layer 0 stores its state, and every layer reads its RoPE offset from that
+        # count: in a decode step layers 1… rotate q and k at p + 1 while layer 0 and the prompt used p.
+        # The one-shot forward and the vLLM plugin (explicit `positions`) use p. The fixture's decode
+        # logits count the tokens after the last layer instead (as fla's LegacyFLACache does), so they
+        # show what the cache path is meant to compute; the published count's figure is printed.
+        num_layers = CONFIG["num_hidden_layers"]
+
+        class CountAfterLastLayer(published_cache):
+            def update(self, *args, layer_idx=0, offset=1, **kwargs):
+                state = super().update(*args, layer_idx=layer_idx, offset=0, **kwargs)
+                if layer_idx == num_layers - 1:
+                    self._seen_tokens += int(offset)
+                return state
+
+        _, cached_published = logits_of(model, ids)
+        official_model.Cache = CountAfterLastLayer
         one_shot, cached = logits_of(model, ids)
+        shift = max(abs(a - b) for ra, rb in zip(cached_published, cached) for a, b in zip(ra, rb))
+        print(f"published fla Cache (RoPE at p + 1 in layers 1… while decoding) vs counted after the last layer: max |Δlogit| {shift:.2e}")
         import transformers
         with open(os.path.join(OUT, "expected.json"), "w") as f:
             json.dump({
