@@ -17,7 +17,8 @@ import { countSpikingBrain2Parameters } from '../src/engine/model/spikingbrain2-
 
 const FIXTURES = join(import.meta.dirname, 'fixtures');
 const FIVE_B = join(FIXTURES, 'spikingbrain2-5b');
-const TINY = join(FIXTURES, 'spikingbrain2-crosscheck');
+const TINY = join(FIXTURES, 'spikingbrain2-crosscheck', 'released-options');
+const OTHER = join(FIXTURES, 'spikingbrain2-crosscheck', 'other-options');
 const raw5b = JSON.parse(readFileSync(join(FIVE_B, 'config.json'), 'utf8')) as Record<string, unknown>;
 
 const root = mkdtempSync(join(tmpdir(), 'spikeserve-spb2-config-'));
@@ -174,6 +175,16 @@ describe('SpikingBrain 2.0 config validation', () => {
     expect(r.mobaLayers).toEqual([1, 3]);
     expect(r.fullLayers).toEqual([5]);
     expect(inspectModel(TINY)).toContain('validation: ok');
+
+    // The other options, as the official code built them: untied lm_head stored and counted, relu q/k,
+    // β·2, no qk-norm (no q/k norm tensors), no biases, top-1 of 3.
+    const other = parseSpikingBrain2Config(JSON.parse(readFileSync(join(OTHER, 'config.json'), 'utf8')) as Record<string, unknown>);
+    expect(other.sse).toEqual({ numHeads: 2, numPartitions: 3, numWriters: 1, qkActivation: 'relu', allowNegEigval: true });
+    expect([other.attention.qkNorm, other.attention.bias, other.tieWordEmbeddings]).toEqual([false, false, false]);
+    expect(other.layerKinds).toEqual(['full', 'hybrid', 'hybrid', 'moba', 'hybrid']);
+    const ro = describeSpikingBrain2(OTHER, other);
+    expect(ro.weights?.validation).toBe('ok');
+    expect(ro.numParameters).toBe(countSpikingBrain2Parameters(other));
 
     // A checkpoint missing a tensor the official module has is reported, not served.
     const broken = join(root, 'broken');

@@ -5,7 +5,9 @@ modeling code of BICLab/SpikingBrain2.0 (spb2/modeling_sse_swa_moba.py, spb2/sse
 spb2/moba_attn.py, spb2/attn.py, spb2/configuration_sse_swa_moba.py) and MoBA's official naive
 reference (MoBA/moba/moba_naive.py, `moba_attn_varlen_naive`), stores it as a float32 safetensors
 checkpoint, runs it in float64 and writes the logits of every position, one-shot and through the
-official cache (a prefill, then one token at a time), to test/fixtures/spikingbrain2-crosscheck/.
+official cache (a prefill, then one token at a time), to test/fixtures/spikingbrain2-crosscheck/: one
+model with the released configs' options (`released-options/`), one with the other options the parser
+accepts (`other-options/`).
 
 The official code is read from a checkout (or a bare git mirror) of the official repository, given as
 the first argument, and imported from a temporary copy outside this repository; nothing of it is
@@ -103,6 +105,30 @@ CONFIG = dict(
     eos_token_id=2,
     fuse_norm=True,
     fuse_swiglu=True,
+)
+
+# The options the released configs leave at one value, flipped where the parser accepts them: relu q/k
+# (`sse_qk_relu`), β·2 (`allow_neg_eigval`), no qk-norm, no biases, untied lm_head, top-1 of 3
+# partitions, no GQA in the MoBA/full layers; MoBA chunks of 6 (40 tokens end in a partial chunk) with
+# top-2; a window of 4; the full layer first.
+OTHER_CONFIG = dict(
+    CONFIG,
+    vocab_size=48,
+    hidden_size=24,
+    num_hidden_layers=5,
+    head_dim=6,
+    num_heads=2,
+    num_v_heads=2,
+    intermediate_size=40,
+    num_sparse_partition=3,
+    num_writer=1,
+    num_reader=1,
+    sse_qk_relu=True,
+    allow_neg_eigval=True,
+    attn=dict(layers=[0, 3], full_layers=[0], num_heads=2, num_kv_heads=2, qk_norm=False, qkv_bias=False,
+              rope_theta=500000, window_size=4, moba_chunk_size=6, moba_topk=2),
+    norm_eps=1e-5,
+    tie_word_embeddings=False,
 )
 
 PROMPT_TOKENS = 28
@@ -324,6 +350,67 @@ def logits_of(model, ids: list[int]) -> tuple[list[list[float]], list[list[float
     return one_shot.tolist(), torch.cat(cached, dim=0).tolist()
 
 
+def write_case(name: str, config: dict, seed: int, model_classes, commit: str) -> None:
+    """Builds, stores and runs one tiny model; writes test/fixtures/spikingbrain2-crosscheck/NAME/."""
+    SSESWAMoBAConfig, SSESWAMoBAForCausalLM, official_model, published_cache = model_classes
+    folder = os.path.join(OUT, name)
+    torch.manual_seed(0)
+    model = SSESWAMoBAForCausalLM(SSESWAMoBAConfig(**json.loads(json.dumps(config))))
+    randomize(model, seed)
+    model = model.to(torch.float64).eval()
+
+    os.makedirs(folder, exist_ok=True)
+    tensors = {k: v.to(torch.float32).contiguous() for k, v in model.state_dict().items()}
+    if config["tie_word_embeddings"]:
+        # HF's save drops the tied copy; so does this one.
+        assert torch.equal(tensors["lm_head.weight"], tensors["model.embeddings.weight"])
+        del tensors["lm_head.weight"]
+    save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+
+    V = config["vocab_size"]
+    ids = [(3 + seed + i * 7 + (i * i) % 5) % V for i in range(PROMPT_TOKENS + DECODE_TOKENS)]
+    # fla's Cache (FLACache, the one used with transformers > 4.53.3) adds a step's tokens to its
+    # seen-token count when layer 0 stores its state, and every layer reads its RoPE offset from that
+    # count: in a decode step layers 1… rotate q and k at p + 1 while layer 0 and the prompt used p.
+    # The one-shot forward and the vLLM plugin (explicit `positions`) use p. The fixture's decode
+    # logits count the tokens after the last layer instead (as fla's LegacyFLACache does), so they
+    # show what the cache path is meant to compute; the published count's figure is printed.
+    num_layers = config["num_hidden_layers"]
+
+    class CountAfterLastLayer(published_cache):
+        def update(self, *args, layer_idx=0, offset=1, **kwargs):
+            state = super().update(*args, layer_idx=layer_idx, offset=0, **kwargs)
+            if layer_idx == num_layers - 1:
+                self._seen_tokens += int(offset)
+            return state
+
+    official_model.Cache = published_cache
+    _, cached_published = logits_of(model, ids)
+    official_model.Cache = CountAfterLastLayer
+    one_shot, cached = logits_of(model, ids)
+    official_model.Cache = published_cache
+    import transformers
+    with open(os.path.join(folder, "expected.json"), "w") as f:
+        json.dump({
+            "source": f"BICLab/SpikingBrain2.0 {commit}, SSESWAMoBAForCausalLM, float64; "
+                      f"transformers {transformers.__version__}, torch {torch.__version__}",
+            "token_ids": ids,
+            "decode_from": PROMPT_TOKENS,
+            "logits": [[round(v, 10) for v in row] for row in one_shot],
+            "logits_cached": [[round(v, 10) for v in row] for row in cached],
+        }, f)
+
+    def max_diff(a, b):
+        return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+    print(f"{name}: {len(ids)} tokens, max |logit| {max(abs(v) for row in one_shot for v in row):.3f}; "
+          f"prompt: max |one-shot − cached| {max_diff(one_shot[:PROMPT_TOKENS], cached[:PROMPT_TOKENS]):.2e}; "
+          f"decode (dense MoBA layers): {max_diff(one_shot[PROMPT_TOKENS:], cached[PROMPT_TOKENS:]):.2e}; "
+          f"published cache count (RoPE p + 1 in layers 1… while decoding): {max_diff(cached_published, cached):.2e}")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(__doc__.split("\n\n")[2], file=sys.stderr)
@@ -343,58 +430,10 @@ def main(argv: list[str]) -> int:
         import fla.models.utils
         fla.models.utils.FLALayer.__abstractmethods__ = frozenset()
         import spb2.modeling_sse_swa_moba as official_model
-        published_cache = official_model.Cache
-        torch.manual_seed(0)
-        model = SSESWAMoBAForCausalLM(SSESWAMoBAConfig(**json.loads(json.dumps(CONFIG))))
-        randomize(model, 1)
-        model = model.to(torch.float64).eval()
-
-        os.makedirs(OUT, exist_ok=True)
-        tensors = {k: v.to(torch.float32).contiguous() for k, v in model.state_dict().items()}
-        # Tied embeddings: the released checkpoints store no lm_head (HF drops the tied copy on save).
-        assert torch.equal(tensors["lm_head.weight"], tensors["model.embeddings.weight"])
-        del tensors["lm_head.weight"]
-        save_file(tensors, os.path.join(OUT, "model.safetensors"), metadata={"format": "pt"})
-        with open(os.path.join(OUT, "config.json"), "w") as f:
-            json.dump(CONFIG, f, indent=2)
-            f.write("\n")
-
-        V = CONFIG["vocab_size"]
-        ids = [(3 + i * 7 + (i * i) % 5) % V for i in range(PROMPT_TOKENS + DECODE_TOKENS)]
-        # fla's Cache (FLACache, the one used with transformers > 4.53.3) adds a step's tokens to its
-        # seen-token count when layer 0 stores its state, and every layer reads its RoPE offset from that
-        # count: in a decode step layers 1… rotate q and k at p + 1 while layer 0 and the prompt used p.
-        # The one-shot forward and the vLLM plugin (explicit `positions`) use p. The fixture's decode
-        # logits count the tokens after the last layer instead (as fla's LegacyFLACache does), so they
-        # show what the cache path is meant to compute; the published count's figure is printed.
-        num_layers = CONFIG["num_hidden_layers"]
-
-        class CountAfterLastLayer(published_cache):
-            def update(self, *args, layer_idx=0, offset=1, **kwargs):
-                state = super().update(*args, layer_idx=layer_idx, offset=0, **kwargs)
-                if layer_idx == num_layers - 1:
-                    self._seen_tokens += int(offset)
-                return state
-
-        _, cached_published = logits_of(model, ids)
-        official_model.Cache = CountAfterLastLayer
-        one_shot, cached = logits_of(model, ids)
-        shift = max(abs(a - b) for ra, rb in zip(cached_published, cached) for a, b in zip(ra, rb))
-        print(f"published fla Cache (RoPE at p + 1 in layers 1… while decoding) vs counted after the last layer: max |Δlogit| {shift:.2e}")
-        import transformers
-        with open(os.path.join(OUT, "expected.json"), "w") as f:
-            json.dump({
-                "source": f"BICLab/SpikingBrain2.0 {commit}, SSESWAMoBAForCausalLM, float64; transformers {transformers.__version__}, torch {torch.__version__}",
-                "token_ids": ids,
-                "decode_from": PROMPT_TOKENS,
-                "logits": [[round(v, 10) for v in row] for row in one_shot],
-                "logits_cached": [[round(v, 10) for v in row] for row in cached],
-            }, f)
-        diff = max(abs(a - b) for ra, rb in zip(one_shot[:PROMPT_TOKENS], cached[:PROMPT_TOKENS]) for a, b in zip(ra, rb))
-        dec = max(abs(a - b) for ra, rb in zip(one_shot[PROMPT_TOKENS:], cached[PROMPT_TOKENS:]) for a, b in zip(ra, rb))
-        big = max(abs(v) for row in one_shot for v in row)
-        print(f"{len(ids)} tokens from commit {commit[:12]}; max |logit| {big:.3f}; "
-              f"prefill: max |one-shot − cached| {diff:.2e}; decode (dense MoBA in the cache path): {dec:.2e}")
+        classes = (SSESWAMoBAConfig, SSESWAMoBAForCausalLM, official_model, official_model.Cache)
+        print(f"official code: BICLab/SpikingBrain2.0 {commit}")
+        write_case("released-options", CONFIG, 1, classes, commit)
+        write_case("other-options", OTHER_CONFIG, 2, classes, commit)
     finally:
         shutil.rmtree(sandbox, ignore_errors=True)
     return 0
