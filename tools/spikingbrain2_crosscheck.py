@@ -413,7 +413,7 @@ def write_case(name: str, config: dict, seed: int, model_classes, commit: str) -
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print(__doc__.split("\n\n")[2], file=sys.stderr)
+        print("usage: python tools/spikingbrain2_crosscheck.py PATH/TO/SpikingBrain2.0 (a checkout or a git mirror)", file=sys.stderr)
         return 2
     source = argv[1]
     commit = official_commit(source)
