@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ModelLoadError } from '../errors.ts';
 import { parseQwen3_5Config } from './qwen3_5-config.ts';
+import { parseSpikingBrain2Config } from './spikingbrain2-config.ts';
 
 /** What a layer's token mixer is: gated linear attention, sliding-window or full softmax attention, Gated DeltaNet. */
 export type LayerKind = 'gla' | 'swa' | 'full' | 'gdn';
@@ -96,6 +97,13 @@ export function parseModelConfig(raw: Json): ModelConfig {
   const modelType = raw['model_type'];
   if (modelType === 'qwen3_5' || modelType === 'qwen3_5_text' || modelType === 'qwen3_5_moe' || modelType === 'qwen3_5_moe_text') {
     return parseQwen3_5Config(raw);
+  }
+  if (modelType === 'sse_swa_moba') {
+    parseSpikingBrain2Config(raw); // a malformed config names its field first
+    throw new ModelLoadError(
+      'config.json: model_type "sse_swa_moba" (SpikingBrain 2.0) is recognised but not served yet: its hybrid SSE-GDN + ' +
+        'sliding-window layers and MoBA layers have no graphs (see docs/models/spikingbrain2.md; `spikeserve inspect` describes it)',
+    );
   }
   if (modelType !== 'gla_swa' && modelType !== 'qwen2') {
     throw new ModelLoadError(

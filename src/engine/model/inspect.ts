@@ -15,7 +15,9 @@ import { openCheckpoint, validateCheckpoint, type HfCheckpoint } from './hf-chec
 import { isW8ASpike } from './w8aspike.ts';
 import { INDEX_FILE, listSafetensors } from './safetensors.ts';
 import { countParameters, gdnConvDim } from './tensor-names.ts';
-import { existsSync } from 'node:fs';
+import { describeSpikingBrain2, formatSpikingBrain2Report } from './spikingbrain2-inspect.ts';
+import { parseSpikingBrain2Config } from './spikingbrain2-config.ts';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 export interface WeightsReport {
@@ -208,7 +210,23 @@ export function formatModelReport(r: ModelReport): string {
   return `${lines.join('\n')}\n`;
 }
 
-/** The human-readable report for `spikeserve inspect --model DIR`. */
+/** model_type of a checkpoint directory's config.json, or null when it cannot be read (loadModelConfig then says why). */
+function modelTypeOf(dir: string): unknown {
+  try {
+    return (JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>)['model_type'] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The human-readable report for `spikeserve inspect --model DIR`. A SpikingBrain 2.0 checkpoint
+ * (recognised, not served yet) gets its own report (./spikingbrain2-inspect.ts).
+ */
 export function inspectModel(source: string | Checkpoint): string {
+  if (typeof source === 'string' && modelTypeOf(source) === 'sse_swa_moba') {
+    const raw = JSON.parse(readFileSync(join(source, 'config.json'), 'utf8')) as Record<string, unknown>;
+    return formatSpikingBrain2Report(describeSpikingBrain2(source, parseSpikingBrain2Config(raw)));
+  }
   return formatModelReport(describeModel(source));
 }
