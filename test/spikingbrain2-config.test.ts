@@ -121,6 +121,10 @@ describe('SpikingBrain 2.0 5B config (spb2/configs/rsft_config.json)', () => {
     const lines = result.stderr.split('\n').filter((l) => l.startsWith('spikeserve: '));
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatch(/recognised but not served yet/);
+    // The config is read before the tokenizer: a folder with config.json alone says the same.
+    const bare = spawnSync(process.execPath, ['--import', 'tsx', cli, 'serve', '--model', FIVE_B, '--port', '0', '--log-level', 'silent'], { encoding: 'utf8', timeout: 120_000 });
+    expect(bare.status).toBe(1);
+    expect(bare.stderr.split('\n').filter((l) => l.startsWith('spikeserve: '))).toEqual([expect.stringMatching(/recognised but not served yet/)]);
   });
 });
 

@@ -6,6 +6,8 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Engine, type EngineLogLevel, type EngineOptions } from '../engine/engine.ts';
+import { ModelLoadError } from '../engine/errors.ts';
+import { loadModelConfig } from '../engine/model/config.ts';
 import { inspectModel } from '../engine/model/inspect.ts';
 import { TextTokenizer } from '../engine/tokenizer.ts';
 import { loadChatAssets } from '../routes/chat-template.ts';
@@ -65,6 +67,14 @@ async function serve(argv: readonly string[]): Promise<void> {
     throw err;
   }
   if (!existsSync(join(config.modelDir, 'config.json'))) fail(`--model: no config.json in ${config.modelDir}`, 2);
+  // The model's config first (cheap): an unknown or unsupported model says so in one line before the
+  // tokenizer or anything else is loaded.
+  try {
+    loadModelConfig(config.modelDir);
+  } catch (err) {
+    if (err instanceof ModelLoadError) fail(err.message, 1);
+    throw err;
+  }
 
   const tokenizer = await TextTokenizer.load(config.modelDir);
   const metrics = new ServerMetrics(config.servedModelName, { compat: config.metricsCompat });
