@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ModelLoadError } from '../src/engine/errors.ts';
 import { loadModelConfig, parseModelConfig } from '../src/engine/model/config.ts';
-import { openCheckpoint } from '../src/engine/model/hf-checkpoint.ts';
+import { openCheckpoint, validateCheckpoint } from '../src/engine/model/hf-checkpoint.ts';
+import { kvGroupSpecs, stateBytesPerSequence, stateTensorSpecs } from '../src/engine/model/layer-plan.ts';
 import { inspectModel } from '../src/engine/model/inspect.ts';
 import { defaultIntermediateSize, parseSpikingBrain2Config } from '../src/engine/model/spikingbrain2-config.ts';
 import { describeSpikingBrain2 } from '../src/engine/model/spikingbrain2-inspect.ts';
@@ -101,12 +102,32 @@ describe('SpikingBrain 2.0 5B config (spb2/configs/rsft_config.json)', () => {
     expect(text).toContain('if every layer were full attention: 288.00 KiB per token');
   });
 
-  it('is recognised but not served: config loading, the checkpoint loader and `serve` refuse it with one line', () => {
-    const expected = /^config\.json: model_type "sse_swa_moba" \(SpikingBrain 2\.0\) is recognised but not served yet: /;
-    expect(() => parseModelConfig(raw5b)).toThrow(ModelLoadError);
-    expect(() => parseModelConfig(raw5b)).toThrow(expected);
-    expect(() => loadModelConfig(FIVE_B)).toThrow(expected);
-    expect(() => openCheckpoint(TINY)).toThrow(expected);
+  it('maps onto the engine\'s ModelConfig and layer plan (graphs), while `serve` still refuses it with one line', () => {
+    const config = parseModelConfig(raw5b);
+    expect(loadModelConfig(FIVE_B)).toEqual(config);
+    expect(config.modelType).toBe('sse_swa_moba');
+    expect(config.layerKinds.flatMap((k, i) => (k === 'moba' ? [i] : []))).toEqual([0, 1, 2, 3, 6, 12, 17, 21, 24]);
+    expect(config.layerKinds.flatMap((k, i) => (k === 'sse_swa' ? [i] : []))).toEqual(hybrid);
+    expect(config.layerKinds[35]).toBe('full');
+    // The window branch attends window_size = 128 keys including the query: 127 past positions.
+    expect(config.slidingWindow).toBe(127);
+    expect(config.moba).toEqual({ chunkTokens: 4096, topk: 12 });
+    expect(config.sse).toEqual(c.sse);
+    expect([config.numHeads, config.numKvHeads, config.headDim]).toEqual([32, 8, 128]);
+    expect(config.attention).toEqual({ bias: false, outputGate: false, qkNorm: true, rotaryDim: 128 });
+    // The layer plan's state tensors: one [(1 + N)·H, d, d] per hybrid layer, 260 MiB as inspect says.
+    const states = stateTensorSpecs(config);
+    expect(states).toHaveLength(26);
+    expect(states[0]?.dims).toEqual([5 * 32, 128, 128]);
+    expect(stateBytesPerSequence(config)).toBe(260 * 2 ** 20);
+    expect(kvGroupSpecs(config)).toEqual([
+      { kind: 'window', numLayers: 26, numKvHeads: 8, headDim: 128, windowTokens: 127 },
+      { kind: 'full', numLayers: 10, numKvHeads: 8, headDim: 128, windowTokens: null },
+    ]);
+    const opened = openCheckpoint(TINY);
+    expect(opened.config.layerKinds).toEqual(['sse_swa', 'moba', 'sse_swa', 'moba', 'sse_swa', 'full']);
+    expect(() => validateCheckpoint(opened)).not.toThrow();
+    expect(() => validateCheckpoint(openCheckpoint(OTHER))).not.toThrow();
 
     // A full checkpoint directory: the tiny official weights with a (Qwen) tokenizer beside them.
     const dir = join(root, 'serve');

@@ -1,15 +1,28 @@
 // Model configuration: reads a Hugging Face `config.json` of the SpikingBrain family (`gla_swa`),
-// a Qwen2 checkpoint (`qwen2`, every layer full attention) or a Qwen3.5 text model (`qwen3_5_text`,
+// a Qwen2 checkpoint (`qwen2`, every layer full attention), a Qwen3.5 text model (`qwen3_5_text`,
 // or the multimodal `qwen3_5` wrapper's `text_config`; Gated DeltaNet + gated full attention, parsed
-// in ./qwen3_5-config.ts) into one frozen, validated shape.
+// in ./qwen3_5-config.ts) or SpikingBrain 2.0 (`sse_swa_moba`: hybrid SSE-GDN + window, MoBA and full
+// layers, parsed in ./spikingbrain2-config.ts) into one frozen, validated shape.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ModelLoadError } from '../errors.ts';
 import { parseQwen3_5Config } from './qwen3_5-config.ts';
-import { parseSpikingBrain2Config } from './spikingbrain2-config.ts';
+import { parseSpikingBrain2Config, spikingBrain2ModelConfig, type SseConfig } from './spikingbrain2-config.ts';
 
-/** What a layer's token mixer is: gated linear attention, sliding-window or full softmax attention, Gated DeltaNet. */
-export type LayerKind = 'gla' | 'swa' | 'full' | 'gdn';
+/**
+ * What a layer's token mixer is: gated linear attention, sliding-window or full softmax attention, Gated
+ * DeltaNet; SpikingBrain 2.0's hybrid (sparse state expansion over Gated DeltaNet plus a sliding-window
+ * softmax branch, `sse_swa`) and MoBA layers (full attention over the chunks a query selects, `moba`).
+ */
+export type LayerKind = 'gla' | 'swa' | 'full' | 'gdn' | 'sse_swa' | 'moba';
+
+/** MoBA's block selection (SpikingBrain 2.0's MoBA layers; docs/models/spikingbrain2.md). */
+export interface MobaConfig {
+  /** C: keys are cut in chunks of C positions from position 0. */
+  readonly chunkTokens: number;
+  /** K: a prompt token attends its own chunk plus the top K − 1 earlier chunks by q · mean(k). */
+  readonly topk: number;
+}
 
 /** Gated DeltaNet dimensions (Qwen3.5's `linear_*` fields); one set for every GDN layer. */
 export interface GdnConfig {
@@ -33,16 +46,19 @@ export interface AttentionForm {
 }
 
 export interface ModelConfig {
-  readonly modelType: 'gla_swa' | 'qwen2' | 'qwen3_5';
+  readonly modelType: 'gla_swa' | 'qwen2' | 'qwen3_5' | 'sse_swa_moba';
   readonly vocabSize: number;
   readonly hiddenSize: number; // D
   readonly numLayers: number; // L
-  readonly numHeads: number; // H (query heads of the attention layers)
+  readonly numHeads: number; // H (query heads of the attention layers; SpikingBrain 2.0's hybrid window branch has sse.numHeads)
   readonly numKvHeads: number; // Hkv
   /** d of the attention layers: D / H, or an explicit `head_dim` (Qwen3.5: 256). */
   readonly headDim: number;
   readonly intermediateSize: number; // F
-  /** W: a query at p attends keys p−W…p inclusive; null for full attention. */
+  /**
+   * W: a query at p attends keys p−W…p inclusive; null for full attention. SpikingBrain 2.0's window
+   * branch attends attn.window_size keys including the query, so its W here is window_size − 1.
+   */
   readonly slidingWindow: number | null;
   readonly ropeTheta: number;
   readonly normEps: number;
@@ -60,6 +76,10 @@ export interface ModelConfig {
    * q/k and final norms; not the GDN's gated norm).
    */
   readonly zeroCentredNorms: boolean;
+  /** SpikingBrain 2.0's hybrid layers (SSE over Gated DeltaNet); null when the model has none. */
+  readonly sse: SseConfig | null;
+  /** SpikingBrain 2.0's MoBA layers; null when the model has none. */
+  readonly moba: MobaConfig | null;
 }
 
 /** The attention form of gla_swa and qwen2: biases, no gate, no q/k norms, full rotary. */
@@ -98,13 +118,7 @@ export function parseModelConfig(raw: Json): ModelConfig {
   if (modelType === 'qwen3_5' || modelType === 'qwen3_5_text' || modelType === 'qwen3_5_moe' || modelType === 'qwen3_5_moe_text') {
     return parseQwen3_5Config(raw);
   }
-  if (modelType === 'sse_swa_moba') {
-    parseSpikingBrain2Config(raw); // a malformed config names its field first
-    throw new ModelLoadError(
-      'config.json: model_type "sse_swa_moba" (SpikingBrain 2.0) is recognised but not served yet: its hybrid SSE-GDN + ' +
-        'sliding-window layers and MoBA layers have no graphs (see docs/models/spikingbrain2.md; `spikeserve inspect` describes it)',
-    );
-  }
+  if (modelType === 'sse_swa_moba') return spikingBrain2ModelConfig(parseSpikingBrain2Config(raw));
   if (modelType !== 'gla_swa' && modelType !== 'qwen2') {
     throw new ModelLoadError(
       `config.json: field "model_type" is ${JSON.stringify(modelType)}; supported: "gla_swa", "qwen2", "qwen3_5_text", "qwen3_5"`,
@@ -177,6 +191,8 @@ export function parseModelConfig(raw: Json): ModelConfig {
     attention: plainAttentionForm(headDim),
     gdn: null,
     zeroCentredNorms: false,
+    sse: null,
+    moba: null,
   });
 }
 
@@ -211,9 +227,19 @@ export function glaStateBytesPerSequence(config: ModelConfig): number {
   return layersOfKind(config, 'gla').length * config.numKvHeads * config.headDim * config.headDim * 4;
 }
 
-/** Layers that keep keys/values: sliding-window or full softmax attention. */
-export function isAttentionKind(kind: LayerKind): kind is 'swa' | 'full' {
-  return kind === 'swa' || kind === 'full';
+/** Layers that keep keys/values: sliding-window or full softmax attention, SpikingBrain 2.0's hybrid (its window branch) and MoBA. */
+export function isAttentionKind(kind: LayerKind): kind is 'swa' | 'full' | 'sse_swa' | 'moba' {
+  return kind === 'swa' || kind === 'full' || kind === 'sse_swa' || kind === 'moba';
+}
+
+/** Layers whose keys/values live for the last W positions only (window pages): sliding-window attention and the hybrid's window branch. */
+export function isWindowKind(kind: LayerKind): kind is 'swa' | 'sse_swa' {
+  return kind === 'swa' || kind === 'sse_swa';
+}
+
+/** Layers that keep every position's keys/values (growing pages): full attention and MoBA. */
+export function isGrowingKind(kind: LayerKind): kind is 'full' | 'moba' {
+  return kind === 'full' || kind === 'moba';
 }
 
 /** Bytes of keys+values one token occupies across all attention layers (fp32). */

@@ -28,6 +28,12 @@ export interface ForwardInput {
   readonly pastValues: readonly Float32Array[];
   /** Return logits for every position ([B, T, V]) instead of only the last ([B, V]). */
   readonly allLogits: boolean;
+  /**
+   * Models with MoBA layers (SpikingBrain 2.0) only, and required there: [B, T] 1 where the token is a
+   * prompt token (MoBA selects the chunks it attends), 0 where the model generated it (it attends every
+   * position, as the official code decodes). Recomputing a generated token (preemption) passes 0 again.
+   */
+  readonly mobaSelect?: Uint8Array;
 }
 
 export interface ForwardOutput {

@@ -19,6 +19,13 @@ export const LOGITS = 'logits';
 export const ROPE_COS = 'rope_cos';
 export const ROPE_SIN = 'rope_sin';
 /**
+ * Step graph of a model with MoBA layers (SpikingBrain 2.0) only: [B, T] bool, true where the token is a
+ * prompt token, which attends only its own chunk and the chunks MoBA selects; false where it is a token the
+ * model generated, which attends every position (as the official code decodes). The decode graph has no
+ * such input: its MoBA layers attend densely, so the Model runs MoBA-selected rows on the step graph.
+ */
+export const MOBA_SELECT = 'moba_select';
+/**
  * W8ASpike graphs only: [] int64 counts over the run's spike-coded linear-layer inputs, of spikes
  * that are 0 and of all spikes (sparsity = zeros / values; DESIGN §2).
  */

@@ -12,12 +12,17 @@
 //                           S, read as o = Sᵀq)
 //   swa    —                                                      the last W positions (windowed pages)
 //   full   —                                                      every position (growing pages)
+//   sse_swa state.{i}      [(1+N)·H, d, d]  (SpikingBrain 2.0:     the window branch's last W positions
+//                          the shared delta-rule state's H heads,  (windowed pages; W = window_size − 1,
+//                          then partition n's H heads at (1+n)·H;  see spikingbrain2-config.ts)
+//                          each [d (keys), d (values)], o = Sᵀq)
+//   moba   —                                                      every position (growing pages)
 //
 // A layer's state tensors are graph inputs (before the chunk) and outputs (after it), batched as
 // [B, ...dims]. The cache stores each one in fixed slots (src/cache/state-slots.ts) without knowing
 // which kind it belongs to; prefix snapshots copy them as they are.
 import type { KvGroupSpec } from '../../cache/kv-group.ts';
-import type { ModelConfig } from './config.ts';
+import { isAttentionKind, isGrowingKind, isWindowKind, type ModelConfig } from './config.ts';
 import { convStateIn, convStateOut, stateIn, stateOut } from './io-names.ts';
 import { gdnConvDim } from './tensor-names.ts';
 
@@ -40,7 +45,7 @@ function spec(layer: number, inputName: string, outputName: string, dims: readon
 
 /** Every recurrent state tensor of the model, in layer order (and, within a layer, in a fixed order). */
 export function stateTensorSpecs(config: ModelConfig): StateTensorSpec[] {
-  const { numKvHeads: Hkv, headDim: d, gdn } = config;
+  const { numKvHeads: Hkv, headDim: d, gdn, sse } = config;
   return config.layerKinds.flatMap((kind, layer) => {
     switch (kind) {
       case 'gla':
@@ -52,16 +57,21 @@ export function stateTensorSpecs(config: ModelConfig): StateTensorSpec[] {
           spec(layer, stateIn(layer), stateOut(layer), [gdn.numValueHeads, gdn.keyHeadDim, gdn.valueHeadDim]),
         ];
       }
+      case 'sse_swa': {
+        if (sse === null) throw new RangeError(`layer ${layer} is a hybrid SSE layer but the config has no SSE dimensions`);
+        return [spec(layer, stateIn(layer), stateOut(layer), [(1 + sse.numPartitions) * sse.numHeads, d, d])];
+      }
       case 'swa':
       case 'full':
+      case 'moba':
         return [];
     }
   });
 }
 
-/** Layers that read and write keys/values (SWA or full attention), in order. */
+/** Layers that read and write keys/values (SWA, full, the hybrid's window branch, MoBA), in order. */
 export function attentionLayerIndices(config: ModelConfig): number[] {
-  return config.layerKinds.flatMap((kind, layer) => (kind === 'swa' || kind === 'full' ? [layer] : []));
+  return config.layerKinds.flatMap((kind, layer) => (isAttentionKind(kind) ? [layer] : []));
 }
 
 /** Bytes of recurrent state one sequence holds (all state tensors, fp32): independent of its length. */
@@ -70,15 +80,16 @@ export function stateBytesPerSequence(config: ModelConfig): number {
 }
 
 /**
- * The attention layers grouped by kind, as the cache allots their pages: sliding-window layers form a
- * 'window' group, full-attention layers a 'full' group (in that order when a model has both). Layers of
- * a group share one page pool, so they share Hkv and d.
+ * The attention layers grouped by kind, as the cache allots their pages: sliding-window layers (and the
+ * hybrid layers' window branches) form a 'window' group, full-attention and MoBA layers a 'full' group (in
+ * that order when a model has both). Layers of a group share one page pool, so they share Hkv and d.
  */
 export function kvGroupSpecs(config: ModelConfig): KvGroupSpec[] {
-  const count = (kind: 'swa' | 'full'): number => config.layerKinds.filter((k) => k === kind).length;
+  const windowLayers = config.layerKinds.filter(isWindowKind).length;
+  const growingLayers = config.layerKinds.filter(isGrowingKind).length;
   const groups: KvGroupSpec[] = [];
   const { numKvHeads, headDim } = config;
-  if (count('swa') > 0) groups.push({ kind: 'window', numLayers: count('swa'), numKvHeads, headDim, windowTokens: config.slidingWindow });
-  if (count('full') > 0) groups.push({ kind: 'full', numLayers: count('full'), numKvHeads, headDim, windowTokens: null });
+  if (windowLayers > 0) groups.push({ kind: 'window', numLayers: windowLayers, numKvHeads, headDim, windowTokens: config.slidingWindow });
+  if (growingLayers > 0) groups.push({ kind: 'full', numLayers: growingLayers, numKvHeads, headDim, windowTokens: null });
   return groups;
 }

@@ -14,12 +14,13 @@ import * as ort from 'onnxruntime-node';
 import { EngineError } from '../errors.ts';
 import type { Checkpoint } from './checkpoint.ts';
 import { isW8ASpike } from './w8aspike.ts';
-import { kvBytesPerToken, type ModelConfig } from './config.ts';
+import { isGrowingKind, isWindowKind, kvBytesPerToken, type ModelConfig } from './config.ts';
 import { attentionLayerIndices, stateBytesPerSequence, stateTensorSpecs, type StateTensorSpec } from './layer-plan.ts';
 import type { ForwardInput, ForwardOutput } from './forward.ts';
 import {
   INPUT_IDS,
   LOGITS,
+  MOBA_SELECT,
   NUM_LOGITS,
   PAST_POSITIONS,
   POSITIONS,
@@ -128,8 +129,10 @@ export class Model {
   readonly stateBytesPerSequence: number;
   /** Bytes of keys + values per kept token (fp32, all attention layers). */
   readonly kvBytesPerToken: number;
-  /** W: past tokens an SWA layer needs; null when attention layers are full (keep everything). */
+  /** W: past tokens an SWA layer needs; null when some attention layer keeps every position (full, MoBA). */
   readonly windowTokens: number | null;
+  /** The model has MoBA layers: ForwardInput.mobaSelect is required. */
+  readonly hasMoba: boolean;
   readonly numParameters: number;
   /** What the weights were built as, and the decode session's threads (null: none). */
   readonly weightDtype: WeightDtype;
@@ -160,8 +163,13 @@ export class Model {
     this.attentionLayers = attentionLayerIndices(config);
     this.stateBytesPerSequence = stateBytesPerSequence(config);
     this.kvBytesPerToken = kvBytesPerToken(config);
-    this.windowTokens = config.layerKinds.includes('full') ? null : config.slidingWindow;
-    this.attentionKinds = (['swa', 'full'] as const).filter((k) => config.layerKinds.includes(k));
+    this.windowTokens = config.layerKinds.some(isGrowingKind) ? null : config.slidingWindow;
+    this.hasMoba = config.layerKinds.includes('moba');
+    // Decode-graph masks: one per mask kind (the hybrid window branch masks as 'swa', MoBA as 'full').
+    this.attentionKinds = [
+      ...(config.layerKinds.some(isWindowKind) ? ['swa' as const] : []),
+      ...(config.layerKinds.some(isGrowingKind) ? ['full' as const] : []),
+    ];
     for (const kind of this.attentionKinds) this.masks.set(kind, f32Scratch());
     this.ropeInvFreq = ropeInverseFrequencies(config.ropeTheta, config.attention.rotaryDim);
   }
@@ -235,8 +243,14 @@ export class Model {
     check('states (count)', input.states.length, this.stateSpecs.length);
     check('pastKeys (count)', input.pastKeys.length, this.attentionLayers.length);
     check('pastValues (count)', input.pastValues.length, this.attentionLayers.length);
+    const moba = input.mobaSelect;
+    if (this.hasMoba) {
+      if (moba === undefined) throw new EngineError('Model.run: a model with MoBA layers needs mobaSelect');
+      check('mobaSelect', moba.length, B * T);
+    }
 
-    const decode = this.decodeSession !== null && T === 1 && B <= DECODE_MAX_TOKENS;
+    // The decode graph's MoBA layers attend densely: a MoBA-selected token runs on the step graph.
+    const decode = this.decodeSession !== null && T === 1 && B <= DECODE_MAX_TOKENS && (moba === undefined || !this.hasMoba || moba.every((x) => x === 0));
     const feeds: Record<string, ort.Tensor> = decode ? this.decodeFeeds(input) : this.stepFeeds(input);
     this.stateSpecs.forEach((spec, i) => {
       const s = input.states[i] ?? new Float32Array(0);
@@ -290,6 +304,7 @@ export class Model {
       [POSITIONS]: new ort.Tensor('int32', input.positions, [B, T]),
       [PAST_POSITIONS]: new ort.Tensor('int32', input.pastPositions, [B, P]),
       [NUM_LOGITS]: new ort.Tensor('int64', BigInt64Array.of(BigInt(input.allLogits ? T : 1)), [1]),
+      ...(this.hasMoba && input.mobaSelect !== undefined ? { [MOBA_SELECT]: new ort.Tensor('bool', input.mobaSelect, [B, T]) } : {}),
     };
   }
 

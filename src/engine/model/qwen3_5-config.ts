@@ -137,5 +137,7 @@ export function parseQwen3_5Config(raw: Json): ModelConfig {
     attention: Object.freeze({ bias: text['attention_bias'] === true, outputGate: true, qkNorm: true, rotaryDim }),
     gdn: kinds.includes('gdn') ? gdn : null,
     zeroCentredNorms: true,
+    sse: null,
+    moba: null,
   });
 }

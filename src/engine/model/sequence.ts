@@ -65,9 +65,10 @@ function writeSlots(kept: Float32Array, oldCap: number, newCap: number, fresh: F
 
 /**
  * Runs one step for B sequences with T new tokens each (`tokenIds[b]`, all of length T) and advances
- * them. Returns the logits: [B, V] (last position) or [B, T, V] when `allLogits`.
+ * them. Returns the logits: [B, V] (last position) or [B, T, V] when `allLogits`. `generated`: the tokens
+ * are ones the model generated (MoBA layers attend densely), not prompt tokens (MoBA selection; default).
  */
-export async function stepSequences(model: Model, seqs: readonly Sequence[], tokenIds: readonly (readonly number[])[], allLogits: boolean): Promise<Float32Array> {
+export async function stepSequences(model: Model, seqs: readonly Sequence[], tokenIds: readonly (readonly number[])[], allLogits: boolean, generated = false): Promise<Float32Array> {
   const B = seqs.length;
   const T = tokenIds[0]?.length ?? 0;
   const { numKvHeads: Hkv, headDim: d } = model.config;
@@ -114,6 +115,7 @@ export async function stepSequences(model: Model, seqs: readonly Sequence[], tok
     pastKeys: model.attentionLayers.map((_, i) => gather((s) => s.keys[i] ?? new Float32Array(0), P, (s) => s.keptTokens)),
     pastValues: model.attentionLayers.map((_, i) => gather((s) => s.values[i] ?? new Float32Array(0), P, (s) => s.keptTokens)),
     allLogits,
+    ...(model.hasMoba ? { mobaSelect: new Uint8Array(B * T).fill(generated ? 0 : 1) } : {}),
   };
   const out = await model.run(input);
 
@@ -165,9 +167,9 @@ export async function prefill(model: Model, seq: Sequence, tokenIds: readonly nu
   return all ?? last;
 }
 
-/** One decode step for B sequences (of any lengths), one new token each; returns logits [V] per sequence. */
+/** One decode step for B sequences (of any lengths), one generated token each; returns logits [V] per sequence. */
 export async function decodeBatch(model: Model, seqs: readonly Sequence[], tokenIds: readonly number[]): Promise<Float32Array[]> {
   const V = model.config.vocabSize;
-  const logits = await stepSequences(model, seqs, tokenIds.map((t) => [t]), false);
+  const logits = await stepSequences(model, seqs, tokenIds.map((t) => [t]), false, true);
   return seqs.map((_, b) => logits.slice(b * V, (b + 1) * V));
 }

@@ -1,8 +1,9 @@
 // SpikingBrain 2.0: `config.json` of `SSESWAMoBAForCausalLM` (`model_type: sse_swa_moba`) into a typed,
 // validated SpikingBrain2Config. Defaults are those of the official SSESWAMoBAConfig
 // (BICLab/SpikingBrain2.0 spb2/configuration_sse_swa_moba.py); docs/models/spikingbrain2.md pins every
-// point and its source. Parsed for `inspect` and the float64 reference; not served yet
-// (parseModelConfig refuses it with one line).
+// point and its source. spikingBrain2ModelConfig maps it onto the engine's ModelConfig (layer kinds
+// sse_swa / moba / full) for the graphs; serving is still refused (the inference worker says so in one
+// line) until the cache serves these layers.
 //
 //   layer i: `attn.full_layers` ∋ i → full attention; else `attn.layers` ∋ i → MoBA; else hybrid
 //            (SSE over Gated DeltaNet + a sliding-window softmax branch in the same layer)
@@ -15,7 +16,7 @@
 // linear_attn_type "gla", use_short_conv, use_output_gate, expand_v ≠ 1, num_reader ≠ num_writer,
 // sse_implementation "mask", rope_scaling, a hybrid layer without attn.window_size.
 import { ModelLoadError } from '../errors.ts';
-import { idList, intField, numField, type Json } from './config.ts';
+import { idList, intField, numField, type Json, type LayerKind, type ModelConfig } from './config.ts';
 
 /** What a layer's token mixer is. */
 export type SpikingBrain2LayerKind = 'hybrid' | 'moba' | 'full';
@@ -210,6 +211,46 @@ export function parseSpikingBrain2Config(raw: Json): SpikingBrain2Config {
       mobaChunkTokens: intOr(attn, 'moba_chunk_size', DEFAULTS.mobaChunkTokens, 'attn.'),
       mobaTopk: intOr(attn, 'moba_topk', DEFAULTS.mobaTopk, 'attn.'),
     }),
+  });
+}
+
+/**
+ * The engine's view of a SpikingBrain 2.0 config: hybrid layers are `sse_swa`, MoBA layers `moba`, full
+ * layers `full`; numHeads is attn.num_heads (MoBA and full layers), the window branch's query heads are
+ * sse.numHeads. The window branch attends attn.window_size = W keys including the query (flash-attn
+ * window (W − 1, 0)), which is ModelConfig's sliding window of W − 1 (p − (W−1) … p), so the cache keeps
+ * W − 1 past positions. Attention form: q/k RMSNorm per attn.qk_norm, biases per attn.qkv_bias, no output
+ * gate, RoPE on all d dims at θ = attn.rope_theta; plain (not zero-centred) norms.
+ */
+export function spikingBrain2ModelConfig(c: SpikingBrain2Config): ModelConfig {
+  const kinds = c.layerKinds.map((k): LayerKind => (k === 'hybrid' ? 'sse_swa' : k));
+  const hybrid = kinds.includes('sse_swa');
+  if (hybrid && c.attention.windowTokens < 2) {
+    throw new ModelLoadError(`config.json: "attn.window_size" ${c.attention.windowTokens} leaves the window branch only the query itself; not supported (window_size ≥ 2)`);
+  }
+  const { numHeads, numKvHeads, qkNorm, bias, ropeTheta, windowTokens, mobaChunkTokens, mobaTopk } = c.attention;
+  return Object.freeze({
+    modelType: 'sse_swa_moba',
+    vocabSize: c.vocabSize,
+    hiddenSize: c.hiddenSize,
+    numLayers: c.numLayers,
+    numHeads,
+    numKvHeads,
+    headDim: c.headDim,
+    intermediateSize: c.intermediateSize,
+    slidingWindow: hybrid ? windowTokens - 1 : null,
+    ropeTheta,
+    normEps: c.normEps,
+    tieWordEmbeddings: c.tieWordEmbeddings,
+    layerKinds: Object.freeze(kinds),
+    maxPositionEmbeddings: c.maxPositionEmbeddings,
+    bosTokenId: c.bosTokenId,
+    eosTokenIds: c.eosTokenIds,
+    attention: Object.freeze({ bias, outputGate: false, qkNorm, rotaryDim: c.headDim }),
+    gdn: null,
+    zeroCentredNorms: false,
+    sse: hybrid ? c.sse : null,
+    moba: kinds.includes('moba') ? Object.freeze({ chunkTokens: mobaChunkTokens, topk: mobaTopk }) : null,
   });
 }
 

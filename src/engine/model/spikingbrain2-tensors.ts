@@ -57,6 +57,52 @@ export const SPB2_EMBEDDINGS = 'model.embeddings.weight';
 export const SPB2_FINAL_NORM = 'model.norm.weight';
 export const SPB2_LM_HEAD = 'lm_head.weight';
 
+/** What a hybrid layer's tensor shapes depend on. */
+export interface SseSwaShape {
+  readonly hiddenSize: number; // D
+  readonly headDim: number; // d
+  readonly numHeads: number; // H: SSE heads and the window branch's query heads
+  readonly numPartitions: number; // N
+  readonly numKvHeads: number; // Hkv of the window branch
+  readonly bias: boolean; // attn.qkv_bias: the window branch's q/k/v biases
+  readonly qkNorm: boolean; // attn.qk_norm: the window branch's q/k norms
+}
+
+/** A hybrid layer's mixer tensors (SSE branch, window branch, merge norms), without the block's norms and MLP. */
+export function sseSwaTensorSpecs(i: number, s: SseSwaShape): Spb2TensorSpec[] {
+  const { hiddenSize: D, headDim: d, numHeads: H, numKvHeads: Hkv } = s;
+  const n = spb2LayerNames(i);
+  const proj = (prefix: string, rows: number): Spb2TensorSpec[] => [
+    { name: `${prefix}.weight`, shape: [rows, D] },
+    ...(s.bias ? [{ name: `${prefix}.bias`, shape: [rows] }] : []),
+  ];
+  return [
+    { name: n.sseQ, shape: [H * d, D] },
+    { name: n.sseK, shape: [H * d, D] },
+    { name: n.sseV, shape: [H * d, D] },
+    // The LoRA branch's rank is head_v_dim (= d): q2 = q1 + B(A x), A [d, D], B [H·d, d].
+    { name: n.loraQ0, shape: [d, D] },
+    { name: n.loraQ1, shape: [H * d, d] },
+    { name: n.loraK0, shape: [d, D] },
+    { name: n.loraK1, shape: [H * d, d] },
+    // 2H rows: the first H gate the shared state, the last H the partitions.
+    { name: n.sseA, shape: [2 * H, D] },
+    { name: n.sseB, shape: [2 * H, D] },
+    { name: n.aLog, shape: [2 * H] },
+    { name: n.dtBias, shape: [2 * H] },
+    { name: n.router, shape: [s.numPartitions, D] },
+    { name: n.sseONorm, shape: [d] },
+    { name: n.sseO, shape: [D, H * d] },
+    { name: n.sseMergeNorm, shape: [D] },
+    ...proj(n.swaQ, H * d),
+    ...proj(n.swaK, Hkv * d),
+    ...proj(n.swaV, Hkv * d),
+    { name: n.swaO, shape: [D, H * d] },
+    { name: n.swaMergeNorm, shape: [D] },
+    ...(s.qkNorm ? [{ name: n.swaQNorm, shape: [d] }, { name: n.swaKNorm, shape: [d] }] : []),
+  ];
+}
+
 /** Every tensor the model has (lm_head only when untied), with its shape. */
 export function spikingBrain2TensorSpecs(c: SpikingBrain2Config): Spb2TensorSpec[] {
   const D = c.hiddenSize;
@@ -74,31 +120,7 @@ export function spikingBrain2TensorSpecs(c: SpikingBrain2Config): Spb2TensorSpec
     const n = spb2LayerNames(i);
     specs.push({ name: n.attnNorm, shape: [D] });
     if (kind === 'hybrid') {
-      specs.push(
-        { name: n.sseQ, shape: [H * d, D] },
-        { name: n.sseK, shape: [H * d, D] },
-        { name: n.sseV, shape: [H * d, D] },
-        // The LoRA branch's rank is head_v_dim (= d): q2 = q1 + B(A x), A [d, D], B [H·d, d].
-        { name: n.loraQ0, shape: [d, D] },
-        { name: n.loraQ1, shape: [H * d, d] },
-        { name: n.loraK0, shape: [d, D] },
-        { name: n.loraK1, shape: [H * d, d] },
-        // 2H rows: the first H gate the shared state, the last H the partitions.
-        { name: n.sseA, shape: [2 * H, D] },
-        { name: n.sseB, shape: [2 * H, D] },
-        { name: n.aLog, shape: [2 * H] },
-        { name: n.dtBias, shape: [2 * H] },
-        { name: n.router, shape: [c.sse.numPartitions, D] },
-        { name: n.sseONorm, shape: [d] },
-        { name: n.sseO, shape: [D, H * d] },
-        { name: n.sseMergeNorm, shape: [D] },
-        ...proj(n.swaQ, H * d),
-        ...proj(n.swaK, Hkv * d),
-        ...proj(n.swaV, Hkv * d),
-        { name: n.swaO, shape: [D, H * d] },
-        { name: n.swaMergeNorm, shape: [D] },
-        ...(qkNorm ? [{ name: n.swaQNorm, shape: [d] }, { name: n.swaKNorm, shape: [d] }] : []),
-      );
+      specs.push(...sseSwaTensorSpecs(i, { hiddenSize: D, headDim: d, numHeads: H, numPartitions: c.sse.numPartitions, numKvHeads: Hkv, bias, qkNorm }));
     } else {
       specs.push(
         ...proj(n.q, Ha * d),

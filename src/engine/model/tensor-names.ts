@@ -3,6 +3,7 @@
 // The single place names come from: checkpoint readers, the random checkpoint, validation, inspect
 // and the graph builder all ask here. Weight matrices are [out, in].
 import type { LayerKind, ModelConfig } from './config.ts';
+import { sseSwaTensorSpecs } from './spikingbrain2-tensors.ts';
 
 /** How a GLA layer stores its forget-gate projection. */
 export type GkLayout = 'lowrank' | 'full';
@@ -160,7 +161,11 @@ export function layerTensorSpecs(config: ModelConfig, layer: number, gkLayout: G
   const n = layerTensorNames(layer);
   const specs: TensorSpec[] = [{ name: n.attnNorm, shape: [D] }];
   if (kind === 'gdn') specs.push(...gdnTensorSpecs(config, n));
-  else specs.push(...attentionTensorSpecs(config, n));
+  else if (kind === 'sse_swa') {
+    const sse = config.sse;
+    if (sse === null) throw new RangeError('layerTensorSpecs: a hybrid SSE layer but the config has no SSE dimensions');
+    specs.push(...sseSwaTensorSpecs(layer, { ...config.attention, hiddenSize: D, headDim: d, numHeads: sse.numHeads, numPartitions: sse.numPartitions, numKvHeads: config.numKvHeads }));
+  } else specs.push(...attentionTensorSpecs(config, n)); // swa, full, moba (SpikingBrain 2.0's names are q_proj … here too)
   if (kind === 'gla') {
     if (gkLayout === 'lowrank') {
       specs.push(

@@ -4,6 +4,8 @@
 // Qwen3.5's gated form (config.attention; docs/models/qwen3_5.md): q_proj also yields a per-head gate
 // (rows per head: [query d | gate d]), no biases, per-head RMSNorm of q and k (zero-centred) before
 // RoPE, RoPE on the first rotaryDim dims of each head only, and o ← o ⊙ sigmoid(gate) before o_proj.
+// SpikingBrain 2.0 (AttentionVariant): the hybrid layers' window branch has its own query-head count,
+// and MoBA layers add the block-selection mask of moba-mask.ts for prompt tokens.
 import { pastKey, pastValue, presentKey, presentValue } from '../io-names.ts';
 import type { LayerTensorNames } from '../tensor-names.ts';
 import { normWeight, rmsNorm, splitLast } from './blocks.ts';
@@ -13,6 +15,18 @@ import { ropeInverseFrequencies } from '../rope.ts';
 import { float, int, type GraphBuilder } from './graph-builder.ts';
 import { linearInput, perHead, quantize8, spikeCode } from './spike-coding.ts';
 import { DataType } from './proto.ts';
+import { mobaBias } from './moba-mask.ts';
+
+/** How one attention layer departs from the config's plain form (SpikingBrain 2.0). */
+export interface AttentionVariant {
+  /** Query heads (default config.numHeads): the hybrid window branch has sse.numHeads. */
+  readonly numHeads?: number;
+  /**
+   * A MoBA layer: in the step graph, a row's prompt tokens attend only their own chunk and the chunks
+   * they select (moba-mask.ts); generated tokens, and every row of the decode graph, attend densely.
+   */
+  readonly moba?: boolean;
+}
 
 /**
  * Rotary tables for the chunk, from the angles p·θ^(−2i/r) (../rope.ts); r = config.attention.rotaryDim
@@ -79,9 +93,9 @@ function applyRope(ctx: GraphContext, x: string, heads: number, rope: RopeTables
  * each head's query rows and q/k RMSNorm per head. The softmax scale d^-½ is folded into Wq (or into
  * q_norm's weight: RMSNorm's output is linear in its weight). Returns qk [B, T, (H+Hkv)·d], v, gate|null.
  */
-function projectQkv(ctx: GraphContext, layer: number, names: LayerTensorNames, x: string): { qk: string; v: string; gate: string | null } {
+function projectQkv(ctx: GraphContext, layer: number, names: LayerTensorNames, x: string, H: number): { qk: string; v: string; gate: string | null } {
   const { g, config } = ctx;
-  const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: d } = config;
+  const { hiddenSize: D, numKvHeads: Hkv, headDim: d } = config;
   const form = config.attention;
   const scale = 1 / Math.sqrt(d);
   const qRows = form.outputGate ? 2 * H * d : H * d;
@@ -129,19 +143,21 @@ function projectQkv(ctx: GraphContext, layer: number, names: LayerTensorNames, x
  * x [B, T, D] (normalised) → mixer output [B, T, D]. Declares past_key/past_value.{layer} [B, Hkv, P, d] in
  * and present_key/present_value.{layer} [B, Hkv, T, d] out (keys after RoPE).
  */
-export function attentionMixer(ctx: GraphContext, layer: number, names: LayerTensorNames, x: string, rope: RopeTables, kind: 'swa' | 'full'): string {
+export function attentionMixer(ctx: GraphContext, layer: number, names: LayerTensorNames, x: string, rope: RopeTables, kind: 'swa' | 'full', variant: AttentionVariant = {}): string {
   const { g, config } = ctx;
-  const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: d } = config;
+  const { hiddenSize: D, numKvHeads: Hkv, headDim: d } = config;
+  const H = variant.numHeads ?? config.numHeads;
+  const heads: Heads = { H, moba: variant.moba === true && !ctx.singleToken };
   return g.scope('attn', () => {
     // The softmax scale d^-½ is already in q (RoPE is linear).
-    const { qk: qkLin, v: vLin, gate } = projectQkv(ctx, layer, names, x);
+    const { qk: qkLin, v: vLin, gate } = projectQkv(ctx, layer, names, x, H);
     // W8ASpike: values 8-bit per token and kv head (keys likewise, after RoPE, in the paths below).
     const v = ctx.spiking ? perHead(ctx, vLin, Hkv, (x4) => quantize8(ctx, x4, 'v_quant8')) : vLin;
     const kPast = g.input(pastKey(layer), DataType.FLOAT, ['batch', Hkv, 'past', d]);
     const vPast = g.input(pastValue(layer), DataType.FLOAT, ['batch', Hkv, 'past', d]);
     const [o, kPresent, vPresent] = ctx.options.fusedOps
-      ? fusedAttention(ctx, qkLin, v, kPast, vPast, rope, kind)
-      : plainAttention(ctx, qkLin, v, kPast, vPast, rope, kind);
+      ? fusedAttention(ctx, qkLin, v, kPast, vPast, rope, kind, heads)
+      : plainAttention(ctx, qkLin, v, kPast, vPast, rope, kind, heads);
     // Decode graph (fused): [B, 1, Hkv·d], the same memory as [B, Hkv, 1, d] (see fusedAttention).
     const presentDims = ctx.singleToken && ctx.options.fusedOps ? ['batch', 1, Hkv * d] : ['batch', Hkv, 'tokens', d];
     g.output(presentKey(layer), kPresent, DataType.FLOAT, presentDims);
@@ -154,13 +170,20 @@ export function attentionMixer(ctx: GraphContext, layer: number, names: LayerTen
 
 type AttentionParts = [output: string, presentKey: string, presentValue: string];
 
+/** Query heads of the layer and whether its prompt tokens take MoBA's selection mask. */
+interface Heads {
+  readonly H: number;
+  readonly moba: boolean;
+}
+
 /**
  * Plain ops. Keys = past slots then the chunk: K [B, Hkv, P+T, d]; queries grouped by kv head
  * [B, Hkv, G·T, d]; scores [B, Hkv, G, T, P+T] + mask; softmax; · V. Returns o [B, T, H·d].
  */
-function plainAttention(ctx: GraphContext, qkLin: string, v: string, kPast: string, vPast: string, rope: RopeTables, kind: 'swa' | 'full'): AttentionParts {
+function plainAttention(ctx: GraphContext, qkLin: string, v: string, kPast: string, vPast: string, rope: RopeTables, kind: 'swa' | 'full', heads: Heads): AttentionParts {
   const { g } = ctx;
-  const { numHeads: H, numKvHeads: Hkv, headDim: d } = ctx.config;
+  const { numKvHeads: Hkv, headDim: d } = ctx.config;
+  const { H } = heads;
   const G = H / Hkv;
   const qk = applyRope(ctx, qkLin, H + Hkv, rope); // [B, T, H+Hkv, d]
   const [qRoped, kRoped] = g.opN('Split', [qk, g.i64([H, Hkv])], { axis: int(2) }, { outputs: 2 }) as [string, string];
@@ -172,7 +195,8 @@ function plainAttention(ctx: GraphContext, qkLin: string, v: string, kPast: stri
   const vAll = g.op('Concat', [vPast, vPresent], { axis: int(2) });
   const qg = reshape(ctx, transpose(ctx, reshape(ctx, q, [ctx.B, ctx.T, Hkv, G, d]), [0, 2, 3, 1, 4]), [ctx.B, Hkv, -1, d]);
   const scores = g.op('MatMul', [qg, transpose(ctx, kAll, [0, 1, 3, 2])]);
-  const mask = g.op('Unsqueeze', [ctx.attentionMask(kind), g.i64([1])]); // [B, 1, 1, T, P+T]
+  let mask = g.op('Unsqueeze', [ctx.attentionMask(kind), g.i64([1])]); // [B, 1, 1, T, P+T]
+  if (heads.moba) mask = g.op('Add', [mask, mobaBias(ctx, qg, kAll, G)]); // [B, Hkv, G, T, P+T]
   const masked = g.op('Add', [reshape(ctx, scores, [ctx.B, Hkv, G, ctx.T, -1]), mask]);
   const probs = g.op('Softmax', [masked], { axis: int(-1) });
   const o = g.op('MatMul', [probs, g.op('Unsqueeze', [vAll, g.i64([2])])]); // [B, Hkv, G, T, d]
@@ -186,9 +210,10 @@ function plainAttention(ctx: GraphContext, qkLin: string, v: string, kPast: stri
  * [B, Hkv, P+T, d]; the chunk's part is the last T slots. With T = 1 (the decode graph) that part is
  * k and v themselves: [B, 1, Hkv·d] and [B, Hkv, 1, d] lay out the same floats, so no Slice runs.
  */
-function fusedAttention(ctx: GraphContext, qkLin: string, v: string, kPast: string, vPast: string, rope: RopeTables, kind: 'swa' | 'full'): AttentionParts {
+function fusedAttention(ctx: GraphContext, qkLin: string, v: string, kPast: string, vPast: string, rope: RopeTables, kind: 'swa' | 'full', heads: Heads): AttentionParts {
   const { g } = ctx;
-  const { numHeads: H, numKvHeads: Hkv, headDim: d } = ctx.config;
+  const { numKvHeads: Hkv, headDim: d } = ctx.config;
+  const { H } = heads;
   // RotaryEmbedding keeps the [B, T, (H+Hkv)·d] layout Attention takes: no reshapes around it. The
   // ONNX op (opset 23) takes per-row tables [B, T, r/2] without position ids, so nothing indexes them.
   const qk = g.scope('rope', () =>
@@ -201,9 +226,19 @@ function fusedAttention(ctx: GraphContext, qkLin: string, v: string, kPast: stri
   const [qRoped, kRoped] = splitLast(ctx, qk, [H * d, Hkv * d]) as [string, string];
   const q = ctx.spiking ? perHead(ctx, qRoped, H, (x4) => spikeCode(ctx, x4, 'q_spike')) : qRoped;
   const k = ctx.spiking ? perHead(ctx, kRoped, Hkv, (x4) => quantize8(ctx, x4, 'k_quant8')) : kRoped;
+  let mask = ctx.attentionMask(kind); // [B, 1, T, P+T]
+  if (heads.moba) {
+    // MoBA: the selection needs q per kv group and every key: [B, Hkv, G·T, d] and [B, Hkv, P+T, d].
+    const G = H / Hkv;
+    const qg = reshape(ctx, transpose(ctx, reshape(ctx, q, [ctx.B, ctx.T, Hkv, G, d]), [0, 2, 3, 1, 4]), [ctx.B, Hkv, -1, d]);
+    const keys = g.op('Concat', [kPast, transpose(ctx, reshape(ctx, k, [ctx.B, ctx.T, Hkv, d]), [0, 2, 1, 3])], { axis: int(2) });
+    const perHead = g.op('Add', [g.op('Unsqueeze', [mask, g.i64([1])]), mobaBias(ctx, qg, keys, G)]); // [B, Hkv, G, T, P+T]
+    // Query head h = kv head · G + g. With K = 1 (own chunk only) the bias is the same for every head.
+    mask = reshape(ctx, perHead, [ctx.B, (ctx.config.moba?.topk ?? 1) > 1 ? H : 1, ctx.T, -1]);
+  }
   const [o, kAll, vAll] = g.opN(
     'Attention',
-    [q, k, v, ctx.attentionMask(kind), kPast, vPast],
+    [q, k, v, mask, kPast, vPast],
     { q_num_heads: int(H), kv_num_heads: int(Hkv), scale: float(1) },
     { outputs: 3 },
   ) as [string, string, string];

@@ -46,6 +46,11 @@ export interface GraphContext {
   attentionMask(kind: 'swa' | 'full'): string;
   /** [1] int64 −T, built on first use. */
   minusT(): string;
+  /**
+   * Step graph only (MoBA layers): the [B, T] int32 positions of the chunk's tokens, the [B, P] int32
+   * positions of the past slots, and the [B, T] bool MOBA_SELECT input (declared on first use).
+   */
+  mobaInputs(): { readonly positions: string; readonly pastPositions: string; readonly select: string };
 }
 
 /**

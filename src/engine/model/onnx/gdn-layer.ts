@@ -10,6 +10,8 @@
 // Two implementations of the conv and the recurrence over a chunk of T tokens:
 //  - fused: com.microsoft CausalConvWithState and LinearAttention (update_rule "gated_delta");
 //  - plain: shifted slices for the conv and the chunked delta rule below (Scan over sub-chunks).
+// The two delta-rule runs are exported with explicit head counts: SpikingBrain 2.0's hybrid layers
+// (sse-swa-layer.ts) run their shared and partition states as one run of (1 + N)·H heads.
 import type { ModelConfig } from '../config.ts';
 import { convStateIn, convStateOut, stateIn, stateOut } from '../io-names.ts';
 import { gdnConvDim, type LayerTensorNames } from '../tensor-names.ts';
@@ -20,6 +22,14 @@ import { DataType } from './proto.ts';
 
 /** Epsilon of the l2norm of q and k (transformers' l2norm, which follows the FLA library). */
 export const GDN_L2NORM_EPS = 1e-6;
+
+/** Heads and widths of one delta-rule run: value head h reads key head ⌊h/(Hv/Hk)⌋; S is [Hv, dk, dv]. */
+export interface DeltaRuleDims {
+  readonly numKeyHeads: number; // Hk
+  readonly numValueHeads: number; // Hv
+  readonly keyHeadDim: number; // dk
+  readonly valueHeadDim: number; // dv
+}
 
 /** The GDN dimensions of a config that has them. */
 function dims(config: ModelConfig): NonNullable<ModelConfig['gdn']> {
@@ -59,8 +69,8 @@ export function gdnMixer(ctx: GraphContext, layer: number, names: LayerTensorNam
 
     const s0 = g.input(stateIn(layer), DataType.FLOAT, ['batch', Hv, dk, dv]);
     const [o, s1] = ctx.options.fusedOps
-      ? fusedDeltaRule(ctx, q, k, v, decay, beta, s0)
-      : chunkedDeltaRule(ctx, q, k, v, decay, beta, s0);
+      ? fusedDeltaRule(ctx, q, k, v, decay, beta, s0, dims(config))
+      : chunkedDeltaRule(ctx, q, k, v, decay, beta, s0, dims(config));
     g.output(stateOut(layer), s1, DataType.FLOAT, ['batch', Hv, dk, dv]);
 
     // Gated RMSNorm per value head (plain weight, not zero-centred), then out_proj.
@@ -78,13 +88,14 @@ export function gdnMixer(ctx: GraphContext, layer: number, names: LayerTensorNam
   });
 }
 
-function plainRms(g: GraphBuilder, x: string, weight: string, eps: number): string {
+/** RMSNorm over the last axis in plain ops with an explicit ε: x / sqrt(mean(x²) + ε) · w. */
+export function plainRms(g: GraphBuilder, x: string, weight: string, eps: number): string {
   const ms = g.op('ReduceMean', [g.op('Mul', [x, x])], { axes: { kind: 'ints', value: [-1] }, keepdims: int(1) });
   return g.op('Mul', [g.op('Div', [x, g.op('Sqrt', [g.op('Add', [ms, g.f32([eps], [])])])]), weight]);
 }
 
 /** x [B, T, heads·d] → x / sqrt(Σ_d x² + ε) per head, same shape. */
-function l2normHeads(ctx: GraphContext, x: string, heads: number, d: number, name: string): string {
+export function l2normHeads(ctx: GraphContext, x: string, heads: number, d: number, name: string): string {
   const { g } = ctx;
   return g.scope(name, () => {
     const x4 = reshape(ctx, x, [ctx.B, ctx.T, heads, d]);
@@ -126,9 +137,12 @@ function plainConv(ctx: GraphContext, x: string, weight: string, state: string, 
   });
 }
 
-/** com.microsoft LinearAttention, gated delta rule: q, k [B, T, Hk·dk], v [B, T, Hv·dv], decay/beta [B, T, Hv]. */
-function fusedDeltaRule(ctx: GraphContext, q: string, k: string, v: string, decay: string, beta: string, s0: string): [string, string] {
-  const { numKeyHeads: Hk, numValueHeads: Hv, keyHeadDim: dk } = dims(ctx.config);
+/**
+ * com.microsoft LinearAttention, gated delta rule: q, k [B, T, Hk·dk] (l2-normed; q is scaled by dk^−½
+ * here), v [B, T, Hv·dv], decay/beta [B, T, Hv], s0 [B, Hv, dk, dv] → o [B, T, Hv·dv], s1.
+ */
+export function fusedDeltaRule(ctx: GraphContext, q: string, k: string, v: string, decay: string, beta: string, s0: string, heads: DeltaRuleDims): [string, string] {
+  const { numKeyHeads: Hk, numValueHeads: Hv, keyHeadDim: dk } = heads;
   return ctx.g.opN(
     'LinearAttention',
     [q, k, v, s0, decay, beta],
@@ -148,9 +162,9 @@ function fusedDeltaRule(ctx: GraphContext, q: string, k: string, v: string, deca
  * Every exponent is ≤ 0. (I + A)⁻¹ = Π_m (I + N^{2^m}) with N = −A nilpotent (N^C = 0): log2 C
  * squarings, no triangular solve op needed.
  */
-function chunkedDeltaRule(ctx: GraphContext, q: string, k: string, v: string, decay: string, beta: string, s0: string): [string, string] {
+export function chunkedDeltaRule(ctx: GraphContext, q: string, k: string, v: string, decay: string, beta: string, s0: string, heads: DeltaRuleDims): [string, string] {
   const { g } = ctx;
-  const { numKeyHeads: Hk, numValueHeads: Hv, keyHeadDim: dk, valueHeadDim: dv } = dims(ctx.config);
+  const { numKeyHeads: Hk, numValueHeads: Hv, keyHeadDim: dk, valueHeadDim: dv } = heads;
   const G = Hv / Hk;
   const C = ctx.options.glaSubChunk;
   return g.scope('chunked_delta', () => {

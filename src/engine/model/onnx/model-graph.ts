@@ -1,6 +1,7 @@
 // The whole model as one ONNX graph (I/O: ../forward.ts, names: ../io-names.ts):
 //   h = embed(ids) [B, T, D]  (the residual stream stays [B, T, D]: MatMuls take it as it is)
-//   per layer: h += Mixer(RMSNorm(h)) (GLA, Gated DeltaNet or attention); h += MLP(RMSNorm(h))
+//   per layer: h += Mixer(RMSNorm(h)) (GLA, Gated DeltaNet, attention, or SpikingBrain 2.0's hybrid
+//              SSE + window and MoBA); h += MLP(RMSNorm(h))
 //   logits = lm_head(RMSNorm(h)) for the last `num_logits` positions of each row → [B, num_logits, V]
 // Two graphs over the same weights (same external tensors at the same offsets):
 //   step    any B ≥ 1, T ≥ 1: positions, past positions and num_logits are inputs; RoPE tables and
@@ -9,14 +10,16 @@
 //           and the additive masks [B, 1, 1, P+1] it computes in a few µs, and logits are [B, V]. That
 //           removes the ~30 small nodes that only derive shapes, tables and masks (bench/README.md).
 import type { Checkpoint } from '../checkpoint.ts';
-import { INPUT_IDS, LOGITS, NUM_LOGITS, PAST_POSITIONS, POSITIONS, ROPE_COS, ROPE_SIN, SPIKE_VALUES, SPIKE_ZEROS, attentionBias } from '../io-names.ts';
+import { isAttentionKind } from '../config.ts';
+import { INPUT_IDS, LOGITS, MOBA_SELECT, NUM_LOGITS, PAST_POSITIONS, POSITIONS, ROPE_COS, ROPE_SIN, SPIKE_VALUES, SPIKE_ZEROS, attentionBias } from '../io-names.ts';
 import { detectGkLayout, EMBEDDINGS, FINAL_NORM, LM_HEAD, layerTensorNames } from '../tensor-names.ts';
 import { checkW8ASpike, fakeQuantizedWeights, isW8ASpike } from '../w8aspike.ts';
-import { attentionMixer, ropeAnglesFromPositions, ropeTables } from './attention-layer.ts';
+import { attentionMixer, ropeAnglesFromPositions, ropeTables, type RopeTables } from './attention-layer.ts';
 import { mlp, normWeight, rmsNorm } from './blocks.ts';
 import { linear, reshape, type GraphContext, type GraphOptions } from './context.ts';
 import { gdnMixer } from './gdn-layer.ts';
 import { glaMixer } from './gla-layer.ts';
+import { sseSwaMixer } from './sse-swa-layer.ts';
 import { GraphBuilder, float, int, quantBits } from './graph-builder.ts';
 import { DataType, type ModelProto } from './proto.ts';
 
@@ -60,6 +63,7 @@ export function buildModelGraph(source: Checkpoint, options: GraphOptions, kind:
   const masks = new Map<'swa' | 'full', string>();
   let angles: { cos: string; sin: string } | null = null;
   let minusT: string | null = null;
+  let mobaSelect: string | null = null;
   const ctx: GraphContext = {
     g,
     ckpt,
@@ -110,11 +114,16 @@ export function buildModelGraph(source: Checkpoint, options: GraphOptions, kind:
       minusT ??= decode ? g.i64([-1]) : g.op('Neg', [dimsOf().T], {}, { name: 'minus_T' });
       return minusT;
     },
+    mobaInputs() {
+      if (decode) throw new RangeError('the decode graph has no MoBA selection (its MoBA layers attend densely)');
+      mobaSelect ??= g.input(MOBA_SELECT, DataType.BOOL, ['batch', 'tokens']);
+      return { positions, pastPositions, select: mobaSelect };
+    },
   };
 
   const embedding = g.weight(EMBEDDINGS, [V, D], () => ckpt.tensor(EMBEDDINGS, [V, D]).data);
   let h = g.op('Gather', [embedding, ids], { axis: int(0) }, { name: 'embed' }); // [B, T, D]
-  const rope = config.layerKinds.some((k) => k === 'swa' || k === 'full') ? ropeTables(ctx) : null;
+  const rope = config.layerKinds.some(isAttentionKind) ? ropeTables(ctx) : null;
 
   // Residual stream: h ← h + a; u ← RMSNorm(h) is one SkipSimplifiedLayerNormalization when fused.
   let pendingAdd: string | null = null; // a value still to be added to h before the next norm
@@ -138,12 +147,24 @@ export function buildModelGraph(source: Checkpoint, options: GraphOptions, kind:
     g.scope(`layers.${layer}`, () => {
       const attnNorm = normWeight(ctx, names.attnNorm, D);
       const u = normed(attnNorm, 'attn_norm');
-      pendingAdd =
-        kind === 'gla'
-          ? glaMixer(ctx, layer, names, u)
-          : kind === 'gdn'
-            ? gdnMixer(ctx, layer, names, u)
-            : attentionMixer(ctx, layer, names, u, rope ?? ropeTables(ctx), kind);
+      const r = (): RopeTables => rope ?? ropeTables(ctx);
+      switch (kind) {
+        case 'gla':
+          pendingAdd = glaMixer(ctx, layer, names, u);
+          break;
+        case 'gdn':
+          pendingAdd = gdnMixer(ctx, layer, names, u);
+          break;
+        case 'sse_swa':
+          pendingAdd = sseSwaMixer(ctx, layer, u, r());
+          break;
+        case 'moba':
+          pendingAdd = attentionMixer(ctx, layer, names, u, r(), 'full', { moba: true });
+          break;
+        case 'swa':
+        case 'full':
+          pendingAdd = attentionMixer(ctx, layer, names, u, r(), kind);
+      }
       const mlpNorm = normWeight(ctx, names.mlpNorm, D);
       pendingAdd = mlp(ctx, layer, names, normed(mlpNorm, 'mlp_norm'));
     });
