@@ -13,6 +13,7 @@ import { EngineCore } from './engine-core.ts';
 import { EngineError, EngineUnavailableError, ModelLoadError, RequestRejectedError } from './errors.ts';
 import { faultHook } from './faults.ts';
 import { GrammarClient, type RemoteMatcher } from './grammar/grammar-client.ts';
+import { servingRefusal } from './model/servable.ts';
 import { parseModelConfig } from './model/config.ts';
 import type { Checkpoint } from './model/checkpoint.ts';
 import { openCheckpoint, skippedSummary } from './model/hf-checkpoint.ts';
@@ -50,14 +51,8 @@ async function loadModel(): Promise<Model> {
     if (skipped !== null) post({ type: 'log', message: skipped });
     ckpt = opened;
   }
-  if (ckpt.config.modelType === 'sse_swa_moba') {
-    // The graphs run these checkpoints (test/spikingbrain2-numerics.test.ts); the paged cache and the
-    // step runner do not yet serve a model with both window and growing attention layers.
-    throw new ModelLoadError(
-      'config.json: model_type "sse_swa_moba" (SpikingBrain 2.0) is recognised but not served yet: the engine does not yet cache its ' +
-        'window and MoBA/full layers together (see docs/models/spikingbrain2.md; `spikeserve inspect` describes it)',
-    );
-  }
+  const refusal = servingRefusal(ckpt.config);
+  if (refusal !== null) throw new ModelLoadError(refusal);
   const options: ModelLoadOptions = {
     ...(init.cacheDir !== undefined ? { cacheDir: init.cacheDir } : {}),
     ...(init.intraOpThreads !== undefined ? { intraOpThreads: init.intraOpThreads } : {}),
