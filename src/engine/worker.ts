@@ -50,14 +50,6 @@ async function loadModel(): Promise<Model> {
     if (skipped !== null) post({ type: 'log', message: skipped });
     ckpt = opened;
   }
-  if (ckpt.config.modelType === 'sse_swa_moba') {
-    // The graphs run these checkpoints (test/spikingbrain2-numerics.test.ts); the paged cache and the
-    // step runner do not yet serve a model with both window and growing attention layers.
-    throw new ModelLoadError(
-      'config.json: model_type "sse_swa_moba" (SpikingBrain 2.0) is recognised but not served yet: the engine does not yet cache its ' +
-        'window and MoBA/full layers together (see docs/models/spikingbrain2.md; `spikeserve inspect` describes it)',
-    );
-  }
   const options: ModelLoadOptions = {
     ...(init.cacheDir !== undefined ? { cacheDir: init.cacheDir } : {}),
     ...(init.intraOpThreads !== undefined ? { intraOpThreads: init.intraOpThreads } : {}),
