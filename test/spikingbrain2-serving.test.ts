@@ -112,10 +112,10 @@ const startEngine = (opts: Partial<Parameters<typeof Engine.start>[0]>): Promise
 
 describe('SpikingBrain 2.0 through the Engine (window + growing KV groups, MoBA prompt selection)', () => {
   let chunked: Engine; // prefill chunks of 5 tokens
-  let oneShot: Engine; // a 40-token prompt in one chunk
+  let oneShot: Engine; // a 40-token prompt in one chunk; generated tokens on the decode graph
   beforeAll(async () => {
     chunked = await startEngine({ prefillChunkTokens: 5, maxBatchedTokens: 40, maxNumSeqs: 8 });
-    oneShot = await startEngine({ prefillChunkTokens: 64, maxBatchedTokens: 64, maxNumSeqs: 8 });
+    oneShot = await startEngine({ prefillChunkTokens: 64, maxBatchedTokens: 64, maxNumSeqs: 8, decodeIntraOpThreads: 1 });
   });
   afterAll(async () => {
     await chunked?.shutdown();
@@ -190,7 +190,8 @@ describe('SpikingBrain 2.0 with a small growing-KV pool (lazy pages, preemption)
     expect(growingGroup?.kind).toBe('full');
     const pageBytes = (g: NonNullable<typeof windowGroup>): number => g.numLayers * 2 * g.numKvHeads * g.headDim * PAGE_TOKENS * 4;
     const kvCacheBytes = KvGroup.defaultPages(windowGroup!, maxNumSeqs, prefillChunkTokens, PAGE_TOKENS) * pageBytes(windowGroup!) + 24 * pageBytes(growingGroup!);
-    const engine = await startEngine({ kvCacheBytes, prefillChunkTokens, maxBatchedTokens: 64, maxNumSeqs, prefixCacheBytes: 0 });
+    // Decode steps on the decode graph (dense MoBA layers, one mask per attention kind over the shared past).
+    const engine = await startEngine({ kvCacheBytes, prefillChunkTokens, maxBatchedTokens: 64, maxNumSeqs, prefixCacheBytes: 0, decodeIntraOpThreads: 1 });
     try {
       const chats = Array.from({ length: 8 }, (_, i) => prompt(10 + i, 70 + i));
       const alone: number[][] = [];
