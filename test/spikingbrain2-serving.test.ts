@@ -170,6 +170,16 @@ describe('SpikingBrain 2.0 through the Engine (window + growing KV groups, MoBA 
     first.tokens.forEach((t, j) => expect(Math.abs(tokenLogprobs(again.events)[j]! - ref[doc.length - 1 + j]![t]!)).toBeLessThan(TOL));
   });
 
+  it('a next turn (prompt + reply + more) gives what a fresh compute gives: the reply is a prompt token now (MoBA), not resumed dense', async () => {
+    const turn1 = prompt(30, 50);
+    const reply = (await collect(chunked, request(turn1, 7))).tokens;
+    const turn2 = [...turn1, ...reply, ...prompt(9, 51)];
+    const resumed = await collect(chunked, request(turn2, 5, { logprobs: 1 }));
+    expect(done(resumed.events).cachedTokens).toBeGreaterThan(0);
+    const ref = referenceLogprobs(dir, [...turn2, ...resumed.tokens], turn2.length);
+    resumed.tokens.forEach((t, j) => expect(Math.abs(tokenLogprobs(resumed.events)[j]! - ref[turn2.length - 1 + j]![t]!)).toBeLessThan(TOL));
+  });
+
   it('8 concurrent requests of mixed lengths give exactly the tokens they give one at a time', async () => {
     const reqs = Array.from({ length: 8 }, (_, i) => ({ p: prompt(1 + ((i * 37) % 50), i + 3), max: 3 + ((i * 5) % 9) }));
     const alone: number[][] = [];
