@@ -10,7 +10,7 @@
 import { basename, dirname } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { EngineCore } from './engine-core.ts';
-import { EngineError, EngineUnavailableError, ModelLoadError, RequestRejectedError } from './errors.ts';
+import { EngineError, EngineUnavailableError, RequestRejectedError } from './errors.ts';
 import { faultHook } from './faults.ts';
 import { GrammarClient, type RemoteMatcher } from './grammar/grammar-client.ts';
 import { parseModelConfig } from './model/config.ts';
