@@ -152,6 +152,8 @@ export class EngineCore {
         maxQueue: opts.maxQueue ?? ENGINE_DEFAULTS.maxQueue,
         maxModelLen: this.maxModelLen,
         vocabSize: config.vocabSize,
+        // MoBA: a prompt token selects chunks, a generated one attends densely (StepRunner).
+        snapshotsGeneratedTokens: !config.layerKinds.includes('moba'),
       },
       this.cache,
       env.wake,

@@ -21,6 +21,13 @@ export interface SchedulerConfig {
   readonly maxModelLen: number;
   /** Token ids must be < vocabSize. */
   readonly vocabSize: number;
+  /**
+   * Whether a finished request folds and snapshots its generated tokens for the conversation's next
+   * turn (default true). False for models that compute a token differently as a prompt token than as a
+   * generated one (MoBA): the next turn's prompt must compute its reply as prompt tokens, as a fresh
+   * request would, so only prompt snapshots are kept.
+   */
+  readonly snapshotsGeneratedTokens?: boolean;
 }
 
 /** A prefill chunk: positions [startPos, startPos + numTokens) of one request. */
@@ -456,7 +463,12 @@ export class Scheduler {
       return;
     }
     req.finishReason = reason;
-    const ended = (reason === 'stop' || reason === 'length') && this.usesPrefixCache(req) && (req.status === 'decoding' || req.status === 'prefilling') && this.running.includes(req);
+    const ended =
+      (reason === 'stop' || reason === 'length') &&
+      this.usesPrefixCache(req) &&
+      (req.status === 'decoding' || req.status === 'prefilling') &&
+      this.running.includes(req) &&
+      (this.config.snapshotsGeneratedTokens !== false || req.numTokens === req.numPromptTokens);
     if (ended && req.numComputedTokens === req.numTokens) this.snapshotEnd(req); // nothing left to feed (a grammar that completed)
     if (!ended || req.numComputedTokens !== req.numTokens - 1) {
       this.retire(req, 'finished', nowMs);

@@ -12,7 +12,7 @@ const SHRINK_CHECK_VIEWS = 256;
  * than twice the largest view since the last check is replaced by one of that size. `generation`
  * counts replacements (after one, earlier contents are gone).
  */
-export class Scratch<A extends Float32Array | Int32Array> {
+export class Scratch<A extends Float32Array | Int32Array | Uint8Array> {
   private data: A;
   private peakLength = 0;
   private viewsSinceCheck = 0;
@@ -42,3 +42,4 @@ export class Scratch<A extends Float32Array | Int32Array> {
 export const f32Scratch = (): Scratch<Float32Array> => new Scratch((n) => new Float32Array(n));
 export const i32Scratch = (): Scratch<Int32Array> => new Scratch((n) => new Int32Array(n));
 
+export const u8Scratch = (): Scratch<Uint8Array> => new Scratch((n) => new Uint8Array(n));

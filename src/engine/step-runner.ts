@@ -19,7 +19,7 @@ import type { ForwardInput, ForwardOutput } from './model/forward.ts';
 import type { RequestState } from './request-state.ts';
 import type { ScheduledChunk, SchedulerOutput } from './scheduler.ts';
 import { KvGather } from './kv-gather.ts';
-import { f32Scratch, i32Scratch, type Scratch } from './scratch.ts';
+import { f32Scratch, i32Scratch, u8Scratch, type Scratch } from './scratch.ts';
 import { logSoftmax, SequenceSampler, topLogprobs, type SampledToken } from './sampler.ts';
 
 /** The part of the Model the runner needs. */
@@ -63,6 +63,9 @@ export class StepRunner {
   private readonly positionBuf = i32Scratch();
   private readonly stateBufs: Scratch<Float32Array>[];
   private readonly kv: KvGather;
+  /** MoBA layers: every run says which tokens are prompt tokens (ForwardInput.mobaSelect). */
+  private readonly hasMoba: boolean;
+  private readonly mobaBuf = u8Scratch();
   /** W8ASpike models: zero spikes and all spikes over every run so far (sparsity = zeros / values). */
   spikeZeros = 0;
   spikeValues = 0;
@@ -72,10 +75,9 @@ export class StepRunner {
     this.config = config;
     this.cache = cache;
     this.numAttnLayers = attentionLayerIndices(config).length;
-    // One KV group at most (ForwardInput has one past per run); a model mixing window and full
-    // attention layers would need a past per group.
-    if (cache.groups.length > 1) throw new RangeError('StepRunner: models with more than one kind of attention layer are not supported yet');
-    this.kv = new KvGather(config, cache, cache.groups[0]?.pool ?? null, this.numAttnLayers);
+    // A model with window and growing KV groups (SpikingBrain 2.0) shares one past per run (see KvGather).
+    this.kv = new KvGather(config, cache);
+    this.hasMoba = config.layerKinds.includes('moba');
     this.stateBufs = Array.from({ length: cache.slots.numTensors }, f32Scratch);
   }
 
@@ -170,13 +172,14 @@ export class StepRunner {
 
   /**
    * One-token batches. A batch pads every row's past to the longest one (B · Pmax slots), which the window
-   * bounds for SWA: one batch. With full attention the past is the whole context, so rows are sorted
+   * bounds for SWA: one batch. With full attention or MoBA layers (also beside window layers, whose past
+   * then shares the growing layout) the past is the whole context, so rows are sorted
    * by context length and a batch takes rows only up to twice its shortest context (+ one page):
    * padding never more than doubles what is gathered.
    */
   private oneTokenGroups(rows: readonly OneTokenRow[]): OneTokenRow[][] {
     if (rows.length === 0) return [];
-    if (this.config.slidingWindow !== null || this.numAttnLayers === 0) return [[...rows]];
+    if (!this.cache.groups.some((g) => g.spec.kind === 'full')) return [[...rows]];
     const sorted = [...rows].sort((a, b) => a.startPos - b.startPos);
     const groups: OneTokenRow[][] = [];
     let group: OneTokenRow[] = [];
@@ -277,6 +280,19 @@ export class StepRunner {
       states.push(buf);
     }
 
+    // MoBA: a prompt token (position < prompt length, also when resumed or recomputed) selects chunks;
+    // a generated token attends densely, also when a preempted request recomputes it, so the
+    // recompute equals what was computed the first time.
+    let mobaSelect: Uint8Array | undefined;
+    if (this.hasMoba) {
+      mobaSelect = this.mobaBuf.view(B * T);
+      for (let b = 0; b < B; b++) {
+        const row = rows[b]!;
+        const promptTokens = row.request.promptTokenIds.length;
+        for (let t = 0; t < T; t++) mobaSelect[b * T + t] = row.startPos + t < promptTokens ? 1 : 0;
+      }
+    }
+
     const past = this.kv.gather(rows);
     const input: ForwardInput = {
       batchSize: B,
@@ -289,6 +305,7 @@ export class StepRunner {
       pastKeys: past.keys,
       pastValues: past.values,
       allLogits,
+      ...(mobaSelect !== undefined ? { mobaSelect } : {}),
     };
     let output: ForwardOutput;
     try {

@@ -10,10 +10,9 @@
 import { basename, dirname } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { EngineCore } from './engine-core.ts';
-import { EngineError, EngineUnavailableError, ModelLoadError, RequestRejectedError } from './errors.ts';
+import { EngineError, EngineUnavailableError, RequestRejectedError } from './errors.ts';
 import { faultHook } from './faults.ts';
 import { GrammarClient, type RemoteMatcher } from './grammar/grammar-client.ts';
-import { servingRefusal } from './model/servable.ts';
 import { parseModelConfig } from './model/config.ts';
 import type { Checkpoint } from './model/checkpoint.ts';
 import { openCheckpoint, skippedSummary } from './model/hf-checkpoint.ts';
@@ -51,8 +50,6 @@ async function loadModel(): Promise<Model> {
     if (skipped !== null) post({ type: 'log', message: skipped });
     ckpt = opened;
   }
-  const refusal = servingRefusal(ckpt.config);
-  if (refusal !== null) throw new ModelLoadError(refusal);
   const options: ModelLoadOptions = {
     ...(init.cacheDir !== undefined ? { cacheDir: init.cacheDir } : {}),
     ...(init.intraOpThreads !== undefined ? { intraOpThreads: init.intraOpThreads } : {}),

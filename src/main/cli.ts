@@ -9,7 +9,6 @@ import { Engine, type EngineLogLevel, type EngineOptions } from '../engine/engin
 import { ModelLoadError } from '../engine/errors.ts';
 import { loadModelConfig } from '../engine/model/config.ts';
 import { inspectModel } from '../engine/model/inspect.ts';
-import { servingRefusal } from '../engine/model/servable.ts';
 import { TextTokenizer } from '../engine/tokenizer.ts';
 import { loadChatAssets } from '../routes/chat-template.ts';
 import { ConfigError, DEFAULT_MODEL_DIR, helpText, PACKAGE_ROOT, parseServerConfig, type ServerConfig } from '../server/config.ts';
@@ -68,11 +67,10 @@ async function serve(argv: readonly string[]): Promise<void> {
     throw err;
   }
   if (!existsSync(join(config.modelDir, 'config.json'))) fail(`--model: no config.json in ${config.modelDir}`, 2);
-  // The model's config first (cheap): an unknown or unsupported model says so in one line before the
-  // tokenizer or anything else is loaded.
+  // The model's config first (cheap): an unknown model or a malformed config says so in one line
+  // before the tokenizer or anything else is loaded.
   try {
-    const refusal = servingRefusal(loadModelConfig(config.modelDir));
-    if (refusal !== null) fail(refusal, 1);
+    loadModelConfig(config.modelDir);
   } catch (err) {
     if (err instanceof ModelLoadError) fail(err.message, 1);
     throw err;

@@ -221,7 +221,7 @@ function modelTypeOf(dir: string): unknown {
 
 /**
  * The human-readable report for `spikeserve inspect --model DIR`. A SpikingBrain 2.0 checkpoint
- * (recognised, not served yet) gets its own report (./spikingbrain2-inspect.ts).
+ * gets its own report (./spikingbrain2-inspect.ts).
  */
 export function inspectModel(source: string | Checkpoint): string {
   if (typeof source === 'string' && modelTypeOf(source) === 'sse_swa_moba') {

@@ -115,7 +115,7 @@ export function formatSpikingBrain2Report(r: Spb2Report): string {
   const constant = r.sseStateBytesPerSequence + r.windowKvBytesPerSequence;
   const lines = [
     `model: ${r.source}`,
-    `type: sse_swa_moba (SpikingBrain 2.0; recognised, not served yet)  V=${c.vocabSize} D=${c.hiddenSize} L=${c.numLayers} ` +
+    `type: sse_swa_moba (SpikingBrain 2.0)  V=${c.vocabSize} D=${c.hiddenSize} L=${c.numLayers} ` +
       `d=${d} F=${c.intermediateSize} ε=${c.normEps}${c.tieWordEmbeddings ? ' tied-embeddings' : ''}`,
     `SSE: H=${s.numHeads} partitions=${s.numPartitions} top-${s.numWriters} routing, q/k ${s.qkActivation}${s.allowNegEigval ? ', β·2' : ''}`,
     `attention: H=${a.numHeads} (window branch ${s.numHeads}) Hkv=${a.numKvHeads} θ=${a.ropeTheta}${a.qkNorm ? ' qk-norm' : ''}${a.bias ? ' qkv-bias' : ''} ` +
