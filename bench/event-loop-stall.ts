@@ -27,6 +27,7 @@
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import { PerformanceObserver } from 'node:perf_hooks';
 import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import { Engine } from '../src/engine/engine.ts';
@@ -128,39 +129,76 @@ function mainThreadSched(): { runNs: number; waitNs: number } {
   }
 }
 
+/** One gap between two ticks: its length (minus the interval) and the main thread's running and waiting during it, ms; where it lies (performance.now()). */
+interface Gap {
+  readonly ms: number;
+  readonly runMs: number;
+  readonly waitMs: number;
+  readonly fromMs: number;
+  readonly toMs: number;
+}
+const NO_GAP: Gap = { ms: 0, runMs: 0, waitMs: 0, fromMs: 0, toMs: 0 };
+
+/** A gap as reported: with the main thread's garbage collection inside it, ms. */
+type ReportedGap = Gap & { readonly gcMs: number };
+
 /**
- * 1 ms interval probe: the longest gap between ticks, minus the interval, and how much of that gap the
- * main thread spent running (its own work, GC included) and waiting for a core (the machine's load).
+ * 1 ms interval probe: the longest gap between ticks (minus the interval) and the gap in which the
+ * main thread ran longest, each with how much of it the main thread spent running (its own work, GC
+ * included), waiting for a core (the machine's load) and collecting garbage (the 'gc' performance
+ * entries, which only ever name this thread's heap).
  */
 class StallProbe {
   #last = performance.now();
   #lastSched = mainThreadSched();
-  #worst = { ms: 0, runMs: 0, waitMs: 0, maxRunMs: 0 };
+  #longest: Gap = NO_GAP;
+  #busiest: Gap = NO_GAP;
+  #gcs: { startTime: number; duration: number }[] = [];
+  readonly #gcObserver = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) this.#gcs.push({ startTime: e.startTime, duration: e.duration });
+  });
   readonly #timer = setInterval(() => {
     const now = performance.now();
     const sched = mainThreadSched();
-    const ms = now - this.#last - 1;
-    const runMs = (sched.runNs - this.#lastSched.runNs) / 1e6;
-    const maxRunMs = Math.max(this.#worst.maxRunMs, runMs);
-    if (ms > this.#worst.ms) this.#worst = { ms, runMs, waitMs: (sched.waitNs - this.#lastSched.waitNs) / 1e6, maxRunMs };
-    else this.#worst = { ...this.#worst, maxRunMs };
+    const gap: Gap = {
+      ms: now - this.#last - 1,
+      runMs: (sched.runNs - this.#lastSched.runNs) / 1e6,
+      waitMs: (sched.waitNs - this.#lastSched.waitNs) / 1e6,
+      fromMs: this.#last,
+      toMs: now,
+    };
+    if (gap.ms > this.#longest.ms) this.#longest = gap;
+    if (gap.runMs > this.#busiest.runMs) this.#busiest = gap;
     this.#last = now;
     this.#lastSched = sched;
   }, 1);
 
+  constructor() {
+    this.#gcObserver.observe({ entryTypes: ['gc'] });
+  }
+
   reset(): void {
     this.#last = performance.now();
     this.#lastSched = mainThreadSched();
-    this.#worst = { ms: 0, runMs: 0, waitMs: 0, maxRunMs: 0 };
+    this.#longest = NO_GAP;
+    this.#busiest = NO_GAP;
+    this.#gcs = [];
   }
 
-  /** The longest gap (ms: its length; runMs / waitMs: the main thread's share of it), and the most CPU one gap took (maxRunMs). */
-  get worst(): { ms: number; runMs: number; waitMs: number; maxRunMs: number } {
-    return this.#worst;
+  /** The longest gap since reset() and the one the main thread ran longest in. */
+  get worst(): { longest: ReportedGap; busiest: ReportedGap } {
+    return { longest: this.#withGc(this.#longest), busiest: this.#withGc(this.#busiest) };
+  }
+
+  #withGc(gap: Gap): ReportedGap {
+    let gcMs = 0;
+    for (const g of this.#gcs) gcMs += Math.max(0, Math.min(gap.toMs, g.startTime + g.duration) - Math.max(gap.fromMs, g.startTime));
+    return { ...gap, gcMs };
   }
 
   stop(): void {
     clearInterval(this.#timer);
+    this.#gcObserver.disconnect();
   }
 }
 
@@ -176,7 +214,10 @@ function runScenario(scenario: Scenario, port: number, probe: StallProbe): Promi
         start = performance.now();
         child.send('go');
       } else if (msg.done !== undefined) {
-        resolvePromise({ status: msg.done.status, bodyBytes, responseBytes: msg.done.bytes, stall: probe.worst, wallMs: performance.now() - start });
+        const wallMs = performance.now() - start;
+        const done = msg.done;
+        // The 'gc' entries of the last moments reach the observer a turn or two later.
+        setTimeout(() => resolvePromise({ status: done.status, bodyBytes, responseBytes: done.bytes, stall: probe.worst, wallMs }), 20);
       }
     });
     child.on('error', reject);
@@ -186,16 +227,21 @@ function runScenario(scenario: Scenario, port: number, probe: StallProbe): Promi
   });
 }
 
-/** The tool-call parser alone: one call of `bytes` streamed `pieceChars` at a time. */
-function toolCallParserMs(bytes: number, pieceChars: number): number {
+/** The tool-call parser alone: one call of `bytes` streamed `pieceChars` at a time; all of it, and the longest single piece, ms. */
+function toolCallParserMs(bytes: number, pieceChars: number): { totalMs: number; longestPieceMs: number } {
   const reply = `<tool_call>\n{"name": "f", "arguments": {"data": "${'y'.repeat(bytes)}"}}\n</tool_call>`;
   const start = performance.now();
   const parser = new ToolCallParser();
   let calls = 0;
-  for (let at = 0; at < reply.length; at += pieceChars) calls += parser.push(reply.slice(at, at + pieceChars)).calls.length;
+  let longestPieceMs = 0;
+  for (let at = 0; at < reply.length; at += pieceChars) {
+    const t = performance.now();
+    calls += parser.push(reply.slice(at, at + pieceChars)).calls.length;
+    longestPieceMs = Math.max(longestPieceMs, performance.now() - t);
+  }
   calls += parser.finish().calls.length;
   if (calls !== 1) throw new Error('the parser missed the call');
-  return performance.now() - start;
+  return { totalMs: performance.now() - start, longestPieceMs };
 }
 
 async function main(): Promise<void> {
@@ -204,6 +250,7 @@ async function main(): Promise<void> {
   if (clientAt >= 0) return client(args[clientAt + 1] as string, Number(args[args.indexOf('--port') + 1]));
   const onlyAt = args.indexOf('--only');
   const only = onlyAt >= 0 ? args[onlyAt + 1] : undefined;
+  const gapTimes = args.includes('--gap-times');
 
   const modelDir = DEFAULT_MODEL_DIR;
   const tokenizer = await TextTokenizer.load(modelDir);
@@ -215,18 +262,26 @@ async function main(): Promise<void> {
   const probe = new StallProbe();
 
   console.log(`load average at start: ${loadAverage()}`);
-  console.log('| request | status | body MiB | response MiB | worst stall ms | of it: running / waiting for a core ms | longest run between two ticks ms | wall s |');
-  console.log('|---|---|---|---|---|---|---|---|');
+  console.log('| request | status | body MiB | response MiB | worst stall ms | of it: running / waiting for a core / GC ms | longest run between two ticks ms | of it: GC ms | wall s |');
+  console.log('|---|---|---|---|---|---|---|---|---|');
+  // Where a gap lies on the clock of a --cpu-prof profile (CLOCK_MONOTONIC µs, its samples' clock).
+  const onProfileClock = (gap: ReportedGap): string => {
+    const offsetUs = Number(process.hrtime.bigint() / 1000n) - performance.now() * 1000;
+    return `${Math.round(gap.fromMs * 1000 + offsetUs)}..${Math.round(gap.toMs * 1000 + offsetUs)} µs`;
+  };
   for (const scenario of SCENARIOS) {
     if (only !== undefined && !scenario.name.includes(only)) continue;
     const r = await runScenario(scenario, port, probe);
+    const { longest, busiest } = r.stall;
     console.log(
-      `| ${scenario.name} | ${r.status} | ${(r.bodyBytes / MiB).toFixed(1)} | ${(r.responseBytes / MiB).toFixed(2)} | ${r.stall.ms.toFixed(1)} | ${r.stall.runMs.toFixed(1)} / ${r.stall.waitMs.toFixed(1)} | ${r.stall.maxRunMs.toFixed(1)} | ${(r.wallMs / 1000).toFixed(2)} |`,
+      `| ${scenario.name} | ${r.status} | ${(r.bodyBytes / MiB).toFixed(1)} | ${(r.responseBytes / MiB).toFixed(2)} | ${longest.ms.toFixed(1)} | ${longest.runMs.toFixed(1)} / ${longest.waitMs.toFixed(1)} / ${longest.gcMs.toFixed(1)} | ${busiest.runMs.toFixed(1)} | ${busiest.gcMs.toFixed(1)} | ${(r.wallMs / 1000).toFixed(2)} |`,
     );
+    if (gapTimes) console.log(`  longest gap ${onProfileClock(longest)}, busiest gap ${onProfileClock(busiest)}`);
   }
   if (only === undefined || 'tool-call parser'.includes(only)) {
-    const ms = toolCallParserMs(256 * 1024, 4);
-    console.log(`| tool-call parser, a 256 KiB call in 4-char pieces (no HTTP) | — | — | — | ${ms.toFixed(1)} (all of it) | — | — | ${(ms / 1000).toFixed(2)} |`);
+    // In the server each piece is one token's text, pushed as it is sampled: the longest push is the stall.
+    const { totalMs, longestPieceMs } = toolCallParserMs(256 * 1024, 4);
+    console.log(`| tool-call parser, a 256 KiB call in 4-char pieces (no HTTP) | — | — | — | ${totalMs.toFixed(1)} (all 65,563 pieces) | — | ${longestPieceMs.toFixed(1)} (one piece) | — | ${(totalMs / 1000).toFixed(2)} |`);
   }
   console.log(`load average at end: ${loadAverage()}`);
   probe.stop();
