@@ -24,6 +24,24 @@
 //   echo + 20 logprobs of 4,096 prompt tokens: ~50-100 ms of formatting before and after (bounded by
 //   --max-prompt-logprobs-tokens, not moved off the thread).
 //   Tool-call parser, 256 KiB block in 4-char pieces: before quadratic (~10 s), after ~50 ms.
+//
+// PREDICTION, second round (the remaining 39-174 ms; written after profiling the server thread with
+// --cpu-prof / --trace-gc, before measuring the changes, except three spot runs noted below):
+//   What runs: (1) the response serializer compiles Ajv checks for the unions of a response schema on
+//   the route's first answer (chat: ~60-140 ms; the 128-tools row is the first chat answer) and checks
+//   every logprob against them; (2) echo + logprobs: the engine's message with 4,096 × 21 logprob
+//   objects is deserialized here (~30-100 ms, src/engine, not changed here), the logprob records are
+//   built, then the 2 MiB answer serialized and written at once; (3) /detokenize: the 1 MiB text
+//   escaped, measured and written at once (~40 ms); (4) /tokenize: slices of 65,536 ids (~20 ms each
+//   under load); (5) large bodies: each 64 KiB chunk is copied into fresh memory before it is posted to
+//   the prompt worker (page faults: ~0.3 ms a chunk on this VM, up to 32 chunks per socket read burst),
+//   and those copies count as external memory until a GC, which then runs a full mark-compact of the
+//   ~20-30 MiB heap (30-100 ms); (6) the tool-call parser joins 65,536 pieces when the call closes.
+//   After (schemas without unions, answers in slices, shared-memory body ring, amortized joins):
+//   128 tools ≤ 15 ms (spot run: 103 → 14 ms running); /detokenize ≤ 20 ms (spot run: 148 → 22);
+//   /tokenize ≤ 15 ms; echo + logprobs ≥ 30 ms left, all of it the engine message's deserialization
+//   (spot run: 237 → 57); large bodies ≤ 20 ms running outside GC, GC pauses less frequent but not gone
+//   (Node's own socket buffers remain); tool-call parser's longest piece ~30 → ≤ 5 ms.
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
