@@ -11,9 +11,10 @@ import type { TSchema } from 'typebox';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ChatCompletionResponse } from '../src/routes/chat-completions/schema.ts';
 import { jsonSlices, SLICE_CHARS, stringJsonPieces } from '../src/routes/common/json-slices.ts';
+import { appendLegacy, emptyLegacyLogprobs, TokenText } from '../src/routes/common/logprobs.ts';
 import { serializerSchema } from '../src/routes/common/serializer-schemas.ts';
 import { CompletionResponse } from '../src/routes/completions/schema.ts';
-import type { EnginePort } from '../src/server/ports.ts';
+import type { EnginePort, TokenizerPort } from '../src/server/ports.ts';
 import { buildTestApp, startTestServer, type TestServer } from './helpers/server.ts';
 import { TextTokenizer } from '../src/engine/tokenizer.ts';
 
@@ -60,6 +61,20 @@ describe('jsonSlices: the text of JSON.stringify, in slices', () => {
     const long = [...jsonSlices('x'.repeat(3 * SLICE_CHARS))]; // '"' and a third, two thirds, the last third and '"'
     expect(long.length).toBe(4);
     expect(Math.max(...long.map((s) => s.length))).toBeLessThanOrEqual(SLICE_CHARS + 1);
+  });
+});
+
+describe('legacy logprob records', () => {
+  it('keep JavaScript key order (array-index keys first) and duplicates as before; a token spelled __proto__ is a key too', () => {
+    const texts = ['b', '7', 'a', '__proto__', 'b', '10', 'x y'];
+    const tokenizer = { tokenBytes: (id: number) => new TextEncoder().encode(texts[id] ?? '') } as unknown as TokenizerPort;
+    const into = emptyLegacyLogprobs();
+    const top = texts.map((_, tokenId) => ({ tokenId, logprob: -tokenId }));
+    appendLegacy(into, [{ tokenId: 0, logprob: -0.5, top }], new TokenText(tokenizer, false), 0);
+    const literal: Record<string, number> = {};
+    for (const t of top) literal[texts[t.tokenId] as string] = -t.tokenId; // the record as an object literal made it
+    expect(JSON.stringify(into.top_logprobs[0])).toBe('{"7":-1,"10":-5,"b":-4,"a":-2,"__proto__":-3,"x y":-6}');
+    expect(JSON.stringify(into.top_logprobs[0])).toBe(JSON.stringify(literal).replace('"a":-2,', '"a":-2,"__proto__":-3,'));
   });
 });
 
