@@ -3,9 +3,10 @@
 // to run is refused right after it is tokenized) runs in this process with a 1 ms interval probe;
 // each request is built and sent by a child process, so the client's own work is not measured.
 //
-//   node --expose-gc --import tsx bench/event-loop-stall.ts [--only NAME] [--gap-times]
+//   node --expose-gc --import tsx bench/event-loop-stall.ts [--only NAME] [--skip NAME] [--repeat N] [--gap-times]
 //
-// (--gap-times: where the gaps lie on the clock of a `node --cpu-prof` profile of this process.)
+// (--repeat: each request N times, then the median of the longest run between two ticks; --gap-times:
+// where the gaps lie on the clock of a `node --cpu-prof` profile of this process.)
 //
 // Columns: status of the answer, request body MiB, response MiB, the probe's longest gap minus 1 ms
 // ("stall") with the main thread's time running, waiting for a core (Linux schedstat: on a loaded
@@ -284,6 +285,10 @@ async function main(): Promise<void> {
   const onlyAt = args.indexOf('--only');
   const only = onlyAt >= 0 ? args[onlyAt + 1] : undefined;
   const gapTimes = args.includes('--gap-times');
+  const skipAt = args.indexOf('--skip');
+  const skip = skipAt >= 0 ? args[skipAt + 1] : undefined;
+  const repeatAt = args.indexOf('--repeat');
+  const repeat = repeatAt >= 0 ? Number(args[repeatAt + 1]) : 1;
 
   const modelDir = DEFAULT_MODEL_DIR;
   const tokenizer = await TextTokenizer.load(modelDir);
@@ -308,12 +313,21 @@ async function main(): Promise<void> {
   await new Promise((r) => setTimeout(r, 1000));
   for (const scenario of SCENARIOS) {
     if (only !== undefined && !scenario.name.includes(only)) continue;
-    const r = await runScenario(scenario, port, probe);
-    const { longest, busiest } = r.stall;
-    console.log(
-      `| ${scenario.name} | ${r.status} | ${(r.bodyBytes / MiB).toFixed(1)} | ${(r.responseBytes / MiB).toFixed(2)} | ${longest.ms.toFixed(1)} | ${longest.runMs.toFixed(1)} / ${longest.waitMs.toFixed(1)} / ${longest.gcMs.toFixed(1)} | ${busiest.runMs.toFixed(1)} | ${busiest.gcMs.toFixed(1)} | ${(r.wallMs / 1000).toFixed(2)} |`,
-    );
-    if (gapTimes) console.log(`  longest gap ${onProfileClock(longest)}, busiest gap ${onProfileClock(busiest)}`);
+    if (skip !== undefined && scenario.name.includes(skip)) continue;
+    const busiestRuns: number[] = [];
+    for (let run = 0; run < repeat; run++) {
+      const r = await runScenario(scenario, port, probe);
+      const { longest, busiest } = r.stall;
+      busiestRuns.push(busiest.runMs);
+      console.log(
+        `| ${scenario.name} | ${r.status} | ${(r.bodyBytes / MiB).toFixed(1)} | ${(r.responseBytes / MiB).toFixed(2)} | ${longest.ms.toFixed(1)} | ${longest.runMs.toFixed(1)} / ${longest.waitMs.toFixed(1)} / ${longest.gcMs.toFixed(1)} | ${busiest.runMs.toFixed(1)} | ${busiest.gcMs.toFixed(1)} | ${(r.wallMs / 1000).toFixed(2)} |`,
+      );
+      if (gapTimes) console.log(`  longest gap ${onProfileClock(longest)}, busiest gap ${onProfileClock(busiest)}`);
+    }
+    if (repeat > 1) {
+      const sorted = busiestRuns.sort((a, b) => a - b);
+      console.log(`|   ${scenario.name}: longest run between two ticks over ${repeat} runs, median (min-max) | | | | | | ${(sorted[Math.floor(repeat / 2)] as number).toFixed(1)} (${(sorted[0] as number).toFixed(1)}-${(sorted[repeat - 1] as number).toFixed(1)}) | | |`);
+    }
   }
   if (only === undefined || 'tool-call parser'.includes(only)) {
     // In the server each piece is one token's text, pushed as it is sampled: the longest push is the stall.

@@ -23,10 +23,12 @@ const IDS_PER_SLICE = 16_384;
 
 /** The answer's JSON in slices (the bytes the response schema's serializer writes). */
 function* answerJson(ids: Int32Array, maxModelLen: number | null): Generator<string> {
+  let head = '{"tokens":[';
   for (let at = 0; at < ids.length; at += IDS_PER_SLICE) {
-    yield (at === 0 ? '{"tokens":[' : ',') + ids.subarray(at, at + IDS_PER_SLICE).join(',');
+    yield head + ids.subarray(at, at + IDS_PER_SLICE).join(',');
+    head = ',';
   }
-  yield `],"count":${ids.length},"max_model_len":${maxModelLen ?? 'null'}}`;
+  yield `${head === ',' ? '' : head}],"count":${ids.length},"max_model_len":${maxModelLen ?? 'null'}}`;
 }
 
 const tokenizeRoute: FastifyPluginAsyncTypebox = async (app) => {
