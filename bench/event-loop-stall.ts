@@ -3,13 +3,17 @@
 // to run is refused right after it is tokenized) runs in this process with a 1 ms interval probe;
 // each request is built and sent by a child process, so the client's own work is not measured.
 //
-//   node --import tsx bench/event-loop-stall.ts [--only NAME]
+//   node --expose-gc --import tsx bench/event-loop-stall.ts [--only NAME] [--skip NAME] [--repeat N] [--gap-times]
+//
+// (--repeat: each request N times, then the median of the longest run between two ticks; --gap-times:
+// where the gaps lie on the clock of a `node --cpu-prof` profile of this process.)
 //
 // Columns: status of the answer, request body MiB, response MiB, the probe's longest gap minus 1 ms
-// ("stall") with the main thread's time running and waiting for a core during it (Linux schedstat: on a
-// loaded 2-core machine much of a gap is waiting), the most the main thread ran between two ticks, and
-// the request's wall time. The tool-call parser is measured on its own (no HTTP): a
-// 256 KiB call streamed 4 characters at a time, total time.
+// ("stall") with the main thread's time running, waiting for a core (Linux schedstat: on a loaded
+// 2-core machine much of a gap is waiting) and collecting garbage during it ('gc' performance
+// entries), the most the main thread ran between two ticks and the garbage collection in that gap,
+// and the request's wall time. The tool-call parser is measured on its own (no HTTP): a 256 KiB call
+// streamed 4 characters at a time, total time and the longest single piece.
 //
 // PREDICTION (written before measuring, for the code before and after the change):
 //   64 MiB chat body: before, Buffer.concat + UTF-8 check + JSON.parse + the clone into the tokenizer
@@ -24,9 +28,28 @@
 //   echo + 20 logprobs of 4,096 prompt tokens: ~50-100 ms of formatting before and after (bounded by
 //   --max-prompt-logprobs-tokens, not moved off the thread).
 //   Tool-call parser, 256 KiB block in 4-char pieces: before quadratic (~10 s), after ~50 ms.
+//
+// PREDICTION, second round (the remaining 39-174 ms; written after profiling the server thread with
+// --cpu-prof / --trace-gc, before measuring the changes, except three spot runs noted below):
+//   What runs: (1) the response serializer compiles Ajv checks for the unions of a response schema on
+//   the route's first answer (chat: ~60-140 ms; the 128-tools row is the first chat answer) and checks
+//   every logprob against them; (2) echo + logprobs: the engine's message with 4,096 × 21 logprob
+//   objects is deserialized here (~30-100 ms, src/engine, not changed here), the logprob records are
+//   built, then the 2 MiB answer serialized and written at once; (3) /detokenize: the 1 MiB text
+//   escaped, measured and written at once (~40 ms); (4) /tokenize: slices of 65,536 ids (~20 ms each
+//   under load); (5) large bodies: each 64 KiB chunk is copied into fresh memory before it is posted to
+//   the prompt worker (page faults: ~0.3 ms a chunk on this VM, up to 32 chunks per socket read burst),
+//   and those copies count as external memory until a GC, which then runs a full mark-compact of the
+//   ~20-30 MiB heap (30-100 ms); (6) the tool-call parser joins 65,536 pieces when the call closes.
+//   After (schemas without unions, answers in slices, shared-memory body ring, amortized joins):
+//   128 tools ≤ 15 ms (spot run: 103 → 14 ms running); /detokenize ≤ 20 ms (spot run: 148 → 22);
+//   /tokenize ≤ 15 ms; echo + logprobs ≥ 30 ms left, all of it the engine message's deserialization
+//   (spot run: 237 → 57); large bodies ≤ 20 ms running outside GC, GC pauses less frequent but not gone
+//   (Node's own socket buffers remain); tool-call parser's longest piece ~30 → ≤ 5 ms.
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import { PerformanceObserver } from 'node:perf_hooks';
 import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import { Engine } from '../src/engine/engine.ts';
@@ -99,9 +122,21 @@ const SCENARIOS: readonly Scenario[] = [
   },
 ];
 
+/**
+ * Sent before the measured ones, unmeasured: the first large body starts the prompt worker (and its
+ * shared ring), the first answer of each route warms its code. The table is the steady state of a
+ * server that has served such requests before; one-time costs of a cold process are not in it.
+ */
+const WARM_UPS: readonly Scenario[] = [
+  { name: 'warm-up: /tokenize, 384 KiB prompt', path: '/tokenize', body: () => JSON.stringify({ prompt: VERSE.repeat(Math.floor((384 * 1024) / VERSE.length)) }) },
+  { name: 'warm-up: chat', path: '/v1/chat/completions', body: () => JSON.stringify({ messages: [{ role: 'user', content: 'Hi' }], max_tokens: 2, logprobs: true, top_logprobs: 2 }) },
+  { name: 'warm-up: echo + logprobs', path: '/v1/completions', body: () => JSON.stringify({ prompt: [5, 6, 7], max_tokens: 1, echo: true, logprobs: 2 }) },
+  { name: 'warm-up: /detokenize', path: '/detokenize', body: () => JSON.stringify({ tokens: [5, 6, 7] }) },
+];
+
 /** Client mode: build the body, send it, print status and response size. */
 async function client(name: string, port: number): Promise<void> {
-  const scenario = SCENARIOS.find((s) => s.name === name);
+  const scenario = [...WARM_UPS, ...SCENARIOS].find((s) => s.name === name);
   if (scenario === undefined) throw new Error(`no scenario ${name}`);
   const body = Buffer.from(scenario.body());
   process.send?.({ ready: body.length });
@@ -128,39 +163,76 @@ function mainThreadSched(): { runNs: number; waitNs: number } {
   }
 }
 
+/** One gap between two ticks: its length (minus the interval) and the main thread's running and waiting during it, ms; where it lies (performance.now()). */
+interface Gap {
+  readonly ms: number;
+  readonly runMs: number;
+  readonly waitMs: number;
+  readonly fromMs: number;
+  readonly toMs: number;
+}
+const NO_GAP: Gap = { ms: 0, runMs: 0, waitMs: 0, fromMs: 0, toMs: 0 };
+
+/** A gap as reported: with the main thread's garbage collection inside it, ms. */
+type ReportedGap = Gap & { readonly gcMs: number };
+
 /**
- * 1 ms interval probe: the longest gap between ticks, minus the interval, and how much of that gap the
- * main thread spent running (its own work, GC included) and waiting for a core (the machine's load).
+ * 1 ms interval probe: the longest gap between ticks (minus the interval) and the gap in which the
+ * main thread ran longest, each with how much of it the main thread spent running (its own work, GC
+ * included), waiting for a core (the machine's load) and collecting garbage (the 'gc' performance
+ * entries, which only ever name this thread's heap).
  */
 class StallProbe {
   #last = performance.now();
   #lastSched = mainThreadSched();
-  #worst = { ms: 0, runMs: 0, waitMs: 0, maxRunMs: 0 };
+  #longest: Gap = NO_GAP;
+  #busiest: Gap = NO_GAP;
+  #gcs: { startTime: number; duration: number }[] = [];
+  readonly #gcObserver = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) this.#gcs.push({ startTime: e.startTime, duration: e.duration });
+  });
   readonly #timer = setInterval(() => {
     const now = performance.now();
     const sched = mainThreadSched();
-    const ms = now - this.#last - 1;
-    const runMs = (sched.runNs - this.#lastSched.runNs) / 1e6;
-    const maxRunMs = Math.max(this.#worst.maxRunMs, runMs);
-    if (ms > this.#worst.ms) this.#worst = { ms, runMs, waitMs: (sched.waitNs - this.#lastSched.waitNs) / 1e6, maxRunMs };
-    else this.#worst = { ...this.#worst, maxRunMs };
+    const gap: Gap = {
+      ms: now - this.#last - 1,
+      runMs: (sched.runNs - this.#lastSched.runNs) / 1e6,
+      waitMs: (sched.waitNs - this.#lastSched.waitNs) / 1e6,
+      fromMs: this.#last,
+      toMs: now,
+    };
+    if (gap.ms > this.#longest.ms) this.#longest = gap;
+    if (gap.runMs > this.#busiest.runMs) this.#busiest = gap;
     this.#last = now;
     this.#lastSched = sched;
   }, 1);
 
+  constructor() {
+    this.#gcObserver.observe({ entryTypes: ['gc'] });
+  }
+
   reset(): void {
     this.#last = performance.now();
     this.#lastSched = mainThreadSched();
-    this.#worst = { ms: 0, runMs: 0, waitMs: 0, maxRunMs: 0 };
+    this.#longest = NO_GAP;
+    this.#busiest = NO_GAP;
+    this.#gcs = [];
   }
 
-  /** The longest gap (ms: its length; runMs / waitMs: the main thread's share of it), and the most CPU one gap took (maxRunMs). */
-  get worst(): { ms: number; runMs: number; waitMs: number; maxRunMs: number } {
-    return this.#worst;
+  /** The longest gap since reset() and the one the main thread ran longest in. */
+  get worst(): { longest: ReportedGap; busiest: ReportedGap } {
+    return { longest: this.#withGc(this.#longest), busiest: this.#withGc(this.#busiest) };
+  }
+
+  #withGc(gap: Gap): ReportedGap {
+    let gcMs = 0;
+    for (const g of this.#gcs) gcMs += Math.max(0, Math.min(gap.toMs, g.startTime + g.duration) - Math.max(gap.fromMs, g.startTime));
+    return { ...gap, gcMs };
   }
 
   stop(): void {
     clearInterval(this.#timer);
+    this.#gcObserver.disconnect();
   }
 }
 
@@ -176,7 +248,10 @@ function runScenario(scenario: Scenario, port: number, probe: StallProbe): Promi
         start = performance.now();
         child.send('go');
       } else if (msg.done !== undefined) {
-        resolvePromise({ status: msg.done.status, bodyBytes, responseBytes: msg.done.bytes, stall: probe.worst, wallMs: performance.now() - start });
+        const wallMs = performance.now() - start;
+        const done = msg.done;
+        // The 'gc' entries of the last moments reach the observer a turn or two later.
+        setTimeout(() => resolvePromise({ status: done.status, bodyBytes, responseBytes: done.bytes, stall: probe.worst, wallMs }), 20);
       }
     });
     child.on('error', reject);
@@ -186,16 +261,21 @@ function runScenario(scenario: Scenario, port: number, probe: StallProbe): Promi
   });
 }
 
-/** The tool-call parser alone: one call of `bytes` streamed `pieceChars` at a time. */
-function toolCallParserMs(bytes: number, pieceChars: number): number {
+/** The tool-call parser alone: one call of `bytes` streamed `pieceChars` at a time; all of it, and the longest single piece, ms. */
+function toolCallParserMs(bytes: number, pieceChars: number): { totalMs: number; longestPieceMs: number } {
   const reply = `<tool_call>\n{"name": "f", "arguments": {"data": "${'y'.repeat(bytes)}"}}\n</tool_call>`;
   const start = performance.now();
   const parser = new ToolCallParser();
   let calls = 0;
-  for (let at = 0; at < reply.length; at += pieceChars) calls += parser.push(reply.slice(at, at + pieceChars)).calls.length;
+  let longestPieceMs = 0;
+  for (let at = 0; at < reply.length; at += pieceChars) {
+    const t = performance.now();
+    calls += parser.push(reply.slice(at, at + pieceChars)).calls.length;
+    longestPieceMs = Math.max(longestPieceMs, performance.now() - t);
+  }
   calls += parser.finish().calls.length;
   if (calls !== 1) throw new Error('the parser missed the call');
-  return performance.now() - start;
+  return { totalMs: performance.now() - start, longestPieceMs };
 }
 
 async function main(): Promise<void> {
@@ -204,6 +284,11 @@ async function main(): Promise<void> {
   if (clientAt >= 0) return client(args[clientAt + 1] as string, Number(args[args.indexOf('--port') + 1]));
   const onlyAt = args.indexOf('--only');
   const only = onlyAt >= 0 ? args[onlyAt + 1] : undefined;
+  const gapTimes = args.includes('--gap-times');
+  const skipAt = args.indexOf('--skip');
+  const skip = skipAt >= 0 ? args[skipAt + 1] : undefined;
+  const repeatAt = args.indexOf('--repeat');
+  const repeat = repeatAt >= 0 ? Number(args[repeatAt + 1]) : 1;
 
   const modelDir = DEFAULT_MODEL_DIR;
   const tokenizer = await TextTokenizer.load(modelDir);
@@ -215,18 +300,39 @@ async function main(): Promise<void> {
   const probe = new StallProbe();
 
   console.log(`load average at start: ${loadAverage()}`);
-  console.log('| request | status | body MiB | response MiB | worst stall ms | of it: running / waiting for a core ms | longest run between two ticks ms | wall s |');
-  console.log('|---|---|---|---|---|---|---|---|');
+  console.log('| request | status | body MiB | response MiB | worst stall ms | of it: running / waiting for a core / GC ms | longest run between two ticks ms | of it: GC ms | wall s |');
+  console.log('|---|---|---|---|---|---|---|---|---|');
+  // Where a gap lies on the clock of a --cpu-prof profile (CLOCK_MONOTONIC µs, its samples' clock).
+  const onProfileClock = (gap: ReportedGap): string => {
+    const offsetUs = Number(process.hrtime.bigint() / 1000n) - performance.now() * 1000;
+    return `${Math.round(gap.fromMs * 1000 + offsetUs)}..${Math.round(gap.toMs * 1000 + offsetUs)} µs`;
+  };
+  for (const warmUp of WARM_UPS) await runScenario(warmUp, port, probe);
+  // With --expose-gc: start from a collected heap, so the start-up's garbage is not collected inside the first row.
+  (globalThis as { gc?: () => void }).gc?.();
+  await new Promise((r) => setTimeout(r, 1000));
   for (const scenario of SCENARIOS) {
     if (only !== undefined && !scenario.name.includes(only)) continue;
-    const r = await runScenario(scenario, port, probe);
-    console.log(
-      `| ${scenario.name} | ${r.status} | ${(r.bodyBytes / MiB).toFixed(1)} | ${(r.responseBytes / MiB).toFixed(2)} | ${r.stall.ms.toFixed(1)} | ${r.stall.runMs.toFixed(1)} / ${r.stall.waitMs.toFixed(1)} | ${r.stall.maxRunMs.toFixed(1)} | ${(r.wallMs / 1000).toFixed(2)} |`,
-    );
+    if (skip !== undefined && scenario.name.includes(skip)) continue;
+    const busiestRuns: number[] = [];
+    for (let run = 0; run < repeat; run++) {
+      const r = await runScenario(scenario, port, probe);
+      const { longest, busiest } = r.stall;
+      busiestRuns.push(busiest.runMs);
+      console.log(
+        `| ${scenario.name} | ${r.status} | ${(r.bodyBytes / MiB).toFixed(1)} | ${(r.responseBytes / MiB).toFixed(2)} | ${longest.ms.toFixed(1)} | ${longest.runMs.toFixed(1)} / ${longest.waitMs.toFixed(1)} / ${longest.gcMs.toFixed(1)} | ${busiest.runMs.toFixed(1)} | ${busiest.gcMs.toFixed(1)} | ${(r.wallMs / 1000).toFixed(2)} |`,
+      );
+      if (gapTimes) console.log(`  longest gap ${onProfileClock(longest)}, busiest gap ${onProfileClock(busiest)}`);
+    }
+    if (repeat > 1) {
+      const sorted = busiestRuns.sort((a, b) => a - b);
+      console.log(`|   ${scenario.name}: longest run between two ticks over ${repeat} runs, median (min-max) | | | | | | ${(sorted[Math.floor(repeat / 2)] as number).toFixed(1)} (${(sorted[0] as number).toFixed(1)}-${(sorted[repeat - 1] as number).toFixed(1)}) | | |`);
+    }
   }
   if (only === undefined || 'tool-call parser'.includes(only)) {
-    const ms = toolCallParserMs(256 * 1024, 4);
-    console.log(`| tool-call parser, a 256 KiB call in 4-char pieces (no HTTP) | — | — | — | ${ms.toFixed(1)} (all of it) | — | — | ${(ms / 1000).toFixed(2)} |`);
+    // In the server each piece is one token's text, pushed as it is sampled: the longest push is the stall.
+    const { totalMs, longestPieceMs } = toolCallParserMs(256 * 1024, 4);
+    console.log(`| tool-call parser, a 256 KiB call in 4-char pieces (no HTTP) | — | — | — | ${totalMs.toFixed(1)} (all 65,563 pieces) | — | ${longestPieceMs.toFixed(1)} (one piece) | — | ${(totalMs / 1000).toFixed(2)} |`);
   }
   console.log(`load average at end: ${loadAverage()}`);
   probe.stop();

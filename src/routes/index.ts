@@ -2,6 +2,7 @@
 import type { FastifyInstance } from 'fastify';
 import chatCompletionsRoute from './chat-completions/index.ts';
 import chatPageRoute from './chat-page/index.ts';
+import { useSerializerSchemas } from './common/serializer-schemas.ts';
 import completionsRoute from './completions/index.ts';
 import detokenizeRoute from './detokenize/index.ts';
 import healthRoute from './health/index.ts';
@@ -13,6 +14,7 @@ import tokenizeRoute from './tokenize/index.ts';
 import versionRoute from './version/index.ts';
 
 export async function registerRoutes(app: FastifyInstance): Promise<void> {
+  useSerializerSchemas(app); // response schemas the serializer writes without Ajv checks
   await app.register(chatCompletionsRoute);
   await app.register(completionsRoute);
   await app.register(modelsRoute);

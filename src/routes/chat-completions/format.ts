@@ -90,6 +90,16 @@ export async function chatCompletion(events: AsyncIterable<GenerationEvent>, ctx
   return responseObject(ctx, 'chat.completion', choices, usage.toJSON());
 }
 
+/** About how many JSON values `answer` holds: per logprob entry its token, logprob, bytes and theirs of each alternative. */
+export function chatCompletionValues(answer: ChatCompletionResponse): number {
+  let values = 0;
+  for (const c of answer.choices) {
+    values += (c.message.content?.length ?? 0) / 64 + (c.message.reasoning_content?.length ?? 0) / 64;
+    for (const e of c.logprobs?.content ?? []) values += 3 * (1 + e.top_logprobs.length);
+  }
+  return values;
+}
+
 /** The chunk objects of a streamed chat completion, in order. */
 export async function* chatChunks(events: AsyncIterable<GenerationEvent>, ctx: ChatFormatContext, opts: StreamOptions): AsyncGenerator<object> {
   const usage = new UsageCounter(ctx.promptTokens);

@@ -2,7 +2,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { replyWithGeneration } from '../common/generation-reply.ts';
 import type { DerivedPrompt } from '../common/prompt-context.ts';
-import { chatChunks, chatCompletion } from './format.ts';
+import { chatChunks, chatCompletion, chatCompletionValues } from './format.ts';
 import { prepareChat } from './prepare.ts';
 import { ChatCompletionRequest, ChatCompletionResponse } from './schema.ts';
 
@@ -12,6 +12,7 @@ const chatCompletionsRoute: FastifyPluginAsyncTypebox = async (app) => {
     const prepared = await prepareChat(app, request.body, request.admissionTicket, request.derivedBody as DerivedPrompt | null);
     return replyWithGeneration(app, request, reply, prepared, {
       whole: (events) => chatCompletion(events, prepared.format),
+      values: chatCompletionValues,
       chunks: (events) => chatChunks(events, prepared.format, prepared.streamOptions),
     });
   });

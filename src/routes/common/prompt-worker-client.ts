@@ -1,8 +1,9 @@
 // PromptWorker: the HTTP thread's handle of the prompt worker (./prompt-worker.ts), the thread that
 // does a request's bulk work so the HTTP thread never holds a large body or renders a long prompt:
 //
-//   large bodies (json-body.ts hands them over as they arrive): every chunk is copied into the worker as
-//   it comes (≤ 64 KiB a turn of the event loop); the worker joins and parses the body, validates it,
+//   large bodies (json-body.ts hands them over as they arrive): every chunk is copied into a ring in
+//   shared memory (./body-ring.ts; a copy of its own when the ring is full) and posted as it comes; the
+//   worker decodes it from there, then joins and parses the body, validates it,
 //   makes the prompt (./body-pipelines.ts) and answers with a lean body plus the prompt's ids in a
 //   SharedArrayBuffer, which reaches the engine's worker without another copy;
 //   heavy small bodies (a chat of many messages or tools): the parsed body is cloned in and the prompt
@@ -22,6 +23,7 @@ import type { ChatAssets, LargeBodyParser, LargeBodySession, ParsedLargeBody } f
 import type { RememberedReply, ReplyIdsCache } from '../chat-completions/reply-ids.ts';
 import type { ChatCompletionRequest } from '../chat-completions/schema.ts';
 import { BODY_ROUTES, type BodyRoute, type PipelineResult } from './body-pipelines.ts';
+import { BodyRing, type RingRegion } from './body-ring.ts';
 import { fromWireApiError, type Derived, type PreparedPrompt, type WireApiError } from './prompt-context.ts';
 
 /** What the worker needs to start: the checkpoint's tokenizer and chat template, the server's limits. */
@@ -31,8 +33,15 @@ export interface PromptWorkerInit {
   readonly serverConfig: ServerConfig;
 }
 
+/** What the worker is started with: the init and the ring large bodies' bytes come through. */
+export interface PromptWorkerData extends PromptWorkerInit {
+  readonly bodyRing: SharedArrayBuffer;
+}
+
 export type ToPromptWorker =
   | { readonly type: 'open'; readonly job: number; readonly route: BodyRoute }
+  /** The next bytes of a body: in the ring (give the regions back once read), or a copy of their own. */
+  | { readonly type: 'chunk'; readonly job: number; readonly regions: readonly RingRegion[] }
   | { readonly type: 'chunk'; readonly job: number; readonly bytes: Uint8Array }
   | { readonly type: 'end'; readonly job: number; readonly modelVocabSize: number | null }
   | { readonly type: 'abort'; readonly job: number }
@@ -61,6 +70,8 @@ interface Pending {
 
 export class PromptWorker implements LargeBodyParser {
   private worker: Worker | null = null;
+  /** The current worker's ring (a new worker gets a new one). */
+  private ring: BodyRing | null = null;
   private nextJob = 0;
   private readonly pending = new Map<number, Pending>();
   /** Large bodies handed over so far, by route (for tests and logs). */
@@ -87,7 +98,12 @@ export class PromptWorker implements LargeBodyParser {
     return {
       push: (chunk: Buffer) => {
         if (!open) return;
-        // A copy of its own: a socket's chunk may be a view into a buffer it reuses.
+        // Copied either way: a socket's chunk may be a view into a buffer it reuses.
+        const regions = this.ring?.write(chunk) ?? null;
+        if (regions !== null) {
+          this.post({ type: 'chunk', job, regions });
+          return;
+        }
         const bytes = new Uint8Array(chunk);
         this.post({ type: 'chunk', job, bytes }, [bytes.buffer]);
       },
@@ -121,6 +137,7 @@ export class PromptWorker implements LargeBodyParser {
   async close(): Promise<void> {
     const worker = this.worker;
     this.worker = null;
+    this.ring = null;
     this.failAll(new Error('the prompt worker was closed'));
     await worker?.terminate();
   }
@@ -159,7 +176,9 @@ export class PromptWorker implements LargeBodyParser {
   }
 
   private start(): Worker {
-    const worker = spawnTsWorker(new URL('./prompt-worker.ts', import.meta.url), { workerData: this.init });
+    const ring = new BodyRing();
+    const workerData: PromptWorkerData = { ...this.init, bodyRing: ring.buffer };
+    const worker = spawnTsWorker(new URL('./prompt-worker.ts', import.meta.url), { workerData });
     worker.unref();
     worker.on('message', (answer: PromptWorkerAnswer) => {
       if (answer.kind !== 'replies') this.settle(answer.job, answer);
@@ -168,12 +187,14 @@ export class PromptWorker implements LargeBodyParser {
     const lost = (why: string): void => {
       if (this.worker !== worker) return;
       this.worker = null; // the next job starts a fresh one
+      this.ring = null;
       this.log(new Error(why), 'prompt worker lost');
       this.failAll(new InternalError());
     };
     worker.on('error', (err) => lost(`prompt worker crashed: ${err.message}`));
     worker.on('exit', (code) => lost(`prompt worker exited (code ${code})`));
     this.worker = worker;
+    this.ring = ring;
     return worker;
   }
 

@@ -1,6 +1,7 @@
 // The prompt worker (worker_threads entry; client and protocol: ./prompt-worker-client.ts). Holds its
 // own tokenizer, the chat template and the server's limits, and does for a request what the HTTP
-// thread would otherwise do in one long block: join a large body's chunks, check its UTF-8, parse it,
+// thread would otherwise do in one long block: read a large body's chunks (from the shared ring,
+// ./body-ring.ts, or as copies), check its UTF-8, join and parse it,
 // validate it and make its prompt (./body-pipelines.ts), or make the prompt of a heavy chat. Prompt ids
 // go back in a SharedArrayBuffer, so the HTTP thread and the engine's worker read them without a copy.
 // Remembered chat replies live on the HTTP thread: a job's chat prompt asks for them by content key.
@@ -11,11 +12,14 @@ import type { TokenizerPort } from '../../server/ports.ts';
 import { contentKey, type RememberedReplies, type RememberedReply } from '../chat-completions/reply-ids.ts';
 import { deriveOf, runPipeline, type BodyRoute, type PipelineResult } from './body-pipelines.ts';
 import type { Derived, PromptContext } from './prompt-context.ts';
-import type { PromptWorkerAnswer, PromptWorkerInit, ToPromptWorker } from './prompt-worker-client.ts';
+import { BodyRing } from './body-ring.ts';
+import type { PromptWorkerAnswer, PromptWorkerData, ToPromptWorker } from './prompt-worker-client.ts';
 
 const port = parentPort;
 if (port === null) throw new Error('prompt-worker.ts must run in a worker thread');
-const init = workerData as PromptWorkerInit;
+const init = workerData as PromptWorkerData;
+const ring = new BodyRing(init.bodyRing);
+ring.prepare(); // the page faults happen here, not on the HTTP thread
 
 const context: Promise<PromptContext> = TextTokenizer.load(init.modelDir).then((tok) => {
   // This is already off the HTTP thread: long text is encoded here, not handed to yet another worker.
@@ -123,7 +127,18 @@ async function handle(msg: ToPromptWorker): Promise<void> {
       return;
     case 'chunk': {
       const body = bodies.get(msg.job);
-      if (body !== undefined) decodeInto(body, msg.bytes);
+      if ('bytes' in msg) {
+        if (body !== undefined) decodeInto(body, msg.bytes);
+        return;
+      }
+      // Every region goes back to the ring, whether the body is still wanted or not.
+      for (const region of msg.regions) {
+        try {
+          if (body !== undefined) decodeInto(body, ring.view(region));
+        } finally {
+          ring.release(region);
+        }
+      }
       return;
     }
     case 'abort':

@@ -88,6 +88,13 @@ export async function completion(events: AsyncIterable<GenerationEvent>, ctx: Co
   return responseObject(ctx, 'text_completion', out, usage.toJSON());
 }
 
+/** About how many JSON values `answer` holds: per token of a logprobs block its text, logprob, offset and alternatives. */
+export function completionValues(answer: CompletionResponse, ctx: CompletionFormatContext): number {
+  let values = 0;
+  for (const c of answer.choices) values += c.text.length / 64 + (c.logprobs?.tokens.length ?? 0) * (3 + (ctx.logprobs ?? 0));
+  return values;
+}
+
 export async function* completionChunks(events: AsyncIterable<GenerationEvent>, ctx: CompletionFormatContext, opts: StreamOptions): AsyncGenerator<object> {
   const usage = new UsageCounter(ctx.promptTokenIds.length);
   const choices = Array.from({ length: ctx.n }, () => new ChoiceState());

@@ -2,7 +2,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { replyWithGeneration } from '../common/generation-reply.ts';
 import type { DerivedPrompt } from '../common/prompt-context.ts';
-import { completion, completionChunks } from './format.ts';
+import { completion, completionChunks, completionValues } from './format.ts';
 import { prepareCompletion } from './prepare.ts';
 import { CompletionRequest, CompletionResponse } from './schema.ts';
 
@@ -12,6 +12,7 @@ const completionsRoute: FastifyPluginAsyncTypebox = async (app) => {
     const prepared = await prepareCompletion(app, request.body, request.admissionTicket, request.derivedBody as DerivedPrompt | null);
     return replyWithGeneration(app, request, reply, prepared, {
       whole: (events) => completion(events, prepared.format),
+      values: (answer) => completionValues(answer, prepared.format),
       chunks: (events) => completionChunks(events, prepared.format, prepared.streamOptions),
     });
   });
