@@ -19,6 +19,7 @@ import { describeSpikingBrain2, formatSpikingBrain2Report } from './spikingbrain
 import { parseSpikingBrain2Config } from './spikingbrain2-config.ts';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { formatCount, layerList } from './inspect-format.ts';
 
 export interface WeightsReport {
   readonly files: number;
@@ -141,17 +142,6 @@ export function formatBytes(bytes: number): string {
     u++;
   }
   return u === 0 ? `${bytes} B` : `${v.toFixed(2)} ${units[u]}`;
-}
-
-function formatCount(n: number): string {
-  const grouped = n.toLocaleString('en-US');
-  if (n >= 1e9) return `${grouped} (${(n / 1e9).toFixed(2)} B)`;
-  if (n >= 1e6) return `${grouped} (${(n / 1e6).toFixed(2)} M)`;
-  return grouped;
-}
-
-function layerList(layers: readonly number[]): string {
-  return layers.length === 0 ? 'none' : `${layers.length}: ${layers.join(', ')}`;
 }
 
 /** Context lengths of the per-sequence memory table. */

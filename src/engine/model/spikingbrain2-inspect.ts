@@ -17,6 +17,7 @@ import {
   type SpikingBrain2Config,
 } from './spikingbrain2-config.ts';
 import { countSpikingBrain2Parameters, SPB2_LM_HEAD, spikingBrain2TensorSpecs } from './spikingbrain2-tensors.ts';
+import { formatCount, layerList } from './inspect-format.ts';
 
 export interface Spb2WeightsReport {
   readonly files: number;
@@ -92,17 +93,6 @@ export function describeSpikingBrain2(dir: string, config: SpikingBrain2Config):
     kvBytesPerToken: growingKvBytesPerToken(config),
     weights: counted?.report ?? null,
   };
-}
-
-function formatCount(n: number): string {
-  const grouped = n.toLocaleString('en-US');
-  if (n >= 1e9) return `${grouped} (${(n / 1e9).toFixed(2)} B)`;
-  if (n >= 1e6) return `${grouped} (${(n / 1e6).toFixed(2)} M)`;
-  return grouped;
-}
-
-function layerList(layers: readonly number[]): string {
-  return layers.length === 0 ? 'none' : `${layers.length}: ${layers.join(', ')}`;
 }
 
 const TABLE_CONTEXTS = [4096, 32768, 131072, 524288];
