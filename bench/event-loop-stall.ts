@@ -42,10 +42,11 @@
 //   and those copies count as external memory until a GC, which then runs a full mark-compact of the
 //   ~20-30 MiB heap (30-100 ms); (6) the tool-call parser joins 65,536 pieces when the call closes.
 //   After (schemas without unions, answers in slices, shared-memory body ring, amortized joins):
-//   128 tools ≤ 15 ms (spot run: 103 → 14 ms running); /detokenize ≤ 20 ms (spot run: 148 → 22);
-//   /tokenize ≤ 15 ms; echo + logprobs ≥ 30 ms left, all of it the engine message's deserialization
-//   (spot run: 237 → 57); large bodies ≤ 20 ms running outside GC, GC pauses less frequent but not gone
-//   (Node's own socket buffers remain); tool-call parser's longest piece ~30 → ≤ 5 ms.
+//   128 tools ≤ 15 ms (spot runs, cold, longest run between two ticks: 57 → 14 ms); /detokenize
+//   ≤ 20 ms (spot: 44 → 22); /tokenize ≤ 15 ms; echo + logprobs ≥ 30 ms left, all of it the engine
+//   message's deserialization (spot: 159 → 57); large bodies ≤ 20 ms running outside GC, GC pauses
+//   less frequent but not gone (Node's own socket buffers remain); tool-call parser's longest piece
+//   ~30 → ≤ 5 ms. Measured: bench/README.md, last section.
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';

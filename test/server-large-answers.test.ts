@@ -9,14 +9,14 @@ import fc from 'fast-check';
 import Fastify, { type RouteOptions } from 'fastify';
 import type { TSchema } from 'typebox';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TextTokenizer } from '../src/engine/tokenizer.ts';
 import { ChatCompletionResponse } from '../src/routes/chat-completions/schema.ts';
 import { jsonSlices, SLICE_CHARS, stringJsonPieces } from '../src/routes/common/json-slices.ts';
 import { appendLegacy, emptyLegacyLogprobs, TokenText } from '../src/routes/common/logprobs.ts';
 import { serializerSchema } from '../src/routes/common/serializer-schemas.ts';
 import { CompletionResponse } from '../src/routes/completions/schema.ts';
 import type { EnginePort, TokenizerPort } from '../src/server/ports.ts';
-import { buildTestApp, startTestServer, type TestServer } from './helpers/server.ts';
-import { TextTokenizer } from '../src/engine/tokenizer.ts';
+import { buildTestApp, startTestServer, testModelDir, type TestServer } from './helpers/server.ts';
 
 type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -80,7 +80,7 @@ describe('legacy logprob records', () => {
 
 describe('response schemas for the serializer', () => {
   it('no route keeps a union in a response schema', async () => {
-    const tokenizer = await TextTokenizer.load((await import('./helpers/server.ts')).testModelDir());
+    const tokenizer = await TextTokenizer.load(testModelDir());
     const never = new Promise<EnginePort>(() => undefined);
     const { app } = await buildTestApp(never, tokenizer);
     const routes: RouteOptions[] = [];
