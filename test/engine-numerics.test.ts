@@ -12,6 +12,7 @@ import { Model } from '../src/engine/model/model.ts';
 import { decodeBatch, newSequence, prefill, stepSequences } from '../src/engine/model/sequence.ts';
 import { makeRandomTinyCheckpoint, type TinyCheckpointOptions } from './helpers/checkpoint-writer.ts';
 import { referenceForward } from './helpers/reference-forward.ts';
+import { maxAbs32, maxAbsDiff, prompt } from './helpers/numerics.ts';
 
 const TOL = 1e-4;
 const W = 8;
@@ -24,27 +25,6 @@ beforeAll(() => {
 afterAll(() => {
   rmSync(root, { recursive: true, force: true });
 });
-
-function prompt(n: number, vocab: number, salt = 0): number[] {
-  return Array.from({ length: n }, (_, i) => (i * 37 + 11 + salt * 13) % vocab);
-}
-
-/** Max |a − b| over all entries; `b` is one Float64Array per position, `a` row-major [n, V]. */
-function maxAbsDiff(a: Float32Array, b: readonly Float64Array[], V: number): number {
-  expect(a.length).toBe(b.length * V);
-  let m = 0;
-  b.forEach((row, t) => {
-    for (let v = 0; v < V; v++) m = Math.max(m, Math.abs((a[t * V + v] as number) - (row[v] as number)));
-  });
-  return m;
-}
-
-function maxAbs32(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs((a[i] as number) - (b[i] as number)));
-  return m;
-}
 
 let caseNo = 0;
 async function loadCase(opts: TinyCheckpointOptions, fusedOps: boolean, decodeGraph = false) {

@@ -12,6 +12,7 @@ import { Model } from '../src/engine/model/model.ts';
 import { decodeBatch, newSequence, prefill, stepSequences, type Sequence } from '../src/engine/model/sequence.ts';
 import { makeRandomTinyCheckpoint, type TinyCheckpointOptions } from './helpers/checkpoint-writer.ts';
 import { qwen3_5ReferenceForward } from './helpers/reference-qwen3_5.ts';
+import { copySequence, maxAbs32, maxAbsDiff as maxAbsDiffV, prompt as promptIds } from './helpers/numerics.ts';
 
 const TOL = 1e-4;
 const V = 96;
@@ -28,25 +29,9 @@ afterAll(() => {
   rmSync(root, { recursive: true, force: true });
 });
 
-function prompt(n: number, salt = 0): number[] {
-  return Array.from({ length: n }, (_, i) => (i * 37 + 11 + salt * 13) % V);
-}
+const prompt = (n: number, salt = 0): number[] => promptIds(n, V, salt);
 
-function maxAbsDiff(a: Float32Array, b: readonly Float64Array[]): number {
-  expect(a.length).toBe(b.length * V);
-  let m = 0;
-  b.forEach((row, t) => {
-    for (let v = 0; v < V; v++) m = Math.max(m, Math.abs((a[t * V + v] as number) - (row[v] as number)));
-  });
-  return m;
-}
-
-function maxAbs32(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs((a[i] as number) - (b[i] as number)));
-  return m;
-}
+const maxAbsDiff = (a: Float32Array, b: readonly Float64Array[]): number => maxAbsDiffV(a, b, V);
 
 let caseNo = 0;
 /** decodeGraph: one-token runs of ≤ 4 rows go to a second session on the decode graph (T = 1; RoPE tables and masks from JS). */
@@ -56,17 +41,6 @@ async function loadCase(opts: TinyCheckpointOptions, fusedOps: boolean, decodeGr
   const ckpt = openCheckpoint(dir);
   const model = await Model.load(ckpt, { cacheDir: join(root, 'models'), fusedOps, intraOpThreads: 1, ...(decodeGraph ? { decodeIntraOpThreads: 1 } : {}) });
   return { ckpt, model };
-}
-
-/** A new Sequence holding a copy of `s` (states, keys, values): resuming from a snapshot. */
-function copySequence(model: Model, s: Sequence): Sequence {
-  const copy = newSequence(model);
-  copy.numTokens = s.numTokens;
-  copy.states = s.states.map((x) => x.slice());
-  copy.keys = s.keys.map((x) => x.slice());
-  copy.values = s.values.map((x) => x.slice());
-  copy.keptPositions = s.keptPositions.slice();
-  return copy;
 }
 
 const CASES: { name: string; opts: TinyCheckpointOptions }[] = [

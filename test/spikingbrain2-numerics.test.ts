@@ -20,6 +20,7 @@ import { DataType, encodeModel } from '../src/engine/model/onnx/proto.ts';
 import { openSafetensorsDir, readSafetensorsEntry } from '../src/engine/model/safetensors.ts';
 import { encodeSafetensors, f32ToBf16Bits } from './helpers/checkpoint-writer.ts';
 import { openSpikingBrain2Dir, SpikingBrain2Reference } from './helpers/reference-spikingbrain2.ts';
+import { copySequence, maxAbs32, maxAbsDiff, prompt } from './helpers/numerics.ts';
 
 const TOL = 1e-4;
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'spikingbrain2-crosscheck');
@@ -33,26 +34,6 @@ beforeAll(() => {
 afterAll(() => {
   rmSync(root, { recursive: true, force: true });
 });
-
-function prompt(n: number, vocab: number, salt = 0): number[] {
-  return Array.from({ length: n }, (_, i) => (i * 37 + 11 + salt * 13) % vocab);
-}
-
-function maxAbsDiff(a: Float32Array, b: readonly Float64Array[], V: number): number {
-  expect(a.length).toBe(b.length * V);
-  let m = 0;
-  b.forEach((row, t) => {
-    for (let v = 0; v < V; v++) m = Math.max(m, Math.abs((a[t * V + v] as number) - (row[v] as number)));
-  });
-  return m;
-}
-
-function maxAbs32(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs((a[i] as number) - (b[i] as number)));
-  return m;
-}
 
 /** A copy of a fixture with every float32 tensor stored as bf16 (the reference reads the same rounded values). */
 function bf16Copy(name: string): string {
@@ -75,17 +56,6 @@ async function loadCase(dir: string, fusedOps: boolean, decodeGraph = false) {
   const model = await Model.load(ckpt, { cacheDir: join(root, `models-${caseNo++}`), fusedOps, intraOpThreads: 1, ...(decodeGraph ? { decodeIntraOpThreads: 1 } : {}) });
   const weights = openSpikingBrain2Dir(dir);
   return { ckpt, model, weights };
-}
-
-/** A new Sequence holding a copy of `s` (states, keys, values): resuming from a snapshot. */
-function copySequence(model: Model, s: Sequence): Sequence {
-  const copy = newSequence(model);
-  copy.numTokens = s.numTokens;
-  copy.states = s.states.map((x) => x.slice());
-  copy.keys = s.keys.map((x) => x.slice());
-  copy.values = s.values.map((x) => x.slice());
-  copy.keptPositions = s.keptPositions.slice();
-  return copy;
 }
 
 const CHECKPOINTS = [
