@@ -24,7 +24,7 @@ from train import load_pieces
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
-SPEC = os.path.join(ROOT, "..", "shared", "spec", "spikingbrain-7b", "tokenizer_config.json")
+SPEC = os.path.join(ROOT, "test", "fixtures", "spikingbrain-7b", "tokenizer_config.json")
 
 CHAT_WORDS = ["harbor", "bread", "river", "mountain", "candle", "horse", "winter", "garden", "king", "bridge",
               "doctor", "island", "library", "knife", "thunder", "apple", "teacher", "ocean", "lamp", "wheat",
