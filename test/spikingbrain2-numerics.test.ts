@@ -125,7 +125,14 @@ describe.each([
       for (let start = 0; start < PROMPT; start += chunk) {
         all.set(await stepSequences(model, [seq], [ids.slice(start, start + chunk)], true), start * V);
         expect(seq.stateBytes).toBe(model.stateBytesPerSequence);
+        // The window layers keep their own past of the last W positions; MoBA and full layers every one.
+        expect(seq.windowKeptTokens).toBe(Math.min(model.config.slidingWindow!, seq.numTokens));
+        expect(seq.keptTokens).toBe(seq.numTokens);
       }
+      const perToken = 2 * model.config.numKvHeads * model.config.headDim * 4;
+      const windowLayers = model.windowLayers.filter((w) => w).length;
+      expect(model.hasWindowPast).toBe(true);
+      expect(seq.kvBytes).toBe(perToken * (windowLayers * model.config.slidingWindow! + (model.attentionLayers.length - windowLayers) * PROMPT));
       expect(maxAbs32(all, oneShot)).toBeLessThan(TOL);
     });
 

@@ -8,7 +8,7 @@
 // full gather's result at every step, also across a replacement of its (shrunk) scratch buffers.
 import { describe, expect, it } from 'vitest';
 import { EngineCore } from '../src/engine/engine-core.ts';
-import { parseModelConfig, type ModelConfig } from '../src/engine/model/config.ts';
+import { hasWindowPast, isWindowKind, parseModelConfig, type ModelConfig } from '../src/engine/model/config.ts';
 import type { ForwardInput, ForwardOutput } from '../src/engine/model/forward.ts';
 import { attentionLayerIndices, stateTensorSpecs } from '../src/engine/model/layer-plan.ts';
 import { RequestState } from '../src/engine/request-state.ts';
@@ -44,35 +44,53 @@ class CheckingModel {
     }
   }
 
+  /** Largest window past seen (models with a window and a growing KV group). */
+  maxWindowPastTokens = 0;
+
   private check(input: ForwardInput): ForwardOutput {
-    const { batchSize: B, chunkTokens: T, pastTokens: P } = input;
+    const { batchSize: B, chunkTokens: T } = input;
     const { numKvHeads: Hkv, headDim: d, vocabSize: V } = this.config;
-    const W = this.config.slidingWindow;
     const layers = attentionLayerIndices(this.config);
     if (T === 1) this.decodeRuns++;
-    for (let b = 0; b < B; b++) {
-      const start = input.positions[b * T]!;
-      const lo = W === null ? 0 : Math.max(0, start - W);
-      const seen = new Set<number>();
-      for (let j = 0; j < P; j++) {
-        const pos = input.pastPositions[b * P + j]!;
-        if (pos < 0) continue;
-        expect(pos, `row ${b} slot ${j}: position outside the window`).toBeGreaterThanOrEqual(lo);
-        expect(pos, `row ${b} slot ${j}: a future position`).toBeLessThan(start);
-        expect(seen.has(pos), `row ${b}: position ${pos} twice`).toBe(false);
-        seen.add(pos);
-        const token = streamToken(pos, V);
-        layers.forEach((layer, a) => {
-          for (let h = 0; h < Hkv; h++) {
-            for (let c = 0; c < d; c += d - 1) {
-              const at = ((b * Hkv + h) * P + j) * d + c;
-              expect(input.pastKeys[a]![at], `row ${b} position ${pos} key`).toBe(Math.fround(kvValue(pos, token, layer, 0, h, c)));
-              expect(input.pastValues[a]![at], `row ${b} position ${pos} value`).toBe(Math.fround(kvValue(pos, token, layer, 1, h, c)));
+    // The pasts of the run: one for every attention layer, or the window layers' own beside the
+    // growing layers' (each with the window its positions must keep: null = all of them).
+    const split = hasWindowPast(this.config);
+    expect(input.windowPast !== undefined, 'a window past exactly when the model has window and growing layers').toBe(split);
+    const isWindow = (a: number): boolean => isWindowKind(this.config.layerKinds[layers[a]!]!);
+    const pasts = [
+      { P: input.pastTokens, positions: input.pastPositions, W: split ? null : this.config.slidingWindow, ordinals: layers.flatMap((_, a) => (split && isWindow(a) ? [] : [a])) },
+      ...(input.windowPast === undefined
+        ? []
+        : [{ P: input.windowPast.pastTokens, positions: input.windowPast.pastPositions, W: this.config.slidingWindow, ordinals: layers.flatMap((_, a) => (isWindow(a) ? [a] : [])) }]),
+    ];
+    if (input.windowPast !== undefined) this.maxWindowPastTokens = Math.max(this.maxWindowPastTokens, input.windowPast.pastTokens);
+    for (const { P, positions, W, ordinals } of pasts) {
+      for (const a of ordinals) expect(input.pastKeys[a]!.length, `layer ${layers[a]}: past keys of ${P} slots`).toBe(B * Hkv * P * d);
+      for (let b = 0; b < B; b++) {
+        const start = input.positions[b * T]!;
+        const lo = W === null ? 0 : Math.max(0, start - W);
+        const seen = new Set<number>();
+        for (let j = 0; j < P; j++) {
+          const pos = positions[b * P + j]!;
+          if (pos < 0) continue;
+          expect(pos, `row ${b} slot ${j}: position outside the window`).toBeGreaterThanOrEqual(lo);
+          expect(pos, `row ${b} slot ${j}: a future position`).toBeLessThan(start);
+          expect(seen.has(pos), `row ${b}: position ${pos} twice`).toBe(false);
+          seen.add(pos);
+          const token = streamToken(pos, V);
+          for (const a of ordinals) {
+            const layer = layers[a]!;
+            for (let h = 0; h < Hkv; h++) {
+              for (let c = 0; c < d; c += d - 1) {
+                const at = ((b * Hkv + h) * P + j) * d + c;
+                expect(input.pastKeys[a]![at], `row ${b} position ${pos} key`).toBe(Math.fround(kvValue(pos, token, layer, 0, h, c)));
+                expect(input.pastValues[a]![at], `row ${b} position ${pos} value`).toBe(Math.fround(kvValue(pos, token, layer, 1, h, c)));
+              }
             }
           }
-        });
+        }
+        expect(seen.size, `row ${b} at ${start}: every position of the window`).toBe(start - lo);
       }
-      expect(seen.size, `row ${b} at ${start}: every position of the window`).toBe(start - lo);
     }
     // Keys/values of the new tokens; logits that make greedy sampling continue the stream.
     const presentKeys = layers.map(() => new Float32Array(B * Hkv * T * d));
@@ -103,10 +121,13 @@ class CheckingModel {
 
 describe('step runner: the past of every run', () => {
   it.each([
-    { name: 'sliding window W = 8, pages of 4 tokens', window: 8 },
-    { name: 'full attention, pages of 4 tokens', window: null },
-  ])('$name: prefills, changing decode batches and snapshot restores see exactly their window', async ({ window }) => {
-    const config = parseModelConfig(tinyRawConfig({ numLayers: 4, attnLayers: [1, 3], slidingWindow: window, vocabSize: 64, headDim: 8 }));
+    { name: 'sliding window W = 8, pages of 4 tokens', window: 8, mixed: false },
+    { name: 'full attention, pages of 4 tokens', window: null, mixed: false },
+    { name: 'window (W = 8) and full layers, each with its own past, pages of 4 tokens', window: 8, mixed: true },
+  ])('$name: prefills, changing decode batches and snapshot restores see exactly their window', async ({ window, mixed }) => {
+    const parsed = parseModelConfig(tinyRawConfig({ numLayers: 4, attnLayers: [1, 3], slidingWindow: window, vocabSize: 64, headDim: 8 }));
+    // Two KV groups, as SpikingBrain 2.0 has (its window and MoBA/full layers): layer 1 keeps a window, layer 3 every position.
+    const config: ModelConfig = mixed ? { ...parsed, layerKinds: ['gla', 'swa', 'gla', 'full'] } : parsed;
     const model = new CheckingModel(config);
     const events: TokenEvent[] = [];
     const core = new EngineCore(model, config, { pageTokens: 4, prefillChunkTokens: 8, maxBatchedTokens: 16, maxNumSeqs: 6 }, (_, e) => events.push(e));
@@ -140,5 +161,11 @@ describe('step runner: the past of every run', () => {
     expect(model.decodeRuns).toBeGreaterThan(30);
     expect(events.filter((e) => e.type === 'done' && e.cachedTokens > 0).length).toBeGreaterThan(0);
     expect(stateTensorSpecs(config).length).toBe(2);
+    // The window layers' past stays about W (the pages that still hold [p0 − W, p0)), while prompts
+    // and decodes reach 700+ positions.
+    if (mixed) {
+      expect(model.maxWindowPastTokens).toBeGreaterThan(0);
+      expect(model.maxWindowPastTokens).toBeLessThanOrEqual((Math.ceil(8 / 4) + 1) * 4);
+    }
   });
 });

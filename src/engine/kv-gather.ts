@@ -17,17 +17,13 @@
 // the result is exactly a full gather's.
 //
 // Models with two KV groups (SpikingBrain 2.0: the hybrid layers' window group and the MoBA + full
-// layers' growing group) share one past per run: the slots are laid out by the growing group's block
-// table (slot k·P + j ↔ position (firstPage + k)·P + j, every position of the context), and a window
-// layer's buffers get, at the same slots, only the positions its own (window) pages still hold,
-// [p0 − W, p0). Its other slots keep stale finite values that the graph's window mask (kp ≥ qp − W)
-// never attends. pastPositions is then not window-masked (the growing layers read every position).
-// The cost: window layers attend over P = context slots instead of W (masked), and their gather
-// buffers are context-sized; a past per group in the graph I/O would remove both.
+// layers' growing group) gather one past per group, each laid out by its own
+// block table as above: the window layers read ~W + P slots, the growing layers the context
+// (ForwardInput.windowPast). Each group keeps its own record of what its rows hold.
 import type { BlockPool } from '../cache/block-pool.ts';
 import type { CacheManager } from '../cache/cache-manager.ts';
 import type { BlockTable } from '../cache/paged-kv.ts';
-import { isAttentionKind, type ModelConfig } from './model/config.ts';
+import { isAttentionKind, isWindowKind, type ModelConfig } from './model/config.ts';
 import type { ForwardOutput } from './model/forward.ts';
 import { f32Scratch, i32Scratch, type Scratch } from './scratch.ts';
 
@@ -37,10 +33,12 @@ export interface KvRow {
   readonly startPos: number;
 }
 
-/** The past of one run (ForwardInput's pastTokens, pastPositions, pastKeys, pastValues). */
+/** The past of one run (ForwardInput's pastTokens, pastPositions, windowPast, pastKeys, pastValues). */
 export interface GatheredPast {
   readonly pastTokens: number;
   readonly pastPositions: Int32Array;
+  /** Models with a window and a growing KV group: the window layers' own past. */
+  readonly windowPast?: { readonly pastTokens: number; readonly pastPositions: Int32Array };
   readonly keys: Float32Array[];
   readonly values: Float32Array[];
 }
@@ -54,9 +52,10 @@ function copyFloats(src: Float32Array, srcOff: number, dst: Float32Array, dstOff
   for (let i = 0; i < length; i++) dst[dstOff + i] = src[srcOff + i]!;
 }
 
-/** The gather buffers of one run, and the row being filled. */
+/** The gather buffers of one KV group for one run, and the row being filled. */
 interface GatherBuffers {
   readonly pastPositions: Int32Array;
+  /** Per attention layer of the group (GroupGather.layers order). */
   readonly keys: readonly Float32Array[];
   readonly values: readonly Float32Array[];
   /** Past slots per row. */
@@ -99,22 +98,35 @@ interface LayerHome {
   readonly layerInGroup: number;
 }
 
+/** One KV group's past for a run: its slots are laid out by the group's own block table. */
+class GroupGather {
+  readonly pastPositionBuf = i32Scratch();
+  /** What the gather buffers hold per row, at gatheredSlots (Pp) slots per row. */
+  readonly gathered: GatheredRow[] = [];
+  gatheredSlots = -1;
+  /** Σ `generation` of the group's buffers when they were last filled (a replacement drops their contents). */
+  gatheredGrowth = 0;
+
+  constructor(
+    readonly group: number,
+    /** W applied to past positions (a window group), or null (a growing group keeps every position). */
+    readonly window: number | null,
+    /** Attention-layer ordinals (ForwardInput.pastKeys indices) of the group's layers, in order. */
+    readonly layers: readonly number[],
+  ) {}
+}
+
 export class KvGather {
-  private readonly pastPositionBuf = i32Scratch();
   private readonly keyBufs: Scratch<Float32Array>[];
   private readonly valueBufs: Scratch<Float32Array>[];
-  /** What the gather buffers hold per row, at gatheredSlots (Pp) slots per row. */
-  private readonly gathered: GatheredRow[] = [];
-  private gatheredSlots = -1;
-  /** Σ `generation` of the gather buffers when they were last filled (a replacement drops their contents). */
-  private gatheredGrowth = 0;
   private readonly numAttnLayers: number;
   /** Per attention layer (in layer order): its group, pool and index in the group. */
   private readonly homes: readonly LayerHome[];
-  /** The group whose block table lays out the past slots: the growing one when there is one, else the only one. */
-  private readonly layoutGroup: number;
-  /** W applied to pastPositions: the layout group's window (null when it keeps every position). */
-  private readonly layoutWindow: number | null;
+  /** One per KV group (CacheManager.groups order). */
+  private readonly perGroup: readonly GroupGather[];
+  /** The group ForwardInput.pastPositions belongs to (the growing one when there is one), and the window group of a model with both. */
+  private readonly mainGroup: number;
+  private readonly windowGroup: number | null;
 
   constructor(
     private readonly config: ModelConfig,
@@ -123,11 +135,11 @@ export class KvGather {
     const groups = cache.groups;
     const full = groups.findIndex((g) => g.spec.kind === 'full');
     const window = groups.findIndex((g) => g.spec.kind === 'window');
-    this.layoutGroup = full >= 0 ? full : 0;
-    this.layoutWindow = full >= 0 ? null : config.slidingWindow;
+    this.mainGroup = full >= 0 ? full : 0;
+    this.windowGroup = full >= 0 && window >= 0 ? window : null;
     const seen = groups.map(() => 0);
     this.homes = config.layerKinds.filter(isAttentionKind).map((kind) => {
-      const group = kind === 'swa' || kind === 'sse_swa' ? window : full;
+      const group = isWindowKind(kind) ? window : full;
       const g = groups[group];
       if (g === undefined) throw new RangeError(`KvGather: no KV group for a ${kind} layer`);
       const layerInGroup = seen[group]!;
@@ -137,72 +149,89 @@ export class KvGather {
     groups.forEach((g, i) => {
       if (seen[i] !== g.spec.numLayers) throw new RangeError(`KvGather: KV group ${i} has ${g.spec.numLayers} layers, the model ${seen[i]}`);
     });
+    this.perGroup = groups.map(
+      (g, i) =>
+        new GroupGather(
+          i,
+          g.spec.kind === 'window' ? config.slidingWindow : null,
+          this.homes.flatMap((h, a) => (h.group === i ? [a] : [])),
+        ),
+    );
     this.numAttnLayers = this.homes.length;
     this.keyBufs = Array.from({ length: this.numAttnLayers }, f32Scratch);
     this.valueBufs = Array.from({ length: this.numAttnLayers }, f32Scratch);
   }
 
-  /** The past of each row for one run ([B, Pp] positions, [B, Hkv, Pp, d] keys and values per layer). */
+  /**
+   * The past of each row for one run: per KV group [B, Pp] positions and [B, Hkv, Pp, d] keys and
+   * values per layer of the group (Pp: that group's slots).
+   */
   gather(rows: readonly KvRow[]): GatheredPast {
+    if (this.numAttnLayers === 0) return { pastTokens: 0, pastPositions: new Int32Array(0), keys: [], values: [] };
+    const keys: Float32Array[] = new Array<Float32Array>(this.numAttnLayers);
+    const values: Float32Array[] = new Array<Float32Array>(this.numAttnLayers);
+    const pasts = this.perGroup.map((group) => this.gatherGroup(group, rows, keys, values));
+    const main = pasts[this.mainGroup]!;
+    const windowPast = this.windowGroup === null ? undefined : pasts[this.windowGroup];
+    return { ...main, ...(windowPast !== undefined ? { windowPast } : {}), keys, values };
+  }
+
+  /** Fills one group's buffers (and its layers' entries of keys/values); returns its slots and positions. */
+  private gatherGroup(group: GroupGather, rows: readonly KvRow[], keys: Float32Array[], values: Float32Array[]): { pastTokens: number; pastPositions: Int32Array } {
     const B = rows.length;
     const P = this.cache.pageTokens;
     const { numKvHeads: Hkv, headDim: d } = this.config;
-    if (this.numAttnLayers === 0) return { pastTokens: 0, pastPositions: this.pastPositionBuf.view(0), keys: [], values: [] };
-
-    // Past pages of each row: those that start before its first new position.
+    // Past pages of each row: those of its table that start before its first new position.
+    const tables: (BlockTable | undefined)[] = [];
     const pastPages: number[] = [];
     let maxPages = 0;
     for (const row of rows) {
-      const table = this.cache.tableOf(row.request.seqId, this.layoutGroup);
+      const table = this.cache.tableOf(row.request.seqId, group.group);
       const n = table === undefined ? 0 : Math.max(0, Math.min(table.pages.length, Math.ceil(row.startPos / P) - table.firstPage));
+      tables.push(table);
       pastPages.push(n);
       maxPages = Math.max(maxPages, n);
     }
     const Pp = maxPages * P;
     // Same lengths as the previous run's views whenever Pp and B are: the buffers keep their contents
     // (unless one was replaced: see Scratch).
-    const pastPositions = this.pastPositionBuf.view(B * Pp);
-    const keys: Float32Array[] = [];
-    const values: Float32Array[] = [];
-    for (let a = 0; a < this.numAttnLayers; a++) {
-      keys.push(this.keyBufs[a]!.view(B * Hkv * Pp * d));
-      values.push(this.valueBufs[a]!.view(B * Hkv * Pp * d));
+    const pastPositions = group.pastPositionBuf.view(B * Pp);
+    const groupKeys: Float32Array[] = [];
+    const groupValues: Float32Array[] = [];
+    for (const a of group.layers) {
+      groupKeys.push((keys[a] = this.keyBufs[a]!.view(B * Hkv * Pp * d)));
+      groupValues.push((values[a] = this.valueBufs[a]!.view(B * Hkv * Pp * d)));
     }
     // Rows sit at a stride of Pp slots: another Pp, or a replaced buffer, leaves nothing to build on.
-    const growth = this.gatherGrowth();
-    if (Pp !== this.gatheredSlots || growth !== this.gatheredGrowth) this.forget();
-    this.gatheredSlots = Pp;
-    this.gatheredGrowth = growth;
-    while (this.gathered.length < B) this.gathered.push(new GatheredRow());
+    let growth = group.pastPositionBuf.generation;
+    for (const a of group.layers) growth += this.keyBufs[a]!.generation + this.valueBufs[a]!.generation;
+    if (Pp !== group.gatheredSlots || growth !== group.gatheredGrowth) for (const row of group.gathered) row.valid = false;
+    group.gatheredSlots = Pp;
+    group.gatheredGrowth = growth;
+    while (group.gathered.length < B) group.gathered.push(new GatheredRow());
     for (let b = 0; b < B; b++) {
       const row = rows[b]!;
       const n = pastPages[b]!;
-      const table = this.cache.tableOf(row.request.seqId, this.layoutGroup);
-      const held = this.gathered[b]!;
-      const buffers = { pastPositions, keys, values, Pp, b };
-      if (table !== undefined && held.matches(row.request.seqId, row.startPos, table, n)) this.extendRow(buffers, row.request.seqId, table, held.startPos, row.startPos);
-      else this.gatherRow(buffers, row.request.seqId, table, n, row.startPos);
+      const table = tables[b];
+      const held = group.gathered[b]!;
+      const buffers = { pastPositions, keys: groupKeys, values: groupValues, Pp, b };
+      if (table !== undefined && held.matches(row.request.seqId, row.startPos, table, n)) this.extendRow(group, buffers, row.request.seqId, table, held.startPos, row.startPos);
+      else this.gatherRow(group, buffers, table, n, row.startPos);
       held.record(row.request.seqId, row.startPos, table, n);
     }
-    return { pastTokens: Pp, pastPositions, keys, values };
-  }
-
-  private gatherGrowth(): number {
-    let n = this.pastPositionBuf.generation;
-    for (let a = 0; a < this.numAttnLayers; a++) n += this.keyBufs[a]!.generation + this.valueBufs[a]!.generation;
-    return n;
+    return { pastTokens: Pp, pastPositions };
   }
 
   /** After a run that failed (its positions were never written): nothing held can be built on. */
   forget(): void {
-    for (const row of this.gathered) row.valid = false;
+    for (const group of this.perGroup) for (const row of group.gathered) row.valid = false;
   }
 
-  /** Fills row b of the gather buffers from its first n pages (layout group): the past before startPos. */
-  private gatherRow(buf: GatherBuffers, seqId: string, table: BlockTable | undefined, n: number, startPos: number): void {
+  /** Fills row b of a group's buffers from its first n pages: the past before startPos. */
+  private gatherRow(group: GroupGather, buf: GatherBuffers, table: BlockTable | undefined, n: number, startPos: number): void {
     const { pastPositions, keys, values, Pp, b } = buf;
     const P = this.cache.pageTokens;
-    const W = this.layoutWindow;
+    const W = group.window;
     const { numKvHeads: Hkv, headDim: d } = this.config;
     pastPositions.fill(-1, b * Pp, (b + 1) * Pp);
     if (table === undefined || n === 0) return;
@@ -214,54 +243,45 @@ export class KvGather {
         if (pos >= lo && pos < startPos) pastPositions[b * Pp + k * P + j] = pos;
       }
     }
-    // Per layer, page by page of its own group's table; a logical page maps to the layout slots
-    // (k·P …) of the same logical page. Only positions before startPos hold keys (the rest is masked
-    // and not copied); a window group's table starts later, and its slots before that stay unread.
-    for (let a = 0; a < this.numAttnLayers; a++) {
+    // Page by page: only positions before startPos hold keys (the rest is masked and not copied).
+    group.layers.forEach((a, i) => {
       const home = this.homes[a]!;
-      const own = home.group === this.layoutGroup ? table : this.cache.tableOf(seqId, home.group);
-      if (own === undefined) continue;
-      for (let i = 0; i < own.pages.length; i++) {
-        const logical = own.firstPage + i;
-        const k = logical - table.firstPage;
-        if (k < 0 || k >= n) continue;
-        const floats = Math.min(P, startPos - logical * P) * d;
+      for (let k = 0; k < n; k++) {
+        const floats = Math.min(P, startPos - (table.firstPage + k) * P) * d;
         if (floats <= 0) continue;
-        const page = own.pages[i]!;
+        const page = table.pages[k]!;
         for (let h = 0; h < Hkv; h++) {
           const dst = ((b * Hkv + h) * Pp + k * P) * d;
-          copyFloats(home.pool.slab(page, home.layerInGroup, 0, h), 0, keys[a]!, dst, floats);
-          copyFloats(home.pool.slab(page, home.layerInGroup, 1, h), 0, values[a]!, dst, floats);
+          copyFloats(home.pool.slab(page, home.layerInGroup, 0, h), 0, keys[i]!, dst, floats);
+          copyFloats(home.pool.slab(page, home.layerInGroup, 1, h), 0, values[i]!, dst, floats);
         }
       }
-    }
+    });
   }
 
   /**
-   * Row b holds the past before `from` over the same (layout) pages: copies positions [from, to) in
-   * (their pages were written by the runs since) and masks those that are now older than the window.
+   * Row b holds the past before `from` over the same pages: copies positions [from, to) in (their
+   * pages were written by the runs since) and masks those that are now older than the window.
    */
-  private extendRow(buf: GatherBuffers, seqId: string, table: BlockTable, from: number, to: number): void {
+  private extendRow(group: GroupGather, buf: GatherBuffers, seqId: string, table: BlockTable, from: number, to: number): void {
     const { pastPositions, keys, values, Pp, b } = buf;
     const P = this.cache.pageTokens;
-    const W = this.layoutWindow;
+    const W = group.window;
     const { numKvHeads: Hkv, headDim: d } = this.config;
     const slotOf = (pos: number): number => (Math.floor(pos / P) - table.firstPage) * P + (pos % P);
-    const tables = this.cache.groups.map((_, g) => (g === this.layoutGroup ? table : this.cache.tableOf(seqId, g)));
     for (let pos = from; pos < to; pos++) {
       const slot = slotOf(pos);
       pastPositions[b * Pp + slot] = pos;
-      for (let a = 0; a < this.numAttnLayers; a++) {
+      const page = table.pages[Math.floor(pos / P) - table.firstPage];
+      if (page === undefined) throw new Error(`sequence ${seqId}: no page for position ${pos} in KV group ${group.group}`);
+      group.layers.forEach((a, i) => {
         const home = this.homes[a]!;
-        const own = tables[home.group];
-        const page = own?.pages[Math.floor(pos / P) - own.firstPage];
-        if (page === undefined) throw new Error(`sequence ${seqId}: no page for position ${pos} in KV group ${home.group}`);
         for (let h = 0; h < Hkv; h++) {
           const dst = ((b * Hkv + h) * Pp + slot) * d;
-          copyFloats(home.pool.slab(page, home.layerInGroup, 0, h), (pos % P) * d, keys[a]!, dst, d);
-          copyFloats(home.pool.slab(page, home.layerInGroup, 1, h), (pos % P) * d, values[a]!, dst, d);
+          copyFloats(home.pool.slab(page, home.layerInGroup, 0, h), (pos % P) * d, keys[i]!, dst, d);
+          copyFloats(home.pool.slab(page, home.layerInGroup, 1, h), (pos % P) * d, values[i]!, dst, d);
         }
-      }
+      });
     }
     if (W === null) return;
     // Positions [from − W, to − W) left the window (those still in this row's pages).

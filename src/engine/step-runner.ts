@@ -75,7 +75,7 @@ export class StepRunner {
     this.config = config;
     this.cache = cache;
     this.numAttnLayers = attentionLayerIndices(config).length;
-    // A model with window and growing KV groups (SpikingBrain 2.0) shares one past per run (see KvGather).
+    // A model with window and growing KV groups (SpikingBrain 2.0) gets one past per group (see KvGather).
     this.kv = new KvGather(config, cache);
     this.hasMoba = config.layerKinds.includes('moba');
     this.stateBufs = Array.from({ length: cache.slots.numTensors }, f32Scratch);
@@ -302,6 +302,7 @@ export class StepRunner {
       states,
       pastTokens: past.pastTokens,
       pastPositions: past.pastPositions,
+      ...(past.windowPast !== undefined ? { windowPast: past.windowPast } : {}),
       pastKeys: past.keys,
       pastValues: past.values,
       allLogits,

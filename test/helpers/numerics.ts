@@ -34,5 +34,6 @@ export function copySequence(model: Model, s: Sequence): Sequence {
   copy.keys = s.keys.map((x) => x.slice());
   copy.values = s.values.map((x) => x.slice());
   copy.keptPositions = s.keptPositions.slice();
+  copy.windowKeptPositions = s.windowKeptPositions.slice();
   return copy;
 }

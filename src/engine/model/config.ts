@@ -242,6 +242,15 @@ export function isGrowingKind(kind: LayerKind): kind is 'full' | 'moba' {
   return kind === 'full' || kind === 'moba';
 }
 
+/**
+ * The model has both window and growing attention layers (SpikingBrain 2.0):
+ * its window layers get a past of their own in the graph I/O (io-names.ts PAST_POSITIONS_WINDOW), of
+ * about W slots, instead of the growing layers' context-sized one.
+ */
+export function hasWindowPast(config: ModelConfig): boolean {
+  return config.layerKinds.some(isWindowKind) && config.layerKinds.some(isGrowingKind);
+}
+
 /** Bytes of keys+values one token occupies across all attention layers (fp32). */
 export function kvBytesPerToken(config: ModelConfig): number {
   const attn = config.layerKinds.filter(isAttentionKind).length;

@@ -23,7 +23,16 @@ export interface ForwardInput {
    * Slots need not be in order: RoPE is already applied to stored keys and the mask comes from positions.
    */
   readonly pastPositions: Int32Array;
-  /** Per attention layer (SWA or full, in layer order): [B, Hkv, P, d] keys (post-RoPE) and values. */
+  /**
+   * Models with both window and growing attention layers (config.ts hasWindowPast), and required there:
+   * the window layers' own past of Pw slots (about W), laid out like the one above ([B, Pw] positions,
+   * −1 = empty). pastTokens and pastPositions are then the growing layers' past.
+   */
+  readonly windowPast?: { readonly pastTokens: number; readonly pastPositions: Int32Array };
+  /**
+   * Per attention layer (SWA or full, in layer order): [B, Hkv, P, d] keys (post-RoPE) and values; a
+   * window layer's are [B, Hkv, Pw, d] when there is a windowPast.
+   */
   readonly pastKeys: readonly Float32Array[];
   readonly pastValues: readonly Float32Array[];
   /** Return logits for every position ([B, T, V]) instead of only the last ([B, V]). */

@@ -7,6 +7,12 @@ export const INPUT_IDS = 'input_ids';
 export const POSITIONS = 'positions';
 /** [B, P] int32 positions of the past key/value slots; −1 = empty slot. */
 export const PAST_POSITIONS = 'past_positions';
+/**
+ * Models with both window and growing attention layers (config.ts hasWindowPast) only: [B, Pw] int32
+ * positions of the window layers' own past slots (−1 = empty); their past keys/values are
+ * [B, Hkv, Pw, d] (Pw ≈ W), while PAST_POSITIONS lays out the growing layers' (the whole context).
+ */
+export const PAST_POSITIONS_WINDOW = 'past_positions.window';
 /** [1] int64: logits are computed for the last `num_logits` positions of each row (1 or T). */
 export const NUM_LOGITS = 'num_logits';
 /** [B, num_logits, V] float32 ([B, V] in the decode graph). */
@@ -33,8 +39,9 @@ export const SPIKE_ZEROS = 'spike_zeros';
 export const SPIKE_VALUES = 'spike_values';
 
 /**
- * Decode graph only, replacing PAST_POSITIONS: [B, 1, 1, P+1] float32 additive mask of one attention
- * kind over the P past slots then the new token (0 = attended, −1e30 = not), computed by the caller.
+ * Decode graph only, replacing PAST_POSITIONS (and PAST_POSITIONS_WINDOW): [B, 1, 1, P+1] float32
+ * additive mask of one attention kind over its P past slots then the new token (0 = attended, −1e30 =
+ * not), computed by the caller. With a window past, the 'swa' mask spans the window layers' Pw slots.
  */
 export const attentionBias = (kind: 'swa' | 'full'): string => `attention_bias.${kind}`;
 /** GLA layer: [B, Hkv, d, d] state before the chunk; GDN layer: [B, Hv, dk, dv] delta-rule state. */

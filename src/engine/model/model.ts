@@ -14,7 +14,7 @@ import * as ort from 'onnxruntime-node';
 import { EngineError } from '../errors.ts';
 import type { Checkpoint } from './checkpoint.ts';
 import { isW8ASpike } from './w8aspike.ts';
-import { isGrowingKind, isWindowKind, kvBytesPerToken, type ModelConfig } from './config.ts';
+import { hasWindowPast, isGrowingKind, isWindowKind, kvBytesPerToken, type ModelConfig } from './config.ts';
 import { attentionLayerIndices, stateBytesPerSequence, stateTensorSpecs, type StateTensorSpec } from './layer-plan.ts';
 import type { ForwardInput, ForwardOutput } from './forward.ts';
 import {
@@ -23,6 +23,7 @@ import {
   MOBA_SELECT,
   NUM_LOGITS,
   PAST_POSITIONS,
+  PAST_POSITIONS_WINDOW,
   POSITIONS,
   ROPE_COS,
   ROPE_SIN,
@@ -133,6 +134,10 @@ export class Model {
   readonly windowTokens: number | null;
   /** The model has MoBA layers: ForwardInput.mobaSelect is required. */
   readonly hasMoba: boolean;
+  /** Window layers read a past of their own (config.ts hasWindowPast): ForwardInput.windowPast is required. */
+  readonly hasWindowPast: boolean;
+  /** Per attention layer (as attentionLayers): whether it is a window layer (SWA, the hybrid's window branch). */
+  readonly windowLayers: readonly boolean[];
   readonly numParameters: number;
   /** What the weights were built as, and the decode session's threads (null: none). */
   readonly weightDtype: WeightDtype;
@@ -165,6 +170,8 @@ export class Model {
     this.kvBytesPerToken = kvBytesPerToken(config);
     this.windowTokens = config.layerKinds.some(isGrowingKind) ? null : config.slidingWindow;
     this.hasMoba = config.layerKinds.includes('moba');
+    this.hasWindowPast = hasWindowPast(config);
+    this.windowLayers = this.attentionLayers.map((layer) => isWindowKind(config.layerKinds[layer] ?? 'full'));
     // Decode-graph masks: one per mask kind (the hybrid window branch masks as 'swa', MoBA as 'full').
     this.attentionKinds = [
       ...(config.layerKinds.some(isWindowKind) ? ['swa' as const] : []),
@@ -243,6 +250,12 @@ export class Model {
     check('states (count)', input.states.length, this.stateSpecs.length);
     check('pastKeys (count)', input.pastKeys.length, this.attentionLayers.length);
     check('pastValues (count)', input.pastValues.length, this.attentionLayers.length);
+    const windowPast = input.windowPast;
+    if (this.hasWindowPast) {
+      if (windowPast === undefined) throw new EngineError('Model.run: a model with window and growing attention layers needs windowPast');
+      if (windowPast.pastTokens < 0) throw new EngineError(`Model.run: windowPast.pastTokens ${windowPast.pastTokens} < 0`);
+      check('windowPast.pastPositions', windowPast.pastPositions.length, B * windowPast.pastTokens);
+    }
     const moba = input.mobaSelect;
     if (this.hasMoba) {
       if (moba === undefined) throw new EngineError('Model.run: a model with MoBA layers needs mobaSelect');
@@ -260,10 +273,11 @@ export class Model {
     this.attentionLayers.forEach((layer, i) => {
       const k = input.pastKeys[i] ?? new Float32Array(0);
       const v = input.pastValues[i] ?? new Float32Array(0);
-      check(`pastKeys[${i}]`, k.length, B * Hkv * P * d);
-      check(`pastValues[${i}]`, v.length, B * Hkv * P * d);
-      feeds[pastKey(layer)] = new ort.Tensor('float32', k, [B, Hkv, P, d]);
-      feeds[pastValue(layer)] = new ort.Tensor('float32', v, [B, Hkv, P, d]);
+      const slots = windowPast !== undefined && this.hasWindowPast && this.windowLayers[i] === true ? windowPast.pastTokens : P;
+      check(`pastKeys[${i}]`, k.length, B * Hkv * slots * d);
+      check(`pastValues[${i}]`, v.length, B * Hkv * slots * d);
+      feeds[pastKey(layer)] = new ort.Tensor('float32', k, [B, Hkv, slots, d]);
+      feeds[pastValue(layer)] = new ort.Tensor('float32', v, [B, Hkv, slots, d]);
     });
 
     const session = decode && this.decodeSession !== null ? this.decodeSession : this.session;
@@ -305,6 +319,9 @@ export class Model {
       [PAST_POSITIONS]: new ort.Tensor('int32', input.pastPositions, [B, P]),
       [NUM_LOGITS]: new ort.Tensor('int64', BigInt64Array.of(BigInt(input.allLogits ? T : 1)), [1]),
       ...(this.hasMoba && input.mobaSelect !== undefined ? { [MOBA_SELECT]: new ort.Tensor('bool', input.mobaSelect, [B, T]) } : {}),
+      ...(this.hasWindowPast && input.windowPast !== undefined
+        ? { [PAST_POSITIONS_WINDOW]: new ort.Tensor('int32', input.windowPast.pastPositions, [B, input.windowPast.pastTokens]) }
+        : {}),
     };
   }
 
@@ -312,10 +329,11 @@ export class Model {
    * Inputs of the decode graph (T = 1) other than states and past keys/values: the RoPE tables of each
    * row's position and, per attention kind, the additive mask over its P past slots then itself. A past
    * slot at position kp is attended by the query at qp iff kp ≥ 0, kp ≤ qp and (full, or kp ≥ qp − W);
-   * the new token always attends itself. Same rule and values as the step graph's masks.
+   * the new token always attends itself. Same rule and values as the step graph's masks. With a window
+   * past, the 'swa' mask spans the window layers' own slots.
    */
   private decodeFeeds(input: ForwardInput): Record<string, ort.Tensor> {
-    const { batchSize: B, pastTokens: P, positions, pastPositions } = input;
+    const { batchSize: B, positions } = input;
     const feeds: Record<string, ort.Tensor> = { [INPUT_IDS]: new ort.Tensor('int32', input.tokenIds, [B, 1]) };
     if (this.attentionKinds.length === 0) return feeds;
     const half = this.config.attention.rotaryDim / 2;
@@ -326,6 +344,9 @@ export class Model {
     feeds[ROPE_SIN] = new ort.Tensor('float32', sin, [B, 1, half]);
     const W = this.config.slidingWindow ?? 0;
     for (const [kind, scratch] of this.masks) {
+      const own = kind === 'swa' && this.hasWindowPast ? input.windowPast : undefined;
+      const P = own?.pastTokens ?? input.pastTokens;
+      const pastPositions = own?.pastPositions ?? input.pastPositions;
       const mask = scratch.view(B * (P + 1));
       for (let b = 0; b < B; b++) {
         const qp = positions[b] as number;

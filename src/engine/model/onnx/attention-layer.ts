@@ -141,6 +141,7 @@ function projectQkv(ctx: GraphContext, layer: number, names: LayerTensorNames, x
 
 /**
  * x [B, T, D] (normalised) → mixer output [B, T, D]. Declares past_key/past_value.{layer} [B, Hkv, P, d] in
+ * (P: the kind's own past, ctx.pastDim)
  * and present_key/present_value.{layer} [B, Hkv, T, d] out (keys after RoPE).
  */
 export function attentionMixer(ctx: GraphContext, layer: number, names: LayerTensorNames, x: string, rope: RopeTables, kind: 'swa' | 'full', variant: AttentionVariant = {}): string {
@@ -153,8 +154,8 @@ export function attentionMixer(ctx: GraphContext, layer: number, names: LayerTen
     const { qk: qkLin, v: vLin, gate } = projectQkv(ctx, layer, names, x, H);
     // W8ASpike: values 8-bit per token and kv head (keys likewise, after RoPE, in the paths below).
     const v = ctx.spiking ? perHead(ctx, vLin, Hkv, (x4) => quantize8(ctx, x4, 'v_quant8')) : vLin;
-    const kPast = g.input(pastKey(layer), DataType.FLOAT, ['batch', Hkv, 'past', d]);
-    const vPast = g.input(pastValue(layer), DataType.FLOAT, ['batch', Hkv, 'past', d]);
+    const kPast = g.input(pastKey(layer), DataType.FLOAT, ['batch', Hkv, ctx.pastDim(kind), d]);
+    const vPast = g.input(pastValue(layer), DataType.FLOAT, ['batch', Hkv, ctx.pastDim(kind), d]);
     const [o, kPresent, vPresent] = ctx.options.fusedOps
       ? fusedAttention(ctx, qkLin, v, kPast, vPast, rope, kind, heads)
       : plainAttention(ctx, qkLin, v, kPast, vPast, rope, kind, heads);

@@ -42,8 +42,14 @@ export interface GraphContext {
   ropeAngles(): { cos: string; sin: string };
   /** Reshape targets already built, keyed by their parts (so each dynamic shape is one Concat). */
   readonly shapeCache: Map<string, string>;
-  /** Additive attention mask [B, 1, T, P+T] (0 or −1e30) per attention kind, built (or declared as an input) on first use. */
+  /**
+   * Additive attention mask [B, 1, T, P+T] (0 or −1e30) per attention kind, built (or declared as an
+   * input) on first use. P is the kind's own past: the window layers' Pw when the model has a window
+   * past (config.ts hasWindowPast), else the one past every attention layer reads.
+   */
   attentionMask(kind: 'swa' | 'full'): string;
+  /** The symbolic name of the past-slots dim an attention kind's past keys/values are declared with. */
+  pastDim(kind: 'swa' | 'full'): string;
   /** [1] int64 −T, built on first use. */
   minusT(): string;
   /**

@@ -5,13 +5,14 @@
 //   logits = lm_head(RMSNorm(h)) for the last `num_logits` positions of each row → [B, num_logits, V]
 // Two graphs over the same weights (same external tensors at the same offsets):
 //   step    any B ≥ 1, T ≥ 1: positions, past positions and num_logits are inputs; RoPE tables and
-//           attention masks are computed in the graph.
+//           attention masks are computed in the graph. A model with both window and growing attention
+//           layers has two pasts: the window layers' (~W slots) and the growing layers' (the context).
 //   decode  T = 1 only (a decode step): T is a constant, the caller passes the RoPE tables [B, 1, d/2]
 //           and the additive masks [B, 1, 1, P+1] it computes in a few µs, and logits are [B, V]. That
 //           removes the ~30 small nodes that only derive shapes, tables and masks (bench/README.md).
 import type { Checkpoint } from '../checkpoint.ts';
-import { isAttentionKind } from '../config.ts';
-import { INPUT_IDS, LOGITS, MOBA_SELECT, NUM_LOGITS, PAST_POSITIONS, POSITIONS, ROPE_COS, ROPE_SIN, SPIKE_VALUES, SPIKE_ZEROS, attentionBias } from '../io-names.ts';
+import { hasWindowPast, isAttentionKind } from '../config.ts';
+import { INPUT_IDS, LOGITS, MOBA_SELECT, NUM_LOGITS, PAST_POSITIONS, PAST_POSITIONS_WINDOW, POSITIONS, ROPE_COS, ROPE_SIN, SPIKE_VALUES, SPIKE_ZEROS, attentionBias } from '../io-names.ts';
 import { detectGkLayout, EMBEDDINGS, FINAL_NORM, LM_HEAD, layerTensorNames } from '../tensor-names.ts';
 import { checkW8ASpike, fakeQuantizedWeights, isW8ASpike } from '../w8aspike.ts';
 import { attentionMixer, ropeAnglesFromPositions, ropeTables, type RopeTables } from './attention-layer.ts';
@@ -47,6 +48,10 @@ export function buildModelGraph(source: Checkpoint, options: GraphOptions, kind:
   const ids = g.input(INPUT_IDS, DataType.INT32, ['batch', decode ? 1 : 'tokens']);
   const positions = decode ? '' : g.input(POSITIONS, DataType.INT32, ['batch', 'tokens']);
   const pastPositions = decode ? '' : g.input(PAST_POSITIONS, DataType.INT32, ['batch', 'past']);
+  // Window layers of a model that also has growing ones read a past of their own (~W slots).
+  const windowPast = hasWindowPast(config);
+  const windowPastPositions = decode || !windowPast ? pastPositions : g.input(PAST_POSITIONS_WINDOW, DataType.INT32, ['batch', 'window_past']);
+  const pastDim = (kind: 'swa' | 'full'): string => (kind === 'swa' && windowPast ? 'window_past' : 'past');
   const numLogits = decode ? '' : g.input(NUM_LOGITS, DataType.INT64, [1]);
 
   // B and T as [1] int64 values, built on first use (the fused decode graph never needs B: its
@@ -91,13 +96,14 @@ export function buildModelGraph(source: Checkpoint, options: GraphOptions, kind:
       const cached = masks.get(kind);
       if (cached !== undefined) return cached;
       if (decode) {
-        const bias = g.input(attentionBias(kind), DataType.FLOAT, ['batch', 1, 1, 'past_plus_one']);
+        const bias = g.input(attentionBias(kind), DataType.FLOAT, ['batch', 1, 1, `${pastDim(kind)}_plus_one`]);
         masks.set(kind, bias);
         return bias;
       }
       // Key slot valid iff kp ≥ 0, kp ≤ qp and (full, or kp ≥ qp − W): [B, 1, T, P+T], 0 or −1e30.
       const mask = g.scope(`mask_${kind}`, () => {
-        const kp = g.op('Unsqueeze', [g.op('Concat', [pastPositions, positions], { axis: int(1) }), g.i64([1])]); // [B, 1, P+T]
+        const past = kind === 'swa' ? windowPastPositions : pastPositions;
+        const kp = g.op('Unsqueeze', [g.op('Concat', [past, positions], { axis: int(1) }), g.i64([1])]); // [B, 1, P+T]
         const qp = g.op('Unsqueeze', [positions, g.i64([2])]); // [B, T, 1]
         let valid = g.op('And', [g.op('GreaterOrEqual', [kp, g.i32([0], [])]), g.op('LessOrEqual', [kp, qp])]);
         if (kind === 'swa') {
@@ -110,6 +116,7 @@ export function buildModelGraph(source: Checkpoint, options: GraphOptions, kind:
       masks.set(kind, mask);
       return mask;
     },
+    pastDim,
     minusT() {
       minusT ??= decode ? g.i64([-1]) : g.op('Neg', [dimsOf().T], {}, { name: 'minus_T' });
       return minusT;
