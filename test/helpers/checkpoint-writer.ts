@@ -7,6 +7,8 @@ import type { Checkpoint, Tensor32 } from '../../src/engine/model/checkpoint.ts'
 import { loadModelConfig, type ModelConfig } from '../../src/engine/model/config.ts';
 import { randomCheckpoint } from '../../src/engine/model/random-checkpoint.ts';
 import { checkShape } from '../../src/engine/model/hf-checkpoint.ts';
+import { parseSpikingBrain2Config } from '../../src/engine/model/spikingbrain2-config.ts';
+import { spikingBrain2TensorSpecs } from '../../src/engine/model/spikingbrain2-tensors.ts';
 import {
   EMBEDDINGS, LM_HEAD, modelTensorSpecs, numElements, type GkLayout,
 } from '../../src/engine/model/tensor-names.ts';
@@ -383,4 +385,35 @@ export function makeW8ASpikeTinyCheckpoint(dir: string, opts: TinyCheckpointOpti
   }
   writeCheckpoint(dir, tiny.rawConfig, tensors, { dtype: opts.dtype ?? 'F32', naming: 'gla_swa' });
   return { ...tiny, tensors };
+}
+
+/**
+ * A SpikingBrain 2.0 (sse_swa_moba) checkpoint directory: `raw` as config.json and seeded random F32
+ * weights under the official tensor names (spikingBrain2TensorSpecs): weights ~ N(0, 1/in), norm
+ * weights 1 + N(0, 0.1²), A_log and dt_bias small. For serving tests whose vocabulary must fit a
+ * tokenizer (the crosscheck fixtures have 64 ids).
+ */
+export function writeSpikingBrain2Checkpoint(dir: string, raw: Record<string, unknown>, seed: number): void {
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(raw, null, 2));
+  let state = seed >>> 0 || 1;
+  const uniform = (): number => {
+    // mulberry32
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const normal = (): number => Math.sqrt(-2 * Math.log(1 - uniform())) * Math.cos(2 * Math.PI * uniform());
+  const tensors = spikingBrain2TensorSpecs(parseSpikingBrain2Config(raw)).map(({ name, shape }) => {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const fanIn = shape[shape.length - 1] ?? 1;
+    const data = new Float32Array(n);
+    const isNorm = name.endsWith('norm.weight');
+    const small = name.endsWith('A_log') || name.endsWith('dt_bias');
+    for (let i = 0; i < n; i++) data[i] = isNorm ? 1 + 0.1 * normal() : small ? 0.5 * uniform() : normal() / Math.sqrt(shape.length === 1 ? 16 : fanIn);
+    return { name, shape, bytes: Buffer.from(data.buffer), dtype: 'F32' as const };
+  });
+  writeFileSync(join(dir, 'model.safetensors'), encodeSafetensors(tensors));
 }
