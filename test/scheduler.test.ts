@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { CacheManager, type CacheSpec } from '../src/cache/cache-manager.ts';
-import { Scheduler, type SchedulerConfig, type SchedulerOutput } from '../src/engine/scheduler.ts';
+import { chunkTokensForScores, Scheduler, type SchedulerConfig, type SchedulerOutput } from '../src/engine/scheduler.ts';
 import { RequestState } from '../src/engine/request-state.ts';
 import { QueueFullError, RequestRejectedError } from '../src/engine/errors.ts';
 import { samplingParams } from './helpers/sampling.ts';
@@ -128,6 +128,42 @@ describe('Scheduler', () => {
     }
     expect(steps).toBe(Math.ceil(10_000 / 32));
     expect(shorts.every((r) => r.outputTokenIds.length === steps + 1)).toBe(true);
+  });
+
+  it('full attention: prefill chunks shrink with the context so that one layer\'s scores stay within the byte bound', () => {
+    const heads = 4;
+    const bytes = 4 * heads * 16 * 1024; // T·(p + T) ≤ 16,384: 32 tokens near the start, 1 from ~16K on
+    const { s } = make({ maxBatchedTokens: 64, prefillChunkTokens: 32, maxModelLen: 1 << 20, attentionScores: { bytes, heads } }, FULL, 4096);
+    const long = request(20_000, 1);
+    s.submit(long);
+    const sizes: number[] = [];
+    while (long.status !== 'finished') {
+      const out = s.schedule();
+      for (const c of out.prefills) {
+        // Within the bound, unless one token is already over it (a step still computes one).
+        if (c.numTokens > 1) expect(4 * heads * c.numTokens * (c.startPos + c.numTokens), `chunk at ${c.startPos}`).toBeLessThanOrEqual(bytes);
+        // The longest that fits: one more token would not (or the chunk is whole, or the prompt's end).
+        const whole = c.numTokens === 32 || c.startPos + c.numTokens === long.prefillTarget;
+        if (!whole && c.numTokens > 1) expect(4 * heads * (c.numTokens + 1) * (c.startPos + c.numTokens + 1)).toBeGreaterThan(bytes);
+        sizes.push(c.numTokens);
+      }
+      completeStep(s, out);
+    }
+    expect(sizes[0]).toBe(32);
+    expect(sizes[sizes.length - 1]).toBe(1); // at 20K one token a step, and the prompt still finishes
+    expect(sizes.reduce((a, b) => a + b, 0)).toBe(20_000);
+  });
+
+  it('chunkTokensForScores is the largest T with 4·heads·T·(p + T) ≤ bytes, at least 1', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 1 << 24 }), fc.integer({ min: 1024, max: 2 ** 34 }), fc.integer({ min: 1, max: 128 }), (p, bytes, heads) => {
+        const t = chunkTokensForScores(p, bytes, heads);
+        const fits = (n: number): boolean => 4 * heads * n * (p + n) <= bytes;
+        expect(t).toBeGreaterThanOrEqual(1);
+        if (t > 1) expect(fits(t)).toBe(true);
+        expect(fits(t + 1)).toBe(false);
+      }),
+    );
   });
 
   it('a short prompt arriving during a long prefill that fills the budget is served in the next step', () => {

@@ -4,7 +4,7 @@
 import { join } from 'node:path';
 import { CacheManager, type CacheSpec, type SnapshotFolderOptions } from '../cache/cache-manager.ts';
 import { RequestRejectedError } from './errors.ts';
-import type { ModelConfig } from './model/config.ts';
+import { isGrowingKind, type ModelConfig } from './model/config.ts';
 import { kvGroupSpecs, stateTensorSpecs } from './model/layer-plan.ts';
 import { RequestState } from './request-state.ts';
 import { Scheduler } from './scheduler.ts';
@@ -26,6 +26,11 @@ export interface EngineCoreOptions {
   readonly maxBatchedTokens?: number;
   /** Longest prefill chunk (default 256). */
   readonly prefillChunkTokens?: number;
+  /**
+   * Bytes of one growing attention layer's score matrix a prefill chunk may make (4·H·T·(p + T) at
+   * start p; models with full or MoBA layers): longer chunks are cut (default 256 MiB; Scheduler).
+   */
+  readonly maxAttentionScoreBytes?: number;
   /** Longest waiting queue before QueueFullError (default 1024). */
   readonly maxQueue?: number;
   /** prompt + max_tokens limit (default 2^24 for SWA/GLA models; the pool's capacity for full attention). */
@@ -68,6 +73,8 @@ export const ENGINE_DEFAULTS = Object.freeze({
   // SWA costs each query W + T keys, so short chunks are cheaper per token; 256 measured best at
   // the reference size on CPU (bench/throughput.ts), and it keeps decode steps short during long prefills.
   prefillChunkTokens: 256,
+  // At 8 heads a 256-token chunk stays whole up to ~32K of context; at 32 heads up to ~8K.
+  maxAttentionScoreBytes: 256 * 2 ** 20,
   maxQueue: 1024,
   prefixCacheBytes: 512 * 2 ** 20,
   prefixCacheDiskBytes: 16 * 2 ** 30,
@@ -154,6 +161,9 @@ export class EngineCore {
         vocabSize: config.vocabSize,
         // MoBA: a prompt token selects chunks, a generated one attends densely (StepRunner).
         snapshotsGeneratedTokens: !config.layerKinds.includes('moba'),
+        ...(config.layerKinds.some(isGrowingKind)
+          ? { attentionScores: { bytes: opts.maxAttentionScoreBytes ?? ENGINE_DEFAULTS.maxAttentionScoreBytes, heads: config.numHeads } }
+          : {}),
       },
       this.cache,
       env.wake,

@@ -25,6 +25,7 @@ import type { EngineHealth, EngineStats, PrefixCacheDeletion, PrefixCacheEntryIn
 import type { EngineCoreOptions } from './engine-core.ts';
 import { launch, toError, type ReadyMessage, type WorkerRun } from './worker-launch.ts';
 import type { FromWorker, PrefixCacheCall, PrefixCacheReply, ToWorker } from './worker-protocol.ts';
+import { unpackEvent } from './wire-events.ts';
 
 /** How the Engine reacts to a lost worker (see the diagram above). */
 export interface SupervisionOptions {
@@ -371,7 +372,7 @@ export class Engine {
         return;
       case 'events':
         this.latestStats = msg.stats;
-        for (const { requestId, event } of msg.events) this.streams.get(requestId)?.push(event);
+        for (const { requestId, event } of msg.events) this.streams.get(requestId)?.push(unpackEvent(event));
         return;
       case 'stopped':
         this.stopped.resolve();

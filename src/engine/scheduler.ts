@@ -28,6 +28,25 @@ export interface SchedulerConfig {
    * request would, so only prompt snapshots are kept.
    */
   readonly snapshotsGeneratedTokens?: boolean;
+  /**
+   * Models with growing attention layers (full, MoBA): a prefill chunk of T tokens that starts at
+   * position p makes each such layer a [H, T, ≈p + T] float32 score matrix (plus a mask and the
+   * probabilities of that size), so T is cut until 4·H·T·(p + T) ≤ `bytes` (at least one token a step):
+   * a prompt of a million tokens does not need gigabytes per step. Absent: no bound (attention only over
+   * a window, whose scores are bounded by W).
+   */
+  readonly attentionScores?: { readonly bytes: number; readonly heads: number };
+}
+
+/**
+ * The longest chunk starting at position p whose [heads, T, p + T] float32 scores fit in `bytes`
+ * (at least 1): the largest T with 4·heads·T·(p + T) ≤ bytes.
+ */
+export function chunkTokensForScores(p: number, bytes: number, heads: number): number {
+  const s = bytes / (4 * heads); // T·(p + T) ≤ s
+  let t = Math.floor((-p + Math.sqrt(p * p + 4 * s)) / 2);
+  while (t > 1 && t * (p + t) > s) t--; // rounding
+  return Math.max(1, t);
 }
 
 /** A prefill chunk: positions [startPos, startPos + numTokens) of one request. */
@@ -407,7 +426,9 @@ export class Scheduler {
   private prefillNeed(req: RequestState): number {
     const next = req.snapshotPoints[0];
     const toSnapshot = next !== undefined && req.numComputedTokens < next.at ? next.at - req.numComputedTokens : Infinity;
-    return Math.min(req.numPromptTokensLeft, this.config.prefillChunkTokens, toSnapshot);
+    const scores = this.config.attentionScores;
+    const scoreCap = scores === undefined ? Infinity : chunkTokensForScores(req.numComputedTokens, scores.bytes, scores.heads);
+    return Math.min(req.numPromptTokensLeft, this.config.prefillChunkTokens, toSnapshot, scoreCap);
   }
 
   /**

@@ -3,6 +3,7 @@
 import type { EngineOptions } from './engine.ts';
 import type { ModelConfig } from './model/config.ts';
 import type { EngineStats, PrefixCacheDeletion, PrefixCacheEntryInfo, SubmitRequest, TokenEvent } from './types.ts';
+import type { WireEvent } from './wire-events.ts';
 
 /** What the worker needs to start (the Engine's options); passed as `workerData`. */
 export interface WorkerInit extends EngineOptions {
@@ -38,6 +39,12 @@ export interface RoutedEvent {
   readonly event: TokenEvent;
 }
 
+/** A RoutedEvent as it crosses (prompt logprobs packed in typed arrays: wire-events.ts). */
+export interface WireRoutedEvent {
+  readonly requestId: string;
+  readonly event: WireEvent;
+}
+
 export type FromWorker =
   | { readonly type: 'ready'; readonly config: ModelConfig; readonly maxModelLen: number; readonly stats: EngineStats }
   | { readonly type: 'load_error'; readonly error: WireError }
@@ -45,7 +52,7 @@ export type FromWorker =
   | { readonly type: 'accepted'; readonly requestId: string; readonly stats: EngineStats }
   | { readonly type: 'rejected'; readonly requestId: string; readonly error: WireError }
   /** Events of one step (or of an abort), in order, with the stats right after them. */
-  | { readonly type: 'events'; readonly events: readonly RoutedEvent[]; readonly stats: EngineStats }
+  | { readonly type: 'events'; readonly events: readonly WireRoutedEvent[]; readonly stats: EngineStats }
   | { readonly type: 'stopped' }
   | { readonly type: 'closed' }
   /** Something escaped a step (the core cannot be trusted): the worker exits right after this. */

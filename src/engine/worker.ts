@@ -21,6 +21,7 @@ import { randomCheckpoint } from './model/random-checkpoint.ts';
 import { stopTokenIdsOf } from './sampler.ts';
 import type { GenerateRequest } from './types.ts';
 import type { FromWorker, PrefixCacheReply, RoutedEvent, ToWorker, WireError, WorkerInit } from './worker-protocol.ts';
+import { packEvent } from './wire-events.ts';
 
 const port = parentPort;
 if (port === null) throw new Error('worker.ts must run in a worker thread');
@@ -82,9 +83,10 @@ const GRAMMAR_CACHE_ENTRIES = 64;
 const GRAMMAR_WAIT_MS = 1000;
 
 function flush(): void {
-  const events = pending;
+  const transfer: ArrayBuffer[] = [];
+  const events = pending.map(({ requestId, event }) => ({ requestId, event: packEvent(event, transfer) }));
   pending = [];
-  post({ type: 'events', events, stats: core.stats() });
+  port!.postMessage({ type: 'events', events, stats: core.stats() } satisfies FromWorker, transfer);
 }
 
 let flushScheduled = false;

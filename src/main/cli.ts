@@ -45,6 +45,7 @@ function engineOptions(config: ServerConfig): EngineOptions {
   if (config.pageTokens !== undefined) opts.pageTokens = config.pageTokens;
   if (config.maxBatchedTokens !== undefined) opts.maxBatchedTokens = config.maxBatchedTokens;
   if (config.prefillChunkTokens !== undefined) opts.prefillChunkTokens = config.prefillChunkTokens;
+  if (config.maxAttentionScoreBytes !== undefined) opts.maxAttentionScoreBytes = config.maxAttentionScoreBytes;
   if (config.prefixCacheBytes !== undefined) opts.prefixCacheBytes = config.prefixCacheBytes;
   if (config.prefixCacheDir !== undefined) opts.prefixCacheDir = config.prefixCacheDir;
   if (config.prefixCacheDiskBytes !== undefined) opts.prefixCacheDiskBytes = config.prefixCacheDiskBytes;

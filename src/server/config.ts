@@ -31,6 +31,7 @@ export interface ServerConfig {
   readonly pageTokens?: number;
   readonly maxBatchedTokens?: number;
   readonly prefillChunkTokens?: number;
+  readonly maxAttentionScoreBytes?: number;
   readonly prefixCacheBytes?: number;
   readonly prefixCacheDir?: string;
   readonly prefixCacheDiskBytes?: number;
@@ -105,6 +106,7 @@ export const FLAGS: readonly FlagSpec[] = [
   { flag: 'page-tokens', kind: 'int', min: 1, help: 'tokens per KV page' },
   { flag: 'max-batched-tokens', kind: 'int', min: 1, help: 'token budget of one scheduler step' },
   { flag: 'prefill-chunk-tokens', kind: 'int', min: 1, help: 'longest prefill chunk of one sequence per step' },
+  { flag: 'max-attention-score-bytes', kind: 'int', min: 1024, help: 'models with full or MoBA attention: a prefill chunk is cut so that one layer\'s score matrix (4 × heads × chunk × context bytes) fits', defaultText: '268435456 (256 MiB)' },
   { flag: 'prefix-cache-bytes', kind: 'int', min: 0, help: 'bytes of prefix-state snapshots kept (0 = off)' },
   { flag: 'prefix-cache-dir', kind: 'string', help: 'prefix snapshots on disk, in a folder several servers may share (they outlive restarts and serve every replica); unset = memory only' },
   { flag: 'prefix-cache-disk-bytes', kind: 'int', min: 1, help: 'bytes of prefix snapshots kept on disk (LRU; every server on the folder enforces it)', defaultText: '17179869184 (16 GiB)' },
@@ -265,6 +267,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     ['page-tokens', 'pageTokens'],
     ['max-batched-tokens', 'maxBatchedTokens'],
     ['prefill-chunk-tokens', 'prefillChunkTokens'],
+    ['max-attention-score-bytes', 'maxAttentionScoreBytes'],
     ['prefix-cache-bytes', 'prefixCacheBytes'],
     ['prefix-cache-disk-bytes', 'prefixCacheDiskBytes'],
     ['prefix-share-min-tokens', 'prefixShareMinTokens'],
