@@ -5,7 +5,7 @@
 // process so that its peak RSS (VmHWM) is its own. Prefill chunks are 256 tokens (the default) until the
 // bound cuts them: at 8 heads that happens past ~32K tokens of context.
 //
-//   node --import tsx bench/attention-scores.ts [--tokens 65536] [--bound-bytes 268435456]
+//   node --import tsx bench/attention-scores.ts [--tokens 65536] [--bound-bytes 268435456] [--unbounded-first]
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -17,6 +17,7 @@ const { values: args } = parseArgs({
   options: {
     tokens: { type: 'string', default: '65536' },
     'bound-bytes': { type: 'string', default: String(256 * 2 ** 20) },
+    'unbounded-first': { type: 'boolean', default: false },
     child: { type: 'string' },
   },
 });
@@ -94,8 +95,10 @@ if (args.child !== undefined) {
   process.stdout.write(`${JSON.stringify(await child(bound, tokens))}\n`);
 } else {
   const tokens = Number(args.tokens);
-  const bounded = await runChild(Number(args['bound-bytes']), tokens);
-  const unbounded = await runChild(2 ** 50, tokens);
+  // Alternate the order between runs (--unbounded-first): on a shared machine the load drifts.
+  const first = args['unbounded-first'] ? await runChild(2 ** 50, tokens) : await runChild(Number(args['bound-bytes']), tokens);
+  const second = args['unbounded-first'] ? await runChild(Number(args['bound-bytes']), tokens) : await runChild(2 ** 50, tokens);
+  const [bounded, unbounded] = args['unbounded-first'] ? [second, first] : [first, second];
   const row = (name: string, r: Result): string =>
     `| ${name} | ${r.tokens} | ${r.steps} | ${r.seconds.toFixed(1)} | ${r.cpuSeconds.toFixed(1)} | ${r.rssAfterLoadMiB.toFixed(0)} | ${r.peakRssMiB.toFixed(0)} | ${r.load} |`;
   console.log('| score bound | prompt tokens | steps | prefill s | CPU s | RSS after load MiB | peak RSS MiB | load |');
