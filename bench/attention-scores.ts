@@ -48,12 +48,15 @@ async function child(boundBytes: number, tokens: number): Promise<Result> {
   const model = await Model.load(randomCheckpoint(config, { seed: 3, gkLayout: 'lowrank' }), { intraOpThreads: 2 });
   const rssAfterLoadMiB = procStatusMiB('VmRSS');
   let done = false;
+  let finish = '';
   const core = new EngineCore(
     model,
     config,
     { maxAttentionScoreBytes: boundBytes, maxModelLen: tokens + 8, kvCacheBytes: 2 * tokens * model.kvBytesPerToken, prefixCacheBytes: 0 },
     (_, e) => {
-      if (e.type === 'done') done = true;
+      if (e.type !== 'done') return;
+      done = true;
+      finish = e.finishReason;
     },
   );
   const prompt = Array.from({ length: tokens }, (_, i) => (i * 2654435761) % config.vocabSize);
@@ -66,6 +69,7 @@ async function child(boundBytes: number, tokens: number): Promise<Result> {
     steps++;
   }
   const seconds = (performance.now() - t0) / 1000;
+  if (finish !== 'length') throw new Error(`the prompt did not complete (finish reason ${finish})`);
   const result: Result = {
     boundBytes,
     tokens,

@@ -15,7 +15,7 @@ import { ropeInverseFrequencies } from '../rope.ts';
 import { float, int, type GraphBuilder } from './graph-builder.ts';
 import { linearInput, perHead, quantize8, spikeCode } from './spike-coding.ts';
 import { DataType } from './proto.ts';
-import { mobaBias } from './moba-mask.ts';
+import { mobaMask } from './moba-mask.ts';
 
 /** How one attention layer departs from the config's plain form (SpikingBrain 2.0). */
 export interface AttentionVariant {
@@ -197,7 +197,10 @@ function plainAttention(ctx: GraphContext, qkLin: string, v: string, kPast: stri
   const qg = reshape(ctx, transpose(ctx, reshape(ctx, q, [ctx.B, ctx.T, Hkv, G, d]), [0, 2, 3, 1, 4]), [ctx.B, Hkv, -1, d]);
   const scores = g.op('MatMul', [qg, transpose(ctx, kAll, [0, 1, 3, 2])]);
   let mask = g.op('Unsqueeze', [ctx.attentionMask(kind), g.i64([1])]); // [B, 1, 1, T, P+T]
-  if (heads.moba) mask = g.op('Add', [mask, mobaBias(ctx, qg, kAll, G)]); // [B, Hkv, G, T, P+T]
+  if (heads.moba) {
+    const causal = mask;
+    mask = mobaMask(ctx, qg, () => kAll, G, causal, 5, (b, bias) => b.op('Add', [causal, bias])); // [B, Hkv, G, T, P+T]
+  }
   const masked = g.op('Add', [reshape(ctx, scores, [ctx.B, Hkv, G, ctx.T, -1]), mask]);
   const probs = g.op('Softmax', [masked], { axis: int(-1) });
   const o = g.op('MatMul', [probs, g.op('Unsqueeze', [vAll, g.i64([2])])]); // [B, Hkv, G, T, d]
@@ -232,10 +235,16 @@ function fusedAttention(ctx: GraphContext, qkLin: string, v: string, kPast: stri
     // MoBA: the selection needs q per kv group and every key: [B, Hkv, G·T, d] and [B, Hkv, P+T, d].
     const G = H / Hkv;
     const qg = reshape(ctx, transpose(ctx, reshape(ctx, q, [ctx.B, ctx.T, Hkv, G, d]), [0, 2, 3, 1, 4]), [ctx.B, Hkv, -1, d]);
-    const keys = g.op('Concat', [kPast, transpose(ctx, reshape(ctx, k, [ctx.B, ctx.T, Hkv, d]), [0, 2, 1, 3])], { axis: int(2) });
-    const perHead = g.op('Add', [g.op('Unsqueeze', [mask, g.i64([1])]), mobaBias(ctx, qg, keys, G)]); // [B, Hkv, G, T, P+T]
+    const [B, T] = [ctx.B, ctx.T];
+    const keys = (b: GraphBuilder): string =>
+      b.op('Concat', [kPast, b.op('Transpose', [b.op('Reshape', [k, b.op('Concat', [B, T, b.i64([Hkv, d])], { axis: int(0) })])], { perm: { kind: 'ints', value: [0, 2, 1, 3] } })], { axis: int(2) });
+    const causal = mask;
     // Query head h = kv head · G + g. With K = 1 (own chunk only) the bias is the same for every head.
-    mask = reshape(ctx, perHead, [ctx.B, (ctx.config.moba?.topk ?? 1) > 1 ? H : 1, ctx.T, -1]);
+    const maskHeads = (ctx.config.moba?.topk ?? 1) > 1 ? H : 1;
+    mask = mobaMask(ctx, qg, keys, G, causal, 4, (b, bias) => {
+      const perHead = b.op('Add', [b.op('Unsqueeze', [causal, b.i64([1])]), bias]); // [B, Hkv, G, T, P+T]
+      return b.op('Reshape', [perHead, b.op('Concat', [B, b.i64([maskHeads]), T, b.i64([-1])], { axis: int(0) })]);
+    });
   }
   const [o, kAll, vAll] = g.opN(
     'Attention',

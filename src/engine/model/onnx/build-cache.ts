@@ -18,9 +18,10 @@ import { encodeModel } from './proto.ts';
 /**
  * Bump whenever the graph a checkpoint builds to changes. g8: the decode graph, MatMulNBits adds the
  * biases, ONNX RotaryEmbedding (opset 23) on per-row tables (with the Gated DeltaNet layers of g7). g9:
- * models with window and growing attention layers give the window layers a past of their own.
+ * models with window and growing attention layers give the window layers a past of their own. g10:
+ * MoBA's selection runs in an If branch, only when a prompt query can leave chunks out.
  */
-export const BUILDER_VERSION = 'g9';
+export const BUILDER_VERSION = 'g10';
 
 export const MODEL_FILE = 'model.onnx';
 export const DECODE_MODEL_FILE = 'decode.onnx';

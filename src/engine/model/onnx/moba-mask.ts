@@ -14,8 +14,11 @@
 // scale does not change the ranking. Chunk count NC = the batch's last query chunk + 1.
 // Extra work per layer over attention: chunk means [B, Hkv, NC, d] (one MatMul over the P+T keys),
 // gates [B, Hkv, G·T, NC], and the chunk → key expansion [NC] → [P+T] per query (a MatMul of 0/1 values).
+// A run none of whose prompt queries has more than K − 1 earlier chunks (every position below K·C:
+// 48K tokens for the released 5B) selects every earlier chunk, which is causal attention: an If node
+// skips the selection there (mobaMask).
 import type { GraphContext } from './context.ts';
-import { int } from './graph-builder.ts';
+import { int, type GraphBuilder } from './graph-builder.ts';
 import { DataType } from './proto.ts';
 
 /** The additive value of a key a query must not attend (as the causal masks). */
@@ -35,6 +38,8 @@ interface ChunkLayout {
   readonly dense: string;
   /** [1] int64 min(K − 1, NC): how many earlier chunks TopK returns. */
   readonly topCount: string;
+  /** [] bool: some prompt query of the run has more than K − 1 earlier chunks (MoBA leaves keys out). */
+  readonly selects: string;
 }
 
 const layouts = new WeakMap<GraphContext, ChunkLayout>();
@@ -63,6 +68,9 @@ function chunkLayout(ctx: GraphContext, C: number, K: number): ChunkLayout {
       own: toQueryRows(g.op('Cast', [g.op('Equal', [ids, qc])], { to: int(DataType.FLOAT) })),
       dense: g.op('Unsqueeze', [g.op('Not', [select]), g.i64([1, 2, 4])]),
       topCount: g.op('Min', [g.i64([K - 1]), ncI64]),
+      selects: g.op('Cast', [
+        g.op('ReduceMax', [g.op('Cast', [g.op('And', [select, g.op('GreaterOrEqual', [queryChunk, g.i32([K], [])])])], { to: int(DataType.INT32) })], { keepdims: int(0) }),
+      ], { to: int(DataType.BOOL) }),
     };
   });
   layouts.set(ctx, layout);
@@ -70,35 +78,56 @@ function chunkLayout(ctx: GraphContext, C: number, K: number): ChunkLayout {
 }
 
 /**
- * The selection mask of one MoBA layer: qg [B, Hkv, G·T, d] (queries grouped by kv head, h = kv·G + g),
- * keys [B, Hkv, P+T, d] → [B, Hkv, G, T, P+T] float32, 0 where attended and −1e30 where not (to add to
- * the causal mask).
+ * An attention mask with MoBA's selection: `combine(b, bias)` adds the bias of selectionBias to the
+ * layer's causal mask on builder b, in the branch of an If node taken when the run's prompt queries can
+ * leave chunks out; the other branch is `causal` itself (the selection would keep every earlier chunk).
+ * Both branches give float32 masks of rank `rank` that Attention broadcasts. `keys(b)` builds the
+ * [B, Hkv, P+T, d] keys the chunk means are taken over, inside the selecting branch only.
  */
-export function mobaBias(ctx: GraphContext, qg: string, keys: string, G: number): string {
+export function mobaMask(ctx: GraphContext, qg: string, keys: (b: GraphBuilder) => string, G: number, causal: string, rank: number, combine: (b: GraphBuilder, bias: string) => string): string {
   const { g, config } = ctx;
   const moba = config.moba;
-  if (moba === null) throw new RangeError('mobaBias: the config has no MoBA layers');
-  const { chunkTokens: C, topk: K } = moba;
-  const { numKvHeads: Hkv } = config;
-  const L = chunkLayout(ctx, C, K);
+  if (moba === null) throw new RangeError('mobaMask: the config has no MoBA layers');
+  const L = chunkLayout(ctx, moba.chunkTokens, moba.topk);
+  const dims = Array.from({ length: rank }, (_, i) => `moba_mask_${i}`);
   return g.scope('moba', () => {
-    const means = g.op('Mul', [g.op('MatMul', [L.keyChunks, keys]), g.f32([1 / C], [])]); // [B, Hkv, NC, d]
-    const gates = g.op('Reshape', [
-      g.op('MatMul', [qg, g.op('Transpose', [means], { perm: { kind: 'ints', value: [0, 1, 3, 2] } })]), // [B, Hkv, G·T, NC]
-      g.op('Concat', [ctx.B, g.i64([Hkv, G]), ctx.T, g.i64([-1])], { axis: int(0) }),
-    ]); // [B, Hkv, G, T, NC]
-    let chunkOk = L.own; // [·, T, NC] 1 where the query's keys may come from chunk c
-    if (K > 1) {
-      const candidates = g.op('Where', [L.earlier, gates, g.f32([-Infinity], [])]);
-      const [, top] = g.opN('TopK', [candidates, L.topCount], { axis: int(-1), largest: int(1), sorted: int(1) }, { outputs: 2 }) as [string, string];
-      // One-hot of the picked chunks (distinct indices: the sum is 0 or 1), only earlier ones (TopK fills
-      // up with later chunks when fewer than K − 1 earlier ones exist).
-      const hit = g.op('Equal', [g.op('Unsqueeze', [top, g.i64([-1])]), L.chunkIds]); // [B, Hkv, G, T, k, NC]
-      const picked = g.op('ReduceSum', [g.op('Cast', [hit], { to: int(DataType.FLOAT) }), g.i64([-2])], { keepdims: int(0) });
-      chunkOk = g.op('Add', [g.op('Mul', [picked, g.op('Cast', [L.earlier], { to: int(DataType.FLOAT) })]), chunkOk]);
-    }
-    const keyOk = g.op('MatMul', [chunkOk, g.op('Unsqueeze', [L.keyChunks, g.i64([1])])]); // [B, Hkv|1, G|1, T, P+T], 0 or 1
-    const attended = g.op('Or', [g.op('Greater', [keyOk, g.f32([0.5], [])]), L.dense]);
-    return g.op('Where', [attended, g.f32([0], []), g.f32([MASKED], [])]);
+    // B and T are read here, in the outer graph, before the branches use them.
+    const shape = { B: ctx.B, T: ctx.T };
+    const selecting = g.subgraph('select', (sb) => {
+      sb.output(sb.freshName('moba_mask'), combine(sb, selectionBias(sb, ctx, L, shape, qg, keys(sb), G)), DataType.FLOAT, dims);
+    });
+    const causalOnly = g.subgraph('causal', (sb) => {
+      sb.output(sb.freshName('causal_mask'), causal, DataType.FLOAT, dims);
+    });
+    return g.op('If', [L.selects], { then_branch: { kind: 'graph', value: selecting }, else_branch: { kind: 'graph', value: causalOnly } });
   });
+}
+
+/**
+ * The selection of one MoBA layer on builder b: qg [B, Hkv, G·T, d] (queries grouped by kv head,
+ * h = kv·G + g), keys [B, Hkv, P+T, d] → [B, Hkv, G, T, P+T] float32, 0 where attended and −1e30 where
+ * not (to add to the causal mask).
+ */
+function selectionBias(b: GraphBuilder, ctx: GraphContext, L: ChunkLayout, shape: { B: string; T: string }, qg: string, keys: string, G: number): string {
+  const { config } = ctx;
+  const { chunkTokens: C, topk: K } = config.moba!;
+  const { numKvHeads: Hkv } = config;
+  const means = b.op('Mul', [b.op('MatMul', [L.keyChunks, keys]), b.f32([1 / C], [])]); // [B, Hkv, NC, d]
+  const gates = b.op('Reshape', [
+    b.op('MatMul', [qg, b.op('Transpose', [means], { perm: { kind: 'ints', value: [0, 1, 3, 2] } })]), // [B, Hkv, G·T, NC]
+    b.op('Concat', [shape.B, b.i64([Hkv, G]), shape.T, b.i64([-1])], { axis: int(0) }),
+  ]); // [B, Hkv, G, T, NC]
+  let chunkOk = L.own; // [·, T, NC] 1 where the query's keys may come from chunk c
+  if (K > 1) {
+    const candidates = b.op('Where', [L.earlier, gates, b.f32([-Infinity], [])]);
+    const [, top] = b.opN('TopK', [candidates, L.topCount], { axis: int(-1), largest: int(1), sorted: int(1) }, { outputs: 2 }) as [string, string];
+    // One-hot of the picked chunks (distinct indices: the sum is 0 or 1), only earlier ones (TopK fills
+    // up with later chunks when fewer than K − 1 earlier ones exist).
+    const hit = b.op('Equal', [b.op('Unsqueeze', [top, b.i64([-1])]), L.chunkIds]); // [B, Hkv, G, T, k, NC]
+    const picked = b.op('ReduceSum', [b.op('Cast', [hit], { to: int(DataType.FLOAT) }), b.i64([-2])], { keepdims: int(0) });
+    chunkOk = b.op('Add', [b.op('Mul', [picked, b.op('Cast', [L.earlier], { to: int(DataType.FLOAT) })]), chunkOk]);
+  }
+  const keyOk = b.op('MatMul', [chunkOk, b.op('Unsqueeze', [L.keyChunks, b.i64([1])])]); // [B, Hkv|1, G|1, T, P+T], 0 or 1
+  const attended = b.op('Or', [b.op('Greater', [keyOk, b.f32([0.5], [])]), L.dense]);
+  return b.op('Where', [attended, b.f32([0], []), b.f32([MASKED], [])]);
 }
