@@ -9,7 +9,8 @@
 //    synthetic past: Model.run with P = depth random keys/values in the growing layers (positions
 //    0…P−1) and the last min(P, W) positions in the window layers' own past (W = slidingWindow = 127),
 //    zero SSE states; prefill = one chunk of prompt tokens (mobaSelect 1) after one warm-up run, decode
-//    = steps of one generated token (mobaSelect 0). Every layer's past keys and values are one shared
+//    = steps of one generated token (mobaSelect 0) after `--decode-warmup` untimed ones (a fresh process
+//    faults in its buffers over the first steps: seconds each at 32K). Every layer's past keys and values are one shared
 //    random buffer (the cost of a step does not depend on what they hold), so peak RSS does not include
 //    the KV a real sequence of that depth would hold (part 1 gives it). TTFT at 4K / 32K is a fit
 //    (seconds per token a + b·depth, summed over 512-token chunks) and says so.
@@ -23,7 +24,8 @@
 //    report prints the saved labels side by side.
 //
 //   node --import tsx bench/spikingbrain2.ts [--part all|kv|shape|moba|window] [--threads 2]
-//     [--prefill-depths 0:512,4096:512,32768:256] (depth:chunk) [--decode-depths 4096,32768] [--decode-steps 5]
+//     [--prefill-depths 0:512,4096:512,32768:128] (depth:chunk) [--decode-depths 4096,32768] [--decode-steps 5]
+//     [--decode-warmup 4]
 //     [--moba-tokens 32768,131072] [--window-tokens 32768] [--chunk 512] [--label after]
 //     [--report bench/results/spikingbrain2-all.json,…]   (tables from saved runs)
 import { spawn } from 'node:child_process';
@@ -105,7 +107,7 @@ function reducedJson(dense: boolean): Json {
 type ChildSpec =
   | { readonly task: 'build'; readonly threads: number }
   | { readonly task: 'prefill-at-depth'; readonly threads: number; readonly depth: number; readonly chunk: number }
-  | { readonly task: 'decode-at-depth'; readonly threads: number; readonly depth: number; readonly steps: number }
+  | { readonly task: 'decode-at-depth'; readonly threads: number; readonly depth: number; readonly warmup: number; readonly steps: number }
   | { readonly task: 'prefill'; readonly threads: number; readonly dense: boolean; readonly marks: readonly number[]; readonly chunk: number; readonly label: string };
 
 interface Row {
@@ -116,6 +118,9 @@ interface Row {
   readonly seconds: number;
   readonly cpuSeconds: number;
   readonly load: string;
+  /** Decode: seconds of each warm-up step, then of each timed step. */
+  readonly warmupStepSeconds?: readonly number[];
+  readonly stepSeconds?: readonly number[];
 }
 
 interface ChildResult {
@@ -199,11 +204,21 @@ async function runChild(spec: ChildSpec): Promise<ChildResult> {
       break;
     }
     case 'decode-at-depth': {
+      // The first steps of a fresh process fault in the arena's buffers (seconds at 32K): warm up first.
       const input = inputAtDepth(model, spec.depth, 1, false);
-      for (let i = 0; i < 2; i++) await model.run(input);
+      const step = async (): Promise<number> => {
+        const start = performance.now();
+        await model.run(input);
+        return (performance.now() - start) / 1000;
+      };
+      const warmupStepSeconds: number[] = [];
+      for (let i = 0; i < spec.warmup; i++) warmupStepSeconds.push(await step());
+      const stepSeconds: number[] = [];
       await timed(spec.depth, spec.steps, async () => {
-        for (let i = 0; i < spec.steps; i++) await model.run(input);
+        for (let i = 0; i < spec.steps; i++) stepSeconds.push(await step());
       });
+      const row = rows.pop() as Row;
+      rows.push({ ...row, warmupStepSeconds, stepSeconds });
       break;
     }
     case 'prefill': {
@@ -357,8 +372,10 @@ function shapeTable(lines: string[], s: NonNullable<Saved['shape']>, threads: nu
   for (const r of s.decode) {
     const row = r.rows[0];
     if (row === undefined) continue;
+    const ms = (xs: readonly number[] | undefined): string => (xs ?? []).map((x) => fmt(1e3 * x, 0)).join(', ');
+    const steps = row.stepSeconds === undefined ? `${row.tokens} steps` : `${row.tokens} steps: ${ms(row.stepSeconds)} ms after ${ms(row.warmupStepSeconds)} ms of warm-up`;
     lines.push(
-      `| decode (B = 1, T = 1) at depth ${k(row.point)} | **${fmt(row.tokens / row.seconds, 2)} tok/s** (${fmt((1e3 * row.seconds) / row.tokens, 0)} ms/step, ${row.tokens} steps); peak RSS ${fmt(r.peakRssMiB, 0)} MiB | ${fmt(row.cpuSeconds / row.tokens, 2)} per step | ${row.load} |`,
+      `| decode (B = 1, T = 1) at depth ${k(row.point)} | **${fmt(row.tokens / row.seconds, 2)} tok/s** (${fmt((1e3 * row.seconds) / row.tokens, 0)} ms/step; ${steps}); peak RSS ${fmt(r.peakRssMiB, 0)} MiB | ${fmt(row.cpuSeconds / row.tokens, 2)} per step | ${row.load} |`,
     );
   }
   lines.push('');
@@ -408,9 +425,11 @@ async function main(): Promise<void> {
       child: { type: 'string' },
       part: { type: 'string', default: 'all' },
       threads: { type: 'string', default: '2' },
-      'prefill-depths': { type: 'string', default: '0:512,4096:512,32768:256' },
+      // 32K: a chunk of 256 peaked at 15.6 GiB (over the 14 GiB this machine can spare), 128 at 12.4 GiB.
+      'prefill-depths': { type: 'string', default: '0:512,4096:512,32768:128' },
       'decode-depths': { type: 'string', default: '4096,32768' },
       'decode-steps': { type: 'string', default: '5' },
+      'decode-warmup': { type: 'string', default: '4' },
       'moba-tokens': { type: 'string', default: '32768,131072' },
       'window-tokens': { type: 'string', default: '32768' },
       chunk: { type: 'string', default: '512' },
@@ -457,7 +476,7 @@ async function main(): Promise<void> {
     }
     const decodeRuns: ChildResult[] = [];
     for (const depth of nums(values['decode-depths'])) {
-      decodeRuns.push(await runInChild({ task: 'decode-at-depth', threads, depth, steps: Number(values['decode-steps']) }));
+      decodeRuns.push(await runInChild({ task: 'decode-at-depth', threads, depth, warmup: Number(values['decode-warmup']), steps: Number(values['decode-steps']) }));
     }
     results.shape = { build, prefill: prefillRuns, decode: decodeRuns };
     shapeTable(lines, results.shape, threads);
