@@ -425,7 +425,7 @@ async function main(): Promise<void> {
       child: { type: 'string' },
       part: { type: 'string', default: 'all' },
       threads: { type: 'string', default: '2' },
-      // 32K: a chunk of 256 peaked at 15.6 GiB (over the 14 GiB this machine can spare), 128 at 12.4 GiB.
+      // 32K: a chunk of 256 peaked at 15.6 GiB (over the 14 GiB this machine can spare), 128 at 13.0 GiB.
       'prefill-depths': { type: 'string', default: '0:512,4096:512,32768:128' },
       'decode-depths': { type: 'string', default: '4096,32768' },
       'decode-steps': { type: 'string', default: '5' },
