@@ -7,10 +7,9 @@
 //
 //   node --import tsx bench/attention-scores.ts [--tokens 65536] [--bound-bytes 268435456] [--unbounded-first]
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
-import { cpuSeconds, loadAverage } from './common.ts';
+import { cpuSeconds, loadAverage, procStatusMiB } from './common.ts';
 import { benchConfig } from './long-context.ts';
 
 const { values: args } = parseArgs({
@@ -32,11 +31,6 @@ interface Result {
   readonly peakRssMiB: number;
   readonly rssAfterLoadMiB: number;
   readonly load: string;
-}
-
-function procStatusMiB(field: 'VmHWM' | 'VmRSS'): number {
-  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync('/proc/self/status', 'utf8'));
-  return m?.[1] === undefined ? Number.NaN : Number(m[1]) / 1024;
 }
 
 async function child(boundBytes: number, tokens: number): Promise<Result> {

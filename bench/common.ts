@@ -1,6 +1,7 @@
 // Helpers shared by the engine, GPU and throughput benchmarks: the reference-size model they all
-// measure, CPU seconds, and the machine's load average (printed beside every table, since each
+// measure, CPU seconds, this process's memory, and the machine's load average (printed beside every table, since each
 // ratio is only comparable under the load it was measured at).
+import { readFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 
 /**
@@ -29,4 +30,10 @@ export function cpuSeconds(from: NodeJS.CpuUsage): number {
 /** The 1, 5 and 15 minute load averages, e.g. "1.9 2.0 2.1". */
 export function loadAverage(): string {
   return loadavg().map((x) => x.toFixed(1)).join(' ');
+}
+
+/** A memory figure of this process from /proc/self/status, MiB: VmHWM (peak RSS) or VmRSS. */
+export function procStatusMiB(field: 'VmHWM' | 'VmRSS'): number {
+  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync('/proc/self/status', 'utf8'));
+  return m?.[1] === undefined ? Number.NaN : Number(m[1]) / 1024;
 }

@@ -24,6 +24,7 @@ import { cpus, loadavg, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { procStatusMiB } from './common.ts';
 import { COLORS, writePanelsPng, type Panel, type Series } from './plot.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -99,11 +100,6 @@ interface ChildJob {
   readonly chunkTokens: number;
   readonly decodeTokens: number;
   readonly seed: number;
-}
-
-function procStatusMiB(field: 'VmHWM' | 'VmRSS'): number {
-  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync('/proc/self/status', 'utf8'));
-  return m?.[1] === undefined ? Number.NaN : Number(m[1]) / 1024;
 }
 
 /** mulberry32 → token ids in [0, vocab): the prompt, generated a chunk at a time. */

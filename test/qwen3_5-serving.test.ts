@@ -20,6 +20,7 @@ import type { EnginePort } from '../src/server/ports.ts';
 import { makeQwen3_5TestModel } from './helpers/qwen3_5-test-model.ts';
 import { Qwen3_5Reference } from './helpers/reference-qwen3_5.ts';
 import { greedy } from './helpers/sampling.ts';
+import { logSoftmax } from './helpers/numerics.ts';
 
 const tmp = mkdtempSync(join(tmpdir(), 'spikeserve-q35-serve-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -43,14 +44,6 @@ function done(events: readonly TokenEvent[]): Extract<TokenEvent, { type: 'done'
   const e = events[events.length - 1];
   if (e?.type !== 'done') throw new Error('stream did not end with done');
   return e;
-}
-
-function logSoftmax(row: Float64Array): Float64Array {
-  const max = Math.max(...row);
-  let sum = 0;
-  for (const x of row) sum += Math.exp(x - max);
-  const lse = max + Math.log(sum);
-  return row.map((x) => x - lse);
 }
 
 let nextId = 0;

@@ -18,6 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeSpikingBrain2Checkpoint } from './helpers/checkpoint-writer.ts';
 import { openSpikingBrain2Dir, SpikingBrain2Reference } from './helpers/reference-spikingbrain2.ts';
 import { BYTE_VOCAB_SIZE, startTestServer, waitEngineIdle, writeByteTokenizer, type TestServer } from './helpers/server.ts';
+import { logSoftmax } from './helpers/numerics.ts';
 
 const TOL = 1e-4;
 const FIXTURE_CONFIG = join(import.meta.dirname, 'fixtures', 'spikingbrain2-crosscheck', 'released-options', 'config.json');
@@ -40,14 +41,6 @@ afterAll(async () => {
   await server?.close();
   rmSync(tmp, { recursive: true, force: true });
 });
-
-function logSoftmax(row: Float64Array): Float64Array {
-  const max = Math.max(...row);
-  let sum = 0;
-  for (const x of row) sum += Math.exp(x - max);
-  const lse = max + Math.log(sum);
-  return row.map((x) => x - lse);
-}
 
 /** The reference's greedy reply to `promptIds` (stopping at the model's end of text), with each token's logprob. */
 function referenceReply(promptIds: readonly number[], maxTokens: number): { ids: number[]; logprobs: number[] } {

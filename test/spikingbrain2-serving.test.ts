@@ -24,6 +24,7 @@ import { TextTokenizer } from '../src/engine/tokenizer.ts';
 import { openSpikingBrain2Dir, SpikingBrain2Reference } from './helpers/reference-spikingbrain2.ts';
 import { greedy } from './helpers/sampling.ts';
 import { byteAlphabet } from './helpers/server.ts';
+import { logSoftmax } from './helpers/numerics.ts';
 
 const TOL = 1e-4;
 const FIXTURE = join(import.meta.dirname, 'fixtures', 'spikingbrain2-crosscheck', 'released-options');
@@ -79,14 +80,6 @@ function promptLogprobs(events: readonly TokenEvent[]): readonly (PromptLogprobE
 /** Logprobs of each generated token (sampling.logprobs set). */
 function tokenLogprobs(events: readonly TokenEvent[]): number[] {
   return events.flatMap((e) => (e.type === 'token' ? [e.logprob ?? Number.NaN] : []));
-}
-
-function logSoftmax(row: Float64Array): Float64Array {
-  const max = Math.max(...row);
-  let sum = 0;
-  for (const x of row) sum += Math.exp(x - max);
-  const lse = max + Math.log(sum);
-  return row.map((x) => x - lse);
 }
 
 /**

@@ -37,3 +37,12 @@ export function copySequence(model: Model, s: Sequence): Sequence {
   copy.windowKeptPositions = s.windowKeptPositions.slice();
   return copy;
 }
+
+/** log-softmax of a row of float64 logits (the references' log-probabilities). */
+export function logSoftmax(row: Float64Array): Float64Array {
+  const max = Math.max(...row);
+  let sum = 0;
+  for (const x of row) sum += Math.exp(x - max);
+  const lse = max + Math.log(sum);
+  return row.map((x) => x - lse);
+}
