@@ -30,6 +30,9 @@ const streamToken = (pos: number, vocab: number): number => (pos * 7 + 3) % voca
 /** A model whose outputs are cheap functions of its inputs, checking every past it is given. */
 class CheckingModel {
   decodeRuns = 0;
+  /** Multi-token runs: the largest 4·H·T·(p0 + T) (one layer's score bytes at the chunk's start p0), and the latest p0. */
+  maxScoreBytes = 0;
+  latestChunkStart = 0;
   /** Failed checks (a failed check also fails the step, which the engine reports as an error). */
   readonly failures: string[] = [];
 
@@ -52,6 +55,11 @@ class CheckingModel {
     const { numKvHeads: Hkv, headDim: d, vocabSize: V } = this.config;
     const layers = attentionLayerIndices(this.config);
     if (T === 1) this.decodeRuns++;
+    for (let b = 0; b < B && T > 1; b++) {
+      const p0 = input.positions[b * T]!;
+      this.maxScoreBytes = Math.max(this.maxScoreBytes, 4 * this.config.numHeads * T * (p0 + T));
+      this.latestChunkStart = Math.max(this.latestChunkStart, p0);
+    }
     // The pasts of the run: one for every attention layer, or the window layers' own beside the
     // growing layers' (each with the window its positions must keep: null = all of them).
     const split = hasWindowPast(this.config);
@@ -130,7 +138,10 @@ describe('step runner: the past of every run', () => {
     const config: ModelConfig = mixed ? { ...parsed, layerKinds: ['gla', 'swa', 'gla', 'full'] } : parsed;
     const model = new CheckingModel(config);
     const events: TokenEvent[] = [];
-    const core = new EngineCore(model, config, { pageTokens: 4, prefillChunkTokens: 8, maxBatchedTokens: 16, maxNumSeqs: 6 }, (_, e) => events.push(e));
+    // Growing layers: a score bound that cuts chunks of 8 from ~p = 12 on (T·(p + T) ≤ 160 at 4 heads).
+    const scoreBytes = 4 * config.numHeads * 160;
+    const growing = window === null || mixed;
+    const core = new EngineCore(model, config, { pageTokens: 4, prefillChunkTokens: 8, maxBatchedTokens: 16, maxNumSeqs: 6, ...(growing ? { maxAttentionScoreBytes: scoreBytes } : {}) }, (_, e) => events.push(e));
     // Every prompt is a prefix of the one stream, so later requests restore earlier ones' snapshots.
     let submitted = 0;
     const submit = (promptTokens: number, maxTokens: number): void => {
@@ -161,6 +172,11 @@ describe('step runner: the past of every run', () => {
     expect(model.decodeRuns).toBeGreaterThan(30);
     expect(events.filter((e) => e.type === 'done' && e.cachedTokens > 0).length).toBeGreaterThan(0);
     expect(stateTensorSpecs(config).length).toBe(2);
+    if (growing) {
+      // Every prefill chunk of several tokens kept one layer's scores within the bound, also late in a prompt.
+      expect(model.maxScoreBytes).toBeLessThanOrEqual(scoreBytes);
+      expect(model.latestChunkStart).toBeGreaterThanOrEqual(16);
+    }
     // The window layers' past stays about W (the pages that still hold [p0 − W, p0)), while prompts
     // and decodes reach 700+ positions.
     if (mixed) {
