@@ -121,6 +121,27 @@ describe('protobuf encoding', () => {
     expect(Array.from(out['y']?.data as Float32Array)).toEqual([15, 30, 120, -15, -30, 30]);
     await session.release();
   });
+
+  it('a value that becomes a graph output keeps its readers inside an If branch (renamed there too)', async () => {
+    const g = new GraphBuilder('unused.data');
+    const x = g.input('x', DataType.FLOAT, [2]);
+    const flag = g.input('flag', DataType.BOOL, []);
+    const y = g.op('Neg', [x]); // becomes the output `y_out`, and the branches read it
+    g.output('y_out', y, DataType.FLOAT, [2]);
+    const then = g.subgraph('then', (b) => b.output(b.freshName('t'), b.op('Add', [y, b.f32([1, 1])]), DataType.FLOAT, [2]));
+    const other = g.subgraph('else', (b) => b.output(b.freshName('e'), b.op('Mul', [y, b.f32([2, 2])]), DataType.FLOAT, [2]));
+    g.output('z', g.op('If', [flag], { then_branch: { kind: 'graph', value: then }, else_branch: { kind: 'graph', value: other } }), DataType.FLOAT, [2]);
+    const dir = mkdtempSync(join(root, 'if-'));
+    const modelPath = join(dir, 'if.onnx');
+    (await import('node:fs')).writeFileSync(modelPath, encodeModel(g.toModel('if', new Map([['', 17]]))));
+    const session = await ort.InferenceSession.create(modelPath);
+    for (const [cond, want] of [[true, [0, -2]], [false, [-2, -6]]] as const) {
+      const out = await session.run({ x: new ort.Tensor('float32', Float32Array.from([1, 3]), [2]), flag: new ort.Tensor('bool', Uint8Array.of(cond ? 1 : 0), []) });
+      expect(Array.from(out['z']?.data as Float32Array)).toEqual(want);
+      expect(Array.from(out['y_out']?.data as Float32Array)).toEqual([-1, -3]);
+    }
+    await session.release();
+  });
 });
 
 describe('build cache', () => {

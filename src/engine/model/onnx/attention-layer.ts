@@ -230,6 +230,7 @@ function fusedAttention(ctx: GraphContext, qkLin: string, v: string, kPast: stri
   const [qRoped, kRoped] = splitLast(ctx, qk, [H * d, Hkv * d]) as [string, string];
   const q = ctx.spiking ? perHead(ctx, qRoped, H, (x4) => spikeCode(ctx, x4, 'q_spike')) : qRoped;
   const k = ctx.spiking ? perHead(ctx, kRoped, Hkv, (x4) => quantize8(ctx, x4, 'k_quant8')) : kRoped;
+  if (kind === 'full') return splitPastAttention(ctx, q, k, v, kPast, vPast, heads);
   let mask = ctx.attentionMask(kind); // [B, 1, T, P+T]
   if (heads.moba) {
     // MoBA: the selection needs q per kv group and every key: [B, Hkv, G·T, d] and [B, Hkv, P+T, d].
@@ -256,4 +257,43 @@ function fusedAttention(ctx: GraphContext, qkLin: string, v: string, kPast: stri
   const minusT = ctx.minusT();
   const last = (x: string): string => g.op('Slice', [x, minusT, g.i64([Number.MAX_SAFE_INTEGER]), g.i64([2])]);
   return [o, last(kAll), last(vAll)];
+}
+
+/**
+ * Fused graph, growing layers (full, MoBA; P = the context): attention over the past and over the chunk
+ * kept apart, so that the past keys and values are only read. onnxruntime's CPU Attention refuses a
+ * past without a present output and copies past ⧺ chunk into it every run (O(P) per layer and step:
+ * at 32K on the 5B most of a decode step). q [B, T, H·d] (scaled, after RoPE), k and v [B, T, Hkv·d];
+ * queries grouped by kv head qg [B, Hkv, G·T, d]; scores qg·Kpastᵀ [B, Hkv, G·T, P] (onnxruntime fuses
+ * the transpose into the MatMul) and qg·Knewᵀ for the chunk, one softmax over both with the mask, then
+ * o = p_past·Vpast + p_new·Vnew.
+ */
+function splitPastAttention(ctx: GraphContext, q: string, k: string, v: string, kPast: string, vPast: string, heads: Heads): AttentionParts {
+  const { g } = ctx;
+  const { numKvHeads: Hkv, headDim: d } = ctx.config;
+  const { H } = heads;
+  const G = H / Hkv;
+  const qg = reshape(ctx, transpose(ctx, reshape(ctx, q, [ctx.B, ctx.T, Hkv, G, d]), [0, 2, 3, 1, 4]), [ctx.B, Hkv, -1, d]);
+  const kNew = transpose(ctx, reshape(ctx, k, [ctx.B, ctx.T, Hkv, d]), [0, 2, 1, 3]); // [B, Hkv, T, d]
+  const vNew = transpose(ctx, reshape(ctx, v, [ctx.B, ctx.T, Hkv, d]), [0, 2, 1, 3]);
+  const scores = g.op('Concat', [
+    g.op('MatMul', [qg, transpose(ctx, kPast, [0, 1, 3, 2])]),
+    g.op('MatMul', [qg, transpose(ctx, kNew, [0, 1, 3, 2])]),
+  ], { axis: int(-1) }); // [B, Hkv, G·T, P+T]
+  let mask = g.op('Unsqueeze', [ctx.attentionMask('full'), g.i64([1])]); // [B, 1, 1, T, P+T]
+  if (heads.moba) {
+    const causal = mask;
+    mask = mobaMask(ctx, qg, (b) => b.op('Concat', [kPast, kNew], { axis: int(2) }), G, causal, 5, (b, bias) => b.op('Add', [causal, bias]));
+  }
+  const probs = g.op('Softmax', [g.op('Add', [reshape(ctx, scores, [ctx.B, Hkv, G, ctx.T, -1]), mask])], { axis: int(-1) }); // [B, Hkv, G, T, P+T]
+  const P = g.op('Slice', [g.op('Shape', [kPast]), g.i64([2]), g.i64([3])]);
+  const pPast = g.op('Slice', [probs, g.i64([0]), P, g.i64([-1])]);
+  const pNew = g.op('Slice', [probs, P, g.i64([Number.MAX_SAFE_INTEGER]), g.i64([-1])]);
+  const o = g.op('Add', [
+    g.op('MatMul', [pPast, g.op('Unsqueeze', [vPast, g.i64([2])])]),
+    g.op('MatMul', [pNew, g.op('Unsqueeze', [vNew, g.i64([2])])]),
+  ]); // [B, Hkv, G, T, d]
+  const out = reshape(ctx, transpose(ctx, o, [0, 3, 1, 2, 4]), [ctx.B, ctx.T, H * d]);
+  // The decode graph declares present K/V as [B, 1, Hkv·d]: k and v themselves (see fusedAttention).
+  return ctx.singleToken ? [out, k, v] : [out, kNew, vNew];
 }

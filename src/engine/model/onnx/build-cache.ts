@@ -19,9 +19,10 @@ import { encodeModel } from './proto.ts';
  * Bump whenever the graph a checkpoint builds to changes. g8: the decode graph, MatMulNBits adds the
  * biases, ONNX RotaryEmbedding (opset 23) on per-row tables (with the Gated DeltaNet layers of g7). g9:
  * models with window and growing attention layers give the window layers a past of their own. g10:
- * MoBA's selection runs in an If branch, only when a prompt query can leave chunks out.
+ * MoBA's selection runs in an If branch, only when a prompt query can leave chunks out. g11: growing
+ * layers attend over the past and the chunk apart in the fused graph (no copy of the past per run).
  */
-export const BUILDER_VERSION = 'g10';
+export const BUILDER_VERSION = 'g11';
 
 export const MODEL_FILE = 'model.onnx';
 export const DECODE_MODEL_FILE = 'decode.onnx';

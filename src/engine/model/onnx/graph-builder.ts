@@ -150,8 +150,7 @@ export class GraphBuilder {
       if (produced && !renames.has(value)) renames.set(value, name);
       else nodes = [...nodes, { opType: 'Identity', name: this.unique(`/outputs/${name}`), inputs: [renames.get(value) ?? value], outputs: [name], domain: '', attributes: new Map() }];
     }
-    const rename = (xs: readonly string[]): string[] => xs.map((x) => renames.get(x) ?? x);
-    return nodes.map((n) => ({ ...n, inputs: rename(n.inputs), outputs: rename(n.outputs) }));
+    return renameValues(nodes, renames);
   }
 
   /** Adds a node; returns its output value names. An input '' is an omitted optional input. */
@@ -306,4 +305,20 @@ export class GraphBuilder {
       closeSync(fd);
     }
   }
+}
+
+/**
+ * Nodes with values renamed (a graph output takes over the name of the value it is): their inputs and
+ * outputs, and the outer values their subgraphs (If, Scan bodies) read by name.
+ */
+function renameValues(nodes: readonly NodeProto[], renames: ReadonlyMap<string, string>): NodeProto[] {
+  if (renames.size === 0) return [...nodes];
+  const rename = (xs: readonly string[]): string[] => xs.map((x) => renames.get(x) ?? x);
+  return nodes.map((n) => {
+    const hasGraph = [...n.attributes.values()].some((a) => a.kind === 'graph');
+    const attributes = !hasGraph
+      ? n.attributes
+      : new Map([...n.attributes].map(([key, a]): [string, AttributeValue] => [key, a.kind === 'graph' ? { kind: 'graph', value: { ...a.value, nodes: renameValues(a.value.nodes, renames) } } : a]));
+    return { ...n, inputs: rename(n.inputs), outputs: rename(n.outputs), attributes };
+  });
 }
