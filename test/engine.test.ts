@@ -13,6 +13,7 @@ import { ReferenceSession } from './helpers/reference-forward.ts';
 import { greedy } from './helpers/sampling.ts';
 import { openCheckpoint } from '../src/engine/model/hf-checkpoint.ts';
 import { IDENTITY_CACHE_FILE } from '../src/engine/model/weights-identity.ts';
+import { collect } from './helpers/engine-events.ts';
 
 const tmp = mkdtempSync(join(tmpdir(), 'spikeserve-engine-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -24,16 +25,6 @@ function request(prompt: readonly number[], sampling: SamplingParams, reportProg
 
 function prompt(length: number, seed: number, vocab: number): number[] {
   return Array.from({ length }, (_, i) => (seed * 31 + i * 17 + ((i * i) % 7)) % vocab);
-}
-
-async function collect(engine: Engine, req: GenerateRequest, signal?: AbortSignal): Promise<{ tokens: number[]; events: TokenEvent[] }> {
-  const tokens: number[] = [];
-  const events: TokenEvent[] = [];
-  for await (const e of engine.generate(req, signal)) {
-    events.push(e);
-    if (e.type === 'token') tokens.push(e.tokenId);
-  }
-  return { tokens, events };
 }
 
 function lastDone(events: readonly TokenEvent[]): Extract<TokenEvent, { type: 'done' }> {

@@ -21,6 +21,7 @@ import { makeQwen3_5TestModel } from './helpers/qwen3_5-test-model.ts';
 import { Qwen3_5Reference } from './helpers/reference-qwen3_5.ts';
 import { greedy } from './helpers/sampling.ts';
 import { logSoftmax } from './helpers/numerics.ts';
+import { collect, done } from './helpers/engine-events.ts';
 
 const tmp = mkdtempSync(join(tmpdir(), 'spikeserve-q35-serve-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -28,22 +29,6 @@ const V = 272;
 
 function prompt(length: number, seed: number): number[] {
   return Array.from({ length }, (_, i) => (seed * 31 + i * 17 + ((i * i) % 7)) % 256);
-}
-
-async function collect(engine: Engine, req: GenerateRequest): Promise<{ tokens: number[]; events: TokenEvent[] }> {
-  const tokens: number[] = [];
-  const events: TokenEvent[] = [];
-  for await (const e of engine.generate(req)) {
-    events.push(e);
-    if (e.type === 'token') tokens.push(e.tokenId);
-  }
-  return { tokens, events };
-}
-
-function done(events: readonly TokenEvent[]): Extract<TokenEvent, { type: 'done' }> {
-  const e = events[events.length - 1];
-  if (e?.type !== 'done') throw new Error('stream did not end with done');
-  return e;
 }
 
 let nextId = 0;

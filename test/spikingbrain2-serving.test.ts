@@ -25,6 +25,7 @@ import { openSpikingBrain2Dir, SpikingBrain2Reference } from './helpers/referenc
 import { greedy } from './helpers/sampling.ts';
 import { byteAlphabet } from './helpers/server.ts';
 import { logSoftmax } from './helpers/numerics.ts';
+import { collect, done } from './helpers/engine-events.ts';
 
 const TOL = 1e-4;
 const FIXTURE = join(import.meta.dirname, 'fixtures', 'spikingbrain2-crosscheck', 'released-options');
@@ -53,22 +54,6 @@ function modelDir(): string {
 
 function prompt(length: number, seed: number): number[] {
   return Array.from({ length }, (_, i) => (seed * 31 + i * 17 + ((i * i) % 7)) % V);
-}
-
-async function collect(engine: Engine, req: GenerateRequest): Promise<{ tokens: number[]; events: TokenEvent[] }> {
-  const tokens: number[] = [];
-  const events: TokenEvent[] = [];
-  for await (const e of engine.generate(req)) {
-    events.push(e);
-    if (e.type === 'token') tokens.push(e.tokenId);
-  }
-  return { tokens, events };
-}
-
-function done(events: readonly TokenEvent[]): Extract<TokenEvent, { type: 'done' }> {
-  const e = events[events.length - 1];
-  if (e?.type !== 'done') throw new Error(`stream did not end with done: ${JSON.stringify(e)}`);
-  return e;
 }
 
 function promptLogprobs(events: readonly TokenEvent[]): readonly (PromptLogprobEntry | null)[] {
